@@ -1,0 +1,1 @@
+"""Inference models q(y, z | x), installed as ``pyro_mmt.guides``."""

@@ -1,0 +1,1 @@
+"""Generative models p(x, y, z), installed as ``pyro_mmt.models``."""
