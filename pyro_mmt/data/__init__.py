@@ -1,0 +1,45 @@
+"""Multimodal, partially labelled data: the data set, its mini-batches, standardisation, the
+benchmark's data sets and its long-tailed splits.
+
+The data contract: a mapping modality-name -> array [N, n_j] plus integer labels y, -1 for
+unlabelled; a row that is entirely NaN in one modality marks that modality missing for that
+datum. On disk: an ``.npz`` with arrays ``x_<modality>`` and ``y``, loaded without pickle.
+"""
+
+from pyro_mmt.data.dataset import Batch, InterleavedLoader, MultimodalDataset
+from pyro_mmt.data.loaders import (
+    DATASETS,
+    DatasetInfo,
+    load_breast,
+    load_dataset,
+    load_digits,
+    load_fmnist,
+    load_mfeat,
+    load_pdspeech,
+)
+from pyro_mmt.data.split import (
+    MIN_TRAIN_PER_CLASS,
+    LongTailedSplit,
+    SplitSkippedError,
+    long_tailed_split,
+)
+from pyro_mmt.data.standardise import Standardiser
+
+__all__ = [
+    "DATASETS",
+    "MIN_TRAIN_PER_CLASS",
+    "Batch",
+    "DatasetInfo",
+    "InterleavedLoader",
+    "LongTailedSplit",
+    "MultimodalDataset",
+    "SplitSkippedError",
+    "Standardiser",
+    "load_breast",
+    "load_dataset",
+    "load_digits",
+    "load_fmnist",
+    "load_mfeat",
+    "load_pdspeech",
+    "long_tailed_split",
+]

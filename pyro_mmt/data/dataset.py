@@ -1,0 +1,718 @@
+"""Multimodal, partially labelled data sets and the interleaved mini-batch loader.
+
+The data contract (``DESIGN.md``): a data set is a mapping modality-name -> array [N, n_j] plus
+integer labels y with -1 for "unlabelled" (the scikit-learn semi-supervised convention). A row
+that is entirely NaN in one modality means that modality is missing for that datum; the model
+marginalises it out, so in memory the row is stored as zeros and ``mask[i, j]`` says whether
+modality j of datum i was observed.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from os import PathLike
+
+import numpy as np
+import pandas as pd
+import torch
+
+__all__ = ["Batch", "InterleavedLoader", "MultimodalDataset"]
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# ----------------------------------------------------------------------------------------------
+# input validation (the one place where user input is converted and checked)
+# ----------------------------------------------------------------------------------------------
+
+
+def _to_numpy(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, pd.DataFrame | pd.Series):
+        return value.to_numpy()
+    return np.asarray(value)
+
+
+def _first(rows, k=5):
+    """The first k entries of an index array, for error messages."""
+    rows = np.asarray(rows)
+    text = ", ".join(str(int(r)) for r in rows[:k])
+    return text + (", ..." if rows.size > k else "")
+
+
+def _check_modality(name, value):
+    """Convert one modality to a 2-D float numpy array and return (array, present-row mask)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"x: modality names must be non-empty strings; found {name!r}")
+    array = _to_numpy(value)
+    if array.dtype.kind not in "biuf":
+        try:
+            array = array.astype(np.float64)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"x[{name!r}]: expected numeric values; found dtype {array.dtype}"
+            ) from error
+    if array.ndim != 2:
+        raise ValueError(
+            f"x[{name!r}]: expected a 2-D array [N, n_j]; found shape {array.shape} "
+            "(a single feature is a column: use a[:, None])"
+        )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(
+            f"x[{name!r}]: expected at least one row and one column; found shape {array.shape}"
+        )
+    if array.dtype.kind != "f":
+        array = array.astype(np.float64)
+    nan = np.isnan(array)
+    missing = nan.all(axis=1)
+    partial = np.flatnonzero(nan.any(axis=1) & ~missing)
+    if partial.size:
+        raise ValueError(
+            f"x[{name!r}]: rows {_first(partial)} are partly NaN ({partial.size} rows); expected "
+            "finite values, or a row that is entirely NaN to mark the modality missing"
+        )
+    infinite = np.flatnonzero(np.isinf(array).any(axis=1))
+    if infinite.size:
+        raise ValueError(
+            f"x[{name!r}]: rows {_first(infinite)} hold infinite values ({infinite.size} rows); "
+            "expected finite values"
+        )
+    return array, ~missing
+
+
+def _check_labels(y, num_rows, num_classes=None, argument="y"):
+    """Convert labels to an int64 numpy array [N] and check them; returns (labels, K or None)."""
+    labels = _to_numpy(y)
+    if labels.ndim != 1 or labels.shape[0] != num_rows:
+        raise ValueError(
+            f"{argument}: expected a 1-D array of {num_rows} labels; found shape {labels.shape}"
+        )
+    kind = labels.dtype.kind
+    if kind == "f":
+        bad = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels)))
+        if bad.size:
+            raise ValueError(
+                f"{argument}: expected integer class indices (-1 = unlabelled); found "
+                f"non-integer values {labels[bad[:5]].tolist()} at rows {_first(bad)}"
+            )
+    elif kind not in "iu":
+        raise ValueError(
+            f"{argument}: expected integer class indices (-1 = unlabelled); found dtype "
+            f"{labels.dtype} (encode class names first, e.g. with pandas.factorize)"
+        )
+    labels = labels.astype(np.int64)
+    if num_classes is not None:
+        bad = np.flatnonzero((labels < -1) | (labels >= num_classes))
+        if bad.size:
+            raise ValueError(
+                f"{argument}: expected labels in [-1, {num_classes}) (num_classes={num_classes}, "
+                f"-1 = unlabelled); found {np.unique(labels[bad])[:5].tolist()} at rows "
+                f"{_first(bad)}"
+            )
+    else:
+        bad = np.flatnonzero(labels < -1)
+        if bad.size:
+            raise ValueError(
+                f"{argument}: expected labels >= -1 (-1 = unlabelled); found "
+                f"{np.unique(labels[bad])[:5].tolist()} at rows {_first(bad)}"
+            )
+    return labels
+
+
+def _check_num_classes(num_classes, labels):
+    if num_classes is None:
+        if not (labels >= 0).any():
+            raise ValueError(
+                "num_classes: no row is labelled, so the number of classes cannot be inferred; "
+                "pass num_classes"
+            )
+        return int(labels.max()) + 1
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise ValueError(f"num_classes: expected a positive integer; found {num_classes!r}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes: expected a positive integer; found {num_classes}")
+    return int(num_classes)
+
+
+def _check_class_names(class_names, num_classes):
+    if class_names is None:
+        return tuple(str(k) for k in range(num_classes))
+    if isinstance(class_names, str):
+        raise ValueError(
+            f"class_names: expected a sequence of {num_classes} names; found the single "
+            f"string {class_names!r}"
+        )
+    names = tuple(str(name) for name in _to_numpy(class_names).tolist())
+    if len(names) != num_classes:
+        raise ValueError(
+            f"class_names: expected {num_classes} names (one per class); found {len(names)}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"class_names: expected distinct names; found {names}")
+    return names
+
+
+def _check_modality_names(names, available, argument):
+    """Check a selection of modality names against the available ones; returns a tuple."""
+    if isinstance(names, str):
+        names = (names,)
+    names = tuple(names)
+    if not names:
+        raise ValueError(f"{argument}: expected at least one modality name; found none")
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        raise ValueError(
+            f"{argument}: unknown modalities {unknown}; expected names among {list(available)}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"{argument}: expected distinct modality names; found {list(names)}")
+    return names
+
+
+# ----------------------------------------------------------------------------------------------
+# Batch
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """A mini-batch of B data, every row labelled or every row unlabelled.
+
+    Attributes
+    ----------
+    x : dict[str, torch.Tensor]
+        Modality name -> float tensor [B, n_j], in the data set's modality order. Rows of a
+        missing modality hold 0.0 (they carry no information: the model drops them via ``mask``).
+    mask : torch.Tensor
+        Bool [B, M]; ``mask[b, j]`` is True when modality j of row b is observed.
+    y : torch.Tensor or None
+        Int64 labels [B] when every row is labelled, ``None`` when every row is unlabelled (the
+        model then enumerates the label, as in M2 [1]).
+    index : torch.Tensor
+        Int64 [B], the rows' positions in the data set the batch came from.
+
+    References
+    ----------
+    [1] D. P. Kingma, D. J. Rezende, S. Mohamed, M. Welling, "Semi-supervised learning with deep
+        generative models", NeurIPS 2014.
+    """
+
+    x: dict[str, torch.Tensor]
+    mask: torch.Tensor
+    y: torch.Tensor | None
+    index: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        """Number of rows B."""
+        return int(self.index.shape[0])
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Modality names, in the order of ``mask``'s columns."""
+        return tuple(self.x)
+
+    @property
+    def is_labelled(self) -> bool:
+        """True when the batch carries labels."""
+        return self.y is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# MultimodalDataset
+# ----------------------------------------------------------------------------------------------
+
+
+class MultimodalDataset:
+    """N data observed in M modalities, some labelled, some modalities possibly missing.
+
+    A datum i is (x_i1, ..., x_iM, y_i) with x_ij in R^{n_j}; y_i in {0, ..., K-1}, or -1 when
+    the datum is unlabelled. Modality j of datum i is *missing* when its input row is entirely
+    NaN; it is then stored as a row of zeros with ``mask[i, j] = False``, so a model that
+    respects the mask marginalises the modality out. Every datum must observe at least one
+    modality.
+
+    Data sets are values: every method returns a new data set and nothing is modified in place
+    (tensors may be shared between data sets, so do not write into them).
+
+    Parameters
+    ----------
+    x : Mapping[str, array-like]
+        Modality name -> numpy array, pandas DataFrame or tensor of shape [N, n_j] (2-D: a single
+        feature is a column). The modality order is the mapping's order.
+    y : array-like of int, optional
+        Labels [N], -1 = unlabelled. ``None`` means every row is unlabelled. Float labels are
+        accepted when integer-valued (1.0), rejected otherwise (1.5).
+    num_classes : int, optional
+        K. Default ``max(y) + 1``; required when no row is labelled.
+    class_names : sequence of str, optional
+        K names; default ``("0", ..., "K-1")``.
+
+    Attributes
+    ----------
+    modalities : tuple[str, ...]
+        Modality names, in order.
+    dims : dict[str, int]
+        Modality name -> n_j.
+    num_classes : int
+        K.
+    class_names : tuple[str, ...]
+        K class names.
+    x : dict[str, torch.Tensor]
+        Modality name -> float32 tensor [N, n_j] (see :meth:`to` for other dtypes), missing rows
+        filled with 0.0.
+    mask : torch.Tensor
+        Bool [N, M], True = modality observed; columns in modality order.
+    y : torch.Tensor
+        Int64 labels [N], -1 = unlabelled.
+
+    Raises
+    ------
+    ValueError
+        When the input breaks the data contract: no modality, an empty modality (no rows or no
+        columns), a 1-D array, row counts that differ across modalities, infinite values or a
+        partly-NaN row, a row missing every modality, non-integer labels, labels outside
+        [-1, K), or class names that do not match K.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ds = MultimodalDataset({"a": np.eye(3), "b": np.ones((3, 2))}, y=[0, 1, -1])
+    >>> ds.dims, ds.num_classes, ds.class_counts().tolist()
+    ({'a': 3, 'b': 2}, 2, [1, 1])
+    """
+
+    def __init__(self, x, y=None, *, num_classes=None, class_names=None):
+        if not isinstance(x, Mapping):
+            raise ValueError(
+                f"x: expected a mapping modality-name -> array [N, n_j]; found {type(x).__name__}"
+            )
+        if len(x) == 0:
+            raise ValueError("x: expected at least one modality; found an empty mapping")
+        arrays, present = {}, []
+        for name, value in x.items():
+            array, observed = _check_modality(name, value)
+            arrays[name] = array
+            present.append(observed)
+        rows = {name: array.shape[0] for name, array in arrays.items()}
+        if len(set(rows.values())) != 1:
+            raise ValueError(
+                f"x: expected the same number of rows N in every modality; found {rows}"
+            )
+        num_rows = next(iter(rows.values()))
+        mask = np.stack(present, axis=1)
+        empty = np.flatnonzero(~mask.any(axis=1))
+        if empty.size:
+            raise ValueError(
+                f"x: rows {_first(empty)} ({empty.size} rows) are missing every modality; "
+                "expected each datum to observe at least one modality"
+            )
+        labels = (
+            np.full(num_rows, -1, dtype=np.int64) if y is None else _check_labels(y, num_rows)
+        )
+        num_classes = _check_num_classes(num_classes, labels)
+        labels = _check_labels(labels, num_rows, num_classes)
+        class_names = _check_class_names(class_names, num_classes)
+
+        tensors = {}
+        for j, (name, array) in enumerate(arrays.items()):
+            filled = np.array(array, dtype=np.float32)  # always a copy: never alias user memory
+            filled[~mask[:, j]] = 0.0
+            tensors[name] = torch.from_numpy(filled)
+        self._set(tensors, torch.from_numpy(mask), torch.from_numpy(labels), num_classes,
+                  class_names)
+
+    # -- internal construction, without validation (inputs already satisfy the contract) -----
+
+    def _set(self, x, mask, y, num_classes, class_names):
+        self.x = dict(x)
+        self.mask = mask
+        self.y = y
+        self.num_classes = num_classes
+        self.class_names = class_names
+        self.modalities = tuple(self.x)
+        self.dims = {name: int(t.shape[1]) for name, t in self.x.items()}
+
+    @classmethod
+    def _from_parts(cls, x, mask, y, num_classes, class_names):
+        dataset = cls.__new__(cls)
+        dataset._set(x, mask, y, num_classes, class_names)
+        return dataset
+
+    def _replace(self, *, x=None, mask=None, y=None):
+        return type(self)._from_parts(
+            self.x if x is None else x,
+            self.mask if mask is None else mask,
+            self.y if y is None else y,
+            self.num_classes,
+            self.class_names,
+        )
+
+    def _rows(self, index) -> np.ndarray:
+        """Normalise any supported index to an int64 numpy array of row positions."""
+        n = len(self)
+        if isinstance(index, slice):
+            return np.arange(n, dtype=np.int64)[index]
+        if isinstance(index, numbers.Integral) and not isinstance(index, bool):
+            index = [index]
+        rows = _to_numpy(index)
+        if rows.dtype == bool:
+            if rows.shape != (n,):
+                raise IndexError(
+                    f"index: a boolean index must have shape ({n},); found {rows.shape}"
+                )
+            return np.flatnonzero(rows).astype(np.int64)
+        if rows.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        if rows.dtype.kind not in "iu" or rows.ndim != 1:
+            raise TypeError(
+                "index: expected an int, a slice, or a 1-D integer or boolean array/tensor; "
+                f"found dtype {rows.dtype} with shape {rows.shape}"
+            )
+        rows = rows.astype(np.int64)
+        out = np.flatnonzero((rows < -n) | (rows >= n))
+        if out.size:
+            raise IndexError(
+                f"index: rows {rows[out[:5]].tolist()} are out of range for a data set of {n} rows"
+            )
+        return np.where(rows < 0, rows + n, rows)
+
+    # -- sizes and views ----------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def __getitem__(self, index) -> MultimodalDataset:
+        """The subset of rows ``index`` (int, slice, integer or boolean array/tensor).
+
+        Always returns a :class:`MultimodalDataset` (an int gives one row) with the same
+        modalities, ``num_classes`` and ``class_names``.
+        """
+        rows = torch.from_numpy(self._rows(index))
+        return self._replace(
+            x={name: t[rows] for name, t in self.x.items()}, mask=self.mask[rows], y=self.y[rows]
+        )
+
+    @property
+    def is_labelled(self) -> torch.Tensor:
+        """Bool tensor [N], True where y >= 0."""
+        return self.y >= 0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating dtype of the ``x`` tensors."""
+        return next(iter(self.x.values())).dtype
+
+    def labelled(self) -> MultimodalDataset:
+        """The subset of labelled rows (possibly empty)."""
+        return self[self.is_labelled]
+
+    def unlabelled(self) -> MultimodalDataset:
+        """The subset of unlabelled rows (possibly empty)."""
+        return self[~self.is_labelled]
+
+    def class_counts(self) -> np.ndarray:
+        """Number of labelled rows per class, int64 numpy array [K]."""
+        y = self.y.numpy()
+        return np.bincount(y[y >= 0], minlength=self.num_classes).astype(np.int64)
+
+    def with_labels(self, y) -> MultimodalDataset:
+        """A copy with labels replaced by ``y`` ([N], -1 = unlabelled, values in [-1, K))."""
+        labels = _check_labels(y, len(self), self.num_classes)
+        return self._replace(y=torch.from_numpy(labels))
+
+    def select_modalities(self, names) -> MultimodalDataset:
+        """A copy keeping only the modalities ``names``, in that order.
+
+        Raises ``ValueError`` for an unknown or repeated name, or when some row observes none of
+        the selected modalities (subset those rows out first, e.g. ``ds[ds.mask[:, j]]``).
+        """
+        names = _check_modality_names(names, self.modalities, "names")
+        columns = [self.modalities.index(name) for name in names]
+        mask = self.mask[:, columns]
+        empty = np.flatnonzero(~mask.any(dim=1).numpy())
+        if empty.size:
+            raise ValueError(
+                f"names: rows {_first(empty)} ({empty.size} rows) observe none of the modalities "
+                f"{list(names)}; expected every row to observe at least one (subset them out first)"
+            )
+        return self._replace(x={name: self.x[name] for name in names}, mask=mask.clone())
+
+    def to(self, dtype: torch.dtype) -> MultimodalDataset:
+        """A copy whose ``x`` tensors have the floating dtype ``dtype`` (e.g. torch.float64)."""
+        if dtype not in _FLOAT_DTYPES:
+            raise ValueError(
+                f"dtype: expected a torch floating dtype {list(_FLOAT_DTYPES)}; found {dtype!r}"
+            )
+        return self._replace(x={name: t.to(dtype) for name, t in self.x.items()})
+
+    def batch(self, index) -> Batch:
+        """The rows ``index`` as a :class:`Batch` (all labelled, or all unlabelled).
+
+        ``Batch.y`` is the labels when every selected row is labelled and ``None`` when none is;
+        a batch mixing both raises ``ValueError`` (the M2 pattern scores labelled and unlabelled
+        data with different terms, so batches are pure; see :class:`InterleavedLoader`).
+        """
+        rows = self._rows(index)
+        if rows.size == 0:
+            raise ValueError("index: expected at least one row for a batch; found none")
+        rows = torch.from_numpy(rows)
+        y = self.y[rows]
+        labelled = y >= 0
+        if bool(labelled.all()):
+            labels = y
+        elif not bool(labelled.any()):
+            labels = None
+        else:
+            raise ValueError(
+                f"index: the batch mixes {int(labelled.sum())} labelled and "
+                f"{int((~labelled).sum())} unlabelled rows; expected a pure batch (all labelled "
+                "or all unlabelled)"
+            )
+        return Batch(
+            x={name: t[rows] for name, t in self.x.items()},
+            mask=self.mask[rows],
+            y=labels,
+            index=rows,
+        )
+
+    # -- numpy and disk -----------------------------------------------------------------------
+
+    def to_numpy(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """``(x, y)`` in the on-disk convention: float64 arrays with NaN rows where missing.
+
+        Values are those stored (float32 unless :meth:`to` was used), widened to float64.
+        """
+        x = {}
+        for j, (name, t) in enumerate(self.x.items()):
+            array = t.detach().cpu().to(torch.float64).numpy().copy()
+            array[~self.mask[:, j].numpy()] = np.nan
+            x[name] = array
+        return x, self.y.numpy().copy()
+
+    def concatenated(self) -> np.ndarray:
+        """All modalities side by side, float64 [N, sum_j n_j], NaN where missing."""
+        x, _ = self.to_numpy()
+        return np.concatenate(list(x.values()), axis=1)
+
+    def to_npz(self, path: str | PathLike) -> None:
+        """Save to a compressed ``.npz``: ``x_<modality>`` (NaN rows where missing), ``y``,
+        ``class_names`` and ``modalities`` (unicode arrays). Load with :meth:`from_npz`.
+
+        The ``x`` arrays keep the tensors' dtype (float32 by default; bfloat16 is saved as
+        float32).
+        """
+        arrays = {}
+        for j, (name, t) in enumerate(self.x.items()):
+            if t.dtype in (torch.float16, torch.bfloat16):
+                t = t.to(torch.float32)
+            array = t.detach().cpu().numpy().copy()
+            array[~self.mask[:, j].numpy()] = np.nan
+            arrays[f"x_{name}"] = array
+        arrays["y"] = self.y.numpy()
+        arrays["class_names"] = np.array(self.class_names, dtype=np.str_)
+        arrays["modalities"] = np.array(self.modalities, dtype=np.str_)
+        np.savez_compressed(path, **arrays)
+
+    @classmethod
+    def from_npz(cls, path: str | PathLike) -> MultimodalDataset:
+        """Load an ``.npz`` written by :meth:`to_npz` (or by hand: arrays ``x_<modality>`` and
+        ``y``, optionally ``class_names`` and ``modalities``), without pickle.
+
+        The modality order is the ``modalities`` array when present, else the file's order.
+        The number of classes is ``len(class_names)`` when present, else ``max(y) + 1``.
+        """
+        with np.load(path, allow_pickle=False) as npz:
+            files = list(npz.files)
+            if "modalities" in files:
+                names = [str(name) for name in npz["modalities"]]
+            else:
+                names = [key[2:] for key in files if key.startswith("x_")]
+            missing = [f"x_{name}" for name in names if f"x_{name}" not in files]
+            if missing or not names or "y" not in files:
+                raise ValueError(
+                    f"path: expected arrays 'x_<modality>' and 'y' in {path}; found {files}"
+                )
+            x = {name: npz[f"x_{name}"] for name in names}
+            y = npz["y"]
+            class_names = npz["class_names"].tolist() if "class_names" in files else None
+        num_classes = None if class_names is None else len(class_names)
+        return cls(x, y, num_classes=num_classes, class_names=class_names)
+
+    # -- description --------------------------------------------------------------------------
+
+    def summary(self) -> str:
+        """A printable description: N, labelled count, each modality's dimension and missing
+        fraction, and the labelled rows per class."""
+        missing = 1.0 - self.mask.to(torch.float64).mean(dim=0).numpy()
+        modalities = pd.DataFrame(
+            {"dim": list(self.dims.values()), "missing_fraction": missing.round(4)},
+            index=pd.Index(self.modalities, name="modality"),
+        )
+        classes = pd.DataFrame(
+            {"labelled": self.class_counts()},
+            index=pd.Index(self.class_names, name="class"),
+        )
+        n_lab = int(self.is_labelled.sum())
+        return (
+            f"MultimodalDataset: N = {len(self)}, labelled = {n_lab}, unlabelled = "
+            f"{len(self) - n_lab}, K = {self.num_classes}, dtype = {self.dtype}\n\n"
+            f"{modalities.to_string()}\n\n{classes.to_string()}"
+        )
+
+    def __repr__(self) -> str:
+        missing = 1.0 - float(self.mask.to(torch.float64).mean()) if len(self) else 0.0
+        return (
+            f"MultimodalDataset(N={len(self)}, dims={self.dims}, num_classes={self.num_classes}, "
+            f"labelled={int(self.is_labelled.sum())}, missing={missing:.1%})"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# InterleavedLoader
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_positive_int(value, argument):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{argument}: expected a positive integer; found {value!r}")
+    return int(value)
+
+
+class InterleavedLoader:
+    """Mini-batches for M2-style semi-supervised training: labelled and unlabelled batches
+    interleaved, each with the size of the group it came from.
+
+    One epoch is one pass over the unlabelled rows in batches of ``batch_size`` (the last one
+    may be smaller); each unlabelled batch is preceded by a labelled batch of
+    ``labelled_batch_size`` rows. Labelled rows are cycled: they are taken in order from a random
+    permutation, and a new permutation starts when the current one runs out, so every labelled
+    row is seen once per cycle and a labelled batch never repeats a row. With no unlabelled rows
+    an epoch is one pass over the labelled rows (batches of ``labelled_batch_size``, the last
+    one may be smaller); with no labelled rows it is the unlabelled pass alone.
+
+    Iterating yields ``(batch, num_data)``: a :class:`Batch` and the size of its group (the
+    number of labelled, or unlabelled, rows). Scaling a batch's summed loss by
+    ``num_data / batch.size`` gives an unbiased estimate of the group's total, so
+
+        loss = Σ_unlabelled L(x) + Σ_labelled L(x, y)
+
+    is estimated without bias by summing the scaled losses of one epoch's batch pairs
+    (divided by the number of pairs) — the usual subsampling in ``pyro.plate(subsample_size)``.
+
+    Parameters
+    ----------
+    dataset : MultimodalDataset
+        The training data (y = -1 for unlabelled rows).
+    batch_size : int
+        Rows per unlabelled batch.
+    labelled_batch_size : int, optional
+        Rows per labelled batch; default ``batch_size``. Capped at the number of labelled rows.
+    shuffle : bool
+        Shuffle rows each epoch. With ``False`` rows come in data set order and the labelled
+        rows wrap around in order.
+    seed : int
+        Seed of the numpy generator; epoch e uses ``numpy.random.default_rng([seed, e])``, so
+        every epoch is reproducible on its own and successive epochs differ.
+
+    Attributes
+    ----------
+    epoch : int
+        The epoch the next iteration will produce; incremented when iteration starts. Set it
+        with :meth:`set_epoch`.
+    labelled_batch_size : int
+        The effective labelled batch size, ``min(labelled_batch_size, n_labelled)`` (0 when
+        there are no labelled rows).
+    """
+
+    def __init__(self, dataset, batch_size=128, *, labelled_batch_size=None, shuffle=True,
+                 seed=0):
+        if not isinstance(dataset, MultimodalDataset):
+            raise ValueError(
+                f"dataset: expected a MultimodalDataset; found {type(dataset).__name__}"
+            )
+        if len(dataset) == 0:
+            raise ValueError("dataset: expected at least one row; found an empty data set")
+        self.dataset = dataset
+        self.batch_size = _check_positive_int(batch_size, "batch_size")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(f"seed: expected a non-negative integer; found {seed!r}")
+        self.seed = int(seed)
+        self.shuffle = bool(shuffle)
+        labelled = dataset.is_labelled.numpy()
+        self._labelled_rows = np.flatnonzero(labelled)
+        self._unlabelled_rows = np.flatnonzero(~labelled)
+        requested = (
+            self.batch_size
+            if labelled_batch_size is None
+            else _check_positive_int(labelled_batch_size, "labelled_batch_size")
+        )
+        self.labelled_batch_size = min(requested, self.num_labelled)
+        self.epoch = 0
+
+    @property
+    def num_labelled(self) -> int:
+        """Number of labelled rows."""
+        return int(self._labelled_rows.size)
+
+    @property
+    def num_unlabelled(self) -> int:
+        """Number of unlabelled rows."""
+        return int(self._unlabelled_rows.size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration produce epoch ``epoch`` (a non-negative integer)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+            raise ValueError(f"epoch: expected a non-negative integer; found {epoch!r}")
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        """Number of batches per epoch."""
+        if self.num_unlabelled:
+            passes = -(-self.num_unlabelled // self.batch_size)
+            return passes * (2 if self.num_labelled else 1)
+        return -(-self.num_labelled // self.labelled_batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Batch, int]]:
+        epoch = self.epoch
+        self.epoch += 1
+        return self._epoch(np.random.default_rng([self.seed, epoch]))
+
+    def _order(self, rows, rng):
+        return rng.permutation(rows) if self.shuffle else rows
+
+    def _epoch(self, rng):
+        n_lab, n_unl = self.num_labelled, self.num_unlabelled
+        if n_unl == 0:
+            order = self._order(self._labelled_rows, rng)
+            for start in range(0, n_lab, self.labelled_batch_size):
+                yield self.dataset.batch(order[start:start + self.labelled_batch_size]), n_lab
+            return
+        unlabelled = self._order(self._unlabelled_rows, rng)
+        cycle, position = self._order(self._labelled_rows, rng), 0
+        for start in range(0, n_unl, self.batch_size):
+            if n_lab:
+                rows, cycle, position = self._next_labelled(cycle, position, rng)
+                yield self.dataset.batch(rows), n_lab
+            yield self.dataset.batch(unlabelled[start:start + self.batch_size]), n_unl
+
+    def _next_labelled(self, cycle, position, rng):
+        """Take labelled_batch_size rows from the cycle, starting a new cycle when it runs out.
+
+        A batch that straddles two cycles takes the new cycle's first rows that are not already
+        in the batch; the rows it passes over stay (in order) at the front of the new cycle, so
+        each row still appears once per cycle.
+        """
+        size = self.labelled_batch_size
+        taken = cycle[position:position + size]
+        if taken.size == size:
+            return taken, cycle, position + size
+        fresh = self._order(self._labelled_rows, rng)
+        free = ~np.isin(fresh, taken)
+        fill = fresh[free][: size - taken.size]
+        rest = fresh[~np.isin(fresh, fill)]
+        cycle = np.concatenate([fill, rest])
+        return np.concatenate([taken, fill]), cycle, fill.size
