@@ -177,7 +177,7 @@ def _check_modality_names(names, available, argument):
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)
 class Batch:
     """A mini-batch of B data, every row labelled or every row unlabelled.
 
@@ -359,6 +359,8 @@ class MultimodalDataset:
         if isinstance(index, numbers.Integral) and not isinstance(index, bool):
             index = [index]
         rows = _to_numpy(index)
+        if rows.ndim == 0:  # a 0-d tensor or array: one row, like an int
+            rows = rows.reshape(1)
         if rows.dtype == bool:
             if rows.shape != (n,):
                 raise IndexError(

@@ -34,10 +34,9 @@ __all__ = [
 #: Where the Debian package ``dataset-fashion-mnist`` installs Fashion-MNIST.
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
+#: Fashion-MNIST class names, by label 0-9.
 FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-
-MFEAT_MODALITIES = ("fou", "fac", "kar", "pix", "zer", "mor")
 
 
 def load_digits() -> MultimodalDataset:

@@ -7,7 +7,6 @@ import numbers
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from pyro_mmt.data.dataset import MultimodalDataset
 
@@ -207,8 +206,7 @@ def long_tailed_split(dataset: MultimodalDataset, rho: float, beta: float,
     observed = np.full(train_index.size, -1, dtype=np.int64)
     keep = np.isin(train_index, labelled_index)
     observed[keep] = train_labels[keep]
-    train = dataset[train_index]
-    train = train._replace(y=torch.from_numpy(observed))
+    train = dataset[train_index].with_labels(observed)
 
     return LongTailedSplit(
         train=train,

@@ -138,6 +138,8 @@ def test_error_names_the_modality():
         (torch.tensor([False, True, True, False]), [1, 2]),
         ([-1], [3]),
         (2, [2]),
+        (torch.tensor(1), [1]),
+        ([], []),
     ],
 )
 def test_getitem(small, index, rows):
