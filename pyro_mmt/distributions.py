@@ -229,9 +229,8 @@ class DiagStudentT(TorchDistribution):
 
     def second_moment(self):
         r"""E‖z‖² = ‖m‖² + ν/(ν−2) Σ_k s_k² for ν > 2 (+inf otherwise), shape ``batch_shape``."""
-        return self.loc.pow(2).sum(-1) + _finite_ratio_above_two(self.df) * self.scale.pow(2).sum(
-            -1
-        )
+        trace = self.scale.pow(2).sum(-1)
+        return self.loc.pow(2).sum(-1) + _finite_ratio_above_two(self.df) * trace
 
 
 def log_t_power_integral(df, dim, log_det_scale, gamma):
