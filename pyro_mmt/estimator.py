@@ -1,0 +1,270 @@
+"""A scikit-learn-style estimator around the model, the guide, the objective and SVI."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+from pyro.infer import TraceEnum_ELBO
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.metrics import balanced_accuracy_score
+
+from pyro_mmt.data import MultimodalDataset, Standardiser
+from pyro_mmt.guides import PoEClassifier, PoETGuide
+from pyro_mmt.infer import GammaPowerELBO
+from pyro_mmt.models import MultimodalTModel
+from pyro_mmt.train import predict_proba, train
+
+__all__ = ["build_model_and_guide", "make_objective", "MultimodalSemiSupervisedClassifier"]
+
+
+def build_model_and_guide(
+    dims: Mapping[str, int],
+    num_classes: int,
+    *,
+    latent_dim: int = 16,
+    hidden: Sequence[int] = (128,),
+    nu: float = 5.0,
+    sigma: float | Mapping[str, float] = 1.0,
+    alpha: float = 1.0,
+    class_weight: str | Sequence[float] | None = None,
+    logit_adjustment: float = 0.0,
+    unlabelled_prior_shift: float = 0.0,
+    label_counts: Sequence[int] | None = None,
+    joint_head: bool = False,
+    latent_weight: float = 1.0,
+) -> tuple[MultimodalTModel, PoETGuide]:
+    """The model and guide of DESIGN.md sharing one classifier, from one set of options.
+
+    See :class:`~pyro_mmt.models.MultimodalTModel` and :class:`~pyro_mmt.guides.PoETGuide` for
+    the meaning of each option. Returns ``(model, guide)``; train ``model.model`` and
+    ``guide.guide`` with SVI.
+    """
+    classifier = PoEClassifier(dims, num_classes, hidden, joint_head=joint_head)
+    model = MultimodalTModel(
+        dims, num_classes, latent_dim=latent_dim, hidden=hidden, nu=nu, sigma=sigma,
+        classifier=classifier, alpha=alpha, class_weight=class_weight,
+        logit_adjustment=logit_adjustment, label_counts=label_counts, latent_weight=latent_weight,
+    )
+    guide = PoETGuide(
+        dims, num_classes, classifier=classifier, latent_dim=latent_dim, hidden=hidden, nu=nu,
+        sigma=sigma, unlabelled_prior_shift=unlabelled_prior_shift, label_counts=label_counts,
+        latent_weight=latent_weight,
+    )
+    return model, guide
+
+
+def make_objective(objective: str = "gamma_power", *, gamma: float | str = "auto",
+                   num_particles: int = 1) -> pyro.infer.ELBO:
+    """``"gamma_power"``: :class:`~pyro_mmt.infer.GammaPowerELBO`; ``"kl"``: Pyro's
+    ``TraceEnum_ELBO`` (the M2 ELBO). Both with one data plate and vectorised particles."""
+    vectorize = num_particles > 1
+    if objective == "gamma_power":
+        return GammaPowerELBO(gamma, num_particles=num_particles, max_plate_nesting=1,
+                              vectorize_particles=vectorize)
+    if objective == "kl":
+        return TraceEnum_ELBO(num_particles=num_particles, max_plate_nesting=1,
+                              vectorize_particles=vectorize, strict_enumeration_warning=False)
+    raise ValueError(f"objective: expected 'gamma_power' or 'kl', found {objective!r}")
+
+
+class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
+    """Semi-supervised classifier for class-imbalanced multimodal data (scikit-learn API).
+
+    ``fit(X, y)`` takes ``X`` as a mapping modality name -> array or DataFrame [N, n_j] (a row of
+    NaN = modality missing) or a :class:`~pyro_mmt.data.MultimodalDataset`, and ``y`` with −1
+    for unlabelled rows (the ``LabelSpreading`` convention). It standardises each modality on the
+    training rows, builds the model and guide (:func:`build_model_and_guide`) and trains them
+    with Pyro's SVI (:func:`~pyro_mmt.train.train`). ``predict_proba`` accepts any subset of
+    the modalities (missing ones as NaN rows or absent keys).
+
+    The fitted Pyro pieces stay available: ``model_`` (:class:`MultimodalTModel`), ``guide_``
+    (:class:`PoETGuide`), ``history_`` (per-epoch DataFrame), ``standardiser_``.
+
+    :param str objective: ``"gamma_power"`` (the γ-power divergence) or ``"kl"`` (the M2 ELBO).
+    :param gamma: γ of the γ-power objective, ``"auto"`` = −2/(ν+n+d).
+    :param float nu: ν > 2, or ``inf`` for the Gaussian model.
+    :param int latent_dim: d.
+    :param hidden: hidden layer sizes of every network.
+    :param sigma: decoder scale σ_j (data are standardised, so 1 is the natural unit).
+    :param float alpha: weight of the classification term, per labelled datum.
+    :param class_weight: None or "balanced" (weights of the classification term).
+    :param float logit_adjustment: τ of the logit-adjusted classification term.
+    :param float unlabelled_prior_shift: τ' for the unlabelled enumeration (see the guide).
+    :param bool joint_head: add a joint head to the classifier.
+    :param float latent_weight: β on the z sites (β-VAE; "kl" objective only).
+    :param int epochs: training epochs (passes over the unlabelled data).
+    :param int batch_size: unlabelled batch size.
+    :param labelled_batch_size: labelled batch size (default ``batch_size``).
+    :param float lr: Adam learning rate.
+    :param int num_particles: particles per step.
+    :param bool standardise: standardise each modality on the training rows.
+    :param int seed: random seed.
+    :param str device: ``"cpu"`` or ``"cuda"``.
+    :param bool progress: show a progress bar.
+    """
+
+    def __init__(
+        self,
+        objective: str = "gamma_power",
+        gamma: float | str = "auto",
+        nu: float = 5.0,
+        latent_dim: int = 16,
+        hidden: Sequence[int] = (128,),
+        sigma: float = 1.0,
+        alpha: float = 1.0,
+        class_weight: str | None = None,
+        logit_adjustment: float = 0.0,
+        unlabelled_prior_shift: float = 0.0,
+        joint_head: bool = False,
+        latent_weight: float = 1.0,
+        epochs: int = 50,
+        batch_size: int = 128,
+        labelled_batch_size: int | None = None,
+        lr: float = 1e-3,
+        num_particles: int = 1,
+        standardise: bool = True,
+        seed: int = 0,
+        device: str = "cpu",
+        progress: bool = False,
+    ):
+        self.objective = objective
+        self.gamma = gamma
+        self.nu = nu
+        self.latent_dim = latent_dim
+        self.hidden = hidden
+        self.sigma = sigma
+        self.alpha = alpha
+        self.class_weight = class_weight
+        self.logit_adjustment = logit_adjustment
+        self.unlabelled_prior_shift = unlabelled_prior_shift
+        self.joint_head = joint_head
+        self.latent_weight = latent_weight
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.labelled_batch_size = labelled_batch_size
+        self.lr = lr
+        self.num_particles = num_particles
+        self.standardise = standardise
+        self.seed = seed
+        self.device = device
+        self.progress = progress
+
+    # ------------------------------------------------------------------ data at the boundary
+    def _dataset(self, X, y=None, *, fitted=False) -> MultimodalDataset:
+        if isinstance(X, MultimodalDataset):
+            data = X if y is None else X.with_labels(y)
+        else:
+            if not isinstance(X, Mapping):
+                raise ValueError(
+                    "X: expected a mapping modality name -> array [N, n_j] or a "
+                    f"MultimodalDataset, found {type(X).__name__}"
+                )
+            if fitted:
+                X = self._complete(X)
+            kwargs = {"num_classes": self.n_classes_} if fitted else {}
+            data = MultimodalDataset(X, y, **kwargs)
+        if fitted:
+            if data.modalities != self.modalities_:
+                data = data.select_modalities(self.modalities_)
+            if self.standardiser_ is not None:
+                data = self.standardiser_.transform(data)
+        return data
+
+    def _complete(self, X: Mapping) -> dict:
+        """Absent modalities become NaN rows (missing), so any subset can be scored."""
+        unknown = sorted(set(X) - set(self.modalities_))
+        if unknown:
+            raise ValueError(
+                f"X: unknown modalities {unknown}; the estimator was fitted on "
+                f"{list(self.modalities_)}"
+            )
+        if not X:
+            raise ValueError("X: expected at least one modality, found none")
+        n = len(next(iter(X.values())))
+        return {
+            m: X[m] if m in X else np.full((n, self.dims_[m]), np.nan) for m in self.modalities_
+        }
+
+    # ------------------------------------------------------------------------------- fit
+    def fit(self, X, y=None):
+        """Fit on ``X`` (mapping or MultimodalDataset) with labels ``y`` (−1 = unlabelled)."""
+        data = self._dataset(X, y)
+        counts = data.class_counts()
+        empty = np.flatnonzero(counts == 0).tolist()
+        if empty:
+            raise ValueError(
+                f"y: every class needs at least one labelled sample, found none for classes "
+                f"{empty} (labelled counts {counts.tolist()})"
+            )
+        self.modalities_ = data.modalities
+        self.dims_ = dict(data.dims)
+        self.n_classes_ = data.num_classes
+        self.classes_ = np.arange(self.n_classes_)
+        self.label_counts_ = counts
+        self.standardiser_ = Standardiser().fit(data) if self.standardise else None
+        if self.standardiser_ is not None:
+            data = self.standardiser_.transform(data)
+
+        device = torch.device(self.device)
+        self.model_, self.guide_ = build_model_and_guide(
+            self.dims_, self.n_classes_, latent_dim=self.latent_dim, hidden=tuple(self.hidden),
+            nu=self.nu, sigma=self.sigma, alpha=self._alpha_per_step(data),
+            class_weight=self.class_weight, logit_adjustment=self.logit_adjustment,
+            unlabelled_prior_shift=self.unlabelled_prior_shift, label_counts=counts,
+            joint_head=self.joint_head, latent_weight=self.latent_weight,
+        )
+        self.model_.to(device)
+        self.guide_.to(device)
+        self.guide_.classifier.to(device)
+        with pyro.get_param_store().scope():
+            self.history_ = train(
+                self.model_.model, self.guide_.guide, data,
+                objective=make_objective(self.objective, gamma=self.gamma,
+                                         num_particles=self.num_particles),
+                optimizer=pyro.optim.ClippedAdam({"lr": self.lr}),
+                epochs=self.epochs, batch_size=self.batch_size,
+                labelled_batch_size=self.labelled_batch_size, seed=self.seed,
+                device=device, progress=self.progress,
+            )
+        return self
+
+    def _alpha_per_step(self, data: MultimodalDataset) -> float:
+        """α per labelled datum; M2 scales it with the data size (α = 0.1 N in [Kingma et al.
+        2014]); here ``alpha`` multiplies N/N_labelled so that the classification term keeps
+        its weight relative to the whole objective whatever the labelled fraction."""
+        n_lab = int(data.is_labelled.sum())
+        return float(self.alpha) * len(data) / max(n_lab, 1)
+
+    # ---------------------------------------------------------------------------- predict
+    def predict_proba(self, X) -> np.ndarray:
+        """q(y | x), shape [N, K], rows summing to 1; any subset of modalities."""
+        self._check_fitted()
+        data = self._dataset(X, fitted=True)
+        proba = predict_proba(self.guide_, data, device=torch.device(self.device))
+        return proba
+
+    def predict(self, X) -> np.ndarray:
+        """The most probable class under q(y | x)."""
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """Balanced accuracy (mean per-class recall) on labelled rows of ``X``."""
+        y = np.asarray(y)
+        return float(balanced_accuracy_score(y, self.predict(X), sample_weight=sample_weight))
+
+    def _check_fitted(self):
+        if not hasattr(self, "guide_"):
+            raise ValueError("this estimator is not fitted yet: call fit(X, y) first")
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """Per-epoch training history (alias of ``history_``)."""
+        self._check_fitted()
+        return self.history_
+
+
+

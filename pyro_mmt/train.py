@@ -1,0 +1,293 @@
+"""Training: Pyro's SVI over interleaved labelled and unlabelled mini-batches (the M2 pattern).
+
+:func:`train` runs :class:`pyro.infer.SVI` with any model, guide, objective and Pyro optimiser.
+Each mini-batch is all labelled or all unlabelled (see :class:`~pyro_mmt.data.InterleavedLoader`)
+and its loss is scaled by ``num_data / batch_size`` with ``poutine.scale``, so a step's loss
+estimates the whole group's and the objective is Σ_unlabelled L(x) + Σ_labelled L(x, y).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import SVI
+from pyro.optim import PyroOptim
+from tqdm.auto import tqdm
+
+from pyro_mmt.data import Batch, InterleavedLoader, MultimodalDataset
+from pyro_mmt.metrics import classification_metrics
+
+__all__ = [
+    "TrainingDivergedError",
+    "Checkpoint",
+    "train",
+    "save_checkpoint",
+    "load_checkpoint",
+    "predict_proba",
+    "batch_to",
+]
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss became NaN or infinite. Carries the epoch, the step and the path of the last
+    good checkpoint (None when checkpoints were not requested)."""
+
+    def __init__(self, epoch: int, step: int, loss: float, checkpoint: Path | None):
+        self.epoch, self.step, self.loss, self.checkpoint = epoch, step, loss, checkpoint
+        where = (
+            f"the last good checkpoint is {checkpoint}"
+            if checkpoint is not None
+            else "no checkpoint was kept (pass checkpoint_dir to keep one)"
+        )
+        super().__init__(
+            f"training diverged: the loss was {loss} at epoch {epoch}, step {step}; {where}. "
+            "Lower the learning rate, standardise the data, or check sigma and nu."
+        )
+
+
+@dataclass
+class Checkpoint:
+    """What :func:`save_checkpoint` stores: module weights, optimiser state, the next epoch, the
+    history so far, and the torch RNG state, all plain tensors and numbers (safe to load with
+    ``weights_only=True``)."""
+
+    modules: dict[str, dict[str, torch.Tensor]]
+    optimizer: dict
+    epoch: int
+    history: list[dict] = field(default_factory=list)
+    rng_state: torch.Tensor | None = None
+    best: dict | None = None
+
+
+def save_checkpoint(path: str | Path, modules: dict[str, torch.nn.Module], optimizer: PyroOptim,
+                    epoch: int, history: list[dict], best: dict | None = None) -> Path:
+    """Write a checkpoint (atomically: a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "modules": {name: m.state_dict() for name, m in modules.items()},
+        "optimizer": optimizer.get_state(),
+        "epoch": int(epoch),
+        "history": history,
+        "rng_state": torch.get_rng_state(),
+        "best": best,
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path, modules: dict[str, torch.nn.Module] | None = None,
+                    optimizer: PyroOptim | None = None, map_location=None) -> Checkpoint:
+    """Read a checkpoint with ``torch.load(weights_only=True)`` (no pickle of arbitrary
+    objects) and, when given, load it into ``modules`` and ``optimizer``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: no file at {path}")
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    ckpt = Checkpoint(
+        modules=state["modules"],
+        optimizer=state["optimizer"],
+        epoch=int(state["epoch"]),
+        history=list(state["history"]),
+        rng_state=state.get("rng_state"),
+        best=state.get("best"),
+    )
+    if modules is not None:
+        unknown = sorted(set(modules) - set(ckpt.modules))
+        if unknown:
+            raise ValueError(
+                f"modules: the checkpoint holds {sorted(ckpt.modules)}, found also {unknown}"
+            )
+        for name, module in modules.items():
+            module.load_state_dict(ckpt.modules[name])
+    if optimizer is not None:
+        optimizer.set_state(ckpt.optimizer)
+    return ckpt
+
+
+def batch_to(batch: Batch, device: torch.device | str) -> Batch:
+    """The batch on ``device`` (a no-op when it is there already)."""
+    if batch.mask.device == torch.device(device):
+        return batch
+    return Batch(
+        x={m: v.to(device, non_blocking=True) for m, v in batch.x.items()},
+        mask=batch.mask.to(device, non_blocking=True),
+        y=None if batch.y is None else batch.y.to(device, non_blocking=True),
+        index=batch.index,
+    )
+
+
+def predict_proba(guide, dataset: MultimodalDataset, *, batch_size: int = 1024,
+                  device: str | torch.device = "cpu", **kwargs) -> np.ndarray:
+    """q(y | x) for every row of ``dataset`` from ``guide.predict_proba(x, mask, **kwargs)``,
+    in batches, as a numpy array [N, K]."""
+    out = []
+    for start in range(0, len(dataset), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(dataset)))
+        sub = dataset[rows]
+        x = {m: v.to(device) for m, v in sub.x.items()}
+        out.append(guide.predict_proba(x, sub.mask.to(device), **kwargs).cpu().numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+def train(
+    model: Callable,
+    guide: Callable,
+    dataset: MultimodalDataset,
+    *,
+    objective: pyro.infer.ELBO,
+    optimizer: PyroOptim | None = None,
+    epochs: int = 50,
+    batch_size: int = 128,
+    labelled_batch_size: int | None = None,
+    seed: int = 0,
+    validation: MultimodalDataset | None = None,
+    predictor: Callable | None = None,
+    patience: int | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    modules: dict[str, torch.nn.Module] | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Train ``model``/``guide`` with SVI and return the per-epoch history.
+
+    :param model: the model callable ``model(x, mask, y)`` (e.g. ``MultimodalTModel().model``).
+    :param guide: the guide callable with the same arguments.
+    :param dataset: training data (y = −1 for unlabelled rows).
+    :param objective: a Pyro ELBO (``GammaPowerELBO``, ``TraceEnum_ELBO``, ...).
+    :param optimizer: a Pyro optimiser; ``pyro.optim.ClippedAdam({"lr": 1e-3})`` when None.
+    :param int epochs: passes over the unlabelled data (see ``InterleavedLoader``).
+    :param int batch_size: rows per unlabelled batch.
+    :param labelled_batch_size: rows per labelled batch (default ``batch_size``).
+    :param int seed: seeds Pyro/torch (``pyro.set_rng_seed``) and the batch order.
+    :param validation: labelled data scored after every epoch (balanced accuracy, macro-F1, ...).
+    :param predictor: ``predictor(dataset) -> proba [N, K]``; default
+        ``predict_proba(guide.__self__, dataset)`` for a bound ``guide`` method.
+    :param patience: stop when validation balanced accuracy has not improved for this many
+        epochs, and restore the best epoch's weights (needs ``validation`` and ``modules``).
+    :param checkpoint_dir: write ``checkpoint.pt`` there after every epoch.
+    :param bool resume: continue from ``checkpoint_dir/checkpoint.pt`` when it exists; the
+        result equals an uninterrupted run with the same seed.
+    :param modules: name -> ``nn.Module`` whose weights make up the state (model, guide,
+        classifier); needed for checkpoints and early stopping. Default: the modules behind
+        bound ``model``/``guide`` methods and the guide's ``classifier``.
+    :param device: ``"cpu"`` or ``"cuda"``; modules must already be there.
+    :param bool progress: show a tqdm progress bar.
+    :return: a DataFrame with one row per epoch: ``epoch``, ``loss`` (per datum),
+        ``loss_labelled``, ``loss_unlabelled``, ``seconds`` and validation metrics.
+    :raises TrainingDivergedError: when a step's loss is not finite.
+    """
+    if not isinstance(dataset, MultimodalDataset):
+        raise ValueError(f"dataset: expected a MultimodalDataset, found {type(dataset).__name__}")
+    if int(epochs) < 0:
+        raise ValueError(f"epochs: expected >= 0, found {epochs}")
+    if patience is not None and validation is None:
+        raise ValueError("patience: early stopping needs a validation data set, found None")
+    if modules is None:
+        modules = _default_modules(model, guide)
+    if (checkpoint_dir is not None or patience is not None) and not modules:
+        raise ValueError("modules: checkpoints and early stopping need the nn.Modules, found none")
+    if predictor is None and validation is not None:
+        owner = getattr(guide, "__self__", None)
+        if owner is None or not hasattr(owner, "predict_proba"):
+            raise ValueError("predictor: pass one, the guide has no predict_proba to score with")
+
+        def predictor(data, _owner=owner):
+            return predict_proba(_owner, data, device=device)
+
+    optimizer = optimizer or pyro.optim.ClippedAdam({"lr": 1e-3})
+    svi = SVI(model, guide, optimizer, loss=objective)
+    loader = InterleavedLoader(
+        dataset, batch_size, labelled_batch_size=labelled_batch_size, seed=seed
+    )
+    ckpt_path = None if checkpoint_dir is None else Path(checkpoint_dir) / "checkpoint.pt"
+    history: list[dict] = []
+    best: dict | None = None
+    start_epoch = 0
+    pyro.set_rng_seed(seed)
+    if resume and ckpt_path is not None and ckpt_path.is_file():
+        # parameters must exist in the param store before the optimiser state can attach
+        ckpt = load_checkpoint(ckpt_path, modules, optimizer)
+        history, best, start_epoch = ckpt.history, ckpt.best, ckpt.epoch
+        if ckpt.rng_state is not None:
+            torch.set_rng_state(ckpt.rng_state)
+
+    bar = tqdm(range(start_epoch, int(epochs)), disable=not progress, desc="training",
+               unit="epoch", initial=start_epoch, total=int(epochs))
+    for epoch in bar:
+        loader.set_epoch(epoch)
+        tic = time.perf_counter()
+        totals = {"labelled": [0.0, 0], "unlabelled": [0.0, 0]}
+        for step, (batch, num_data) in enumerate(loader):
+            batch = batch_to(batch, device)
+            scale = num_data / batch.size
+            with poutine.scale(scale=scale):
+                loss = svi.step(batch.x, batch.mask, batch.y)
+            if not math.isfinite(loss):
+                raise TrainingDivergedError(
+                    epoch, step, loss, ckpt_path if ckpt_path and ckpt_path.is_file() else None
+                )
+            group = "labelled" if batch.y is not None else "unlabelled"
+            totals[group][0] += loss / num_data  # per-datum estimate of the group's loss
+            totals[group][1] += 1
+        row = {"epoch": epoch + 1}
+        per_group = {g: (s / n if n else float("nan")) for g, (s, n) in totals.items()}
+        row["loss_labelled"] = per_group["labelled"]
+        row["loss_unlabelled"] = per_group["unlabelled"]
+        n_lab, n_unl = loader.num_labelled, loader.num_unlabelled
+        row["loss"] = float(
+            np.nansum([per_group["labelled"] * n_lab, per_group["unlabelled"] * n_unl])
+            / max(n_lab + n_unl, 1)
+        )
+        if validation is not None:
+            proba = predictor(validation)
+            y_val = validation.y.numpy()
+            metrics = classification_metrics(y_val, proba.argmax(1))
+            row.update({f"val_{k}": float(v) for k, v in metrics.items() if k != "minority_recall"})
+        row["seconds"] = time.perf_counter() - tic
+        history.append(row)
+        postfix = {"loss": f"{row['loss']:.4g}"}
+        if validation is not None:
+            postfix["val_bacc"] = f"{row['val_balanced_accuracy']:.3f}"
+            score = row["val_balanced_accuracy"]
+            if best is None or score > best["score"]:
+                best = {"score": score, "epoch": epoch + 1,
+                        "modules": {n: _clone_state(m) for n, m in modules.items()}}
+        bar.set_postfix(postfix)
+        if ckpt_path is not None:
+            save_checkpoint(ckpt_path, modules, optimizer, epoch + 1, history, best)
+        if patience is not None and best is not None and epoch + 1 - best["epoch"] >= patience:
+            break
+    bar.close()
+    if patience is not None and best is not None:
+        for name, module in modules.items():
+            module.load_state_dict(best["modules"][name])
+    return pd.DataFrame(history)
+
+
+def _clone_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _default_modules(model, guide) -> dict[str, torch.nn.Module]:
+    modules = {}
+    for name, fn in (("model", model), ("guide", guide)):
+        owner = getattr(fn, "__self__", None)
+        if isinstance(owner, torch.nn.Module):
+            modules[name] = owner
+    classifier = getattr(getattr(guide, "__self__", None), "classifier", None)
+    if isinstance(classifier, torch.nn.Module):
+        modules["classifier"] = classifier
+    return modules
