@@ -18,7 +18,13 @@ from pyro_mmt.infer import GammaPowerELBO
 from pyro_mmt.models import MultimodalTModel
 from pyro_mmt.train import predict_proba, train
 
-__all__ = ["build_model_and_guide", "make_objective", "MultimodalSemiSupervisedClassifier"]
+__all__ = [
+    "build_model_and_guide",
+    "make_objective",
+    "MultimodalSemiSupervisedClassifier",
+    "save_estimator",
+    "load_estimator",
+]
 
 
 def build_model_and_guide(
@@ -268,3 +274,63 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
 
 
 
+
+
+def save_estimator(estimator: MultimodalSemiSupervisedClassifier, path) -> None:
+    """Save a fitted estimator: its hyperparameters, the fitted sizes, the standardiser and the
+    network weights, as plain tensors and numbers (``torch.save``; read back by
+    :func:`load_estimator` with ``weights_only=True``)."""
+    estimator._check_fitted()
+    params = estimator.get_params()
+    params["hidden"] = list(params["hidden"])
+    state = {
+        "params": params,
+        "modalities": list(estimator.modalities_),
+        "dims": dict(estimator.dims_),
+        "n_classes": int(estimator.n_classes_),
+        "label_counts": [int(c) for c in estimator.label_counts_],
+        "standardiser": None if estimator.standardiser_ is None
+        else _tensor_state(estimator.standardiser_.state_dict()),
+        "model": estimator.model_.state_dict(),
+        "guide": estimator.guide_.state_dict(),
+        "classifier": estimator.guide_.classifier.state_dict(),
+        "history": estimator.history_.to_dict(orient="list"),
+    }
+    torch.save(state, path)
+
+
+def load_estimator(path, map_location="cpu") -> MultimodalSemiSupervisedClassifier:
+    """Load an estimator saved by :func:`save_estimator` (``torch.load(weights_only=True)``)."""
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    params = dict(state["params"])
+    params["hidden"] = tuple(params["hidden"])
+    est = MultimodalSemiSupervisedClassifier(**params)
+    est.modalities_ = tuple(state["modalities"])
+    est.dims_ = {m: int(state["dims"][m]) for m in est.modalities_}
+    est.n_classes_ = int(state["n_classes"])
+    est.classes_ = np.arange(est.n_classes_)
+    est.label_counts_ = np.asarray(state["label_counts"])
+    std = state["standardiser"]
+    est.standardiser_ = None if std is None else Standardiser.from_state_dict(
+        {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in std.items()}
+    )
+    est.model_, est.guide_ = build_model_and_guide(
+        est.dims_, est.n_classes_, latent_dim=est.latent_dim, hidden=est.hidden, nu=est.nu,
+        sigma=est.sigma, alpha=1.0, class_weight=est.class_weight,
+        logit_adjustment=est.logit_adjustment, unlabelled_prior_shift=est.unlabelled_prior_shift,
+        label_counts=est.label_counts_, joint_head=est.joint_head,
+        latent_weight=est.latent_weight,
+    )
+    est.model_.load_state_dict(state["model"])
+    est.guide_.load_state_dict(state["guide"])
+    est.guide_.classifier.load_state_dict(state["classifier"])
+    est.history_ = pd.DataFrame(state["history"])
+    return est
+
+
+def _tensor_state(state: dict) -> dict:
+    """numpy arrays as tensors, string arrays as lists (what ``weights_only`` loads)."""
+    return {
+        k: [str(v) for v in a.tolist()] if a.dtype.kind == "U" else torch.from_numpy(a.copy())
+        for k, a in ((k, np.asarray(v)) for k, v in state.items())
+    }
