@@ -1,4 +1,26 @@
 """pyro-mmt: semi-supervised classification of class-imbalanced, multimodal, partially labelled
-data with a Student-t deep generative model trained by the γ-power divergence, in Pyro."""
+data with a Student-t deep generative model trained by the γ-power divergence, in Pyro.
+
+Subpackages: ``pyro_mmt.data`` (data sets, splits, batches), ``pyro_mmt.models`` (p(x, y, z)),
+``pyro_mmt.guides`` (q(y, z | x)), ``pyro_mmt.infer`` (``GammaPowerELBO``),
+``pyro_mmt.distributions`` (the multivariate t and closed forms), ``pyro_mmt.train`` (SVI),
+``pyro_mmt.estimator`` (scikit-learn API), ``pyro_mmt.metrics``, ``pyro_mmt.diagnostics``
+(ArviZ), ``pyro_mmt.benchmark``.
+"""
 
 __version__ = "0.1.0"
+
+__all__ = ["MultimodalSemiSupervisedClassifier", "GammaPowerELBO", "__version__"]
+
+
+def __getattr__(name):
+    # imported on first use: models/ and guides/ import pyro_mmt's submodules themselves
+    if name == "MultimodalSemiSupervisedClassifier":
+        from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
+
+        return MultimodalSemiSupervisedClassifier
+    if name == "GammaPowerELBO":
+        from pyro_mmt.infer import GammaPowerELBO
+
+        return GammaPowerELBO
+    raise AttributeError(f"module 'pyro_mmt' has no attribute {name!r}")
