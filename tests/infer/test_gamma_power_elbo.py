@@ -339,19 +339,23 @@ def paired_comparison(model, guide, args, *, num_batches, num_particles, gamma="
     return est, diff.mean().item(), se, (est[False].var() / est[True].var()).item()
 
 
+@pytest.mark.parametrize("gamma", ["auto", -0.05], ids=["auto", "explicit"])
 @pytest.mark.parametrize("labelled", [True, False], ids=["labelled", "unlabelled"])
-def test_closed_forms_agree_with_monte_carlo(labelled):
+def test_closed_forms_agree_with_monte_carlo(labelled, gamma):
     """Full model and guide, ν = 5, random networks, missing modalities: 20000 particles per
-    estimator (100 batches of 200); the two agree within 4 SE of their paired difference."""
+    estimator (100 batches of 200); the two agree within 4 SE of their paired difference.
+    With γ = "auto" the closed forms are E|z|² and ∫q^{1+γ}; with an explicit γ only ∫q^{1+γ}.
+    The per-particle variance ratio is printed (measured over 200 batches of 100 on two random
+    networks: 0.96–1.21 at "auto", 5.5–9.1 at γ = −0.05)."""
     model, guide = make_pair(5.0, alpha=0.5)
     x, mask, y = make_data(missing=True)
     args = (x, mask, y if labelled else None)
     num_batches, num_particles = 100, 200
     est, diff, se, var_ratio = paired_comparison(
-        model, guide, args, num_batches=num_batches, num_particles=num_particles
+        model, guide, args, num_batches=num_batches, num_particles=num_particles, gamma=gamma
     )
     print(
-        f"labelled={labelled}: closed {est[True].mean().item():.4f}, Monte Carlo "
+        f"labelled={labelled} gamma={gamma}: closed {est[True].mean().item():.4f}, Monte Carlo "
         f"{est[False].mean().item():.4f}, difference {diff:.4f} +- {se:.4f} (SE); per-particle "
         f"variance ratio MC/closed {var_ratio:.2f} (closed: "
         f"{num_particles * est[True].var().item():.2f})"
@@ -496,7 +500,7 @@ def test_vectorised_particles_agree_with_particle_loop_in_expectation():
     """Tiny model with an enumerated label: the mean over 40 seeds of the loss with 20
     vectorised particles and with a loop of 20 particles agree within 4 SE."""
     kwargs = dict(nu=5.0, sigma=0.8, latent_dim=2, class_log_prior=torch.tensor([0.6, 0.4]).log())
-    x = init_tiny_params(6, 4, 2, num_classes=2)
+    x = init_tiny_params(6, 4, 2, num_classes=2, logvar_shift=-3.0)
     means = {}
     for vectorised in (True, False):
         elbo = GammaPowerELBO("auto", num_particles=20, vectorize_particles=vectorised,
