@@ -218,7 +218,8 @@ def cmd_diagnose(args) -> int:
 def cmd_demo(args) -> int:
     from pyro_mmt.demo import run_demo
 
-    run_demo(out=Path(args.out), epochs=args.epochs, seed=args.seed)
+    run_demo(out=Path(args.out), epochs=args.epochs, seed=args.seed, dataset=args.dataset,
+             rho=args.rho, beta=args.beta, methods=args.methods)
     return 0
 
 
@@ -295,9 +296,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default RUN_DIR/diagnostics)")
     p.set_defaults(func=cmd_diagnose)
 
-    p = sub.add_parser("demo", help="the README's demo: mfeat, ρ = 10, β = 0.05")
+    p = sub.add_parser("demo", help="the README's demo: mfeat, ρ = 10, β = 0.05",
+                       description="Train the t/γ model, the Gaussian model and classical "
+                       "baselines on one long-tailed split, print the metrics table and write "
+                       "the plots (recall against class frequency, confusion matrix).")
     p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", default="mfeat", help="data set name (default mfeat)")
+    p.add_argument("--rho", type=float, default=10.0, help="imbalance ratio (default 10)")
+    p.add_argument("--beta", type=float, default=0.05, help="labelled fraction (default 0.05)")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="methods of pyro_mmt.benchmark.METHODS (default: t_gamma gauss_kl_w0 "
+                        "selftrain lr)")
     p.add_argument("--out", default="runs/demo")
     p.set_defaults(func=cmd_demo)
     return parser

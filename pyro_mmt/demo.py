@@ -28,7 +28,10 @@ def run_demo(out: Path | str = "runs/demo", *, epochs: int | None = None, seed: 
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    methods = methods or DEMO_METHODS
+    methods = list(methods or DEMO_METHODS)
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown}; expected some of {sorted(METHODS)}")
     data = load_dataset(dataset)
     split = long_tailed_split(data, rho, beta, seed)
     print(f"{dataset}: {len(split.train)} training rows "

@@ -10,13 +10,14 @@ import pyro
 import torch
 from pyro.infer import TraceEnum_ELBO
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import NotFittedError
 from sklearn.metrics import balanced_accuracy_score
 
 from pyro_mmt.data import MultimodalDataset, Standardiser
 from pyro_mmt.guides import PoEClassifier, PoETGuide
 from pyro_mmt.infer import GammaPowerELBO
 from pyro_mmt.models import MultimodalTModel
-from pyro_mmt.train import predict_proba, train
+from pyro_mmt.train import load_weights, predict_proba, train
 
 __all__ = [
     "build_model_and_guide",
@@ -80,12 +81,19 @@ def make_objective(objective: str = "gamma_power", *, gamma: float | str = "auto
 class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     """Semi-supervised classifier for class-imbalanced multimodal data (scikit-learn API).
 
-    ``fit(X, y)`` takes ``X`` as a mapping modality name -> array or DataFrame [N, n_j] (a row of
-    NaN = modality missing) or a :class:`~pyro_mmt.data.MultimodalDataset`, and ``y`` with −1
-    for unlabelled rows (the ``LabelSpreading`` convention). It standardises each modality on the
-    training rows, builds the model and guide (:func:`build_model_and_guide`) and trains them
-    with Pyro's SVI (:func:`~pyro_mmt.train.train`). ``predict_proba`` accepts any subset of
-    the modalities (missing ones as NaN rows or absent keys).
+    ``fit(X, y)`` takes ``X`` as
+
+    - a mapping modality name -> array or DataFrame [N, n_j] (a row of NaN = modality missing),
+    - a DataFrame whose columns are a two-level MultiIndex (modality, feature), e.g.
+      ``pandas.concat({"top": top, "bottom": bottom}, axis=1)``: the form that scikit-learn's
+      model selection (``cross_val_score``, ``GridSearchCV``) can split by rows, or
+    - a :class:`~pyro_mmt.data.MultimodalDataset`,
+
+    and ``y`` with −1 for unlabelled rows (the ``LabelSpreading`` convention). It standardises
+    each modality on the training rows, builds the model and guide (:func:`build_model_and_guide`)
+    and trains them with Pyro's SVI (:func:`~pyro_mmt.train.train`). ``predict_proba`` accepts
+    any subset of the modalities (missing ones as NaN rows or absent keys); ``score`` is the
+    balanced accuracy on the rows with a label (y ≥ 0).
 
     The fitted Pyro pieces stay available: ``model_`` (:class:`MultimodalTModel`), ``guide_``
     (:class:`PoETGuide`), ``history_`` (per-epoch DataFrame), ``standardiser_``.
@@ -161,14 +169,12 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ data at the boundary
     def _dataset(self, X, y=None, *, fitted=False) -> MultimodalDataset:
+        if fitted and isinstance(X, MultimodalDataset) and X.modalities != self.modalities_:
+            X = X.to_numpy()[0]  # a subset or another order: completed below like a mapping
         if isinstance(X, MultimodalDataset):
             data = X if y is None else X.with_labels(y)
         else:
-            if not isinstance(X, Mapping):
-                raise ValueError(
-                    "X: expected a mapping modality name -> array [N, n_j] or a "
-                    f"MultimodalDataset, found {type(X).__name__}"
-                )
+            X = _modality_mapping(X)
             if fitted:
                 X = self._complete(X)
             kwargs = {"num_classes": self.n_classes_} if fitted else {}
@@ -190,6 +196,13 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             )
         if not X:
             raise ValueError("X: expected at least one modality, found none")
+        for m, value in X.items():
+            width = np.shape(value)[1] if np.ndim(value) == 2 else None
+            if width != self.dims_[m]:
+                raise ValueError(
+                    f"X[{m!r}]: expected shape [N, {self.dims_[m]}] (as in fit), found shape "
+                    f"{np.shape(value)}"
+                )
         n = len(next(iter(X.values())))
         return {
             m: X[m] if m in X else np.full((n, self.dims_[m]), np.nan) for m in self.modalities_
@@ -216,6 +229,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             data = self.standardiser_.transform(data)
 
         device = torch.device(self.device)
+        pyro.set_rng_seed(self.seed)  # the networks' initial weights too, so fit is repeatable
         self.model_, self.guide_ = build_model_and_guide(
             self.dims_, self.n_classes_, latent_dim=self.latent_dim, hidden=tuple(self.hidden),
             nu=self.nu, sigma=self.sigma, alpha=self._alpha_per_step(data),
@@ -258,13 +272,26 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
     def score(self, X, y, sample_weight=None) -> float:
-        """Balanced accuracy (mean per-class recall) on labelled rows of ``X``."""
-        y = np.asarray(y)
-        return float(balanced_accuracy_score(y, self.predict(X), sample_weight=sample_weight))
+        """Balanced accuracy (mean per-class recall) on the labelled rows (y ≥ 0) of ``X``;
+        unlabelled rows (y = −1) are ignored, so scikit-learn's cross-validation can score
+        folds of semi-supervised data."""
+        y = np.asarray(y.numpy() if isinstance(y, torch.Tensor) else y)
+        labelled = y >= 0
+        if not labelled.any():
+            raise ValueError(f"y: expected some labelled rows (y >= 0) to score, found none "
+                             f"among {y.size}")
+        pred = self.predict(X)
+        if pred.shape[0] != y.shape[0]:
+            raise ValueError(f"y: expected {pred.shape[0]} labels (one per row of X), found "
+                             f"{y.shape[0]}")
+        weight = None if sample_weight is None else np.asarray(sample_weight)[labelled]
+        return float(balanced_accuracy_score(y[labelled], pred[labelled], sample_weight=weight))
 
     def _check_fitted(self):
         if not hasattr(self, "guide_"):
-            raise ValueError("this estimator is not fitted yet: call fit(X, y) first")
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet: call fit(X, y) first"
+            )
 
     @property
     def history(self) -> pd.DataFrame:
@@ -273,7 +300,23 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         return self.history_
 
 
-
+def _modality_mapping(X) -> Mapping:
+    """The mapping modality -> [N, n_j] behind ``X`` (a mapping, or a DataFrame whose columns
+    are a (modality, feature) MultiIndex)."""
+    if isinstance(X, pd.DataFrame):
+        if X.columns.nlevels != 2:
+            raise ValueError(
+                "X: a DataFrame needs two column levels (modality, feature), e.g. "
+                "pandas.concat({'a': Xa, 'b': Xb}, axis=1); found "
+                f"{X.columns.nlevels} level(s)"
+            )
+        return {str(m): X[m].to_numpy() for m in X.columns.get_level_values(0).unique()}
+    if not isinstance(X, Mapping):
+        raise ValueError(
+            "X: expected a mapping modality name -> array [N, n_j], a DataFrame with "
+            "(modality, feature) columns or a MultimodalDataset, found " + type(X).__name__
+        )
+    return X
 
 
 def save_estimator(estimator: MultimodalSemiSupervisedClassifier, path) -> None:
@@ -300,8 +343,9 @@ def save_estimator(estimator: MultimodalSemiSupervisedClassifier, path) -> None:
 
 
 def load_estimator(path, map_location="cpu") -> MultimodalSemiSupervisedClassifier:
-    """Load an estimator saved by :func:`save_estimator` (``torch.load(weights_only=True)``)."""
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    """Load an estimator saved by :func:`save_estimator` (``torch.load(weights_only=True)``;
+    a file holding other objects is refused with a ``ValueError``)."""
+    state = load_weights(path, map_location=map_location)
     params = dict(state["params"])
     params["hidden"] = tuple(params["hidden"])
     est = MultimodalSemiSupervisedClassifier(**params)

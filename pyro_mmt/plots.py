@@ -1,18 +1,21 @@
 """Training and evaluation plots (matplotlib; each function returns the Figure and, when given
-``path``, saves it as PNG)."""
+``path``, saves it as PNG).
+
+Figures are made with ``matplotlib.figure.Figure`` rather than ``pyplot``: no backend is chosen
+for the user (a notebook keeps its own and displays the returned Figure), no display is needed
+on a server, and nothing stays open in pyplot's registry after a figure is saved.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: no display is needed (or available on servers)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.metrics import confusion_matrix, recall_score  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import confusion_matrix, recall_score
 
 __all__ = ["plot_training_curves", "plot_recall_vs_frequency", "plot_confusion_matrix"]
 
@@ -28,20 +31,25 @@ def plot_training_curves(history: pd.DataFrame, path: str | Path | None = None):
     """Loss per datum (labelled and unlabelled) and, when present, validation balanced accuracy
     against the epoch."""
     has_val = "val_balanced_accuracy" in history
-    fig, axes = plt.subplots(1, 2 if has_val else 1, figsize=(10 if has_val else 5.5, 3.8))
-    axes = np.atleast_1d(axes)
+    fig = Figure(figsize=(10 if has_val else 5.5, 3.8))
+    axes = np.atleast_1d(fig.subplots(1, 2 if has_val else 1))
     for column, label in (("loss_labelled", "labelled"), ("loss_unlabelled", "unlabelled"),
                           ("loss", "all")):
         if column in history and history[column].notna().any():
             axes[0].plot(history["epoch"], history[column], label=label)
     axes[0].set(xlabel="epoch", ylabel="loss per datum", title="training loss")
-    values = history[["loss_labelled", "loss_unlabelled"]].to_numpy(dtype=float)
-    if np.nanmin(values) > 0 and np.nanmax(values) / np.nanmin(values) > 20:
+    columns = [c for c in ("loss_labelled", "loss_unlabelled") if c in history]
+    values = history[columns].to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size and values.min() > 0 and values.max() / values.min() > 20:
         axes[0].set_yscale("log")
-    axes[0].legend()
+    if axes[0].lines:
+        axes[0].legend()
     if has_val:
         axes[1].plot(history["epoch"], history["val_balanced_accuracy"], color="C3")
         axes[1].set(xlabel="epoch", ylabel="balanced accuracy", title="validation")
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     fig.tight_layout()
     return _save(fig, path)
 
@@ -59,7 +67,8 @@ def plot_recall_vs_frequency(
     order = np.argsort(-counts, kind="stable")
     k = len(counts)
     names = [str(c) for c in (class_names if class_names is not None else range(k))]
-    fig, ax = plt.subplots(figsize=(max(6, 0.8 * k + 2), 4))
+    fig = Figure(figsize=(max(6, 0.8 * k + 2), 4))
+    ax = fig.subplots()
     width = 0.8 / max(len(predictions), 1)
     for i, (label, pred) in enumerate(predictions.items()):
         recall = recall_score(y_true, pred, labels=np.arange(k), average=None, zero_division=0)
@@ -73,7 +82,9 @@ def plot_recall_vs_frequency(
     twin.set_ylabel("training rows per class (log)")
     handles = ax.get_legend_handles_labels()
     extra = twin.get_legend_handles_labels()
-    ax.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=8, loc="lower left")
+    # below the axes: inside, it would hide the bars it explains
+    ax.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=8, loc="upper center",
+              bbox_to_anchor=(0.5, -0.16), ncol=min(len(predictions) + 1, 5), frameon=False)
     ax.set_title("per-class recall against class frequency")
     fig.tight_layout()
     return _save(fig, path)
@@ -90,7 +101,8 @@ def plot_confusion_matrix(
     """Row-normalised confusion matrix (each row is a true class's recall profile)."""
     cm = confusion_matrix(y_true, y_pred, labels=np.arange(num_classes), normalize="true")
     names = [str(c) for c in (class_names if class_names is not None else range(num_classes))]
-    fig, ax = plt.subplots(figsize=(0.55 * num_classes + 2.5, 0.55 * num_classes + 2))
+    fig = Figure(figsize=(0.55 * num_classes + 2.5, 0.55 * num_classes + 2))
+    ax = fig.subplots()
     image = ax.imshow(cm, vmin=0, vmax=1, cmap="Blues")
     ax.set_xticks(np.arange(num_classes), names, rotation=45 if num_classes > 6 else 0)
     ax.set_yticks(np.arange(num_classes), names)

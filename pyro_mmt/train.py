@@ -9,7 +9,9 @@ estimates the whole group's and the objective is Σ_unlabelled L(x) + Σ_labelle
 from __future__ import annotations
 
 import math
+import pickle
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,24 +34,32 @@ __all__ = [
     "train",
     "save_checkpoint",
     "load_checkpoint",
+    "load_weights",
     "predict_proba",
     "batch_to",
 ]
 
 
 class TrainingDivergedError(FloatingPointError):
-    """The loss became NaN or infinite. Carries the epoch, the step and the path of the last
-    good checkpoint (None when checkpoints were not requested)."""
+    """The loss, or a value the model computes from the parameters, became NaN or infinite.
 
-    def __init__(self, epoch: int, step: int, loss: float, checkpoint: Path | None):
+    Carries ``epoch`` and ``step`` (both counted from 1, as in the history), the ``loss`` (NaN
+    when the step failed before a loss was computed) and ``checkpoint``, the path of the last
+    good checkpoint (None when checkpoints were not requested or none was written yet); the
+    checkpoint is never overwritten by a diverged epoch.
+    """
+
+    def __init__(self, epoch: int, step: int, loss: float, checkpoint: Path | None,
+                 cause: str | None = None):
         self.epoch, self.step, self.loss, self.checkpoint = epoch, step, loss, checkpoint
         where = (
             f"the last good checkpoint is {checkpoint}"
             if checkpoint is not None
             else "no checkpoint was kept (pass checkpoint_dir to keep one)"
         )
+        what = f"the loss was {loss}" if cause is None else cause
         super().__init__(
-            f"training diverged: the loss was {loss} at epoch {epoch}, step {step}; {where}. "
+            f"training diverged at epoch {epoch}, step {step}: {what}; {where}. "
             "Lower the learning rate, standardise the data, or check sigma and nu."
         )
 
@@ -94,7 +104,7 @@ def load_checkpoint(path: str | Path, modules: dict[str, torch.nn.Module] | None
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: no file at {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    state = load_weights(path, map_location=map_location)
     ckpt = Checkpoint(
         modules=state["modules"],
         optimizer=state["optimizer"],
@@ -114,6 +124,20 @@ def load_checkpoint(path: str | Path, modules: dict[str, torch.nn.Module] | None
     if optimizer is not None:
         optimizer.set_state(ckpt.optimizer)
     return ckpt
+
+
+def load_weights(path: str | Path, map_location=None):
+    """``torch.load(path, weights_only=True)``: tensors, numbers, strings and plain containers
+    only. A file holding any other object is refused with a ``ValueError`` (unpickling it could
+    run arbitrary code)."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"path: {path} holds objects other than tensors, numbers, strings and plain "
+            "containers; refusing to load it (torch.load(weights_only=True)). Only load files "
+            f"you trust. Details: {str(error).splitlines()[0]}"
+        ) from error
 
 
 def batch_to(batch: Batch, device: torch.device | str) -> Batch:
@@ -207,6 +231,7 @@ def train(
         def predictor(data, _owner=owner):
             return predict_proba(_owner, data, device=device)
 
+    _check_param_store(modules)
     optimizer = optimizer or pyro.optim.ClippedAdam({"lr": 1e-3})
     svi = SVI(model, guide, optimizer, loss=objective)
     loader = InterleavedLoader(
@@ -233,12 +258,7 @@ def train(
         for step, (batch, num_data) in enumerate(loader):
             batch = batch_to(batch, device)
             scale = num_data / batch.size
-            with poutine.scale(scale=scale):
-                loss = svi.step(batch.x, batch.mask, batch.y)
-            if not math.isfinite(loss):
-                raise TrainingDivergedError(
-                    epoch, step, loss, ckpt_path if ckpt_path and ckpt_path.is_file() else None
-                )
+            loss = _checked_step(svi, batch, scale, modules, epoch, step, ckpt_path)
             group = "labelled" if batch.y is not None else "unlabelled"
             totals[group][0] += loss / num_data  # per-datum estimate of the group's loss
             totals[group][1] += 1
@@ -275,6 +295,63 @@ def train(
         for name, module in modules.items():
             module.load_state_dict(best["modules"][name])
     return pd.DataFrame(history)
+
+
+def _checked_step(svi, batch, scale, modules, epoch, step, ckpt_path) -> float:
+    """One SVI step; a non-finite loss, or a step that fails because the parameters (or
+    values computed from them) are no longer finite, raises :class:`TrainingDivergedError`."""
+    checkpoint = ckpt_path if ckpt_path is not None and ckpt_path.is_file() else None
+    try:
+        with warnings.catch_warnings():
+            # Pyro warns on a NaN loss; the check below reports it with the epoch and step
+            warnings.filterwarnings("ignore", message=r"Encountered (NaN|\+/-Inf)",
+                                    category=UserWarning)
+            with poutine.scale(scale=scale):
+                loss = svi.step(batch.x, batch.mask, batch.y)
+    except (ValueError, RuntimeError) as error:
+        # e.g. a distribution's argument check meeting NaN: a divergence when the loss itself is
+        # no longer finite; any other error (wrong shapes, bad input) is raised as it is
+        if not _diverged(svi, batch, scale, modules):
+            raise
+        cause = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+        raise TrainingDivergedError(epoch + 1, step + 1, float("nan"), checkpoint,
+                                    cause=f"non-finite values ({cause})") from error
+    if not math.isfinite(loss):
+        raise TrainingDivergedError(epoch + 1, step + 1, loss, checkpoint)
+    return loss
+
+
+def _diverged(svi, batch, scale, modules) -> bool:
+    """Whether some parameter, or the loss evaluated without argument checks, is not finite."""
+    for module in modules.values():
+        if not all(torch.isfinite(p).all() for p in module.parameters()):
+            return True
+    try:
+        with pyro.validation_enabled(False), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with poutine.scale(scale=scale):
+                loss = svi.evaluate_loss(batch.x, batch.mask, batch.y)
+    except Exception:  # the failure was not numerical
+        return False
+    return not math.isfinite(loss)
+
+
+def _check_param_store(modules: dict[str, torch.nn.Module]) -> None:
+    """Refuse to train when the param store holds other tensors under the modules' names.
+
+    ``pyro.module`` keeps the value already in the param store, so new modules trained after an
+    earlier run (without ``pyro.clear_param_store()``) would silently update the old tensors.
+    """
+    store = pyro.get_param_store()
+    for name, module in modules.items():
+        for param_name, param in module.named_parameters():
+            full = f"{name}$$${param_name}"
+            if full in store and store.get_param(full).unconstrained() is not param:
+                raise ValueError(
+                    f"modules: the Pyro param store already holds {full!r} from other modules; "
+                    "call pyro.clear_param_store() before training new modules (or train inside "
+                    "`with pyro.get_param_store().scope():`)"
+                )
 
 
 def _clone_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
