@@ -24,7 +24,7 @@ from pyro.infer import TraceEnum_ELBO
 from pyro_mmt.guides import PoEClassifier, PoETGuide
 from pyro_mmt.models import MultimodalTModel
 
-from pyro_mmt.distributions import DiagStudentT
+from pyro_mmt.distributions import DiagStudentT, prior_expert_scale
 from pyro_mmt.infer import (
     GammaPowerELBO,
     GaussianPowerNorm,
@@ -318,11 +318,25 @@ def test_one_modality_gradients_are_a_positive_multiple_of_t3vae(nu, n, d, sigma
         big = ref_grads.abs() > 1e-3 * ref_grads.abs().max()
         assert torch.allclose(grads[big] / ref_grads[big], torch.tensor(ratio), rtol=1e-8, atol=0)
         ratios.append(ratio)
+        # the values too: L = c1 · (t3VAE bracket) + c1 ν per datum
+        c1 = t3vae_scale(nu, n, d, sigma)
+        assert loss.item() == pytest.approx(c1 * (ref.item() + batch * nu), rel=1e-11)
     c1 = t3vae_scale(nu, n, d, sigma)
     print(f"(nu, n, d, sigma) = {(nu, n, d, sigma)}: c1 = {c1:.6f}, gradient ratios {ratios}")
     assert ratios == pytest.approx([c1] * len(ratios), rel=1e-9)
     if c1_table is not None:
         assert c1 == pytest.approx(c1_table, abs=1e-4)
+
+
+@pytest.mark.parametrize("nu,n,d,sigma,c1_table", T3VAE_SETTINGS)
+def test_prior_expert_scale_is_t3vae_tau(nu, n, d, sigma, c1_table):
+    """τ_0, the no-data optimum of Σ (docs/derivation.md §4), equals t3VAE's τ:
+    [σ^{−n} C(ν, n) (ν−2)/(ν+n−2)]^{2/(ν+n−2)}, which does not depend on d."""
+    log_t_norm = math.lgamma((nu + n) / 2) - math.lgamma(nu / 2) - n / 2 * math.log(nu * math.pi)
+    log_base = -n * math.log(sigma) + log_t_norm + math.log(nu - 2) - math.log(nu + n - 2)
+    tau = math.exp(2 / (nu + n - 2) * log_base)
+    value = prior_expert_scale(nu, n, d, n * math.log(sigma**2)).item()
+    assert value == pytest.approx(tau, rel=1e-12)
 
 
 # ------------------------------------------- (c) closed forms vs pure Monte Carlo estimator
