@@ -143,22 +143,22 @@ def _smote_lr(split, seed, dataset, epochs=None):
 METHODS: dict[str, Method] = {
     "t_gamma": Method(
         "t_gamma", "Student-t model, γ-power objective (auto γ), with the imbalance options",
-        _deep({"objective": "gamma_power", "nu": 5.0, "alpha": 10.0, **IMBALANCE_OPTIONS}),
+        _deep({"objective": "gamma_power", "nu": 5.0, "alpha": 40.0, **IMBALANCE_OPTIONS}),
         deep=True),
     "t_gamma_plain": Method(
         "t_gamma_plain", "Student-t model, γ-power objective, no imbalance options",
-        _deep({"objective": "gamma_power", "nu": 5.0, "alpha": 10.0}), deep=True),
+        _deep({"objective": "gamma_power", "nu": 5.0, "alpha": 40.0}), deep=True),
     "gauss_kl": Method(
         "gauss_kl", "Gaussian model (ν = ∞), KL objective (M2 ELBO, β = 1), imbalance options",
-        _deep({"objective": "kl", "nu": math.inf, "alpha": 10.0, **IMBALANCE_OPTIONS}),
+        _deep({"objective": "kl", "nu": math.inf, "alpha": 40.0, **IMBALANCE_OPTIONS}),
         deep=True),
     "gauss_kl_w0": Method(
         "gauss_kl_w0", "Gaussian model, KL objective tempered to β = w0, imbalance options",
-        _deep({"objective": "kl", "nu": math.inf, "alpha": 10.0, "latent_weight": "w0",
+        _deep({"objective": "kl", "nu": math.inf, "alpha": 40.0, "latent_weight": "w0",
                **IMBALANCE_OPTIONS}), deep=True),
     "gauss_kl_plain": Method(
         "gauss_kl_plain", "Gaussian model, KL objective (β = 1), no imbalance options",
-        _deep({"objective": "kl", "nu": math.inf, "alpha": 10.0}), deep=True),
+        _deep({"objective": "kl", "nu": math.inf, "alpha": 40.0}), deep=True),
     "lr": Method("lr", "logistic regression on labelled rows (class_weight balanced)", _lr),
     "labelspread": Method("labelspread", "LabelSpreading (knn)", _labelspread),
     "selftrain": Method("selftrain", "SelfTraining(LogisticRegression balanced), threshold 0.75",
