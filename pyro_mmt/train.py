@@ -203,7 +203,9 @@ def train(
         epochs, and restore the best epoch's weights (needs ``validation`` and ``modules``).
     :param checkpoint_dir: write ``checkpoint.pt`` there after every epoch.
     :param bool resume: continue from ``checkpoint_dir/checkpoint.pt`` when it exists; the
-        result equals an uninterrupted run with the same seed.
+        result equals an uninterrupted run with the same seed. The modules' weights, the
+        optimiser's state (its learning rate included) and the RNG state come from the
+        checkpoint; call ``pyro.clear_param_store()`` first when the modules are new.
     :param modules: name -> ``nn.Module`` whose weights make up the state (model, guide,
         classifier); needed for checkpoints and early stopping. Default: the modules behind
         bound ``model``/``guide`` methods and the guide's ``classifier``.

@@ -1,0 +1,213 @@
+"""The training loop: resume equals an uninterrupted run, safe checkpoints, divergence errors,
+validation metrics and early stopping. Tiny networks (hidden (8,), d = 2) on 48 digits."""
+
+import math
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from pyro_mmt.models import MultimodalTModel
+
+from pyro_mmt.data import Standardiser, load_digits
+from pyro_mmt.estimator import build_model_and_guide, make_objective
+from pyro_mmt.metrics import classification_metrics
+from pyro_mmt.train import (
+    TrainingDivergedError,
+    load_checkpoint,
+    predict_proba,
+    save_checkpoint,
+    train,
+)
+
+
+@pytest.fixture(scope="module")
+def data():
+    """48 standardised digits (two 32-pixel halves), the first 16 labelled."""
+    digits = load_digits()[:48]
+    y = digits.y.numpy().copy()
+    y[16:] = -1
+    return Standardiser().fit_transform(digits.with_labels(y))
+
+
+def build(data, seed=0, model_class=MultimodalTModel):
+    """Model, guide and their modules, initialised from ``seed``."""
+    pyro.set_rng_seed(seed)
+    model, guide = build_model_and_guide(data.dims, data.num_classes, latent_dim=2, hidden=(8,),
+                                         alpha=1.0)
+    if model_class is not MultimodalTModel:
+        model = model_class(data.dims, data.num_classes, latent_dim=2, hidden=(8,),
+                            classifier=guide.classifier, alpha=1.0)
+    return model, guide, {"model": model, "guide": guide, "classifier": guide.classifier}
+
+
+def fit(model, guide, data, epochs, lr=1e-2, **kwargs):
+    return train(model.model, guide.guide, data, objective=make_objective(),
+                 optimizer=pyro.optim.ClippedAdam({"lr": lr}), epochs=epochs, batch_size=16,
+                 seed=3, progress=False, **kwargs)
+
+
+def weights(modules):
+    return {f"{n}.{k}": v.detach().clone() for n, m in modules.items()
+            for k, v in m.state_dict().items()}
+
+
+def test_resume_gives_the_parameters_of_an_uninterrupted_run(data, tmp_path):
+    model, guide, modules = build(data)
+    straight = fit(model, guide, data, epochs=4, checkpoint_dir=tmp_path / "straight")
+    expected = weights(modules)
+
+    pyro.clear_param_store()
+    model, guide, modules = build(data)
+    fit(model, guide, data, epochs=2, checkpoint_dir=tmp_path / "resumed")
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt").epoch == 2
+
+    # a new process: new modules (other initial weights), new optimiser, empty param store
+    pyro.clear_param_store()
+    model, guide, modules = build(data, seed=123)
+    resumed = fit(model, guide, data, epochs=4, checkpoint_dir=tmp_path / "resumed",
+                  resume=True)
+    found = weights(modules)
+    assert found.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(found[name], expected[name], rtol=0, atol=1e-6, msg=name)
+    assert resumed["epoch"].tolist() == [1, 2, 3, 4]
+    np.testing.assert_allclose(resumed["loss"], straight["loss"], rtol=1e-6)
+
+
+def test_resume_from_a_finished_run_changes_nothing(data, tmp_path):
+    model, guide, modules = build(data)
+    fit(model, guide, data, epochs=1, checkpoint_dir=tmp_path)
+    before = weights(modules)
+    pyro.clear_param_store()
+    model, guide, modules = build(data, seed=1)
+    history = fit(model, guide, data, epochs=1, checkpoint_dir=tmp_path, resume=True)
+    assert len(history) == 1
+    for name, value in weights(modules).items():
+        assert torch.equal(value, before[name])
+
+
+def test_checkpoint_is_plain_tensors_and_loads_with_weights_only(data, tmp_path):
+    model, guide, modules = build(data)
+    fit(model, guide, data, epochs=1, checkpoint_dir=tmp_path)
+    path = tmp_path / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    assert set(state) >= {"modules", "optimizer", "epoch", "history", "rng_state"}
+    assert state["epoch"] == 1 and set(state["modules"]) == {"model", "guide", "classifier"}
+
+    _, _, fresh = build(data, seed=7)
+    ckpt = load_checkpoint(path, fresh)
+    assert ckpt.epoch == 1 and ckpt.history[0]["epoch"] == 1
+    for name, value in weights(fresh).items():
+        assert torch.equal(value, weights(modules)[name])
+
+
+class NotATensor:
+    """Stands for any pickled object that is not a tensor, number, string or container."""
+
+
+def test_a_checkpoint_holding_other_objects_is_refused(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"modules": {}, "optimizer": {}, "epoch": 1, "history": [],
+                "extra": NotATensor()}, path)
+    with pytest.raises(ValueError, match="refusing to load"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_for_other_modules_is_refused(data, tmp_path):
+    model, guide, modules = build(data)
+    optimizer = pyro.optim.ClippedAdam({"lr": 1e-3})
+    save_checkpoint(tmp_path / "c.pt", {"model": model}, optimizer, 0, [])
+    with pytest.raises(ValueError, match="modules"):
+        load_checkpoint(tmp_path / "c.pt", modules)
+    with pytest.raises(FileNotFoundError, match="no file"):
+        load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_huge_learning_rate_stops_with_epoch_and_step(data):
+    model, guide, _ = build(data)
+    with pytest.raises(TrainingDivergedError, match=r"epoch 1, step \d+") as info:
+        fit(model, guide, data, epochs=3, lr=1e30)
+    assert info.value.epoch == 1 and info.value.step >= 2  # the first step is still finite
+    assert info.value.checkpoint is None
+    assert "pass checkpoint_dir" in str(info.value)
+
+
+def test_divergence_keeps_the_last_good_checkpoint(data, tmp_path):
+    model, guide, modules = build(data)
+    fit(model, guide, data, epochs=1, checkpoint_dir=tmp_path)
+    good = weights(modules)
+    # resume the run with a model that computes NaN (the optimiser state, learning rate
+    # included, comes from the checkpoint, so a huge lr would not reach it)
+    pyro.clear_param_store()
+    model, guide, _ = build(data, model_class=NaNDecoderModel)
+    with pytest.raises(TrainingDivergedError, match="epoch 2, step 1") as info:
+        fit(model, guide, data, epochs=3, checkpoint_dir=tmp_path, resume=True)
+    assert info.value.epoch == 2
+    assert info.value.checkpoint == tmp_path / "checkpoint.pt"
+    assert str(tmp_path / "checkpoint.pt") in str(info.value)
+    _, _, fresh = build(data, seed=5)
+    assert load_checkpoint(info.value.checkpoint, fresh).epoch == 1
+    for name, value in weights(fresh).items():
+        assert torch.equal(value, good[name])
+
+
+class NaNDecoderModel(MultimodalTModel):
+    """A model whose decoders return NaN (a bug a user might write)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for decoder in self.decoders.values():
+            decoder.register_forward_hook(lambda module, args, out: out * math.nan)
+
+
+@pytest.mark.parametrize("validation", [True, False], ids=["validation", "no-validation"])
+def test_a_model_computing_nan_stops_with_the_error(data, validation):
+    model, guide, _ = build(data, model_class=NaNDecoderModel)
+    with pyro.validation_enabled(validation):
+        with pytest.raises(TrainingDivergedError, match="epoch 1, step 1") as info:
+            fit(model, guide, data, epochs=1)
+    assert info.value.epoch == 1 and info.value.step == 1
+
+
+def test_other_errors_are_not_reported_as_divergence(data):
+    model, guide, _ = build(data)
+    bad = data.select_modalities(["top"])  # the model expects both halves
+    with pytest.raises(ValueError, match="mask"):
+        fit(model, guide, bad, epochs=1)
+
+
+def test_new_modules_over_a_stale_param_store_are_refused(data):
+    model, guide, _ = build(data)
+    fit(model, guide, data, epochs=1)
+    model, guide, _ = build(data, seed=1)  # no pyro.clear_param_store()
+    with pytest.raises(ValueError, match="clear_param_store"):
+        fit(model, guide, data, epochs=1)
+    pyro.clear_param_store()
+    assert len(fit(model, guide, data, epochs=1)) == 1
+
+
+def test_history_validation_metrics_and_early_stopping(data):
+    validation = Standardiser().fit(data).transform(load_digits()[48:88])
+    model, guide, modules = build(data)
+    history = fit(model, guide, data, epochs=6, validation=validation, patience=2)
+    assert {"epoch", "loss", "loss_labelled", "loss_unlabelled", "seconds",
+            "val_balanced_accuracy", "val_accuracy"} <= set(history.columns)
+    assert np.isfinite(history["loss"]).all() and 1 <= len(history) <= 6
+    best = history["val_balanced_accuracy"].max()
+    # stops once the best epoch is `patience` epochs old, and restores its weights
+    assert len(history) == 6 or len(history) - history["val_balanced_accuracy"].idxmax() - 1 == 2
+    proba = predict_proba(guide, validation)
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-5)
+    found = classification_metrics(validation.y.numpy(), proba.argmax(1))["balanced_accuracy"]
+    assert found == pytest.approx(best)
+
+
+def test_argument_errors(data):
+    model, guide, _ = build(data)
+    with pytest.raises(ValueError, match="patience"):
+        fit(model, guide, data, epochs=1, patience=2)
+    with pytest.raises(ValueError, match="epochs"):
+        fit(model, guide, data, epochs=-1)
+    with pytest.raises(ValueError, match="MultimodalDataset"):
+        fit(model, guide, data.x, epochs=1)
