@@ -572,6 +572,22 @@ def test_label_is_enumerated_in_parallel(vectorised):
         assert shapes == [(NUM_CLASSES, 1), (NUM_CLASSES, BATCH, LATENT_DIM)] * num_particles
 
 
+@pytest.mark.parametrize("labelled", [True, False], ids=["labelled", "unlabelled"])
+@pytest.mark.parametrize("vectorised", [False, True], ids=["loop", "vectorised"])
+def test_larger_max_plate_nesting_gives_the_same_loss(labelled, vectorised):
+    """An unused plate dimension (max_plate_nesting=2 for one plate) moves the enumeration and
+    particle dimensions left but changes no value (same draws at the same seed)."""
+    model, guide = make_pair(5.0)
+    x, mask, y = make_data(missing=True)
+    args = (x, mask, y if labelled else None)
+    values = []
+    for nesting in (1, 2):
+        elbo = GammaPowerELBO("auto", num_particles=4 if vectorised else 1,
+                              vectorize_particles=vectorised, max_plate_nesting=nesting)
+        values.append(loss_at_seed(elbo, model.model, guide.guide, *args).item())
+    assert values[1] == pytest.approx(values[0], rel=1e-13)
+
+
 def test_data_plate_scale_multiplies_the_loss():
     """poutine.scale on model and guide (as subsampling does) scales every datum's term."""
     model, guide = make_pair(5.0, alpha=0.5)
