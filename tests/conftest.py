@@ -2,6 +2,10 @@ import pyro
 import pytest
 import torch
 
+# The tests use small tensors: torch's intra-op threads cost far more than they save there
+# (and fight each other when the machine is shared), so the suite runs single-threaded.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _pyro_state():
