@@ -1,0 +1,137 @@
+"""The ``pyro-mmt`` command line: every command (but ``diagnose``) runs in a smoke setting and
+writes its files; ``--help`` works for each. Commands run in-process through ``main(argv)``."""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pyro_mmt.benchmark
+from pyro_mmt.cli import main
+from pyro_mmt.data import MultimodalDataset, load_digits
+from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
+
+SMALL = ["--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--batch-size", "32", "--quiet"]
+
+
+@pytest.fixture
+def small_deep_models(monkeypatch):
+    """The benchmark's deep methods with tiny networks (hidden (8,), d = 2), for smoke runs."""
+    monkeypatch.setattr(
+        pyro_mmt.benchmark, "MultimodalSemiSupervisedClassifier",
+        functools.partial(MultimodalSemiSupervisedClassifier, hidden=(8,), latent_dim=2),
+    )
+
+
+@pytest.fixture
+def tiny_npz(tmp_path):
+    """80 digits as an .npz (x_top, x_bottom, y with 30 labels and -1 elsewhere; the bottom
+    half missing in every fifth row)."""
+    digits = load_digits()[:80]
+    x, y = digits.to_numpy()
+    y[30:] = -1
+    x["bottom"][::5] = np.nan
+    path = tmp_path / "tiny.npz"
+    MultimodalDataset(x, y, num_classes=10).to_npz(path)
+    return path
+
+
+def test_train_evaluate_predict_on_an_npz(tiny_npz, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(tiny_npz), "--out", str(run), *SMALL]) == 0
+    for name in ("config.json", "estimator.pt", "history.csv", "train.npz",
+                 "training_curves.png"):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["estimator"]["hidden"] == [8] and config["data"] == str(tiny_npz)
+    assert len(pd.read_csv(run / "history.csv")) == 1
+
+    # evaluate needs labelled rows: the npz's labelled part
+    labelled = MultimodalDataset.from_npz(tiny_npz).labelled()
+    labelled.to_npz(tmp_path / "labelled.npz")
+    assert main(["evaluate", str(run), str(tmp_path / "labelled.npz"),
+                 "--out", str(tmp_path / "metrics.csv")]) == 0
+    metrics = pd.read_csv(tmp_path / "metrics.csv", index_col=0)["value"]
+    assert 0 <= metrics["balanced_accuracy"] <= 1
+
+    out = tmp_path / "proba.csv"
+    assert main(["predict", str(run), str(tiny_npz), "--out", str(out)]) == 0
+    proba = pd.read_csv(out, index_col="row")
+    assert len(proba) == 80 and list(proba.columns) == ["predicted"] + [f"p_{k}" for k in range(10)]
+    np.testing.assert_allclose(proba.filter(like="p_").sum(axis=1), 1.0, rtol=1e-5)
+    assert "wrote 80 rows" in capsys.readouterr().out
+
+
+def test_train_on_a_named_data_set_writes_the_run_folder(tmp_path, capsys):
+    run = tmp_path / "digits"
+    assert main(["train", "digits", "--rho", "10", "--beta", "0.2", "--out", str(run),
+                 *SMALL]) == 0
+    for name in ("config.json", "estimator.pt", "history.csv", "metrics.csv", "train.npz",
+                 "test.npz", "training_curves.png", "recall_vs_frequency.png",
+                 "confusion_matrix.png"):
+        assert (run / name).is_file(), name
+    assert "balanced_accuracy" in capsys.readouterr().out
+    assert main(["evaluate", str(run)]) == 0  # its own test split by default
+    shown = capsys.readouterr().out
+    saved = pd.read_csv(run / "metrics.csv", index_col=0)["value"]
+    assert f"{saved['balanced_accuracy']:.4f}".rstrip("0") in shown
+
+
+def test_benchmark_writes_results_and_tables(tmp_path, small_deep_models):
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--datasets", "digits", "--seeds", "0", "--rho", "10", "--beta",
+                 "0.2", "--methods", "lr", "t_gamma", "--epochs", "1", "--out", str(out)]) == 0
+    results = pd.read_csv(out / "results.csv")
+    assert sorted(results["method"]) == ["lr", "t_gamma"] and len(results) == 2
+    table = pd.read_csv(out / "table.csv")
+    assert set(table["method"]) == {"lr", "t_gamma"}
+    assert "±" in table["balanced_accuracy"].iloc[0]
+    markdown = (out / "table.md").read_text()
+    assert "t_gamma" in markdown and "balanced_accuracy" in markdown
+
+
+def test_demo_writes_its_table_and_plots(tmp_path, small_deep_models, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--epochs", "1", "--dataset", "digits", "--methods", "t_gamma", "lr",
+                 "--out", str(out)]) == 0
+    table = pd.read_csv(out / "demo_metrics.csv")
+    assert table["method"].tolist() == ["t_gamma", "lr"]
+    for name in ("recall_vs_frequency.png", "confusion_matrix.png"):
+        assert (out / name).stat().st_size > 0
+    assert "minority_recall" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "no-such-data"], "expected a data set name"),
+    (["train", "absent.npz"], "no file at"),
+    (["train", "digits", "--nu", "2"], "nu > 2"),
+    (["evaluate", "no-such-run"], "holds no estimator.pt"),
+])
+def test_errors_name_the_argument(argv, message):
+    with pytest.raises(SystemExit, match=message):
+        main(argv)
+
+
+@pytest.mark.parametrize("command", [None, "train", "evaluate", "predict", "benchmark", "demo"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"] if command is None else [command, "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: pyro-mmt") and "--help" in text
+
+
+def test_console_script():
+    script = Path(sys.executable).with_name("pyro-mmt")
+    argv = [str(script)] if script.is_file() else [sys.executable, "-m", "pyro_mmt.cli"]
+    done = subprocess.run([*argv, "--help"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONWARNINGS": "error"})
+    assert done.returncode == 0, done.stderr
+    for command in ("train", "evaluate", "predict", "benchmark", "demo"):
+        assert command in done.stdout
