@@ -1,0 +1,72 @@
+"""The plots: each returns a Figure, writes a PNG when given a path, and leaves nothing open."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib._pylab_helpers import Gcf
+from matplotlib.figure import Figure
+
+from pyro_mmt.plots import plot_confusion_matrix, plot_recall_vs_frequency, plot_training_curves
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def is_png(path):
+    return path.is_file() and path.read_bytes()[:8] == PNG
+
+
+@pytest.fixture
+def predictions():
+    """50 test rows of 5 classes; a method that confuses every third row with class 0."""
+    y = np.repeat(np.arange(5), 10)
+    pred = y.copy()
+    pred[::3] = 0
+    return y, {"t_gamma": pred, "lr": np.zeros_like(y)}
+
+
+@pytest.mark.parametrize("validation", [True, False])
+def test_training_curves(tmp_path, validation):
+    history = pd.DataFrame({"epoch": [1, 2, 3], "loss_labelled": [5.0, 4.0, 3.0],
+                            "loss_unlabelled": [500.0, 400.0, 300.0], "loss": [9.0, 8.0, 7.0]})
+    if validation:
+        history["val_balanced_accuracy"] = [0.3, 0.5, 0.6]
+    fig = plot_training_curves(history, tmp_path / "curves" / "training.png")
+    assert isinstance(fig, Figure) and len(fig.axes) == (2 if validation else 1)
+    assert fig.axes[0].get_yscale() == "log"  # losses two orders of magnitude apart
+    assert is_png(tmp_path / "curves" / "training.png")
+
+
+def test_training_curves_without_labelled_batches_or_epochs():
+    history = pd.DataFrame({"epoch": [1, 2], "loss_labelled": [np.nan, np.nan],
+                            "loss_unlabelled": [3.0, 2.0], "loss": [3.0, 2.0]})
+    assert len(plot_training_curves(history).axes[0].lines) == 2
+    empty = pd.DataFrame(columns=["epoch", "loss_labelled", "loss_unlabelled", "loss"])
+    assert isinstance(plot_training_curves(empty), Figure)
+
+
+def test_recall_vs_frequency(tmp_path, predictions):
+    y, preds = predictions
+    counts = [5, 100, 50, 20, 10]
+    fig = plot_recall_vs_frequency(y, preds, counts, list("abcde"), tmp_path / "recall.png")
+    ax = fig.axes[0]
+    # classes head to tail: b (100 rows) first, a (5 rows) last
+    assert [t.get_text() for t in ax.get_xticklabels()] == list("bcdea")
+    heights = [bar.get_height() for bar in ax.patches[:5]]  # the first method's bars
+    np.testing.assert_allclose(heights, [0.7, 0.7, 0.6, 0.7, 1.0])
+    assert is_png(tmp_path / "recall.png")
+
+
+def test_confusion_matrix(tmp_path, predictions):
+    y, preds = predictions
+    fig = plot_confusion_matrix(y, preds["t_gamma"], 5, None, tmp_path / "cm.png")
+    shown = fig.axes[0].images[0].get_array()
+    np.testing.assert_allclose(shown.sum(axis=1), 1.0)  # rows normalised
+    assert shown[1, 0] == pytest.approx(0.3)
+    assert is_png(tmp_path / "cm.png")
+
+
+def test_no_figure_stays_open(tmp_path, predictions):
+    y, preds = predictions
+    for _ in range(25):  # more than pyplot's 20-figure warning
+        plot_confusion_matrix(y, preds["lr"], 5, path=tmp_path / "cm.png")
+    assert Gcf.get_num_fig_managers() == 0
