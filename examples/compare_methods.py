@@ -7,7 +7,8 @@ class-balanced test rows. The methods (``pyro_mmt.benchmark.METHODS``):
 
 - ``t_gamma``: the Student-t model with the γ-power objective (γ = "auto") and the
   class-imbalance options; ``t_gamma_plain`` without them; ``--gammas`` adds the same model
-  at explicit values of γ (``t_gamma[-0.05]``, ...);
+  at explicit values of γ (``t_gamma[-0.05]``, ...; "auto" is γ = -2/(ν + n + d), -0.028
+  for digits);
 - ``gauss_kl`` / ``gauss_kl_plain``: the Gaussian model with the KL objective (the M2 ELBO,
   β = 1), with / without the imbalance options; ``gauss_kl_w0``: the KL tempered to β = w0, the
   entropy weight the γ-objective amounts to;
@@ -89,7 +90,9 @@ if __name__ == "__main__":
     parser.add_argument("--methods", nargs="+", default=list(METHODS),
                         help=f"some of {', '.join(METHODS)} (default: all)")
     parser.add_argument("--gammas", type=float, nargs="*", default=[],
-                        help="also run t_gamma at these explicit values of γ")
+                        help="also run t_gamma at these explicit values of γ; the t power "
+                        "integrals need -ν/(ν+n+d) < γ < 0 for every data set run (n = its "
+                        "total dimension, d = 16): e.g. γ > -0.07 for digits, > -0.0075 for mfeat")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="override PROTOCOL.md's seeds")
     parser.add_argument("--rho", type=float, nargs="+", default=None, help="override the ρ grid")
