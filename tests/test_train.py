@@ -7,11 +7,11 @@ import numpy as np
 import pyro
 import pytest
 import torch
-from pyro_mmt.models import MultimodalTModel
 
 from pyro_mmt.data import Standardiser, load_digits
 from pyro_mmt.estimator import build_model_and_guide, make_objective
 from pyro_mmt.metrics import classification_metrics
+from pyro_mmt.models import MultimodalTModel
 from pyro_mmt.train import (
     TrainingDivergedError,
     load_checkpoint,
