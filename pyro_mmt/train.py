@@ -208,7 +208,10 @@ def train(
         checkpoint; call ``pyro.clear_param_store()`` first when the modules are new.
     :param modules: name -> ``nn.Module`` whose weights make up the state (model, guide,
         classifier); needed for checkpoints and early stopping. Default: the modules behind
-        bound ``model``/``guide`` methods and the guide's ``classifier``.
+        bound ``model``/``guide`` methods and the guide's ``classifier``. With checkpoints,
+        every parameter in the param store must belong to one of them (a ``pyro.param``
+        outside a module raises a ``ValueError`` after the first step rather than being lost
+        on resume).
     :param device: ``"cpu"`` or ``"cuda"``; modules must already be there.
     :param bool progress: show a tqdm progress bar.
     :return: a DataFrame with one row per epoch: ``epoch``, ``loss`` (per datum),
@@ -261,6 +264,8 @@ def train(
             batch = batch_to(batch, device)
             scale = num_data / batch.size
             loss = _checked_step(svi, batch, scale, modules, epoch, step, ckpt_path)
+            if ckpt_path is not None and epoch == start_epoch and step == 0:
+                _check_state_is_in_modules(modules)  # now that the step registered them
             group = "labelled" if batch.y is not None else "unlabelled"
             totals[group][0] += loss / num_data  # per-datum estimate of the group's loss
             totals[group][1] += 1
@@ -336,6 +341,21 @@ def _diverged(svi, batch, scale, modules) -> bool:
     except Exception:  # the failure was not numerical
         return False
     return not math.isfinite(loss)
+
+
+def _check_state_is_in_modules(modules: dict[str, torch.nn.Module]) -> None:
+    """Checkpoints hold the modules' weights: refuse parameters that live outside them."""
+    owned = {id(p) for module in modules.values() for p in module.parameters()}
+    store = pyro.get_param_store()
+    outside = [name for name in store.keys()
+               if id(store.get_param(name).unconstrained()) not in owned]
+    if outside:
+        raise ValueError(
+            f"modules: checkpoints save the weights of {sorted(modules)}, but the param store "
+            f"also holds {outside[:5]}{' ...' if len(outside) > 5 else ''}, which a resumed run "
+            "would lose; make them nn.Parameters of a module passed in `modules` (or clear the "
+            "param store of other runs' parameters)"
+        )
 
 
 def _check_param_store(modules: dict[str, torch.nn.Module]) -> None:

@@ -211,3 +211,16 @@ def test_argument_errors(data):
         fit(model, guide, data, epochs=-1)
     with pytest.raises(ValueError, match="MultimodalDataset"):
         fit(model, guide, data.x, epochs=1)
+
+
+def test_checkpoints_refuse_parameters_outside_the_modules(data, tmp_path):
+    model, guide, _ = build(data)
+
+    def model_with_a_free_parameter(x, mask=None, y=None):
+        pyro.param("free_scale", torch.ones(()))
+        model.model(x, mask, y)
+
+    with pytest.raises(ValueError, match=r"also holds \['free_scale'\]"):
+        train(model_with_a_free_parameter, guide.guide, data, objective=make_objective(),
+              epochs=1, batch_size=16, progress=False, checkpoint_dir=tmp_path,
+              modules={"model": model, "guide": guide, "classifier": guide.classifier})
