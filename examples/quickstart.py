@@ -35,7 +35,7 @@ def main(args):
         train, test = subset(train, args.subset, args.seed), subset(test, args.subset, args.seed)
     scaler = Standardiser().fit(train)
     train, test = scaler.transform(train), scaler.transform(test)
-    print(train.summary().split("\n\n")[0])
+    print(train)
 
     # model and guide, sharing the classifier q(y | x); the class-imbalance options need the
     # labelled class counts. alpha weighs the classification term per labelled datum (M2).
