@@ -136,10 +136,9 @@ def main(args):
     dims, num_classes = train_data.dims, train_data.num_classes
     sigma = {m: args.sigma if m == args.modality else 1.0 for m in dims}
     classifier = PoEClassifier(dims, num_classes, args.hidden)
-    n_labelled = int(train_data.is_labelled.sum())
     model = CustomModel(dims, num_classes, classifier, linear=args.modality, sigma=sigma,
                         nu=args.nu, latent_dim=args.latent_dim, hidden=args.hidden,
-                        alpha=10.0 * len(train_data) / n_labelled)
+                        alpha=args.alpha)
     # the guide must know the same ν, d and σ_j: its prior expert τ_0 depends on them
     guide = PoETGuide(dims, num_classes, classifier=classifier, latent_dim=args.latent_dim,
                       hidden=args.hidden, nu=args.nu, sigma=sigma)
@@ -178,6 +177,8 @@ if __name__ == "__main__":
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--nu", type=float, default=5.0)
+    parser.add_argument("--alpha", type=float, default=40.0,
+                        help="weight of the classification term per labelled datum")
     parser.add_argument("--latent-dim", type=int, default=16)
     parser.add_argument("--hidden", type=int, nargs="+", default=[128])
     parser.add_argument("--subset", type=int, default=None,

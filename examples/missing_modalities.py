@@ -47,7 +47,7 @@ def main(args):
           f"{int(hide.sum())} with one modality missing; {len(y_test)} test rows")
 
     clf = MultimodalSemiSupervisedClassifier(
-        epochs=args.epochs, hidden=tuple(args.hidden), latent_dim=args.latent_dim, alpha=10.0,
+        epochs=args.epochs, hidden=tuple(args.hidden), latent_dim=args.latent_dim,
         batch_size=args.batch_size, seed=args.seed, progress=not args.quiet, **IMBALANCE_OPTIONS,
     ).fit(X, y)
 

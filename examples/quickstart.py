@@ -37,12 +37,11 @@ def main(args):
     train, test = scaler.transform(train), scaler.transform(test)
     print(train)
 
-    # model and guide, sharing the classifier q(y | x); the class-imbalance options need the
-    # labelled class counts. alpha weighs the classification term per labelled datum (M2).
-    n_labelled = int(train.is_labelled.sum())
+    # model and guide, sharing the classifier q(y | x); alpha weighs M2's classification term
+    # α log q(y | x) per labelled datum; the class-imbalance options need the labelled counts
     model, guide = build_model_and_guide(
         train.dims, train.num_classes, latent_dim=args.latent_dim, hidden=args.hidden,
-        nu=args.nu, alpha=10.0 * len(train) / n_labelled, label_counts=train.class_counts(),
+        nu=args.nu, alpha=args.alpha, label_counts=train.class_counts(),
         class_weight="balanced", logit_adjustment=1.0, unlabelled_prior_shift=1.0,
     )
 
@@ -84,6 +83,8 @@ if __name__ == "__main__":
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--nu", type=float, default=5.0, help="degrees of freedom ν > 2")
+    parser.add_argument("--alpha", type=float, default=40.0,
+                        help="weight of the classification term per labelled datum")
     parser.add_argument("--latent-dim", type=int, default=16)
     parser.add_argument("--hidden", type=int, nargs="+", default=[128])
     parser.add_argument("--subset", type=int, default=None,
