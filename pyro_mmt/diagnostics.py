@@ -1,0 +1,848 @@
+r"""Posterior diagnostics of a fitted model and guide, as ArviZ ``InferenceData``.
+
+ArviZ's ``from_pyro`` reads MCMC runs only. Here the draws come from the guide,
+:math:`(y_s, z_s) \sim q(y, z \mid x)`, drawn with :class:`pyro.infer.Predictive`, and everything a
+statistician checks a fit with is built from them (``docs/diagnostics.md``):
+
+- :func:`to_inference_data`: an ``InferenceData`` with named dims and coords: ``posterior``
+  (z and y per datum and draw, the classifier's q(y | x)), ``posterior_predictive`` (each
+  modality), ``log_likelihood`` (per datum and modality), ``sample_stats`` (log p(x, y, z),
+  log q(y, z | x) and the log importance weight per draw and datum), ``observed_data``,
+  ``constant_data`` (labels, which labels were conditioned on, the modality mask) and the run's
+  hyperparameters as attributes (:func:`run_attrs`); :func:`save_netcdf` / :func:`load_netcdf`.
+- :func:`importance_diagnostics`: per datum, Pareto k̂ (PSIS), the importance-sampling effective
+  sample size and the importance-weighted (IWAE) estimate of log p(x).
+- :func:`classifier_checks`: expected calibration error, a reliability table, and the entropy of
+  q(y | x) on unlabelled data by predicted class.
+- :func:`diagnose`: all of the above plus the plots of :mod:`pyro_mmt.diagnostic_plots`,
+  written to a folder.
+
+This is the only module of pyro-mmt that imports ArviZ, and it does so through a small adapter
+(:class:`_InferenceDataBackend`, ArviZ 0.x): callers only receive the object it builds and ask
+this module for its groups (:func:`get_group`), so a DataTree backend for ArviZ 1.x can be added
+here without touching them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import numbers
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+from pyro.infer import Predictive
+from pyro.poutine.util import site_is_subsample
+from scipy.special import logsumexp
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+from pyro_mmt.data import MultimodalDataset
+from pyro_mmt.metrics import expected_calibration_error
+
+if TYPE_CHECKING:  # pragma: no cover
+    import xarray as xr
+
+__all__ = [
+    "KHAT_THRESHOLD",
+    "ClassifierChecks",
+    "DiagnosticsReport",
+    "classifier_checks",
+    "diagnose",
+    "diagnostics_summary",
+    "get_group",
+    "group_names",
+    "importance_diagnostics",
+    "importance_sampling_ess",
+    "iwae_log_evidence",
+    "load_netcdf",
+    "pareto_khat",
+    "run_attrs",
+    "save_netcdf",
+    "to_inference_data",
+]
+
+#: Pareto k̂ above which a datum's importance weights are flagged (Vehtari et al. 2024).
+KHAT_THRESHOLD = 0.7
+
+#: Log weights whose range is at most this are treated as constant (see :func:`pareto_khat`).
+CONSTANT_LOG_WEIGHT_TOL = 1e-6
+
+
+# ----------------------------------------------------------------------------------------------
+# The ArviZ adapter: the only place that touches the arviz package
+# ----------------------------------------------------------------------------------------------
+
+
+class _InferenceDataBackend:
+    """ArviZ 0.x: ``az.from_dict`` -> ``az.InferenceData`` of xarray Datasets, netCDF through
+    h5netcdf, PSIS through ``az.psislw``.
+
+    A backend for ArviZ 1.x (``xarray.DataTree``) implements the same seven methods: build from
+    groups of numpy arrays, list and get groups as ``xarray.Dataset``, read the run's attributes,
+    write and read netCDF, and return PSIS k̂ for log weights ``[N, S]``.
+    """
+
+    def __init__(self, az):
+        self.az = az
+
+    def from_groups(self, groups: dict[str, dict[str, np.ndarray]], *, coords, dims, attrs):
+        # the run's attributes on the whole object and on every group (as from_pyro does)
+        group_attrs = {f"{name}_attrs": dict(attrs) for name in groups}
+        return self.az.from_dict(**groups, coords=coords, dims=dims, attrs=dict(attrs),
+                                 **group_attrs)
+
+    def attrs(self, data) -> dict:
+        return dict(data.attrs)
+
+    def group_names(self, data) -> tuple[str, ...]:
+        return tuple(data.groups())
+
+    def group(self, data, name: str) -> xr.Dataset:
+        if name not in data.groups():
+            raise ValueError(f"name: the InferenceData has groups {data.groups()}, not {name!r}")
+        return data[name]
+
+    def to_netcdf(self, data, path: Path) -> None:
+        data.to_netcdf(str(path), engine="h5netcdf")
+
+    def from_netcdf(self, path: Path):
+        # eager: read into memory and close the file (it can then be overwritten or removed)
+        with self.az.rc_context({"data.load": "eager"}):
+            return self.az.from_netcdf(str(path), engine="h5netcdf")
+
+    def pareto_khat(self, log_weights: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            _, khat = self.az.psislw(log_weights, reff=1.0)
+        return np.asarray(khat, dtype=np.float64)
+
+
+@functools.cache
+def _arviz() -> _InferenceDataBackend:
+    """The backend for the installed ArviZ, imported on first use."""
+    with warnings.catch_warnings():
+        # ArviZ 0.23 announces its 1.0 refactor with a FutureWarning at import time
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz as az
+    major = int(az.__version__.split(".")[0])
+    if major >= 1:
+        raise ImportError(
+            f"pyro_mmt.diagnostics supports ArviZ 0.x (InferenceData); found arviz "
+            f"{az.__version__}. Install 'arviz<1', or add a DataTree backend next to "
+            "_InferenceDataBackend in pyro_mmt/diagnostics.py."
+        )
+    return _InferenceDataBackend(az)
+
+
+def get_group(data, name: str) -> xr.Dataset:
+    """The group ``name`` (``"posterior"``, ``"sample_stats"``, ...) of ``data`` as an
+    ``xarray.Dataset``, whichever ArviZ container holds it."""
+    return _arviz().group(data, name)
+
+
+def group_names(data) -> tuple[str, ...]:
+    """The names of the groups in ``data``."""
+    return _arviz().group_names(data)
+
+
+def run_attrs(data) -> dict:
+    """The attributes of the run stored by :func:`to_inference_data` (model class, ν, d, σ_m,
+    number of draws, seed, ...), as a dict."""
+    return _arviz().attrs(data)
+
+
+def save_netcdf(data, path: str | Path) -> Path:
+    """Write ``data`` (from :func:`to_inference_data`) to a netCDF file (h5netcdf, compressed);
+    returns the path. Read it back with :func:`load_netcdf`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _arviz().to_netcdf(data, path)
+    return path
+
+
+def load_netcdf(path: str | Path):
+    """Read a file written by :func:`save_netcdf`, fully into memory (the file is closed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"path: no netCDF file at {path}")
+    return _arviz().from_netcdf(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Draws from the guide and the InferenceData
+# ----------------------------------------------------------------------------------------------
+
+
+def _method(obj, name: str) -> Callable:
+    """``obj.<name>`` when it is callable (a module such as MultimodalTModel), else ``obj``."""
+    fn = getattr(obj, name, None)
+    if callable(fn):
+        return fn
+    if callable(obj):
+        return obj
+    raise ValueError(f"{name}: expected an object with a .{name}(x, mask, y) method or a callable")
+
+
+def _site_log_prob(site, shape) -> torch.Tensor:
+    """log density of a trace site's value, per draw and datum ``shape`` = [S, B]."""
+    log_p = site["fn"].log_prob(site["value"])
+    return torch.broadcast_to(log_p, shape)
+
+
+def _is_density_site(site) -> bool:
+    """Sample sites that belong to the density: not factors (``pyro.factor`` and the power-norm
+    declaration are auxiliary: the classification term is not part of p(x, y, z))."""
+    return (
+        site["type"] == "sample"
+        and not site_is_subsample(site)
+        and not site["infer"].get("is_auxiliary", False)
+    )
+
+
+def _trace_given(fn, draws, args):
+    """A trace of ``fn(*args)`` with its latent sites fixed to ``draws`` ([S, ...] each)."""
+    return Predictive(fn, posterior_samples=draws, parallel=True).get_vectorized_trace(*args)
+
+
+def _draw_batch(model_fn, guide_fn, x, mask, y, modalities, num_samples):
+    """Draws of the guide for one batch and everything computed from them (torch tensors)."""
+    shape = (num_samples, mask.shape[0])
+    draws = Predictive(guide_fn, num_samples=num_samples, parallel=True)(x, mask, y)
+    guide_trace = _trace_given(guide_fn, draws, (x, mask, y))
+    model_trace = _trace_given(model_fn, draws, (x, mask, y))
+
+    for name, site in model_trace.nodes.items():
+        if _is_density_site(site) and not site["is_observed"]:
+            raise ValueError(
+                f"guide: the model's latent site {name!r} is not drawn by the guide; "
+                "importance weights need q to cover every latent site of p"
+            )
+    data_sites = [f"x_{m}" for m in modalities]
+    log_q = sum(
+        _site_log_prob(site, shape)
+        for site in guide_trace.nodes.values()
+        if _is_density_site(site)
+    )
+    log_joint = sum(
+        _site_log_prob(site, shape)
+        for site in model_trace.nodes.values()
+        if _is_density_site(site)
+    )
+    log_lik = sum(_site_log_prob(model_trace.nodes[name], shape) for name in data_sites)
+
+    # p(x_j | y, z): by the data contract, masking every other modality marginalises it out
+    marginal, replicated = {}, {}
+    for j, m in enumerate(modalities):
+        only_j = torch.zeros_like(mask)
+        only_j[:, j] = True
+        site = _trace_given(model_fn, draws, (x, only_j, y)).nodes[f"x_{m}"]
+        marginal[m] = _site_log_prob({"fn": site["fn"], "value": x[m]}, shape)
+        replicated[m] = site["fn"].sample()
+    return {
+        "draws": draws,
+        "log_q": log_q,
+        "log_joint": log_joint,
+        "log_lik": log_lik,
+        "marginal": marginal,
+        "replicated": replicated,
+    }
+
+
+def _netcdf_attr(value):
+    """An attribute value netCDF can store: numbers and strings as they are, the rest as JSON."""
+    if isinstance(value, bool | np.bool_):
+        return int(value)
+    if isinstance(value, numbers.Number | str):
+        return value
+    try:
+        return json.dumps(value, default=str)
+    except TypeError:
+        return str(value)
+
+
+def _run_attrs(model, guide, extra) -> dict:
+    attrs = {
+        "inference_library": "pyro",
+        "inference_library_version": pyro.__version__,
+        "model": type(getattr(model, "__self__", model)).__name__,
+        "guide": type(getattr(guide, "__self__", guide)).__name__,
+    }
+    for name in ("nu", "latent_dim", "num_classes", "alpha", "logit_adjustment", "latent_weight"):
+        if isinstance(getattr(model, name, None), numbers.Number):
+            attrs[name] = getattr(model, name)
+    sigma = getattr(model, "sigma", None)
+    if isinstance(sigma, Mapping):
+        attrs.update({f"sigma_{m}": float(s) for m, s in sigma.items()})
+    attrs.update(extra or {})
+    return {str(k): _netcdf_attr(v) for k, v in attrs.items()}
+
+
+def _module_device_dtype(*objs, default_dtype):
+    for obj in objs:
+        owner = getattr(obj, "__self__", obj)
+        if isinstance(owner, torch.nn.Module):
+            for p in owner.parameters():
+                return p.device, p.dtype
+    return torch.device("cpu"), default_dtype
+
+
+def to_inference_data(
+    model,
+    guide,
+    dataset: MultimodalDataset,
+    *,
+    num_samples: int = 100,
+    num_predictive: int | None = None,
+    condition_on_labels: bool = True,
+    seed: int = 0,
+    batch_size: int = 256,
+    attrs: Mapping[str, Any] | None = None,
+):
+    r"""Draws from the guide for every datum, as an ArviZ ``InferenceData``.
+
+    For each datum :math:`x_i` (its observed modalities), S draws
+    :math:`(y_s, z_s) \sim q(y, z \mid x_i)` come from ``guide`` with
+    :class:`pyro.infer.Predictive` (one vectorised pass per batch; the label site is *sampled*
+    from q(y | x), not enumerated). For a labelled datum with ``condition_on_labels`` the label
+    is observed instead: y_s = y_i and only z is drawn. The model is then replayed on the draws.
+
+    Groups (dims in brackets; ``chain`` has length 1, the draws are independent):
+
+    - ``posterior``: ``z`` [chain, draw, datum, latent]; ``y`` [chain, draw, datum];
+      ``class_prob`` [chain, draw, datum, class], the classifier's q(y | x) from
+      ``guide.predict_proba(x, mask)`` (the same for every draw).
+    - ``posterior_predictive``: ``x_<m>`` [chain, draw, datum, <m>_feature], a draw of
+      :math:`p(x_m \mid y_s, z_s)` for the first ``num_predictive`` draws, also for data whose
+      modality m is missing (an imputation).
+    - ``log_likelihood``: ``x_<m>`` [chain, draw, datum], :math:`\log p(x_m \mid y_s, z_s)`,
+      the *marginal* density of modality m (NaN where it is missing); ``x``, the joint
+      :math:`\log p(x \mid y_s, z_s)` over the observed modalities (not the sum of the
+      marginals: the modalities are dependent given z in the Student-t model).
+    - ``sample_stats``: ``log_joint`` = :math:`\log p(x, y_s, z_s)`, ``log_q`` =
+      :math:`\log q(y_s, z_s \mid x)` (only z's density when y is observed) and ``log_weight``,
+      their difference (see :func:`importance_diagnostics`), each [chain, draw, datum].
+    - ``observed_data``: ``x_<m>`` [datum, <m>_feature], NaN rows where missing.
+    - ``constant_data``: ``label`` [datum] (−1 = unknown), ``labelled`` [datum] (whether the
+      label was conditioned on), ``modality_mask`` [datum, modality].
+    - attributes (every group): model and guide class, ν, d, σ_m, α, ..., the number of draws,
+      the seed, ``condition_on_labels``, and ``attrs``.
+
+    The marginal :math:`p(x_m \mid y, z)` is what the model's site ``x_<m>`` is when every other
+    modality is masked: the data contract (DESIGN.md) makes a masked modality marginalised out,
+    so any model honouring it works. For :class:`~pyro_mmt.models.MultimodalTModel` it is
+    :math:`t_{n_m}(\mu_m(y, z), s(z)^2\sigma_m^2 I, \nu + d)`.
+
+    Note that ArviZ's ``loo``/``waic`` assume posterior draws; these are draws from q. Use the
+    importance weights (:func:`importance_diagnostics`) to compare models.
+
+    :param model: a model with a ``.model(x, mask, y)`` method (e.g.
+        :class:`~pyro_mmt.models.MultimodalTModel`) or the model callable itself.
+    :param guide: a guide with ``.guide(x, mask, y)`` and ``.predict_proba(x, mask)`` (e.g.
+        :class:`~pyro_mmt.guides.PoETGuide`).
+    :param dataset: the data, in the units the model was trained on (for the estimator:
+        ``est.standardiser_.transform(data)``); y = −1 for unknown labels.
+    :param int num_samples: S, draws per datum.
+    :param num_predictive: draws kept in ``posterior_predictive`` (default min(S, 20)); it holds
+        P·N·Σ n_m numbers.
+    :param bool condition_on_labels: observe the labels of labelled data (their log weights then
+        estimate log p(x, y)); False draws y from q(y | x) for every datum (log p(x) for all), while
+        the labels stay in ``constant_data`` for the calibration checks.
+    :param int seed: seed of the draws (the global torch RNG state is left as it was).
+    :param int batch_size: data per vectorised pass (memory grows as S × batch_size × Σ n_m).
+    :param attrs: extra attributes (e.g. the estimator's ``get_params()``).
+    :return: ``arviz.InferenceData``.
+    """
+    if not isinstance(dataset, MultimodalDataset):
+        raise ValueError(f"dataset: expected a MultimodalDataset, found {type(dataset).__name__}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or \
+            num_samples < 1:
+        raise ValueError(f"num_samples: expected a positive integer, found {num_samples!r}")
+    num_predictive = min(int(num_samples), 20) if num_predictive is None else int(num_predictive)
+    if not 0 < num_predictive <= num_samples:
+        raise ValueError(
+            f"num_predictive: expected 1..num_samples={num_samples}, found {num_predictive}"
+        )
+    if len(dataset) == 0:
+        raise ValueError("dataset: expected at least one row, found none")
+    predict_proba = getattr(guide, "predict_proba", None)
+    if not callable(predict_proba):
+        raise ValueError("guide: expected a .predict_proba(x, mask) method for q(y | x)")
+    model_fn, guide_fn = _method(model, "model"), _method(guide, "guide")
+    modalities, n, S, P = dataset.modalities, len(dataset), int(num_samples), num_predictive
+    device, dtype = _module_device_dtype(guide, model, default_dtype=dataset.dtype)
+
+    conditioned = dataset.is_labelled.numpy() & bool(condition_on_labels)
+    out = {
+        "z": None,
+        "y": np.zeros((S, n), dtype=np.int64),
+        "class_prob": np.zeros((n, dataset.num_classes)),
+        "log_q": np.zeros((S, n)),
+        "log_joint": np.zeros((S, n)),
+        "log_lik": np.zeros((S, n)),
+        "marginal": {m: np.zeros((S, n)) for m in modalities},
+        "replicated": {
+            m: np.zeros((P, n, k), dtype=torch.empty(0, dtype=dtype).numpy().dtype)
+            for m, k in dataset.dims.items()
+        },
+    }
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), pyro.get_param_store().scope(), torch.no_grad():
+        # a fresh param store: pyro.module must not load stale parameters into the modules
+        torch.manual_seed(seed)
+        for labelled in (True, False):
+            rows = np.flatnonzero(conditioned == labelled)
+            for start in range(0, rows.size, batch_size):
+                idx = rows[start : start + batch_size]
+                x = {m: dataset.x[m][idx].to(device=device, dtype=dtype) for m in modalities}
+                mask = dataset.mask[idx].to(device)
+                y = dataset.y[idx].to(device) if labelled else None
+                got = _draw_batch(model_fn, guide_fn, x, mask, y, modalities, S)
+                z = got["draws"]["z"].cpu().numpy()
+                if out["z"] is None:
+                    out["z"] = np.zeros((S, n) + z.shape[2:], dtype=z.dtype)
+                out["z"][:, idx] = z
+                out["y"][:, idx] = (
+                    dataset.y[idx].numpy()[None] if labelled else got["draws"]["y"].cpu().numpy()
+                )
+                for key in ("log_q", "log_joint", "log_lik"):
+                    out[key][:, idx] = got[key].double().cpu().numpy()
+                for j, m in enumerate(modalities):
+                    present = mask[:, j].cpu().numpy()
+                    values = got["marginal"][m].double().cpu().numpy()
+                    out["marginal"][m][:, idx] = np.where(present, values, np.nan)
+                    out["replicated"][m][:, idx] = got["replicated"][m][:P].cpu().numpy()
+                proba = predict_proba(x, mask)
+                out["class_prob"][idx] = torch.as_tensor(proba).double().cpu().numpy()
+
+    observed_x, _ = dataset.to_numpy()
+    coords = {
+        "datum": np.arange(n),
+        "latent": np.arange(out["z"].shape[-1]),
+        "class": list(dataset.class_names),
+        "modality": list(modalities),
+        **{f"{m}_feature": np.arange(k) for m, k in dataset.dims.items()},
+    }
+    dims = {
+        "z": ["datum", "latent"],
+        "y": ["datum"],
+        "class_prob": ["datum", "class"],
+        "x": ["datum"],
+        "log_joint": ["datum"],
+        "log_q": ["datum"],
+        "log_weight": ["datum"],
+        "label": ["datum"],
+        "labelled": ["datum"],
+        "modality_mask": ["datum", "modality"],
+        # log_likelihood drops the trailing feature dim (ArviZ's skip_event_dims)
+        **{f"x_{m}": ["datum", f"{m}_feature"] for m in modalities},
+    }
+    groups = {
+        "posterior": {
+            "z": out["z"][None],
+            "y": out["y"][None],
+            "class_prob": np.broadcast_to(out["class_prob"], (1, S) + out["class_prob"].shape),
+        },
+        "posterior_predictive": {f"x_{m}": out["replicated"][m][None] for m in modalities},
+        "log_likelihood": {
+            "x": out["log_lik"][None],
+            **{f"x_{m}": out["marginal"][m][None] for m in modalities},
+        },
+        "sample_stats": {
+            "log_joint": out["log_joint"][None],
+            "log_q": out["log_q"][None],
+            "log_weight": (out["log_joint"] - out["log_q"])[None],
+        },
+        "observed_data": {f"x_{m}": observed_x[m] for m in modalities},
+        "constant_data": {
+            "label": dataset.y.numpy().copy(),
+            "labelled": conditioned,
+            "modality_mask": dataset.mask.numpy().copy(),
+        },
+    }
+    run = {
+        "num_samples": S,
+        "num_predictive": P,
+        "seed": int(seed),
+        "condition_on_labels": bool(condition_on_labels),
+        **(attrs or {}),
+    }
+    return _arviz().from_groups(groups, coords=coords, dims=dims,
+                                attrs=_run_attrs(model, guide, run))
+
+
+# ----------------------------------------------------------------------------------------------
+# Importance sampling
+# ----------------------------------------------------------------------------------------------
+
+
+def _log_weight_matrix(data) -> tuple[np.ndarray, pd.DataFrame | None]:
+    """Log weights [N, S] and, from an InferenceData, the per-datum constant data."""
+    if isinstance(data, np.ndarray | torch.Tensor | list):
+        if isinstance(data, torch.Tensor):
+            data = data.detach().cpu()
+        lw = np.asarray(data, dtype=np.float64)
+        if lw.ndim == 1:
+            lw = lw[None]
+        if lw.ndim != 2:
+            raise ValueError(f"log_weights: expected an array [N, S], found shape {lw.shape}")
+        return lw, None
+    stats = get_group(data, "sample_stats")
+    lw = stats["log_weight"].stack(sample=("chain", "draw")).transpose("datum", "sample")
+    const = get_group(data, "constant_data")
+    info = pd.DataFrame(
+        {"label": const["label"].values, "labelled": const["labelled"].values.astype(bool)},
+        index=pd.Index(const["datum"].values, name="datum"),
+    )
+    return np.asarray(lw.values, dtype=np.float64), info
+
+
+def pareto_khat(log_weights) -> np.ndarray:
+    """Pareto k̂ of each row of log importance weights ``[N, S]`` (PSIS, ArviZ's ``psislw``).
+
+    Two cases ArviZ's estimator does not cover are settled here: when a row's log weights are
+    equal to within ``CONSTANT_LOG_WEIGHT_TOL`` (q is the posterior for that datum, e.g. a
+    conjugate model with its exact posterior) the weights are bounded, the best possible case,
+    and k̂ = −inf; when S is too small for the tail fit (fewer than 5 tail draws, S < 25) or a
+    row is not finite, k̂ = NaN. See :func:`importance_diagnostics` for how to read k̂.
+    """
+    lw = np.asarray(log_weights, dtype=np.float64)
+    if lw.ndim != 2 or lw.shape[1] < 1:
+        raise ValueError(f"log_weights: expected an array [N, S], found shape {lw.shape}")
+    khat = np.full(lw.shape[0], np.nan)
+    largest = lw.max(axis=1)  # NaN when the row holds a NaN
+    usable = np.isfinite(largest)
+    with np.errstate(invalid="ignore"):
+        spread = largest - lw.min(axis=1)
+    constant = usable & (spread <= CONSTANT_LOG_WEIGHT_TOL)
+    khat[constant] = -np.inf
+    fit = usable & ~constant
+    if fit.any():
+        k = _arviz().pareto_khat(lw[fit])
+        khat[fit] = np.where(np.isfinite(k), k, np.nan)
+    return khat
+
+
+def importance_sampling_ess(log_weights) -> np.ndarray:
+    """Effective sample size (Σ w)² / Σ w² of each row of log weights ``[N, S]`` (Kong 1992):
+    S for constant weights, 1 when one draw carries all the weight."""
+    lw = np.asarray(log_weights, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.exp(2 * logsumexp(lw, axis=-1) - logsumexp(2 * lw, axis=-1))
+
+
+def iwae_log_evidence(log_weights) -> np.ndarray:
+    r"""The importance-weighted estimate :math:`\log \frac1S \sum_s w_s` of each row ``[N, S]``
+    (Burda et al. 2016): a lower bound in expectation that increases with S to log p(x)."""
+    lw = np.asarray(log_weights, dtype=np.float64)
+    return logsumexp(lw, axis=-1) - math.log(lw.shape[-1])
+
+
+def importance_diagnostics(data, *, threshold: float = KHAT_THRESHOLD) -> pd.DataFrame:
+    r"""Per-datum importance-sampling diagnostics of q(y, z | x) as a proposal for p(y, z | x).
+
+    With draws :math:`(y_s, z_s) \sim q(y, z \mid x)`, the log weights are
+    :math:`\log w_s = \log p(x, y_s, z_s) - \log q(y_s, z_s \mid x)` (``sample_stats.log_weight``;
+    for a datum whose label was conditioned on, y is fixed and they target p(z | x, y)).
+
+    Columns:
+
+    - ``khat``: Pareto k̂, the shape of a generalised Pareto distribution fitted to the largest
+      weights (PSIS, Vehtari et al. 2024), via ArviZ's ``psislw``. It says how heavy the tail of
+      the weights is, i.e. how well q covers the posterior:
+
+      * k̂ < 0.5: the weights have finite variance; importance-sampling estimates (the IWAE
+        log p(x) below, posterior expectations) are reliable and converge at the usual rate.
+      * 0.5 ≤ k̂ ≤ 0.7: finite mean, infinite variance; PSIS-smoothed estimates are still usable
+        but converge slowly (for S draws the paper's threshold is min(1 − 1/log10 S, 0.7):
+        0.5 at S = 100).
+      * **k̂ > 0.7 (``flagged``)**: q misses parts of the posterior where p has mass — it is too
+        narrow, sits on the wrong mode, or (unlabelled data) puts little probability on a class
+        the model finds plausible. For that datum the estimate of log p(x) is biased low and
+        noisy, the ESS means little, and more draws barely help; q is not a good approximation
+        of p(y, z | x) there. With many observed dimensions (n ≫ d) the posterior of z is
+        concentrated, so small errors in q's location or scale already make the weights
+        heavy-tailed; the γ-power objective also tempers the encoder's scale by design
+        (DESIGN.md). On mfeat most data are flagged with either objective
+        (``docs/diagnostics.md``).
+      * k̂ = −inf: constant weights (q equals the posterior); NaN: too few draws (S < 25).
+
+    - ``ess``: effective sample size of the raw weights, (Σ w)²/Σ w²; ``ess_fraction`` = ess/S.
+    - ``log_evidence``: the importance-weighted estimate log (1/S) Σ w_s of log p(x) (or
+      log p(x, y) where the label was conditioned on), the number to compare models by (e.g. the
+      Student-t model against the Gaussian one, on the same data). In expectation it is below
+      the truth and rises to it as S grows.
+    - ``elbo``: the mean of log w_s, the Monte Carlo ELBO (IWAE with S = 1), ≤ log_evidence.
+    - ``flagged``: khat > ``threshold``.
+    - ``label``, ``labelled`` (from an InferenceData): the datum's label and whether it was
+      conditioned on.
+
+    :param data: an InferenceData from :func:`to_inference_data`, or log weights ``[N, S]``.
+    :param float threshold: k̂ above which a datum is flagged.
+    :return: DataFrame indexed by datum.
+    """
+    lw, info = _log_weight_matrix(data)
+    khat = pareto_khat(lw)
+    ess = importance_sampling_ess(lw)
+    table = pd.DataFrame(
+        {
+            "khat": khat,
+            "ess": ess,
+            "ess_fraction": ess / lw.shape[1],
+            "log_evidence": iwae_log_evidence(lw),
+            "elbo": lw.mean(axis=1),
+            "flagged": khat > threshold,
+        },
+        index=pd.RangeIndex(lw.shape[0], name="datum") if info is None else info.index,
+    )
+    if info is not None:
+        table = table.join(info)
+    return table
+
+
+# ----------------------------------------------------------------------------------------------
+# Classifier checks
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClassifierChecks:
+    """What :func:`classifier_checks` returns.
+
+    :ivar float ece: expected calibration error on the data with a known label (NaN if none).
+    :ivar reliability: per confidence bin: ``lower``, ``upper``, ``count``, ``confidence`` (mean
+        max q(y|x)), ``accuracy``; the ECE is Σ count/N · |accuracy − confidence|.
+    :ivar entropy_by_class: per predicted class, on the data whose label was not conditioned on:
+        ``count``, ``share``, mean and median entropy of q(y | x) (nats), mean normalised entropy
+        (H / log K, 0 = certain, 1 = uniform) and mean confidence.
+    :ivar per_datum: ``predicted``, ``confidence``, ``entropy``, ``label``, ``labelled``.
+    """
+
+    ece: float
+    reliability: pd.DataFrame
+    entropy_by_class: pd.DataFrame
+    per_datum: pd.DataFrame
+
+
+def classifier_checks(data, *, n_bins: int = 15) -> ClassifierChecks:
+    """Calibration and confidence of the classifier q(y | x) stored in ``data``.
+
+    - Expected calibration error (:func:`pyro_mmt.metrics.expected_calibration_error`, B
+      equal-width bins of the confidence) and its reliability table, on every datum with a known
+      label. Labels the model was trained on give an optimistic ECE: check held-out data.
+    - Entropy of q(y | x) on the data whose label was not conditioned on, by predicted class:
+      under class imbalance, does the classifier make confident predictions for the minority
+      classes, or are they predicted rarely and with high entropy?
+
+    :param data: an InferenceData from :func:`to_inference_data`.
+    :param int n_bins: B.
+    """
+    proba = get_group(data, "posterior")["class_prob"].isel(chain=0, draw=0).values
+    proba = proba / proba.sum(axis=1, keepdims=True)
+    const = get_group(data, "constant_data")
+    label = const["label"].values.astype(np.int64)
+    labelled = const["labelled"].values.astype(bool)
+    class_names = [str(c) for c in get_group(data, "posterior")["class"].values]
+    num_classes = proba.shape[1]
+
+    predicted = proba.argmax(axis=1)
+    confidence = proba.max(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.where(proba > 0, proba * np.log(proba), 0.0).sum(axis=1)
+    per_datum = pd.DataFrame(
+        {"predicted": predicted, "confidence": confidence, "entropy": entropy, "label": label,
+         "labelled": labelled},
+        index=pd.Index(const["datum"].values, name="datum"),
+    )
+
+    known = label >= 0
+    bins = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    correct = predicted == label
+    rows = []
+    for b in range(n_bins):
+        in_bin = known & (bins == b)
+        count = int(in_bin.sum())
+        rows.append({
+            "lower": b / n_bins,
+            "upper": (b + 1) / n_bins,
+            "count": count,
+            "confidence": float(confidence[in_bin].mean()) if count else np.nan,
+            "accuracy": float(correct[in_bin].mean()) if count else np.nan,
+        })
+    reliability = pd.DataFrame(rows, index=pd.RangeIndex(n_bins, name="bin"))
+    ece = (
+        expected_calibration_error(label[known], proba[known], n_bins=n_bins)
+        if known.any() else float("nan")
+    )
+
+    free = ~labelled
+    norm = math.log(num_classes) if num_classes > 1 else 1.0
+    by_class = []
+    for k in range(num_classes):
+        sel = free & (predicted == k)
+        count = int(sel.sum())
+        by_class.append({
+            "class": class_names[k],
+            "count": count,
+            "share": count / max(int(free.sum()), 1),
+            "entropy_mean": float(entropy[sel].mean()) if count else np.nan,
+            "entropy_median": float(np.median(entropy[sel])) if count else np.nan,
+            "entropy_normalised_mean": float(entropy[sel].mean() / norm) if count else np.nan,
+            "confidence_mean": float(confidence[sel].mean()) if count else np.nan,
+        })
+    entropy_by_class = pd.DataFrame(by_class, index=pd.RangeIndex(num_classes, name="predicted"))
+    return ClassifierChecks(float(ece), reliability, entropy_by_class, per_datum)
+
+
+# ----------------------------------------------------------------------------------------------
+# Summary and the one-call report
+# ----------------------------------------------------------------------------------------------
+
+
+def diagnostics_summary(data, table: pd.DataFrame | None = None,
+                        checks: ClassifierChecks | None = None) -> pd.DataFrame:
+    """One table of the headline numbers, indexed by ``metric`` with a ``value`` column.
+
+    Importance sampling (from :func:`importance_diagnostics`): ``khat_mean`` (over finite k̂),
+    ``khat_median``, ``share_khat_above_0.7``, ``khat_threshold_for_S`` = min(1 − 1/log10 S, 0.7)
+    and the share above it, ``ess_fraction_mean``, and the per-datum mean of the IWAE estimate
+    and of the ELBO, separately for data whose label was not conditioned on (``log_px``) and was
+    (``log_pxy``), also per observed dimension. Classifier (:func:`classifier_checks`): ``ece``,
+    ``accuracy`` and ``balanced_accuracy`` on data with a known label, mean normalised entropy
+    of q(y | x) on the data whose label was not conditioned on.
+    """
+    table = importance_diagnostics(data) if table is None else table
+    checks = classifier_checks(data) if checks is None else checks
+    num_draws = int(get_group(data, "sample_stats").sizes["draw"]) * int(
+        get_group(data, "sample_stats").sizes["chain"])
+    const = get_group(data, "constant_data")
+    obs = get_group(data, "observed_data")
+    dim_of = np.zeros(len(table))
+    mask = const["modality_mask"].values.astype(bool)
+    for j, m in enumerate(const["modality"].values):
+        dim_of += mask[:, j] * obs[f"x_{m}"].shape[-1]
+    khat = table["khat"].to_numpy()
+    finite = khat[np.isfinite(khat)]
+    k_s = min(1 - 1 / math.log10(num_draws), KHAT_THRESHOLD) if num_draws > 10 else np.nan
+    values = {
+        "num_data": len(table),
+        "num_draws": num_draws,
+        "khat_mean": float(finite.mean()) if finite.size else np.nan,
+        "khat_median": float(np.median(khat[~np.isnan(khat)])) if not np.isnan(khat).all()
+        else np.nan,
+        f"share_khat_above_{KHAT_THRESHOLD}": float(np.mean(khat > KHAT_THRESHOLD)),
+        "khat_threshold_for_S": k_s,
+        "share_khat_above_threshold_for_S": float(np.mean(khat > k_s)),
+        "ess_fraction_mean": float(table["ess_fraction"].mean()),
+    }
+    labelled = table["labelled"].to_numpy().astype(bool)
+    for name, sel in (("log_px", ~labelled), ("log_pxy", labelled)):
+        n_sel = int(sel.sum())
+        values[f"iwae_{name}_mean"] = float(table["log_evidence"][sel].mean()) if n_sel else np.nan
+        values[f"elbo_{name}_mean"] = float(table["elbo"][sel].mean()) if n_sel else np.nan
+        values[f"iwae_{name}_per_dim"] = (
+            float((table["log_evidence"][sel] / dim_of[sel]).mean()) if n_sel else np.nan
+        )
+    per = checks.per_datum
+    known = per["label"].to_numpy() >= 0
+    values["ece"] = checks.ece
+    values["num_labelled_for_calibration"] = int(known.sum())
+    values["accuracy"] = (
+        float(accuracy_score(per["label"][known], per["predicted"][known])) if known.any()
+        else np.nan
+    )
+    values["balanced_accuracy"] = (
+        float(balanced_accuracy_score(per["label"][known], per["predicted"][known]))
+        if known.any() else np.nan
+    )
+    free = ~per["labelled"].to_numpy().astype(bool)
+    k = len(checks.entropy_by_class)
+    values["entropy_normalised_mean_unlabelled"] = (
+        float(per["entropy"][free].mean() / math.log(k)) if free.any() and k > 1 else np.nan
+    )
+    return pd.DataFrame({"value": pd.Series(values, dtype=float)}).rename_axis("metric")
+
+
+class DiagnosticsReport(NamedTuple):
+    """What :func:`diagnose` returns: ``paths`` (name -> file written) and ``summary`` (the
+    table of :func:`diagnostics_summary`)."""
+
+    paths: dict[str, Path]
+    summary: pd.DataFrame
+
+
+def diagnose(
+    model,
+    guide,
+    dataset: MultimodalDataset,
+    out_dir: str | Path,
+    num_samples: int = 100,
+    seed: int = 0,
+    *,
+    num_predictive: int | None = None,
+    condition_on_labels: bool = True,
+    batch_size: int = 256,
+    attrs: Mapping[str, Any] | None = None,
+    image_shapes: Mapping[str, tuple[int, int]] | None = None,
+) -> DiagnosticsReport:
+    """Every diagnostic of this module for ``model``/``guide`` on ``dataset``, written to
+    ``out_dir``.
+
+    Files: ``inference_data.nc`` (:func:`to_inference_data`), ``summary.csv``
+    (:func:`diagnostics_summary`), ``per_datum.csv`` (:func:`importance_diagnostics` joined with
+    the classifier's prediction, confidence and entropy), ``reliability.csv`` and
+    ``entropy_by_class.csv`` (:func:`classifier_checks`), and the plots of
+    :mod:`pyro_mmt.diagnostic_plots`: ``ppc.png``, ``khat.png``, ``latent_pca.png``,
+    ``reconstructions.png``, ``calibration.png``.
+
+    :param model: e.g. the estimator's ``model_`` (see :func:`to_inference_data`).
+    :param guide: e.g. the estimator's ``guide_``.
+    :param dataset: data in the model's units (e.g. ``est.standardiser_.transform(test)``).
+    :param out_dir: folder to write to (created).
+    :param int num_samples: draws per datum.
+    :param int seed: seed of the draws.
+    :param num_predictive: posterior predictive draws kept (default min(S, 20)).
+    :param bool condition_on_labels: see :func:`to_inference_data`; pass False on held-out data
+        to estimate log p(x) for every datum.
+    :param int batch_size: data per vectorised pass.
+    :param attrs: extra attributes of the InferenceData (e.g. run hyperparameters).
+    :param image_shapes: modality -> (rows, columns), to draw that modality's reconstructions
+        as images (e.g. ``{"pix": (16, 15)}`` for mfeat).
+    :return: :class:`DiagnosticsReport` ``(paths, summary)``.
+    """
+    from pyro_mmt import diagnostic_plots as plots  # matplotlib only when plots are made
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = to_inference_data(
+        model, guide, dataset, num_samples=num_samples, num_predictive=num_predictive,
+        condition_on_labels=condition_on_labels, seed=seed, batch_size=batch_size, attrs=attrs,
+    )
+    table = importance_diagnostics(data)
+    checks = classifier_checks(data)
+    summary = diagnostics_summary(data, table, checks)
+    per_datum = table.join(checks.per_datum[["predicted", "confidence", "entropy"]])
+    paths = {"inference_data": save_netcdf(data, out / "inference_data.nc")}
+    for name, frame in (("summary", summary), ("per_datum", per_datum),
+                        ("reliability", checks.reliability),
+                        ("entropy_by_class", checks.entropy_by_class)):
+        paths[name] = out / f"{name}.csv"
+        frame.to_csv(paths[name])
+    figures = {
+        "ppc": lambda p: plots.plot_ppc(data, path=p),
+        "khat": lambda p: plots.plot_khat(data, table=table, path=p),
+        "latent_pca": lambda p: plots.plot_latent_pca(data, path=p),
+        "reconstructions": lambda p: plots.plot_reconstructions(
+            data, image_shapes=image_shapes, path=p),
+        "calibration": lambda p: plots.plot_calibration(data, checks=checks, path=p),
+    }
+    for name, draw in figures.items():
+        paths[name] = out / f"{name}.png"
+        draw(paths[name])
+    return DiagnosticsReport(paths, summary)
