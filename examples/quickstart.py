@@ -6,7 +6,7 @@ builds the model p(x, y, z) and the product-of-experts guide q(y, z | x), runs P
 ``GammaPowerELBO`` over interleaved labelled / unlabelled mini-batches, and prints the test
 metrics (balanced accuracy, macro-F1, G-mean, minority recall).
 
-    python examples/quickstart.py                         # the full run (a few minutes)
+    python examples/quickstart.py                         # the full run (~5 min on 2 cores)
     python examples/quickstart.py --epochs 1 --subset 200 --hidden 8 --latent-dim 2  # smoke
 """
 
