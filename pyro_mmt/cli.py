@@ -199,19 +199,37 @@ def _has_tabulate() -> bool:
     return True
 
 
+#: Modalities that are images, drawn as such by the diagnostics' reconstruction plot.
+IMAGE_SHAPES = {
+    "digits": {"top": (4, 8), "bottom": (4, 8)},
+    "mfeat": {"pix": (16, 15)},
+    "fmnist": {"top": (14, 28), "bottom": (14, 28)},
+}
+
+
 def cmd_diagnose(args) -> int:
     from pyro_mmt.data import MultimodalDataset
     from pyro_mmt.diagnostics import diagnose
 
-    run, _, est = _load_run(args.run_dir)
-    data = MultimodalDataset.from_npz(run / RUN_FILES["train"])
+    run, config, est = _load_run(args.run_dir)
+    part = args.split or ("test" if (run / RUN_FILES["test"]).is_file() else "train")
+    path = run / RUN_FILES[part]
+    if not path.is_file():
+        raise SystemExit(f"error: --split: {path} does not exist")
+    data = MultimodalDataset.from_npz(path)
     if est.standardiser_ is not None:
         data = est.standardiser_.transform(data)
     out = Path(args.out) if args.out else run / "diagnostics"
-    result = diagnose(est.model_, est.guide_, data, out, num_samples=args.num_samples,
-                      seed=args.seed)
-    print(result["summary"].to_string() if "summary" in result else result)
-    print(f"wrote diagnostics to {out}")
+    # held-out rows: hide the labels, so the weights estimate log p(x) (labels kept for
+    # the calibration check)
+    paths, summary = diagnose(
+        est.model_, est.guide_, data, out, num_samples=args.num_samples, seed=args.seed,
+        num_predictive=args.num_predictive, condition_on_labels=(part == "train"),
+        image_shapes=IMAGE_SHAPES.get(config.get("data")),
+        attrs={"run_dir": str(run), "split": part},
+    )
+    print(summary.to_string())
+    print(f"wrote {len(paths)} files to {out}: " + ", ".join(sorted(p.name for p in paths.values())))
     return 0
 
 
@@ -292,7 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("diagnose", help="ArviZ diagnostics of a run: netCDF, summary, plots")
     p.add_argument("run_dir")
-    p.add_argument("--num-samples", type=int, default=100)
+    p.add_argument("--split", choices=["test", "train"],
+                   help="which part of the run to diagnose (default: test when the run has one)")
+    p.add_argument("--num-samples", type=int, default=100, help="draws per datum")
+    p.add_argument("--num-predictive", type=int, help="posterior predictive draws kept")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder (default RUN_DIR/diagnostics)")
     p.set_defaults(func=cmd_diagnose)

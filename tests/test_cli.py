@@ -1,4 +1,4 @@
-"""The ``pyro-mmt`` command line: every command (but ``diagnose``) runs in a smoke setting and
+"""The ``pyro-mmt`` command line: every command runs in a smoke setting and
 writes its files; ``--help`` works for each. Commands run in-process through ``main(argv)``."""
 
 import functools
@@ -135,3 +135,22 @@ def test_console_script():
     assert done.returncode == 0, done.stderr
     for command in ("train", "evaluate", "predict", "benchmark", "demo"):
         assert command in done.stdout
+
+
+def test_diagnose_writes_netcdf_summary_and_plots(tmp_path, capsys):
+    run = tmp_path / "digits"
+    assert main(["train", "digits", "--rho", "10", "--beta", "0.2", "--out", str(run),
+                 *SMALL]) == 0
+    capsys.readouterr()
+    out = tmp_path / "diag"
+    assert main(["diagnose", str(run), "--num-samples", "30", "--num-predictive", "2",
+                 "--out", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "khat" in shown and f"files to {out}" in shown
+    assert list(out.glob("*.nc")), "no netCDF written"
+    assert len(list(out.glob("*.png"))) >= 3
+    from pyro_mmt.diagnostics import get_group, load_netcdf
+
+    data = load_netcdf(next(out.glob("*.nc")))
+    test = MultimodalDataset.from_npz(run / "test.npz")
+    assert get_group(data, "posterior")["z"].shape[:3] == (1, 30, len(test))
