@@ -45,7 +45,7 @@ def explicit_gamma(gamma: float) -> Method:
     def fit_predict(split, seed, dataset, epochs=None):
         # the options of t_gamma in pyro_mmt.benchmark, but gamma
         clf = MultimodalSemiSupervisedClassifier(
-            objective="gamma_power", gamma=gamma, nu=5.0, alpha=40.0, seed=seed,
+            objective="gamma_power", gamma=gamma, nu=5.0, alpha=1000.0, seed=seed,
             epochs=epochs or TRAINING_EPOCHS.get(dataset, 40), **IMBALANCE_OPTIONS,
         )
         return clf.fit(split.train).predict(split.test)

@@ -83,7 +83,7 @@ if __name__ == "__main__":
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--nu", type=float, default=5.0, help="degrees of freedom ν > 2")
-    parser.add_argument("--alpha", type=float, default=40.0,
+    parser.add_argument("--alpha", type=float, default=1000.0,
                         help="weight of the classification term per labelled datum")
     parser.add_argument("--latent-dim", type=int, default=16)
     parser.add_argument("--hidden", type=int, nargs="+", default=[128])

@@ -37,7 +37,7 @@ __all__ = [
 
 #: Training epochs of the deep models per data set (an epoch is one pass over the unlabelled
 #: rows): small data sets get more passes so that every method sees a few hundred SVI steps.
-TRAINING_EPOCHS = {"digits": 40, "breast": 150, "mfeat": 40, "pdspeech": 150, "fmnist": 8}
+TRAINING_EPOCHS = {"digits": 40, "breast": 150, "mfeat": 30, "pdspeech": 150, "fmnist": 8}
 
 #: LabelSpreading's n_neighbors per data set, as tuned in BASELINES.md.
 LABELSPREADING_NEIGHBOURS = {"digits": 10, "breast": 5, "mfeat": 5, "pdspeech": 5, "fmnist": 7}
@@ -80,9 +80,13 @@ def _deep(options: dict) -> Callable:
     def fit_predict(split: LongTailedSplit, seed: int, dataset: str,
                     epochs: int | None = None) -> np.ndarray:
         opts = dict(options)
+        n = sum(split.train.dims.values())
         if opts.get("latent_weight") == "w0":
-            n = sum(split.train.dims.values())
             opts["latent_weight"] = entropy_weight_w0(5.0, n, opts.get("latent_dim", 16))
+        if isinstance(opts.get("gamma"), str) and opts["gamma"].endswith("x auto"):
+            # an explicit γ as a multiple of −2/(ν + n + d) (valid above −ν/(ν + n + d))
+            factor = float(opts["gamma"].split("x")[0])
+            opts["gamma"] = factor * -2.0 / (opts["nu"] + n + opts.get("latent_dim", 16))
         opts["epochs"] = epochs or TRAINING_EPOCHS.get(dataset, 40)
         clf = MultimodalSemiSupervisedClassifier(seed=seed, **opts).fit(split.train)
         return clf.predict(split.test)
@@ -143,22 +147,31 @@ def _smote_lr(split, seed, dataset, epochs=None):
 METHODS: dict[str, Method] = {
     "t_gamma": Method(
         "t_gamma", "Student-t model, γ-power objective (auto γ), with the imbalance options",
-        _deep({"objective": "gamma_power", "nu": 5.0, "alpha": 40.0, **IMBALANCE_OPTIONS}),
+        _deep({"objective": "gamma_power", "nu": 5.0, "alpha": 1000.0, **IMBALANCE_OPTIONS}),
         deep=True),
     "t_gamma_plain": Method(
         "t_gamma_plain", "Student-t model, γ-power objective, no imbalance options",
-        _deep({"objective": "gamma_power", "nu": 5.0, "alpha": 40.0}), deep=True),
+        _deep({"objective": "gamma_power", "nu": 5.0, "alpha": 1000.0}), deep=True),
     "gauss_kl": Method(
         "gauss_kl", "Gaussian model (ν = ∞), KL objective (M2 ELBO, β = 1), imbalance options",
-        _deep({"objective": "kl", "nu": math.inf, "alpha": 40.0, **IMBALANCE_OPTIONS}),
+        _deep({"objective": "kl", "nu": math.inf, "alpha": 1000.0, **IMBALANCE_OPTIONS}),
         deep=True),
     "gauss_kl_w0": Method(
         "gauss_kl_w0", "Gaussian model, KL objective tempered to β = w0, imbalance options",
-        _deep({"objective": "kl", "nu": math.inf, "alpha": 40.0, "latent_weight": "w0",
+        _deep({"objective": "kl", "nu": math.inf, "alpha": 1000.0, "latent_weight": "w0",
                **IMBALANCE_OPTIONS}), deep=True),
     "gauss_kl_plain": Method(
         "gauss_kl_plain", "Gaussian model, KL objective (β = 1), no imbalance options",
-        _deep({"objective": "kl", "nu": math.inf, "alpha": 40.0}), deep=True),
+        _deep({"objective": "kl", "nu": math.inf, "alpha": 1000.0}), deep=True),
+    "gauss_kl_w0_plain": Method(
+        "gauss_kl_w0_plain", "Gaussian model, KL objective tempered to β = w0, no imbalance options",
+        _deep({"objective": "kl", "nu": math.inf, "alpha": 1000.0, "latent_weight": "w0"}),
+        deep=True),
+    "t_gamma_2x": Method(
+        "t_gamma_2x", "Student-t model, explicit γ = 2 × (−2/(ν+n+d)) (Monte Carlo cross "
+        "term), imbalance options",
+        _deep({"objective": "gamma_power", "nu": 5.0, "alpha": 1000.0, "gamma": "2x auto",
+               **IMBALANCE_OPTIONS}), deep=True),
     "lr": Method("lr", "logistic regression on labelled rows (class_weight balanced)", _lr),
     "labelspread": Method("labelspread", "LabelSpreading (knn)", _labelspread),
     "selftrain": Method("selftrain", "SelfTraining(LogisticRegression balanced), threshold 0.75",

@@ -251,7 +251,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--latent-dim", type=int, default=16)
     g.add_argument("--hidden", type=int, nargs="+", default=[128], help="hidden layer sizes")
     g.add_argument("--sigma", type=float, default=1.0, help="decoder scale σ (standardised data)")
-    g.add_argument("--alpha", type=float, default=40.0,
+    g.add_argument("--alpha", type=float, default=1000.0,
                    help="weight of the classification term per labelled datum")
     g.add_argument("--imbalance", action=argparse.BooleanOptionalAction, default=True,
                    help="class-balanced, logit-adjusted classification term and prior shift "
