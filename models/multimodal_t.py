@@ -38,6 +38,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.distributions import TorchDistribution, constraints
 from torch import nn
 
 from pyro_mmt.checks import (
@@ -48,11 +49,81 @@ from pyro_mmt.checks import (
     label_counts_tensor,
     per_modality,
 )
-from pyro_mmt.distributions import DiagStudentT
+from pyro_mmt.distributions import DiagStudentT, _log_t_normaliser
 from pyro_mmt.infer.power_norm import GaussianPowerNorm, StudentTPowerNorm, declare_power_norm
 from pyro_mmt.nn import LabelConditionedMLP, observed_dimension
 
-__all__ = ["MultimodalTModel"]
+__all__ = ["IsotropicStudentT", "MultimodalTModel"]
+
+
+class IsotropicStudentT(DiagStudentT):
+    r"""The decoder's conditional :math:`t_D(m, s^2 I, \nu)`: a :class:`DiagStudentT` whose
+    scale is ONE number per batch element (``scale`` of shape ``batch_shape``).
+
+    Its log-density needs only :math:`\|v - m\|^2`, without forming the D-vector of scales:
+
+    .. math::
+
+        \log p(v) = \log C(\nu, D) - D \log s
+            - \tfrac{\nu + D}{2} \log\big(1 + \|v - m\|^2 / (s^2 \nu)\big).
+
+    :meth:`sum_of_squares` keeps :math:`\|v - m\|^2` for the last value it was given, so the
+    model, which needs the residual R_j for the next conditional of its chain, and the trace's
+    log-density share one pass over the D-vectors (a copy made by ``expand`` to the same batch
+    shape, as Pyro's plates make, shares it too).
+    """
+
+    arg_constraints = {
+        "df": constraints.positive,
+        "loc": constraints.real_vector,
+        "iso_scale": constraints.positive,
+    }
+
+    def __init__(self, df, loc, scale, validate_args=None):
+        if not isinstance(loc, torch.Tensor) or loc.dim() < 1:
+            raise ValueError("loc: expected a tensor of shape [..., D] with at least one dimension")
+        df = torch.as_tensor(df, dtype=loc.dtype, device=loc.device)
+        scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
+        batch_shape, event_shape = loc.shape[:-1], loc.shape[-1:]
+        if df.shape != batch_shape or scale.shape != batch_shape:
+            batch_shape = torch.broadcast_shapes(df.shape, batch_shape, scale.shape)
+        self.df = df.expand(batch_shape)
+        self.loc = loc.expand(batch_shape + event_shape)
+        self.iso_scale = scale.expand(batch_shape)
+        self._squares = {}  # the last sum_of_squares: {"value": v, "result": ‖v − m‖²}
+        TorchDistribution.__init__(self, batch_shape, event_shape, validate_args=validate_args)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """The diagonal scale of :class:`DiagStudentT`: ``iso_scale`` repeated D times (a view)."""
+        return self.iso_scale.unsqueeze(-1).expand(self.batch_shape + self.event_shape)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(IsotropicStudentT, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.df = self.df.expand(batch_shape)
+        new.loc = self.loc.expand(batch_shape + self.event_shape)
+        new.iso_scale = self.iso_scale.expand(batch_shape)
+        new._squares = self._squares if batch_shape == self.batch_shape else {}
+        TorchDistribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def sum_of_squares(self, value: torch.Tensor) -> torch.Tensor:
+        r""":math:`\|v - m\|^2`, shape ``batch_shape`` (kept for the same ``value`` object)."""
+        if self._squares.get("value") is not value:
+            self._squares.update(value=value, result=(value - self.loc).pow(2).sum(-1))
+        return self._squares["result"]
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        dim = self.event_shape[0]
+        scale2 = self.iso_scale.pow(2)
+        log_norm = _log_t_normaliser(self.df, dim) - dim / 2 * scale2.log()
+        return log_norm - 0.5 * (self.df + dim) * torch.log1p(
+            self.sum_of_squares(value) / (scale2 * self.df)
+        )
 
 
 class MultimodalTModel(nn.Module):
@@ -189,10 +260,11 @@ class MultimodalTModel(nn.Module):
                     fn = dist.Normal(loc, self.sigma[m]).to_event(1)
                 else:
                     scale = ((self.nu + quad) / dof).sqrt() * self.sigma[m]
-                    fn = DiagStudentT(dof, loc, scale.unsqueeze(-1).expand(loc.shape))
+                    fn = IsotropicStudentT(dof, loc, scale)  # t_{n_j}(μ_j, scale² I, dof)
                 pyro.sample(f"x_{m}", fn.mask(present), obs=x[m])
                 if not self.gaussian:
-                    resid = (x[m] - loc).div(self.sigma[m]).pow(2).sum(-1)
+                    # R_j = ‖x_j − μ_j‖²/σ_j² (the site's log-density reuses ‖x_j − μ_j‖²)
+                    resid = fn.sum_of_squares(x[m]) / self.sigma[m] ** 2
                     quad = quad + torch.where(present, resid, torch.zeros_like(resid))
                     dof = dof + present.to(dof.dtype) * self.dims[m]
 
