@@ -189,10 +189,9 @@ class PoETGuide(nn.Module):
 
     def encode(self, x, mask, y) -> dist.TorchDistribution:
         """q(z | x, y), batched over y's shape ([B] or [K, 1] under enumeration)."""
-        locs, scales = zip(*(self.encoders[m](x[m], y) for m in self.modalities), strict=True)
-        shape = torch.broadcast_shapes(*(loc.shape for loc in locs))
-        loc = torch.stack([v.expand(shape) for v in locs])
-        scale2 = torch.stack([v.expand(shape) for v in scales])
+        # lists of M experts: the fusion broadcasts and stacks them
+        loc, scale2 = map(list, zip(*(self.encoders[m](x[m], y) for m in self.modalities),
+                                    strict=True))
         if self.gaussian:
             return gaussian_poe(loc, scale2, mask)
         obs_dim, log_det = observed_dimension(mask, self._dims, self._log_sigma2)
