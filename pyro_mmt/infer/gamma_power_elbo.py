@@ -6,16 +6,40 @@ import math
 from dataclasses import dataclass
 
 import torch
+from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.infer.elbo import ELBO
 from pyro.infer.enum import get_importance_trace
+from pyro.infer.util import is_validation_enabled
 from pyro.poutine.enum_messenger import EnumMessenger
-from pyro.util import warn_if_nan
+from pyro.poutine.trace_messenger import TraceMessenger
+from pyro.poutine.util import site_is_subsample
+from pyro.util import check_model_guide_match, check_site_shape, warn_if_nan
 
 from pyro_mmt.distributions import log_power_integral, second_moment
 from pyro_mmt.infer.power_norm import find_power_norm
 
 __all__ = ["GammaPowerELBO"]
+
+
+class _SampleTraceMessenger(TraceMessenger):
+    """A flat trace that records sample sites only (param sites are not copied into it)."""
+
+    def _pyro_post_param(self, msg) -> None:
+        pass
+
+
+def _sum_log_prob(sites) -> torch.Tensor | float:
+    """Σ of the sites' unscaled, masked log-densities (0.0 for no site), computed as
+    ``Trace.compute_log_prob`` computes them and stored in the sites."""
+    total = 0.0
+    for site in sites:
+        if "unscaled_log_prob" not in site:
+            site["unscaled_log_prob"] = site["fn"].log_prob(
+                site["value"], *site["args"], **site["kwargs"]
+            )
+        total = total + scale_and_mask(site["unscaled_log_prob"], 1.0, site["mask"])
+    return total
 
 
 @dataclass
@@ -161,9 +185,29 @@ class GammaPowerELBO(ELBO):
 
     # ---------------------------------------------------------------------------- traces
     def _get_trace(self, model, guide, args, kwargs):
-        model_trace, guide_trace = get_importance_trace(
-            "flat", self.max_plate_nesting, model, guide, args, kwargs
-        )
+        """The guide's trace and the model's replayed against it, as Pyro's
+        ``get_importance_trace`` makes them, with two savings per step: the traces hold sample
+        sites only (no ``param`` sites: SVI records those in its own trace), and only the
+        model's log-densities are computed here (the guide's are computed where they are
+        needed, :meth:`_particle_terms`)."""
+        if isinstance(poutine.unwrap(guide), poutine.messenger.Messenger):  # a GuideMessenger
+            return get_importance_trace("flat", self.max_plate_nesting, model, guide, args,
+                                        kwargs)
+        guide_trace = _SampleTraceMessenger()(guide).get_trace(*args, **kwargs)
+        model_trace = _SampleTraceMessenger()(
+            poutine.replay(model, trace=guide_trace)
+        ).get_trace(*args, **kwargs)
+        if is_validation_enabled():
+            check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
+        for trace in (guide_trace, model_trace):
+            for name, site in list(trace.nodes.items()):
+                if site_is_subsample(site):
+                    trace.remove_node(name)
+        model_trace.compute_log_prob()
+        if is_validation_enabled():
+            for site in model_trace.nodes.values():
+                if site["type"] == "sample":
+                    check_site_shape(site, self.max_plate_nesting)
         return model_trace, guide_trace
 
     def _get_traces(self, model, guide, args, kwargs):
@@ -203,24 +247,22 @@ class GammaPowerELBO(ELBO):
                 )
             log_p = log_p + lp
 
-        # log q(y | x) of the enumerated sites and log q(z | x, y) of the continuous ones
-        log_q_enum, log_q_cont, continuous = 0.0, 0.0, []
+        # the guide's enumerated sites (q(y | x)) and continuous ones (q(z | x, y))
+        enumerated, continuous = [], []
         for name, site in guide_trace.nodes.items():
             if site["type"] != "sample" or site["is_observed"]:
                 continue
-            lp = scale_and_mask(site["unscaled_log_prob"], 1.0, site["mask"])
             enumerate_ = site["infer"].get("enumerate")
             if site["infer"].get("is_auxiliary"):
                 raise ValueError(f"guide site '{name}': factor sites in the guide are not supported")
             if enumerate_ == "parallel":
-                log_q_enum = log_q_enum + lp
+                enumerated.append(site)
             elif enumerate_ is not None:
                 raise ValueError(
                     f"guide site '{name}': only parallel enumeration is supported, found "
                     f"enumerate={enumerate_!r}"
                 )
             elif site["fn"].has_rsample:
-                log_q_cont = log_q_cont + lp
                 continuous.append(site)
             else:
                 raise ValueError(
@@ -228,6 +270,7 @@ class GammaPowerELBO(ELBO):
                     f"and parallel-enumerated discrete sites, found {type(site['fn']).__name__} "
                     "without rsample and without enumeration"
                 )
+        log_q_enum = _sum_log_prob(enumerated)
 
         # cross term: T1 - 1 = Σ_y q_y [exp(γ(log p − log‖p‖)) − 1]  (+ Rao-Blackwellisation)
         cross = torch.expm1(gamma * (log_p - log_norm))
@@ -241,8 +284,8 @@ class GammaPowerELBO(ELBO):
                 log_int = log_power_integral(continuous[0]["fn"], gamma)
             except NotImplementedError:  # a guide family without a closed form
                 log_int = None
-        if log_int is None:
-            log_int = gamma * log_q_cont
+        if log_int is None:  # log q(z | x, y) is only needed without the closed form
+            log_int = gamma * _sum_log_prob(continuous)
         entropy = torch.expm1(gamma * log_q_enum + log_int)
 
         # sum over the enumerated dimensions, weighted by q(y | x)
