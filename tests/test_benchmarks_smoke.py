@@ -1,0 +1,70 @@
+"""The benchmarks' reference step is the library's step, the fast decoder density is the
+DiagStudentT's, and each benchmark script runs in its smoke mode."""
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+
+from benchmarks import overhead, scaling
+from benchmarks.plain_step import plain_loss
+from pyro_mmt.distributions import DiagStudentT
+from pyro_mmt.estimator import build_model_and_guide, make_objective
+from pyro_mmt.models.multimodal_t import IsotropicStudentT
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+@pytest.mark.parametrize("missing", [False, True])
+def test_plain_loss_is_the_gamma_power_elbo(labelled, missing):
+    torch.set_default_dtype(torch.float64)
+    dims = {"a": 5, "b": 7, "c": 3}
+    model, guide = build_model_and_guide(
+        dims, 4, latent_dim=3, hidden=(8,), alpha=2.0, label_counts=[1, 2, 3, 4],
+        class_weight="balanced", logit_adjustment=0.5, unlabelled_prior_shift=0.7)
+    x = {m: torch.randn(6, n) for m, n in dims.items()}
+    mask = torch.ones(6, 3, dtype=torch.bool)
+    if missing:
+        mask[0, 1] = mask[2, 0] = mask[3, 2] = False
+    y = torch.randint(0, 4, (6,)) if labelled else None
+    pyro.set_rng_seed(1)  # the same draws of z in both
+    with poutine.scale(scale=3.0):
+        expected = make_objective().differentiable_loss(model.model, guide.guide, x, mask, y)
+    pyro.set_rng_seed(1)
+    found = plain_loss(model, guide, x, mask, y, scale=3.0)
+    torch.testing.assert_close(found, expected, rtol=1e-12, atol=1e-9)
+
+
+def test_isotropic_student_t_is_the_diagonal_one():
+    torch.set_default_dtype(torch.float64)
+    df, loc = torch.tensor([3.0, 7.0]), torch.randn(4, 2, 5)
+    scale = torch.rand(4, 2) + 0.5
+    iso = IsotropicStudentT(df, loc, scale)
+    diag = DiagStudentT(df, loc, scale.unsqueeze(-1).expand(loc.shape))
+    value = torch.randn(4, 2, 5)
+    assert iso.batch_shape == diag.batch_shape == (4, 2) and iso.event_shape == (5,)
+    torch.testing.assert_close(iso.log_prob(value), diag.log_prob(value))
+    torch.testing.assert_close(iso.log_power_integral(-0.1), diag.log_power_integral(-0.1))
+    torch.testing.assert_close(iso.second_moment(), diag.second_moment())
+    assert iso.rsample((3,)).shape == (3, 4, 2, 5)
+
+    # ‖v − m‖² is kept for the same value object, shared by same-shape copies, and recomputed
+    # for another value or another shape
+    squares = iso.sum_of_squares(value)
+    assert iso.expand((4, 2)).sum_of_squares(value) is squares
+    other = value + 1.0
+    torch.testing.assert_close(iso.log_prob(other), diag.log_prob(other))
+    wide = iso.expand((3, 4, 2))
+    torch.testing.assert_close(wide.log_prob(value), diag.expand((3, 4, 2)).log_prob(value))
+    with pytest.raises(ValueError, match="iso_scale"):
+        IsotropicStudentT(df, loc, -scale, validate_args=True)
+
+
+def test_overhead_smoke(tmp_path, capsys):
+    overhead.main(["--quick", "--gamma-vs-enum", "--out", str(tmp_path / "o.csv")])
+    assert (tmp_path / "o.csv").is_file() and (tmp_path / "o_gamma_vs_enum.csv").is_file()
+    assert "ratio" in capsys.readouterr().out
+
+
+def test_scaling_smoke(tmp_path):
+    scaling.main(["--quick", "--sweeps", "K", "--out", str(tmp_path / "s.csv")])
+    assert (tmp_path / "s.csv").read_text().count("\n") == 3
