@@ -68,3 +68,11 @@ def test_overhead_smoke(tmp_path, capsys):
 def test_scaling_smoke(tmp_path):
     scaling.main(["--quick", "--sweeps", "K", "--out", str(tmp_path / "s.csv")])
     assert (tmp_path / "s.csv").read_text().count("\n") == 3
+
+
+def test_gpu_check_cpu_half(tmp_path):
+    from benchmarks import gpu_check
+
+    out = tmp_path / "g.csv"
+    assert gpu_check.main(["--quick", "--device", "cpu", "--threads", "1", "--out", str(out)]) == 0
+    assert out.is_file() and (tmp_path / "g_numbers.csv").is_file()
