@@ -33,6 +33,7 @@ __all__ = [
     "entropy_weight_w0",
     "run_benchmark",
     "results_table",
+    "headline_table",
 ]
 
 #: Training epochs of the deep models per data set (an epoch is one pass over the unlabelled
@@ -242,3 +243,42 @@ def results_table(results: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
                       digits=digits)
     keep = ["dataset", "rho", "beta", "method", "n_runs", *metrics]
     return table.reset_index()[[c for c in keep if c in table.reset_index().columns]]
+
+
+def headline_table(results: pd.DataFrame, ours: str = "t_gamma",
+                   classical: Iterable[str] = ("lr", "labelspread", "selftrain", "smote_lr"),
+                   others: Iterable[str] = ("gauss_kl",)) -> pd.DataFrame:
+    """One row per (data set, ρ, β): our method, the other deep methods and the best classical
+    baseline (the one with the highest mean balanced accuracy in that setting), each as
+    "balanced accuracy / minority recall" means over seeds, and whether ours is best on each."""
+    rows = []
+    keys = ["dataset", "rho", "beta"]
+    for key, group in results.groupby(keys, sort=False):
+        means = group.groupby("method")[["balanced_accuracy", "minority_recall"]].mean()
+        stds = group.groupby("method")[["balanced_accuracy", "minority_recall"]].std(ddof=0)
+        if ours not in means.index:
+            continue
+        row = dict(zip(keys, key, strict=True))
+        row["seeds"] = int(group.loc[group["method"] == ours, "seed"].nunique())
+
+        def cell(method, means=means, stds=stds):
+            m, s = means.loc[method], stds.loc[method]
+            return (f"{m['balanced_accuracy']:.3f} ± {s['balanced_accuracy']:.3f} / "
+                    f"{m['minority_recall']:.3f} ± {s['minority_recall']:.3f}")
+
+        row[ours] = cell(ours)
+        for method in others:
+            if method in means.index:
+                row[method] = cell(method)
+        present = [m for m in classical if m in means.index and means.loc[m].notna().all()]
+        if present:
+            best = max(present, key=lambda m: means.loc[m, "balanced_accuracy"])
+            row["best classical"] = f"{best}: {cell(best)}"
+            competitors = [*present, *[m for m in others if m in means.index]]
+            for metric, label in (("balanced_accuracy", "best bacc"),
+                                  ("minority_recall", "best minority")):
+                top = max(competitors, key=lambda m: means.loc[m, metric])
+                row[label] = ("yes" if means.loc[ours, metric] >= means.loc[top, metric]
+                              else f"no ({top})")
+        rows.append(row)
+    return pd.DataFrame(rows)

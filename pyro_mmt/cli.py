@@ -191,6 +191,20 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from pyro_mmt.benchmark import headline_table
+
+    frames = []
+    for path in args.results:
+        if not Path(path).is_file():
+            raise SystemExit(f"error: RESULTS: no file at {path}")
+        frames.append(pd.read_csv(path))
+    table = headline_table(pd.concat(frames, ignore_index=True), ours=args.ours,
+                           others=args.others)
+    print(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False))
+    return 0
+
+
 def _has_tabulate() -> bool:
     try:
         import tabulate  # noqa: F401
@@ -307,6 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="override the deep models' epochs (smoke runs)")
     p.add_argument("--out", default="runs/benchmark")
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("report", help="headline table from benchmark results.csv files: ours "
+                       "against the best classical baseline (balanced accuracy / minority recall)")
+    p.add_argument("results", nargs="+", help="results.csv files written by `benchmark`")
+    p.add_argument("--ours", default="t_gamma")
+    p.add_argument("--others", nargs="*", default=["gauss_kl"],
+                   help="other deep methods to show beside ours")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("diagnose", help="ArviZ diagnostics of a run: netCDF, summary, plots")
     p.add_argument("run_dir")

@@ -1,0 +1,63 @@
+"""The benchmark's bookkeeping: the headline table picks the best classical baseline per setting
+and says whether ours is best; w0 matches MATH.md §6; the explicit-γ method resolves its γ."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pyro_mmt.benchmark import METHODS, entropy_weight_w0, headline_table
+from pyro_mmt.cli import main
+
+
+def _results():
+    rows = []
+    values = {  # method -> (bacc per seed, minority recall per seed)
+        "t_gamma": ([0.80, 0.90], [0.70, 0.80]),
+        "gauss_kl": ([0.70, 0.80], [0.90, 0.90]),
+        "lr": ([0.60, 0.70], [0.50, 0.50]),
+        "selftrain": ([0.84, 0.84], [0.60, 0.60]),
+        "smote_lr": ([np.nan, np.nan], [np.nan, np.nan]),
+    }
+    for method, (bacc, minority) in values.items():
+        for seed in (0, 1):
+            rows.append({"dataset": "toy", "rho": 10, "beta": 0.05, "seed": seed,
+                         "method": method, "balanced_accuracy": bacc[seed],
+                         "minority_recall": minority[seed]})
+    return pd.DataFrame(rows)
+
+
+def test_headline_table_picks_the_best_classical_baseline():
+    table = headline_table(_results())
+    assert len(table) == 1
+    row = table.iloc[0]
+    assert row["seeds"] == 2
+    assert row["t_gamma"] == "0.850 ± 0.050 / 0.750 ± 0.050"
+    assert row["best classical"].startswith("selftrain: 0.840 ± 0.000")  # smote_lr (NaN) skipped
+    assert row["best bacc"] == "yes"
+    assert row["best minority"] == "no (gauss_kl)"
+
+
+def test_report_command_prints_the_headline_table(tmp_path, capsys):
+    path = tmp_path / "results.csv"
+    _results().to_csv(path, index=False)
+    assert main(["report", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "selftrain: 0.840" in out and "no (gauss_kl)" in out
+
+
+@pytest.mark.parametrize("n, d, expected", [(784, 16, 0.059), (649, 32, 0.059), (64, 16, 0.065)])
+def test_w0_matches_math_table(n, d, expected):
+    assert entropy_weight_w0(5.0, n, d) == pytest.approx(expected, abs=1e-3)
+
+
+def test_w0_times_sigma2_is_one_over_2_pi_e_at_large_n():
+    # MATH.md §6: for n >= 649 and nu <= 10, w0 sigma^2 is 1/(2 pi e) within 5%
+    for nu in (2.5, 5.0, 10.0):
+        assert entropy_weight_w0(nu, 784, 16) == pytest.approx(1 / (2 * math.pi * math.e), rel=0.05)
+
+
+def test_registry_describes_every_method():
+    for name, method in METHODS.items():
+        assert method.name == name and method.description
