@@ -1,0 +1,128 @@
+"""The product-of-experts guide: the classifier is a product of per-modality experts, the
+encoder broadcasts over the enumerated label exactly as a loop over classes would, the fusion is
+``student_t_poe`` with the prior expert τ_0, and the predict path works with any subset."""
+
+import math
+
+import pytest
+import torch
+
+from pyro_mmt.distributions import (
+    DiagStudentT,
+    gaussian_poe,
+    prior_expert_scale,
+    student_t_poe,
+)
+from pyro_mmt.guides import PoEClassifier, PoETGuide
+
+DIMS = {"a": 3, "b": 2, "c": 4}
+SIGMA = {"a": 0.7, "b": 1.3, "c": 0.9}
+K, D, NU = 3, 2, 5.0
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    torch.set_default_dtype(torch.float64)
+
+
+def _data(n=5):
+    x = {m: torch.randn(n, d) for m, d in DIMS.items()}
+    mask = torch.ones(n, len(DIMS), dtype=torch.bool)
+    mask[0, 1] = False
+    mask[1, [0, 2]] = False
+    return x, mask
+
+
+def test_classifier_logits_are_the_sum_of_present_experts():
+    clf = PoEClassifier(DIMS, K, (4,))
+    x, mask = _data()
+    logits = clf(x, mask)
+    for i in range(len(mask)):
+        expected = sum(clf.experts[m](x[m][i]) for j, m in enumerate(DIMS) if mask[i, j])
+        torch.testing.assert_close(logits[i], expected)
+    proba = clf.predict_proba(x, mask)
+    torch.testing.assert_close(proba.sum(-1), torch.ones(len(mask)))
+
+
+def test_encoder_broadcasts_over_the_enumerated_label_like_a_loop():
+    guide = PoETGuide(DIMS, K, latent_dim=D, hidden=(4,), nu=NU, sigma=SIGMA)
+    x, mask = _data()
+    enumerated = guide.encode(x, mask, torch.arange(K).reshape(K, 1))
+    assert enumerated.batch_shape == (K, len(mask)) and enumerated.event_shape == (D,)
+    for k in range(K):
+        single = guide.encode(x, mask, torch.full((len(mask),), k))
+        torch.testing.assert_close(enumerated.loc[k], single.loc)
+        torch.testing.assert_close(enumerated.scale[k], single.scale)
+
+
+def test_encoder_is_student_t_poe_with_the_prior_expert_tau0():
+    guide = PoETGuide(DIMS, K, latent_dim=D, hidden=(4,), nu=NU, sigma=SIGMA)
+    x, mask = _data()
+    y = torch.randint(0, K, (len(mask),))
+    q = guide.encode(x, mask, y)
+    assert isinstance(q, DiagStudentT)
+    locs, scales = zip(*(guide.encoders[m](x[m], y) for m in DIMS), strict=True)
+    n = (mask.double() * torch.tensor([3.0, 2.0, 4.0])).sum(-1)
+    log_det = (mask.double() * torch.tensor(
+        [3 * 2 * math.log(0.7), 2 * 2 * math.log(1.3), 4 * 2 * math.log(0.9)])).sum(-1)
+    tau0 = prior_expert_scale(NU, n, D, log_det)
+    ref = student_t_poe(torch.stack(locs), torch.stack(scales), mask, nu=NU, obs_dim=n,
+                        prior_scale=tau0)
+    torch.testing.assert_close(q.loc, ref.loc)
+    torch.testing.assert_close(q.scale, ref.scale)
+    torch.testing.assert_close(q.df, NU + n)
+    # by hand for datum 1, which has only modality "b": precision 1/τ0 + 1/Σ_b
+    prec = 1 / tau0[1] + 1 / scales[1][1]
+    torch.testing.assert_close(q.loc[1], (locs[1][1] / scales[1][1]) / prec)
+    torch.testing.assert_close(q.scale[1], (NU / (NU + 2) / prec).sqrt())
+
+
+def test_a_missing_modality_does_not_change_q():
+    guide = PoETGuide(DIMS, K, latent_dim=D, hidden=(4,), nu=NU, sigma=SIGMA)
+    x, mask = _data()
+    y = torch.zeros(len(mask), dtype=torch.long)
+    before = guide.encode(x, mask, y)
+    x["b"] = x["b"].clone()
+    x["b"][0] = 1e6  # datum 0 misses "b": its value must not matter
+    after = guide.encode(x, mask, y)
+    torch.testing.assert_close(before.loc[0], after.loc[0])
+    torch.testing.assert_close(before.scale[0], after.scale[0])
+
+
+def test_gaussian_guide_uses_the_unit_prior_expert():
+    guide = PoETGuide(DIMS, K, latent_dim=D, hidden=(4,), nu=math.inf, sigma=SIGMA)
+    x, mask = _data()
+    y = torch.zeros(len(mask), dtype=torch.long)
+    q = guide.encode(x, mask, y)
+    locs, scales = zip(*(guide.encoders[m](x[m], y) for m in DIMS), strict=True)
+    ref = gaussian_poe(torch.stack(locs), torch.stack(scales), mask)
+    torch.testing.assert_close(q.mean, ref.mean)
+    torch.testing.assert_close(q.variance, ref.variance)
+
+
+def test_logit_adjustment_and_unlabelled_prior_shift():
+    counts = [6, 3, 1]
+    log_freq = torch.log(torch.tensor(counts, dtype=torch.float64) / 10)
+    clf = PoEClassifier(DIMS, K, (4,))
+    guide = PoETGuide(DIMS, K, classifier=clf, latent_dim=D, hidden=(4,), nu=NU,
+                      unlabelled_prior_shift=0.5, label_counts=counts)
+    torch.testing.assert_close(guide.unlabelled_logit_shift, 0.5 * log_freq)
+    x, mask = _data()
+    adjusted = guide.predict_proba(x, mask, logit_adjustment=1.0, label_counts=counts)
+    expected = torch.softmax(clf(x, mask) - log_freq, -1)
+    torch.testing.assert_close(adjusted, expected)
+    with pytest.raises(ValueError, match="label_counts"):
+        guide.predict_proba(x, mask, logit_adjustment=1.0)
+    with pytest.raises(ValueError, match="unlabelled_prior_shift"):
+        PoETGuide(DIMS, K, unlabelled_prior_shift=-1.0)
+
+
+@pytest.mark.parametrize("present", [["a"], ["b", "c"], ["a", "b", "c"]])
+def test_predict_proba_with_any_subset(present):
+    guide = PoETGuide(DIMS, K, latent_dim=D, hidden=(4,), nu=NU)
+    x, _ = _data()
+    mask = torch.tensor([[m in present for m in DIMS]] * 5)
+    proba = guide.predict_proba({m: x[m] if m in present else torch.zeros_like(x[m])
+                                 for m in DIMS}, mask)
+    assert proba.shape == (5, K)
+    torch.testing.assert_close(proba.sum(-1), torch.ones(5))
