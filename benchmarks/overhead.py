@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.steps import DIMS, build, plain_step, pyro_step, random_batch, step_flops
-from benchmarks.timing import interleaved, machine, parse_threads
+from benchmarks.timing import interleaved, keep_freed_memory, machine, parse_threads
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -96,6 +96,8 @@ def main(argv=None):
     p.add_argument("--gamma-vs-enum", action="store_true",
                    help="also compare GammaPowerELBO at small gamma with TraceEnum_ELBO")
     p.add_argument("--gamma", type=float, default=-1e-3, help="the small gamma (default -1e-3)")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="tune glibc malloc first (benchmarks.timing.keep_freed_memory)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: one cell of tiny networks (hidden 16, d = 4, batch 16)")
     p.add_argument("--out", type=Path, default=RESULTS / "overhead.csv")
@@ -104,14 +106,15 @@ def main(argv=None):
         args.datasets, args.classes, args.batch_sizes = ["halves"], [2], [16]
         args.rounds, args.repeats, args.hidden, args.latent_dim = 2, 1, 16, 4
     threads = parse_threads(args.threads)
+    malloc = "kept" if args.keep_freed_memory and keep_freed_memory() else "glibc default"
     info = machine()
-    print(f"machine: {info}")
+    print(f"machine: {info}; malloc: {malloc}")
 
     rows = []
     for name, k, labelled, b in itertools.product(args.datasets, args.classes, (True, False),
                                                   args.batch_sizes):
         row = {"dims": name, "K": k, "labelled": labelled, "batch": b, "hidden": args.hidden,
-               "latent_dim": args.latent_dim, "threads": threads}
+               "latent_dim": args.latent_dim, "threads": threads, "malloc": malloc}
         row.update(overhead_cell(DIMS[name], k, labelled, b, rounds=args.rounds,
                                  repeats=args.repeats, stock=not args.no_stock,
                                  hidden=(args.hidden,), latent_dim=args.latent_dim))

@@ -10,6 +10,7 @@ ratios (min–max) says how noisy the comparison was.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import statistics
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Timings", "interleaved", "machine", "parse_threads"]
+__all__ = ["Timings", "interleaved", "keep_freed_memory", "machine", "parse_threads"]
 
 
 @dataclass
@@ -89,3 +90,20 @@ def parse_threads(value: int | None) -> int:
     if value is not None:
         torch.set_num_threads(int(value))
     return torch.get_num_threads()
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory in the process: large blocks from the heap rather
+    than from a fresh ``mmap`` each, and no trimming of the heap's top. Without this, every
+    tensor above the mmap threshold is mapped, page-faulted in and unmapped again at every
+    step. Same effect as ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=...`` in the
+    environment. Returns False where glibc's ``mallopt`` is not available."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    ok = libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)  # glibc's largest allowed value
+    ok &= libc.mallopt(m_trim_threshold, 2**31 - 1)
+    ok &= libc.mallopt(m_top_pad, 256 * 1024 * 1024)
+    return bool(ok)

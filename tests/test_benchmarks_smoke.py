@@ -1,6 +1,7 @@
 """The benchmarks' reference step is the library's step, the fast decoder density is the
 DiagStudentT's, and each benchmark script runs in its smoke mode."""
 
+import pandas as pd
 import pyro
 import pytest
 import torch
@@ -76,3 +77,11 @@ def test_gpu_check_cpu_half(tmp_path):
     out = tmp_path / "g.csv"
     assert gpu_check.main(["--quick", "--device", "cpu", "--threads", "1", "--out", str(out)]) == 0
     assert out.is_file() and (tmp_path / "g_numbers.csv").is_file()
+
+
+def test_end_to_end_smoke(tmp_path):
+    from benchmarks import end_to_end
+
+    end_to_end.main(["--quick", "--no-demo", "--out", str(tmp_path / "e.csv")])
+    row = pd.read_csv(tmp_path / "e.csv").iloc[0]
+    assert row["samples_per_s"] > 0 and row["peak_rss_mib"] > 0
