@@ -224,6 +224,8 @@ class PoETGuide(nn.Module):
         if logit_adjustment:
             if label_counts is None:
                 raise ValueError("label_counts: logit_adjustment needs the labelled class counts")
-            counts = torch.as_tensor(label_counts, dtype=torch.get_default_dtype())
+            # on the buffers' device: a CPU vector cannot shift CUDA logits
+            counts = torch.as_tensor(label_counts, dtype=self._dims.dtype,
+                                     device=self._dims.device)
             shift = -logit_adjustment * torch.log(counts / counts.sum())
         return self.classifier.predict_proba(x, mask, log_prior_shift=shift)
