@@ -250,7 +250,8 @@ def headline_table(results: pd.DataFrame, ours: str = "t_gamma",
                    others: Iterable[str] = ("gauss_kl",)) -> pd.DataFrame:
     """One row per (data set, ρ, β): our method, the other deep methods and the best classical
     baseline (the one with the highest mean balanced accuracy in that setting), each as
-    "balanced accuracy / minority recall" means over seeds, and whether ours is best on each."""
+    "balanced accuracy / minority recall" (mean ± std over seeds), and whether ours is at least
+    as good as every classical baseline on each metric (naming the one that beats it if not)."""
     rows = []
     keys = ["dataset", "rho", "beta"]
     for key, group in results.groupby(keys, sort=False):
@@ -274,10 +275,9 @@ def headline_table(results: pd.DataFrame, ours: str = "t_gamma",
         if present:
             best = max(present, key=lambda m: means.loc[m, "balanced_accuracy"])
             row["best classical"] = f"{best}: {cell(best)}"
-            competitors = [*present, *[m for m in others if m in means.index]]
-            for metric, label in (("balanced_accuracy", "best bacc"),
-                                  ("minority_recall", "best minority")):
-                top = max(competitors, key=lambda m: means.loc[m, metric])
+            for metric, label in (("balanced_accuracy", "ours ≥ classical (bacc)"),
+                                  ("minority_recall", "ours ≥ classical (minority)")):
+                top = max(present, key=lambda m, metric=metric: means.loc[m, metric])
                 row[label] = ("yes" if means.loc[ours, metric] >= means.loc[top, metric]
                               else f"no ({top})")
         rows.append(row)
