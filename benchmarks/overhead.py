@@ -104,8 +104,8 @@ def plot(table: pd.DataFrame, path: Path) -> None:
             cell = cell.sort_values("batch")
             label = f"K={k}, {'labelled' if labelled else 'unlabelled'}"
             line = ax.errorbar(cell["batch"], cell["ratio"],
-                               yerr=[cell["ratio"] - cell["ratio_min"],
-                                     cell["ratio_max"] - cell["ratio"]],
+                               yerr=[(cell["ratio"] - cell["ratio_min"]).clip(lower=0),
+                                     (cell["ratio_max"] - cell["ratio"]).clip(lower=0)],
                                fmt="-o", capsize=3, markersize=4, label=label)
             ax.plot(cell["batch"], cell["ratio_noval"], ":", color=line[0].get_color())
         ax.axhline(1.15, color="k", lw=0.8, ls="--")
