@@ -35,11 +35,18 @@ __all__ = [
 class PowerNorm:
     """Base class of a model's declaration of log ||p||_{1+γ} (one value per datum).
 
-    Subclasses implement :meth:`log_norm`; a subclass whose joint is a Student-t *power form*
-    also implements :meth:`auto_gamma` and :meth:`log_power_form_constant`, which let
+    It holds what every joint of this library's family shares: y ~ Cat(π), a d-dimensional
+    latent z and n_i observed dimensions per datum with diagonal scale Λ. Subclasses implement
+    :meth:`log_norm`; a subclass whose joint is a Student-t *power form* also implements
+    :meth:`auto_gamma` and :meth:`log_power_form_constant`, which let
     :class:`~pyro_mmt.infer.GammaPowerELBO` use ``gamma="auto"`` and the Rao-Blackwellised
     cross term.
 
+    :param torch.Tensor obs_dim: observed dimension n per datum (missing modalities excluded).
+    :param int latent_dim: d.
+    :param torch.Tensor log_det_obs_scale: log|Λ| = Σ_j n_j log σ_j² over the observed
+        modalities, per datum.
+    :param torch.Tensor class_log_prior: log π, shape [K], or None for a model without a label.
     :param str latent_site: name of the continuous latent site z (its prior must be the one the
         norm assumes).
     :param str class_site: name of the label site y.
@@ -48,14 +55,26 @@ class PowerNorm:
     #: whether the joint is a Student-t power form (exp(γ log p) affine in the quadratic Q).
     power_form = False
 
-    def __init__(self, latent_site: str = "z", class_site: str = "y"):
+    def __init__(
+        self,
+        obs_dim: torch.Tensor,
+        latent_dim: int,
+        log_det_obs_scale: torch.Tensor,
+        class_log_prior: torch.Tensor | None = None,
+        latent_site: str = "z",
+        class_site: str = "y",
+    ):
+        self.obs_dim = obs_dim
+        self.latent_dim = int(latent_dim)
+        self.log_det_obs_scale = log_det_obs_scale
+        self.class_log_prior = class_log_prior
         self.latent_site = latent_site
         self.class_site = class_site
 
     @property
     def batch_shape(self) -> torch.Size:
         """Shape of the per-datum values (the data plate)."""
-        raise NotImplementedError
+        return torch.broadcast_shapes(self.obs_dim.shape, self.log_det_obs_scale.shape)
 
     def log_norm(self, gamma: torch.Tensor) -> torch.Tensor:
         """log ||p||_{1+γ} per datum, for γ broadcastable to :attr:`batch_shape`."""
@@ -87,10 +106,8 @@ class StudentTPowerNorm(PowerNorm):
             \int t_{n+d}(0, \mathrm{diag}(I_d, \Lambda), \nu)^{1+\gamma}.
 
     :param float nu: degrees of freedom ν of the prior (> 2).
-    :param torch.Tensor obs_dim: observed dimension n per datum (missing modalities excluded).
-    :param int latent_dim: d.
-    :param torch.Tensor log_det_obs_scale: log|Λ| = Σ_j n_j log σ_j² over the observed modalities.
-    :param torch.Tensor class_log_prior: log π, shape [K], or None for a model without a label.
+
+    The other parameters are :class:`PowerNorm`'s.
     """
 
     power_form = True
@@ -105,16 +122,9 @@ class StudentTPowerNorm(PowerNorm):
         latent_site: str = "z",
         class_site: str = "y",
     ):
-        super().__init__(latent_site=latent_site, class_site=class_site)
+        super().__init__(obs_dim, latent_dim, log_det_obs_scale, class_log_prior,
+                         latent_site=latent_site, class_site=class_site)
         self.nu = float(nu)
-        self.obs_dim = obs_dim
-        self.latent_dim = int(latent_dim)
-        self.log_det_obs_scale = log_det_obs_scale
-        self.class_log_prior = class_log_prior
-
-    @property
-    def batch_shape(self) -> torch.Size:
-        return torch.broadcast_shapes(self.obs_dim.shape, self.log_det_obs_scale.shape)
 
     def log_norm(self, gamma):
         return power_form_log_norm(
@@ -145,27 +155,8 @@ class GaussianPowerNorm(PowerNorm):
         \|p\|_{1+\gamma}^{1+\gamma} = \Big(\sum_y \pi_y^{1+\gamma}\Big)
             \int N(0, I_d)^{1+\gamma} \int N(0, \Lambda)^{1+\gamma}.
 
-    Parameters as in :class:`StudentTPowerNorm`, without ν.
+    Parameters as :class:`PowerNorm`'s.
     """
-
-    def __init__(
-        self,
-        obs_dim: torch.Tensor,
-        latent_dim: int,
-        log_det_obs_scale: torch.Tensor,
-        class_log_prior: torch.Tensor | None = None,
-        latent_site: str = "z",
-        class_site: str = "y",
-    ):
-        super().__init__(latent_site=latent_site, class_site=class_site)
-        self.obs_dim = obs_dim
-        self.latent_dim = int(latent_dim)
-        self.log_det_obs_scale = log_det_obs_scale
-        self.class_log_prior = class_log_prior
-
-    @property
-    def batch_shape(self) -> torch.Size:
-        return torch.broadcast_shapes(self.obs_dim.shape, self.log_det_obs_scale.shape)
 
     def log_norm(self, gamma):
         return gaussian_log_norm(
