@@ -154,3 +154,28 @@ def test_diagnose_writes_netcdf_summary_and_plots(tmp_path, capsys):
     data = load_netcdf(next(out.glob("*.nc")))
     test = MultimodalDataset.from_npz(run / "test.npz")
     assert get_group(data, "posterior")["z"].shape[:3] == (1, 30, len(test))
+
+
+def test_train_with_the_fused_optimiser(tiny_npz, tmp_path):
+    run = tmp_path / "fused"
+    assert main(["train", str(tiny_npz), "--out", str(run), "--optimizer", "fused_adam",
+                 *SMALL]) == 0
+    assert json.loads((run / "config.json").read_text())["estimator"]["optimizer"] == "fused_adam"
+    assert np.isfinite(pd.read_csv(run / "history.csv")["loss"]).all()
+
+
+def test_distributed_train_under_torchrun(tiny_npz, tmp_path):
+    """`torchrun --nproc_per_node=2 -m pyro_mmt.cli train ... --distributed`: two CPU processes
+    (gloo) train one model; rank 0 alone writes the run folder."""
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         "--master_port=0", "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0",
+         "-m", "pyro_mmt.cli", "train", str(tiny_npz), "--out", str(run), "--distributed",
+         *SMALL],
+        capture_output=True, text=True, timeout=240, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run / "estimator.pt").is_file() and (run / "history.csv").is_file()
+    assert result.stdout.count("trained in") == 1
