@@ -224,3 +224,33 @@ def test_checkpoints_refuse_parameters_outside_the_modules(data, tmp_path):
         train(model_with_a_free_parameter, guide.guide, data, objective=make_objective(),
               epochs=1, batch_size=16, progress=False, checkpoint_dir=tmp_path,
               modules={"model": model, "guide": guide, "classifier": guide.classifier})
+
+
+def test_validation_can_be_switched_off_for_a_run():
+    """train(validate=False) runs the steps without Pyro's checks and restores the setting."""
+    import math
+
+    import pyro.infer
+    from pyro.infer.util import is_validation_enabled
+
+    from pyro_mmt.data import load_digits
+    from pyro_mmt.estimator import build_model_and_guide
+    from pyro_mmt.train import train
+
+    data = load_digits()[:60].with_labels([*range(10)] * 3 + [-1] * 30)
+    model, guide = build_model_and_guide(data.dims, 10, latent_dim=2, hidden=(8,), nu=math.inf)
+    seen = []
+    original = model.model
+
+    def spying_model(*args, **kwargs):
+        seen.append(is_validation_enabled())
+        return original(*args, **kwargs)
+
+    before = is_validation_enabled()
+    history = train(spying_model, guide.guide, data, epochs=1, batch_size=16, progress=False,
+                    objective=pyro.infer.TraceEnum_ELBO(max_plate_nesting=1,
+                                                        strict_enumeration_warning=False),
+                    modules={"model": model, "guide": guide, "classifier": guide.classifier},
+                    validate=False)
+    assert len(history) == 1 and seen and not any(seen)
+    assert is_validation_enabled() == before
