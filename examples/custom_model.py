@@ -17,7 +17,6 @@ guide. The comments marked "γ-objective" say what must stay for ``GammaPowerELB
 import argparse
 import math
 
-import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -125,8 +124,8 @@ def main(args):
     split = long_tailed_split(load_dataset(args.dataset), rho=10, beta=0.05, seed=args.seed)
     train_data, test = split.train, split.test
     if args.subset:
-        train_data, test = subset(train_data, args.subset, args.seed), subset(test, args.subset,
-                                                                                args.seed)
+        train_data = train_data.subsample(args.subset, seed=args.seed)
+        test = test.subsample(args.subset, seed=args.seed)
     scaler = Standardiser().fit(train_data)
     train_data, test = scaler.transform(train_data), scaler.transform(test)
     if args.modality not in train_data.dims:
@@ -154,16 +153,6 @@ def main(args):
     print(f"{args.dataset}, linear decoder for {args.modality!r} (σ = {args.sigma}):")
     print(metrics.round(3).to_string())
     return metrics
-
-
-def subset(data, n, seed):
-    """At most n random rows of ``data``, keeping every labelled row (smoke runs)."""
-    rng = np.random.default_rng(seed)
-    labelled = np.flatnonzero(data.is_labelled.numpy())
-    unlabelled = rng.permutation(np.flatnonzero(~data.is_labelled.numpy()))
-    if len(unlabelled) == 0:  # a test set: every row labelled
-        return data[np.sort(rng.permutation(len(data))[:n])]
-    return data[np.sort(np.concatenate([labelled, unlabelled[: max(n - len(labelled), 0)]]))]
 
 
 if __name__ == "__main__":

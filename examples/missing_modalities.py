@@ -32,7 +32,8 @@ def main(args):
                               seed=args.seed)
     train, test = split.train, split.test
     if args.subset:
-        train, test = subset(train, args.subset, args.seed), subset(test, args.subset, args.seed)
+        train = train.subsample(args.subset, seed=args.seed)
+        test = test.subsample(args.subset, seed=args.seed)
     X, y = train.to_numpy()  # modality -> array with NaN rows where missing; y = -1 unlabelled
     X_test, y_test = test.to_numpy()
     modalities = list(X)
@@ -76,16 +77,6 @@ def main(args):
         table.to_csv(out / "metrics_by_modality_subset.csv", index=False)
         print(f"wrote {out / 'metrics_by_modality_subset.csv'}")
     return table
-
-
-def subset(data, n, seed):
-    """At most n random rows of ``data``, keeping every labelled row (smoke runs)."""
-    rng = np.random.default_rng(seed)
-    labelled = np.flatnonzero(data.is_labelled.numpy())
-    unlabelled = rng.permutation(np.flatnonzero(~data.is_labelled.numpy()))
-    if len(unlabelled) == 0:  # a test set: every row labelled
-        return data[np.sort(rng.permutation(len(data))[:n])]
-    return data[np.sort(np.concatenate([labelled, unlabelled[: max(n - len(labelled), 0)]]))]
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ metrics (balanced accuracy, macro-F1, G-mean, minority recall).
 
 import argparse
 
-import numpy as np
 import pyro
 from pyro import poutine
 from pyro.infer import SVI
@@ -32,7 +31,8 @@ def main(args):
     split = long_tailed_split(load_dataset("mfeat"), rho=10, beta=0.05, seed=args.seed)
     train, test = split.train, split.test
     if args.subset:
-        train, test = subset(train, args.subset, args.seed), subset(test, args.subset, args.seed)
+        train = train.subsample(args.subset, seed=args.seed)
+        test = test.subsample(args.subset, seed=args.seed)
     scaler = Standardiser().fit(train)
     train, test = scaler.transform(train), scaler.transform(test)
     print(train)
@@ -63,17 +63,6 @@ def main(args):
     metrics = classification_metrics(test.y.numpy(), pred, split.train_class_counts)
     print(metrics.round(3).to_string())
     return metrics
-
-
-def subset(data, n, seed):
-    """At most n random rows of ``data``, keeping every labelled row (so each class keeps its
-    labels): a smaller problem of the same kind, for smoke runs."""
-    rng = np.random.default_rng(seed)
-    labelled = np.flatnonzero(data.is_labelled.numpy())
-    unlabelled = rng.permutation(np.flatnonzero(~data.is_labelled.numpy()))
-    if len(unlabelled) == 0:  # a test set: every row labelled
-        return data[np.sort(rng.permutation(len(data))[:n])]
-    return data[np.sort(np.concatenate([labelled, unlabelled[: max(n - len(labelled), 0)]]))]
 
 
 if __name__ == "__main__":

@@ -408,6 +408,20 @@ class MultimodalDataset:
         """The floating dtype of the ``x`` tensors."""
         return next(iter(self.x.values())).dtype
 
+    def subsample(self, n: int, *, seed: int = 0) -> MultimodalDataset:
+        """At most ``n`` rows at random, in data set order, keeping every labelled row when the
+        data set also has unlabelled ones (a smaller problem of the same kind, e.g. for smoke
+        runs); a fully labelled data set is sampled uniformly."""
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"n: expected a positive integer; found {n!r}")
+        rng = np.random.default_rng(seed)
+        labelled = np.flatnonzero(self.is_labelled.numpy())
+        unlabelled = rng.permutation(np.flatnonzero(~self.is_labelled.numpy()))
+        if len(unlabelled) == 0:
+            return self[np.sort(rng.permutation(len(self))[:n])]
+        keep = unlabelled[: max(n - len(labelled), 0)]
+        return self[np.sort(np.concatenate([labelled, keep]))]
+
     def labelled(self) -> MultimodalDataset:
         """The subset of labelled rows (possibly empty)."""
         return self[self.is_labelled]

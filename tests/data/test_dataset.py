@@ -485,3 +485,18 @@ def test_standardiser_errors(numeric):
                                              y=[0, 1]))
     with pytest.raises(ValueError, match="mean_<modality>"):
         Standardiser.from_state_dict({"modalities": np.array(["m"])})
+
+
+def test_subsample_keeps_every_labelled_row():
+    x = {"a": np.arange(40.0).reshape(20, 2)}
+    y = np.array([0, 1, 2] + [-1] * 17)
+    data = MultimodalDataset(x, y)
+    small = data.subsample(8, seed=1)
+    assert len(small) == 8 and int(small.is_labelled.sum()) == 3
+    assert sorted(small.y[small.is_labelled].tolist()) == [0, 1, 2]
+    rows = small.x["a"][:, 0].numpy() / 2  # original row numbers, in order
+    assert np.all(np.diff(rows) > 0)
+    assert len(data.subsample(100)) == 20
+    assert len(data.labelled().subsample(2, seed=0)) == 2  # fully labelled: uniform
+    with pytest.raises(ValueError, match="n:"):
+        data.subsample(0)
