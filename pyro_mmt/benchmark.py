@@ -173,6 +173,14 @@ METHODS: dict[str, Method] = {
         "term), imbalance options",
         _deep({"objective": "gamma_power", "nu": 5.0, "alpha": 1000.0, "gamma": "2x auto",
                **IMBALANCE_OPTIONS}), deep=True),
+    "t_gamma_ens3": Method(
+        "t_gamma_ens3", "t_gamma with n_init = 3: q(y | x) averaged over three initialisations",
+        _deep({"objective": "gamma_power", "nu": 5.0, "alpha": 1000.0, "n_init": 3,
+               **IMBALANCE_OPTIONS}), deep=True),
+    "gauss_kl_ens3": Method(
+        "gauss_kl_ens3", "gauss_kl with n_init = 3: q(y | x) averaged over three initialisations",
+        _deep({"objective": "kl", "nu": math.inf, "alpha": 1000.0, "n_init": 3,
+               **IMBALANCE_OPTIONS}), deep=True),
     "lr": Method("lr", "logistic regression on labelled rows (class_weight balanced)", _lr),
     "labelspread": Method("labelspread", "LabelSpreading (knn)", _labelspread),
     "selftrain": Method("selftrain", "SelfTraining(LogisticRegression balanced), threshold 0.75",

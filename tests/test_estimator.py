@@ -180,3 +180,29 @@ def test_other_objectives_and_options_fit(blobs, options):
     est = MultimodalSemiSupervisedClassifier(**SMALL, **options).fit(X, y)
     assert np.isfinite(est.history_["loss"]).all()
     assert 0 <= est.score(X, y_true) <= 1
+
+
+def test_n_init_averages_the_members_and_round_trips(tmp_path):
+    """n_init = 2 trains two initialisations; predict_proba is the mean of their q(y | x), the
+    first member is the n_init = 1 fit, and save/load keeps every member."""
+    from pyro_mmt.data import load_digits
+    from pyro_mmt.estimator import load_estimator, save_estimator
+    from pyro_mmt.train import predict_proba
+
+    data = load_digits()[:80]
+    x, y = data.to_numpy()
+    y[40:] = -1
+    options = {"hidden": (8,), "latent_dim": 2, "epochs": 1, "batch_size": 32, "seed": 3}
+    pair = MultimodalSemiSupervisedClassifier(n_init=2, **options).fit(x, y)
+    single = MultimodalSemiSupervisedClassifier(**options).fit(x, y)
+    assert len(pair.members_) == 2 and len(pair.histories_) == 2
+    test = {m: v[:10] for m, v in x.items()}
+    members = [predict_proba(g, pair._dataset(test, fitted=True)) for _, g in pair.members_]
+    np.testing.assert_allclose(pair.predict_proba(test), np.mean(members, 0), rtol=1e-6)
+    np.testing.assert_allclose(members[0], single.predict_proba(test), rtol=1e-5)
+    assert not np.allclose(members[0], members[1])
+    save_estimator(pair, tmp_path / "pair.pt")
+    loaded = load_estimator(tmp_path / "pair.pt")
+    np.testing.assert_allclose(loaded.predict_proba(test), pair.predict_proba(test), rtol=1e-6)
+    with pytest.raises(ValueError, match="n_init"):
+        MultimodalSemiSupervisedClassifier(n_init=0, **options).fit(x, y)
