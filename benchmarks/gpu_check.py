@@ -42,7 +42,7 @@ from torch.overrides import TorchFunctionMode
 from benchmarks.steps import DIMS, build, plain_step, pyro_step, random_batch
 from benchmarks.timing import interleaved, machine
 from pyro_mmt.estimator import make_objective
-from pyro_mmt.train import batch_to
+from pyro_mmt.training.svi import batch_to
 
 RESULTS = Path(__file__).parent / "results"
 _OURS = ("pyro_mmt", "models", "guides", "benchmarks")

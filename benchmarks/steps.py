@@ -4,7 +4,7 @@
   ``gamma="auto"``, α = 40) at the benchmark sizes (hidden 256, d = 32 unless given);
 - :func:`random_batch` a batch of standard-normal data with the given modality sizes, every
   modality present, labelled or not;
-- :func:`pyro_step` one SVI step exactly as :func:`pyro_mmt.train.train` runs it (its
+- :func:`pyro_step` one SVI step exactly as :func:`pyro_mmt.training.svi.train` runs it (its
   ``_checked_step``: ``poutine.scale(num_data / batch_size)`` around ``svi.step``);
 - :func:`plain_step` the same step in plain PyTorch (:mod:`benchmarks.plain_step`).
 
@@ -23,8 +23,8 @@ from benchmarks.plain_step import PlainStep
 from pyro_mmt.data import Batch
 from pyro_mmt.estimator import build_model_and_guide, make_objective
 from pyro_mmt.infer import GammaPowerELBO
-from pyro_mmt.optim import MultiTensorAdam
-from pyro_mmt.train import _checked_step
+from pyro_mmt.training.optim import MultiTensorAdam
+from pyro_mmt.training.svi import _checked_step
 
 __all__ = [
     "DIMS",
@@ -80,7 +80,7 @@ def pyro_step(model, guide, *, optimizer: str = "multi_tensor", objective: str =
               gamma: float | str = "auto", validation: bool = True) -> Callable[[Batch], float]:
     """A function ``step(batch) -> loss`` running one SVI step as the training loop does.
 
-    :param optimizer: ``"multi_tensor"`` (:class:`~pyro_mmt.optim.MultiTensorAdam` with
+    :param optimizer: ``"multi_tensor"`` (:class:`~pyro_mmt.training.optim.MultiTensorAdam` with
         ``clip_value``) or ``"clipped_adam"`` (``pyro.optim.ClippedAdam``, one Adam per tensor).
     :param objective: ``"gamma_power"`` (GammaPowerELBO at ``gamma``) or ``"trace_enum"``
         (``TraceEnum_ELBO``).

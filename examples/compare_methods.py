@@ -3,7 +3,7 @@ classical baselines, as mean ± std over seeds.
 
 For each data set, imbalance ratio ρ, labelled fraction β and seed it draws the long-tailed
 split, trains every method on the training rows (y = -1 unlabelled) and scores it on the
-class-balanced test rows. The methods (``pyro_mmt.benchmark.METHODS``):
+class-balanced test rows. The methods (``pyro_mmt.experiments.benchmark.METHODS``):
 
 - ``t_gamma``: the Student-t model with the γ-power objective (γ = "auto") and the
   class-imbalance options; ``t_gamma_plain`` without them; ``--gammas`` adds the same model
@@ -28,7 +28,8 @@ import argparse
 import time
 from pathlib import Path
 
-from pyro_mmt.benchmark import (
+from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
+from pyro_mmt.experiments.benchmark import (
     IMBALANCE_OPTIONS,
     METHODS,
     TRAINING_EPOCHS,
@@ -36,14 +37,13 @@ from pyro_mmt.benchmark import (
     results_table,
     run_benchmark,
 )
-from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
 
 
 def explicit_gamma(gamma: float) -> Method:
     """``t_gamma`` at a fixed γ instead of γ = -2/(ν + n + d): how to add a method."""
 
     def fit_predict(split, seed, dataset, epochs=None):
-        # the options of t_gamma in pyro_mmt.benchmark, but gamma
+        # the options of t_gamma in pyro_mmt.experiments.benchmark, but gamma
         clf = MultimodalSemiSupervisedClassifier(
             objective="gamma_power", gamma=gamma, nu=5.0, alpha=1000.0, seed=seed,
             epochs=epochs or TRAINING_EPOCHS.get(dataset, 40), **IMBALANCE_OPTIONS,

@@ -5,7 +5,7 @@ The model p(x, y, z) below is written out in full, as a statistician would write
 the same Student-t multimodal model as ``models/multimodal_t.py``, except that one modality
 (by default mfeat's six morphological features, ``mor``) is decoded linearly,
 μ(y, z) = W z + b_y (a factor-analysis decoder with a class offset), with its own noise scale
-σ. It is trained with :func:`pyro_mmt.train.train` and ``GammaPowerELBO``, next to the library's
+σ. It is trained with :func:`pyro_mmt.training.svi.train` and ``GammaPowerELBO``, next to the library's
 guide. The comments marked "γ-objective" say what must stay for ``GammaPowerELBO`` (with
 ``gamma="auto"`` and its closed forms) to remain valid.
 
@@ -24,11 +24,11 @@ from torch import nn
 
 from pyro_mmt.data import Standardiser, load_dataset, long_tailed_split
 from pyro_mmt.distributions import DiagStudentT
+from pyro_mmt.evaluation.metrics import classification_metrics
 from pyro_mmt.guides import PoEClassifier, PoETGuide
 from pyro_mmt.infer import GammaPowerELBO, StudentTPowerNorm, declare_power_norm
-from pyro_mmt.metrics import classification_metrics
 from pyro_mmt.nn import LabelConditionedMLP, observed_dimension
-from pyro_mmt.train import predict_proba, train
+from pyro_mmt.training.svi import predict_proba, train
 
 
 class LinearDecoder(nn.Module):

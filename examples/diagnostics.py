@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from pyro_mmt.data import load_dataset, long_tailed_split
-from pyro_mmt.diagnostics import diagnose
 from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
+from pyro_mmt.evaluation.diagnose import diagnose
 
 #: modalities of the bundled data sets that are images (rows, columns), row-major
 IMAGE_SHAPES = {"mfeat": {"pix": (16, 15)}, "digits": {"top": (4, 8), "bottom": (4, 8)}}

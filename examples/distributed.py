@@ -2,7 +2,7 @@
 
 Each process (launched by torchrun) builds the same model and guide, trains on its share of the
 data with Pyro's SVI, and sums the gradients of the Pyro parameters with the other processes
-before every update (``pyro_mmt.distributed``), so that all processes hold the same weights and
+before every update (``pyro_mmt.training.distributed``), so that all processes hold the same weights and
 P processes with batches of B/P rows make the steps of one process with batches of B. CPU
 processes talk through gloo, GPUs through nccl. Rank 0 prints the history and the test metrics.
 
@@ -22,11 +22,11 @@ import torch
 from torch import distributed as dist
 
 from pyro_mmt.data import Standardiser, load_dataset, long_tailed_split
-from pyro_mmt.distributed import init_from_env, train_distributed
 from pyro_mmt.estimator import build_model_and_guide
+from pyro_mmt.evaluation.metrics import classification_metrics
 from pyro_mmt.infer import GammaPowerELBO
-from pyro_mmt.metrics import classification_metrics
-from pyro_mmt.train import predict_proba
+from pyro_mmt.training.distributed import init_from_env, train_distributed
+from pyro_mmt.training.svi import predict_proba
 
 
 def main(args):

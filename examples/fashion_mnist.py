@@ -3,7 +3,7 @@
 labelled (β = 0.05), as in PROTOCOL.md.
 
 For each seed it draws the long-tailed split, trains each method of
-``pyro_mmt.benchmark.METHODS`` (the t/γ model, the Gaussian/KL model at β = 1 and β = w0, the
+``pyro_mmt.experiments.benchmark.METHODS`` (the t/γ model, the Gaussian/KL model at β = 1 and β = w0, the
 classical baselines), and scores it on the class-balanced test set (1000 images per class).
 Writes ``results.csv`` (one row per run), ``table.md`` (mean ± std over seeds) and
 ``recall_vs_frequency.png`` (the first seed) to ``--out``. Needs the Debian package
@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pyro_mmt.benchmark import METHODS, results_table
 from pyro_mmt.data import load_fmnist, long_tailed_split
-from pyro_mmt.metrics import classification_metrics
-from pyro_mmt.plots import plot_recall_vs_frequency
+from pyro_mmt.evaluation.metrics import classification_metrics
+from pyro_mmt.evaluation.plots import plot_recall_vs_frequency
+from pyro_mmt.experiments.benchmark import METHODS, results_table
 
 
 def main(args):

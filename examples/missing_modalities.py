@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pyro_mmt.benchmark import IMBALANCE_OPTIONS
 from pyro_mmt.data import load_dataset, long_tailed_split
 from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
-from pyro_mmt.metrics import classification_metrics
+from pyro_mmt.evaluation.metrics import classification_metrics
+from pyro_mmt.experiments.benchmark import IMBALANCE_OPTIONS
 
 
 def main(args):

@@ -18,9 +18,9 @@ from pyro.infer import SVI
 
 from pyro_mmt.data import InterleavedLoader, Standardiser, load_dataset, long_tailed_split
 from pyro_mmt.estimator import build_model_and_guide
+from pyro_mmt.evaluation.metrics import classification_metrics
 from pyro_mmt.infer import GammaPowerELBO
-from pyro_mmt.metrics import classification_metrics
-from pyro_mmt.train import predict_proba
+from pyro_mmt.training.svi import predict_proba
 
 
 def main(args):

@@ -3,9 +3,9 @@ data with a Student-t deep generative model trained by the γ-power divergence, 
 
 Subpackages: ``pyro_mmt.data`` (data sets, splits, batches), ``pyro_mmt.models`` (p(x, y, z)),
 ``pyro_mmt.guides`` (q(y, z | x)), ``pyro_mmt.infer`` (``GammaPowerELBO``),
-``pyro_mmt.distributions`` (the multivariate t and closed forms), ``pyro_mmt.train`` (SVI),
-``pyro_mmt.estimator`` (scikit-learn API), ``pyro_mmt.metrics``, ``pyro_mmt.diagnostics``
-(ArviZ), ``pyro_mmt.benchmark``.
+``pyro_mmt.distributions`` (the multivariate t and closed forms), ``pyro_mmt.training.svi`` (SVI),
+``pyro_mmt.estimator`` (scikit-learn API), ``pyro_mmt.evaluation.metrics``, ``pyro_mmt.evaluation.diagnostics``
+(ArviZ), ``pyro_mmt.experiments.benchmark``.
 """
 
 __version__ = "0.1.0"

@@ -47,7 +47,7 @@ def _load_data(source: str):
 
 
 def _estimator_options(args) -> dict:
-    from pyro_mmt.benchmark import IMBALANCE_OPTIONS
+    from pyro_mmt.experiments.benchmark import IMBALANCE_OPTIONS
 
     options = {
         "objective": args.objective,
@@ -73,7 +73,7 @@ def _estimator_options(args) -> dict:
 
 
 def _write_plots(out: Path, estimator, test, train_class_counts, label: str) -> None:
-    from pyro_mmt.plots import (
+    from pyro_mmt.evaluation.plots import (
         plot_confusion_matrix,
         plot_recall_vs_frequency,
         plot_training_curves,
@@ -93,7 +93,7 @@ def _write_plots(out: Path, estimator, test, train_class_counts, label: str) -> 
 def cmd_train(args) -> int:
     from pyro_mmt.data import long_tailed_split
     from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier, save_estimator
-    from pyro_mmt.metrics import classification_metrics
+    from pyro_mmt.evaluation.metrics import classification_metrics
 
     data, named = _load_data(args.data)
     # under torchrun --distributed every process trains; only rank 0 writes the run folder
@@ -147,7 +147,7 @@ def _load_run(run_dir: str):
 
 def cmd_evaluate(args) -> int:
     from pyro_mmt.data import MultimodalDataset
-    from pyro_mmt.metrics import classification_metrics
+    from pyro_mmt.evaluation.metrics import classification_metrics
 
     run, config, est = _load_run(args.run_dir)
     path = Path(args.test) if args.test else run / RUN_FILES["test"]
@@ -182,7 +182,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from pyro_mmt.benchmark import results_table, run_benchmark
+    from pyro_mmt.experiments.benchmark import results_table, run_benchmark
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -201,7 +201,7 @@ def cmd_benchmark(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from pyro_mmt.benchmark import headline_table
+    from pyro_mmt.experiments.benchmark import headline_table
 
     frames = []
     for path in args.results:
@@ -232,7 +232,7 @@ IMAGE_SHAPES = {
 
 def cmd_diagnose(args) -> int:
     from pyro_mmt.data import MultimodalDataset
-    from pyro_mmt.diagnostics import diagnose
+    from pyro_mmt.evaluation.diagnose import diagnose
 
     run, config, est = _load_run(args.run_dir)
     part = args.split or ("test" if (run / RUN_FILES["test"]).is_file() else "train")
@@ -257,7 +257,7 @@ def cmd_diagnose(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from pyro_mmt.demo import run_demo
+    from pyro_mmt.experiments.demo import run_demo
 
     run_demo(out=Path(args.out), epochs=args.epochs, seed=args.seed, dataset=args.dataset,
              rho=args.rho, beta=args.beta, methods=args.methods)
@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rho", type=float, default=10.0, help="imbalance ratio (default 10)")
     p.add_argument("--beta", type=float, default=0.05, help="labelled fraction (default 0.05)")
     p.add_argument("--methods", nargs="+", default=None,
-                   help="methods of pyro_mmt.benchmark.METHODS (default: t_gamma gauss_kl_w0 "
+                   help="methods of pyro_mmt.experiments.benchmark.METHODS (default: t_gamma gauss_kl_w0 "
                         "selftrain lr)")
     p.add_argument("--out", default="runs/demo")
     p.set_defaults(func=cmd_demo)

@@ -17,7 +17,7 @@ from pyro_mmt.data import MultimodalDataset, Standardiser
 from pyro_mmt.guides import PoEClassifier, PoETGuide
 from pyro_mmt.infer import GammaPowerELBO
 from pyro_mmt.models import MultimodalTModel
-from pyro_mmt.train import load_weights, predict_proba, train
+from pyro_mmt.training.svi import load_weights, predict_proba, train
 
 __all__ = [
     "build_model_and_guide",
@@ -91,7 +91,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
 
     and ``y`` with −1 for unlabelled rows (the ``LabelSpreading`` convention). It standardises
     each modality on the training rows, builds the model and guide (:func:`build_model_and_guide`)
-    and trains them with Pyro's SVI (:func:`~pyro_mmt.train.train`). ``predict_proba`` accepts
+    and trains them with Pyro's SVI (:func:`~pyro_mmt.training.svi.train`). ``predict_proba`` accepts
     any subset of the modalities (missing ones as NaN rows or absent keys); ``score`` is the
     balanced accuracy on the rows with a label (y ≥ 0).
 
@@ -124,7 +124,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     :param bool progress: show a progress bar.
     :param str optimizer: ``"clipped_adam"`` (Pyro's ``ClippedAdam``, one Adam per parameter
         tensor; the default, with which the published benchmark was run) or ``"fused_adam"``
-        (:class:`~pyro_mmt.optim.MultiTensorAdam`: the same update, clipped at ±10, as one fused
+        (:class:`~pyro_mmt.training.optim.MultiTensorAdam`: the same update, clipped at ±10, as one fused
         Adam over all parameters; faster per step, see ``docs/performance.md``).
     :param int n_init: number of independent initialisations (seeds ``seed + 1000 i``), each a
         full model and guide; ``predict_proba`` averages their q(y | x). The result of one fit
@@ -133,7 +133,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         0.742 to 0.765 there (``docs/benchmark.md``). ``model_``/``guide_`` are the first member;
         ``members_`` holds all of them and ``histories_`` their histories.
     :param bool distributed: data-parallel training over the processes of a ``torchrun``
-        launch (:func:`~pyro_mmt.distributed.train_distributed`; gloo on CPU, nccl on GPU);
+        launch (:func:`~pyro_mmt.training.distributed.train_distributed`; gloo on CPU, nccl on GPU);
         ``batch_size`` is then the global batch.
     """
 
@@ -255,7 +255,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"n_init: expected a positive integer, found {self.n_init!r}")
         fit_fn = train
         if self.distributed:
-            from pyro_mmt.distributed import init_from_env, train_distributed
+            from pyro_mmt.training.distributed import init_from_env, train_distributed
 
             init_from_env("nccl" if device.type == "cuda" else "gloo")
             fit_fn = train_distributed
@@ -294,7 +294,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         if self.optimizer == "clipped_adam":
             return pyro.optim.ClippedAdam({"lr": self.lr})
         if self.optimizer == "fused_adam":
-            from pyro_mmt.optim import MultiTensorAdam
+            from pyro_mmt.training.optim import MultiTensorAdam
 
             return MultiTensorAdam({"lr": self.lr, "clip_value": 10.0})
         raise ValueError(

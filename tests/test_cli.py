@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import pyro_mmt.benchmark
+import pyro_mmt.experiments.benchmark
 from pyro_mmt.cli import main
 from pyro_mmt.data import MultimodalDataset, load_digits
 from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
@@ -24,7 +24,7 @@ SMALL = ["--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--batch-size", 
 def small_deep_models(monkeypatch):
     """The benchmark's deep methods with tiny networks (hidden (8,), d = 2), for smoke runs."""
     monkeypatch.setattr(
-        pyro_mmt.benchmark, "MultimodalSemiSupervisedClassifier",
+        pyro_mmt.experiments.benchmark, "MultimodalSemiSupervisedClassifier",
         functools.partial(MultimodalSemiSupervisedClassifier, hidden=(8,), latent_dim=2),
     )
 
@@ -149,7 +149,7 @@ def test_diagnose_writes_netcdf_summary_and_plots(tmp_path, capsys):
     assert "khat" in shown and f"files to {out}" in shown
     assert list(out.glob("*.nc")), "no netCDF written"
     assert len(list(out.glob("*.png"))) >= 3
-    from pyro_mmt.diagnostics import get_group, load_netcdf
+    from pyro_mmt.evaluation.diagnostics import get_group, load_netcdf
 
     data = load_netcdf(next(out.glob("*.nc")))
     test = MultimodalDataset.from_npz(run / "test.npz")

@@ -18,7 +18,7 @@ from pyro_mmt.estimator import (
     load_estimator,
     save_estimator,
 )
-from pyro_mmt.train import TrainingDivergedError
+from pyro_mmt.training.svi import TrainingDivergedError
 
 SMALL = {"hidden": (8,), "latent_dim": 2, "epochs": 1, "batch_size": 16}
 
@@ -187,7 +187,7 @@ def test_n_init_averages_the_members_and_round_trips(tmp_path):
     first member is the n_init = 1 fit, and save/load keeps every member."""
     from pyro_mmt.data import load_digits
     from pyro_mmt.estimator import load_estimator, save_estimator
-    from pyro_mmt.train import predict_proba
+    from pyro_mmt.training.svi import predict_proba
 
     data = load_digits()[:80]
     x, y = data.to_numpy()

@@ -14,8 +14,8 @@ import pyro
 import pytest
 import torch
 
-import pyro_mmt.benchmark
 import pyro_mmt.estimator
+import pyro_mmt.experiments.benchmark
 from pyro_mmt.data import Standardiser, load_digits
 from pyro_mmt.data.loaders import FMNIST_DIR
 from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier, build_model_and_guide
@@ -36,7 +36,7 @@ def run_example(name, argv, monkeypatch):
 def small_deep_models(monkeypatch):
     """The benchmark's deep methods (and estimators built by the examples) with tiny networks."""
     small = functools.partial(MultimodalSemiSupervisedClassifier, hidden=(8,), latent_dim=2)
-    monkeypatch.setattr(pyro_mmt.benchmark, "MultimodalSemiSupervisedClassifier", small)
+    monkeypatch.setattr(pyro_mmt.experiments.benchmark, "MultimodalSemiSupervisedClassifier", small)
     monkeypatch.setattr(pyro_mmt.estimator, "MultimodalSemiSupervisedClassifier", small)
 
 
@@ -110,7 +110,7 @@ def test_compare_methods(monkeypatch, capsys, tmp_path, small_deep_models):
     assert len(pd.read_csv(tmp_path / "table.csv")) == 3
     assert "t_gamma[-0.02]" in (tmp_path / "table.md").read_text()
     assert "best balanced accuracy per setting" in capsys.readouterr().out
-    assert "t_gamma[-0.02]" not in pyro_mmt.benchmark.METHODS  # registered for the run only
+    assert "t_gamma[-0.02]" not in pyro_mmt.experiments.benchmark.METHODS  # registered for the run only
 
 
 @pytest.mark.skipif(not (FMNIST_DIR / "t10k-labels-idx1-ubyte.gz").is_file(),

@@ -17,10 +17,10 @@ from scipy import stats
 from pyro_mmt.data import Standardiser, load_digits, long_tailed_split
 from pyro_mmt.distributions import power_form_log_constant
 from pyro_mmt.estimator import build_model_and_guide
+from pyro_mmt.evaluation.metrics import classification_metrics
 from pyro_mmt.guides import PoEClassifier
-from pyro_mmt.metrics import classification_metrics
 from pyro_mmt.models import MultimodalTModel
-from pyro_mmt.train import predict_proba, train
+from pyro_mmt.training.svi import predict_proba, train
 
 DIMS = {"a": 3, "b": 2, "c": 4}
 SIGMA = {"a": 0.7, "b": 1.3, "c": 0.9}

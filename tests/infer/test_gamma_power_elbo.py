@@ -21,16 +21,16 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
-from pyro_mmt.guides import PoEClassifier, PoETGuide
-from pyro_mmt.models import MultimodalTModel
 
 from pyro_mmt.distributions import DiagStudentT, prior_expert_scale
+from pyro_mmt.guides import PoEClassifier, PoETGuide
 from pyro_mmt.infer import (
     GammaPowerELBO,
     GaussianPowerNorm,
     StudentTPowerNorm,
     declare_power_norm,
 )
+from pyro_mmt.models import MultimodalTModel
 
 DIMS = {"a": 5, "b": 3}
 SIGMA = {"a": 0.7, "b": 1.3}

@@ -12,7 +12,6 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
-from pyro_mmt.models import MultimodalTModel
 from scipy import integrate, special, stats
 
 from pyro_mmt.distributions import DiagStudentT
@@ -23,6 +22,7 @@ from pyro_mmt.infer import (
     declare_power_norm,
     find_power_norm,
 )
+from pyro_mmt.models import MultimodalTModel
 
 CLASS_PRIOR = (0.7, 0.3)
 NU, SIGMA = 4.0, 0.6

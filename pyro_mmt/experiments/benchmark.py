@@ -22,7 +22,7 @@ from pyro_mmt.data import SplitSkippedError, load_dataset, long_tailed_split
 from pyro_mmt.data.split import LongTailedSplit
 from pyro_mmt.distributions import prior_expert_scale
 from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
-from pyro_mmt.metrics import classification_metrics, summarise
+from pyro_mmt.evaluation.metrics import classification_metrics, summarise
 
 __all__ = [
     "Method",

@@ -27,7 +27,7 @@ from pyro.optim import PyroOptim
 from tqdm.auto import tqdm
 
 from pyro_mmt.data import Batch, InterleavedLoader, MultimodalDataset
-from pyro_mmt.metrics import classification_metrics
+from pyro_mmt.evaluation.metrics import classification_metrics
 
 __all__ = [
     "TrainingDivergedError",

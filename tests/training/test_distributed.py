@@ -15,15 +15,15 @@ from pyro.infer import SVI
 from torch import distributed as dist
 
 from pyro_mmt.data import Standardiser, load_digits
-from pyro_mmt.distributed import (
+from pyro_mmt.estimator import build_model_and_guide, make_objective
+from pyro_mmt.training.distributed import (
     DistributedOptim,
     broadcast_parameters,
     partition,
     shard_rows,
     train_distributed,
 )
-from pyro_mmt.estimator import build_model_and_guide, make_objective
-from pyro_mmt.optim import MultiTensorAdam
+from pyro_mmt.training.optim import MultiTensorAdam
 
 WORLD = 2
 NUM_DATA = 100.0  # the group size the scale pretends (num_data in the training loop)

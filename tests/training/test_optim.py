@@ -11,8 +11,8 @@ from torch import nn
 
 from pyro_mmt.data import Standardiser, load_digits
 from pyro_mmt.estimator import build_model_and_guide, make_objective
-from pyro_mmt.optim import MultiTensorAdam
-from pyro_mmt.train import load_weights, train
+from pyro_mmt.training.optim import MultiTensorAdam
+from pyro_mmt.training.svi import load_weights, train
 
 
 @pytest.fixture(autouse=True)

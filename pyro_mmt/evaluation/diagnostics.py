@@ -14,7 +14,7 @@ statistician checks a fit with is built from them (``docs/diagnostics.md``):
   sample size and the importance-weighted (IWAE) estimate of log p(x).
 - :func:`classifier_checks`: expected calibration error, a reliability table, and the entropy of
   q(y | x) on unlabelled data by predicted class.
-- :func:`diagnose`: all of the above plus the plots of :mod:`pyro_mmt.diagnostic_plots`,
+- :func:`diagnose`: all of the above plus the plots of :mod:`pyro_mmt.evaluation.diagnostic_plots`,
   written to a folder.
 
 This is the only module of pyro-mmt that imports ArviZ, and it does so through a small adapter
@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -45,7 +45,7 @@ from scipy.special import logsumexp
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
 from pyro_mmt.data import MultimodalDataset
-from pyro_mmt.metrics import expected_calibration_error
+from pyro_mmt.evaluation.metrics import expected_calibration_error
 
 if TYPE_CHECKING:  # pragma: no cover
     import xarray as xr
@@ -53,9 +53,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "KHAT_THRESHOLD",
     "ClassifierChecks",
-    "DiagnosticsReport",
     "classifier_checks",
-    "diagnose",
     "diagnostics_summary",
     "get_group",
     "group_names",
@@ -134,9 +132,9 @@ def _arviz() -> _InferenceDataBackend:
     major = int(az.__version__.split(".")[0])
     if major >= 1:
         raise ImportError(
-            f"pyro_mmt.diagnostics supports ArviZ 0.x (InferenceData); found arviz "
+            f"pyro_mmt.evaluation.diagnostics supports ArviZ 0.x (InferenceData); found arviz "
             f"{az.__version__}. Install 'arviz<1', or add a DataTree backend next to "
-            "_InferenceDataBackend in pyro_mmt/diagnostics.py."
+            "_InferenceDataBackend in pyro_mmt/evaluation/diagnostics.py."
         )
     return _InferenceDataBackend(az)
 
@@ -633,7 +631,7 @@ class ClassifierChecks:
 def classifier_checks(data, *, n_bins: int = 15) -> ClassifierChecks:
     """Calibration and confidence of the classifier q(y | x) stored in ``data``.
 
-    - Expected calibration error (:func:`pyro_mmt.metrics.expected_calibration_error`, B
+    - Expected calibration error (:func:`pyro_mmt.evaluation.metrics.expected_calibration_error`, B
       equal-width bins of the confidence) and its reliability table, on every datum with a known
       label. Labels the model was trained on give an optimistic ECE: check held-out data.
     - Entropy of q(y | x) on the data whose label was not conditioned on, by predicted class:
@@ -767,82 +765,3 @@ def diagnostics_summary(data, table: pd.DataFrame | None = None,
         float(per["entropy"][free].mean() / math.log(k)) if free.any() and k > 1 else np.nan
     )
     return pd.DataFrame({"value": pd.Series(values, dtype=float)}).rename_axis("metric")
-
-
-class DiagnosticsReport(NamedTuple):
-    """What :func:`diagnose` returns: ``paths`` (name -> file written) and ``summary`` (the
-    table of :func:`diagnostics_summary`)."""
-
-    paths: dict[str, Path]
-    summary: pd.DataFrame
-
-
-def diagnose(
-    model,
-    guide,
-    dataset: MultimodalDataset,
-    out_dir: str | Path,
-    num_samples: int = 100,
-    seed: int = 0,
-    *,
-    num_predictive: int | None = None,
-    condition_on_labels: bool = True,
-    batch_size: int = 256,
-    attrs: Mapping[str, Any] | None = None,
-    image_shapes: Mapping[str, tuple[int, int]] | None = None,
-) -> DiagnosticsReport:
-    """Every diagnostic of this module for ``model``/``guide`` on ``dataset``, written to
-    ``out_dir``.
-
-    Files: ``inference_data.nc`` (:func:`to_inference_data`), ``summary.csv``
-    (:func:`diagnostics_summary`), ``per_datum.csv`` (:func:`importance_diagnostics` joined with
-    the classifier's prediction, confidence and entropy), ``reliability.csv`` and
-    ``entropy_by_class.csv`` (:func:`classifier_checks`), and the plots of
-    :mod:`pyro_mmt.diagnostic_plots`: ``ppc.png``, ``khat.png``, ``latent_pca.png``,
-    ``reconstructions.png``, ``calibration.png``.
-
-    :param model: e.g. the estimator's ``model_`` (see :func:`to_inference_data`).
-    :param guide: e.g. the estimator's ``guide_``.
-    :param dataset: data in the model's units (e.g. ``est.standardiser_.transform(test)``).
-    :param out_dir: folder to write to (created).
-    :param int num_samples: draws per datum.
-    :param int seed: seed of the draws.
-    :param num_predictive: posterior predictive draws kept (default min(S, 20)).
-    :param bool condition_on_labels: see :func:`to_inference_data`; pass False on held-out data
-        to estimate log p(x) for every datum.
-    :param int batch_size: data per vectorised pass.
-    :param attrs: extra attributes of the InferenceData (e.g. run hyperparameters).
-    :param image_shapes: modality -> (rows, columns), to draw that modality's reconstructions
-        as images (e.g. ``{"pix": (16, 15)}`` for mfeat).
-    :return: :class:`DiagnosticsReport` ``(paths, summary)``.
-    """
-    from pyro_mmt import diagnostic_plots as plots  # matplotlib only when plots are made
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    data = to_inference_data(
-        model, guide, dataset, num_samples=num_samples, num_predictive=num_predictive,
-        condition_on_labels=condition_on_labels, seed=seed, batch_size=batch_size, attrs=attrs,
-    )
-    table = importance_diagnostics(data)
-    checks = classifier_checks(data)
-    summary = diagnostics_summary(data, table, checks)
-    per_datum = table.join(checks.per_datum[["predicted", "confidence", "entropy"]])
-    paths = {"inference_data": save_netcdf(data, out / "inference_data.nc")}
-    for name, frame in (("summary", summary), ("per_datum", per_datum),
-                        ("reliability", checks.reliability),
-                        ("entropy_by_class", checks.entropy_by_class)):
-        paths[name] = out / f"{name}.csv"
-        frame.to_csv(paths[name])
-    figures = {
-        "ppc": lambda p: plots.plot_ppc(data, path=p),
-        "khat": lambda p: plots.plot_khat(data, table=table, path=p),
-        "latent_pca": lambda p: plots.plot_latent_pca(data, path=p),
-        "reconstructions": lambda p: plots.plot_reconstructions(
-            data, image_shapes=image_shapes, path=p),
-        "calibration": lambda p: plots.plot_calibration(data, checks=checks, path=p),
-    }
-    for name, draw in figures.items():
-        paths[name] = out / f"{name}.png"
-        draw(paths[name])
-    return DiagnosticsReport(paths, summary)

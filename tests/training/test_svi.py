@@ -10,9 +10,9 @@ import torch
 
 from pyro_mmt.data import Standardiser, load_digits
 from pyro_mmt.estimator import build_model_and_guide, make_objective
-from pyro_mmt.metrics import classification_metrics
+from pyro_mmt.evaluation.metrics import classification_metrics
 from pyro_mmt.models import MultimodalTModel
-from pyro_mmt.train import (
+from pyro_mmt.training.svi import (
     TrainingDivergedError,
     load_checkpoint,
     predict_proba,
@@ -235,7 +235,7 @@ def test_validation_can_be_switched_off_for_a_run():
 
     from pyro_mmt.data import load_digits
     from pyro_mmt.estimator import build_model_and_guide
-    from pyro_mmt.train import train
+    from pyro_mmt.training.svi import train
 
     data = load_digits()[:60].with_labels([*range(10)] * 3 + [-1] * 30)
     model, guide = build_model_and_guide(data.dims, 10, latent_dim=2, hidden=(8,), nu=math.inf)

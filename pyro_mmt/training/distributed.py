@@ -160,7 +160,7 @@ def train_distributed(model: Callable, guide: Callable, dataset: MultimodalDatas
                       batch_size: int = 128, labelled_batch_size: int | None = None,
                       seed: int = 0, checkpoint_dir=None, modules=None, progress: bool = True,
                       group=None, **train_kwargs) -> pd.DataFrame:
-    """:func:`pyro_mmt.train.train` on ``P`` processes (data parallel); call it in every
+    """:func:`pyro_mmt.training.svi.train` on ``P`` processes (data parallel); call it in every
     process of a started process group (:func:`init_from_env`).
 
     Rank r trains on :func:`partition` (``dataset``, r, P) with batches of ``batch_size / P``
@@ -175,14 +175,14 @@ def train_distributed(model: Callable, guide: Callable, dataset: MultimodalDatas
     A divergence (``TrainingDivergedError``) raised on one rank leaves the others waiting at
     their next all-reduce until the process group's timeout.
 
-    :param optimizer: a Pyro optimiser; default :class:`~pyro_mmt.optim.MultiTensorAdam` with
+    :param optimizer: a Pyro optimiser; default :class:`~pyro_mmt.training.optim.MultiTensorAdam` with
         ``lr`` 1e-3 and gradients clamped to ±10 (as ``ClippedAdam``).
     :param batch_size: the global batch size (a multiple of P is best).
-    :param train_kwargs: passed on to :func:`~pyro_mmt.train.train` (``epochs``,
+    :param train_kwargs: passed on to :func:`~pyro_mmt.training.svi.train` (``epochs``,
         ``validation``, ``patience``, ``resume``, ``device``, ...).
     """
-    from pyro_mmt.optim import MultiTensorAdam
-    from pyro_mmt.train import _default_modules, train
+    from pyro_mmt.training.optim import MultiTensorAdam
+    from pyro_mmt.training.svi import _default_modules, train
 
     rank = dist.get_rank(group) if dist.is_initialized() else 0
     world = dist.get_world_size(group) if dist.is_initialized() else 1

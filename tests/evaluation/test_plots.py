@@ -6,7 +6,11 @@ import pytest
 from matplotlib._pylab_helpers import Gcf
 from matplotlib.figure import Figure
 
-from pyro_mmt.plots import plot_confusion_matrix, plot_recall_vs_frequency, plot_training_curves
+from pyro_mmt.evaluation.plots import (
+    plot_confusion_matrix,
+    plot_recall_vs_frequency,
+    plot_training_curves,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

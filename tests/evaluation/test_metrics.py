@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pyro_mmt.metrics import (
+from pyro_mmt.evaluation.metrics import (
     METRICS,
     classification_metrics,
     expected_calibration_error,

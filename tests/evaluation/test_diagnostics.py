@@ -1,4 +1,4 @@
-"""Tests of pyro_mmt.diagnostics and pyro_mmt.diagnostic_plots.
+"""Tests of pyro_mmt.evaluation.diagnostics and pyro_mmt.evaluation.diagnostic_plots.
 
 The importance-sampling checks use a conjugate toy whose posterior and evidence are known:
 
@@ -26,14 +26,15 @@ import torch
 from matplotlib.figure import Figure
 from scipy.stats import multivariate_normal
 
-from pyro_mmt import diagnostic_plots as plots
-from pyro_mmt import diagnostics as D
 from pyro_mmt.data import MultimodalDataset
 from pyro_mmt.distributions import DiagStudentT
 from pyro_mmt.estimator import build_model_and_guide
-from pyro_mmt.metrics import expected_calibration_error
+from pyro_mmt.evaluation import diagnostic_plots as plots
+from pyro_mmt.evaluation import diagnostics as D
+from pyro_mmt.evaluation.diagnose import diagnose
+from pyro_mmt.evaluation.metrics import expected_calibration_error
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "diagnostics.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "diagnostics.py"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -472,7 +473,7 @@ def test_plots_return_figures_and_write_png(toy_idata, tmp_path):
 def test_diagnose_writes_everything(float64, tmp_path):
     toy = ConjugateToy()
     data = toy_data(toy, 15)
-    paths, summary = D.diagnose(toy, ToyGuide(toy, scale=1.2), data, tmp_path / "out",
+    paths, summary = diagnose(toy, ToyGuide(toy, scale=1.2), data, tmp_path / "out",
                                 num_samples=30, seed=1)
     expected = {"inference_data", "summary", "per_datum", "reliability", "entropy_by_class",
                 "ppc", "khat", "latent_pca", "reconstructions", "calibration"}

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pyro_mmt.benchmark import METHODS, entropy_weight_w0, headline_table
 from pyro_mmt.cli import main
+from pyro_mmt.experiments.benchmark import METHODS, entropy_weight_w0, headline_table
 
 
 def _results():

@@ -20,7 +20,7 @@ from pyro.optim import PyroOptim
 __all__ = ["MultiTensorAdam"]
 
 #: Version tag of the state that :meth:`MultiTensorAdam.get_state` returns.
-STATE_FORMAT = "pyro_mmt.optim.MultiTensorAdam/1"
+STATE_FORMAT = "pyro_mmt.training.optim.MultiTensorAdam/1"
 
 _ADAM_KEYS = {"lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "foreach", "fused"}
 

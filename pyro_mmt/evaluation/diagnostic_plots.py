@@ -1,6 +1,6 @@
-"""Plots of the diagnostics in :mod:`pyro_mmt.diagnostics` (matplotlib, no pyplot state).
+"""Plots of the diagnostics in :mod:`pyro_mmt.evaluation.diagnostics` (matplotlib, no pyplot state).
 
-Each function takes the InferenceData of :func:`~pyro_mmt.diagnostics.to_inference_data`,
+Each function takes the InferenceData of :func:`~pyro_mmt.evaluation.diagnostics.to_inference_data`,
 returns a :class:`matplotlib.figure.Figure` and, given ``path``, saves it as a PNG. Figures are
 made with ``Figure()`` directly (the Agg canvas), so they neither need a display nor change
 the user's pyplot backend; in a notebook, display the returned figure.
@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from sklearn.decomposition import PCA
 
-from pyro_mmt.diagnostics import (
+from pyro_mmt.evaluation.diagnostics import (
     KHAT_THRESHOLD,
     ClassifierChecks,
     classifier_checks,
@@ -134,7 +134,7 @@ def plot_khat(data, *, table: pd.DataFrame | None = None, threshold: float = KHA
     """Pareto k̂ per datum (left, coloured by class, with the 0.5 and ``threshold`` lines) and
     the importance-sampling ESS fraction against k̂ (right). Points above the red line are the
     data where q(y, z | x) is not a reliable proposal for the posterior
-    (:func:`~pyro_mmt.diagnostics.importance_diagnostics`). k̂ = −inf (constant weights) is drawn
+    (:func:`~pyro_mmt.evaluation.diagnostics.importance_diagnostics`). k̂ = −inf (constant weights) is drawn
     at the bottom edge."""
     table = importance_diagnostics(data) if table is None else table
     cls, known, names = _display_class(data)

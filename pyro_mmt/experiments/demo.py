@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from pyro_mmt.benchmark import METHODS, TRAINING_EPOCHS
 from pyro_mmt.data import load_dataset, long_tailed_split
-from pyro_mmt.metrics import classification_metrics
+from pyro_mmt.evaluation.metrics import classification_metrics
+from pyro_mmt.experiments.benchmark import METHODS, TRAINING_EPOCHS
 
 __all__ = ["DEMO_METHODS", "DEMO_EPOCHS", "run_demo"]
 
-#: What the demo compares (see ``pyro_mmt.benchmark.METHODS``).
+#: What the demo compares (see ``pyro_mmt.experiments.benchmark.METHODS``).
 DEMO_METHODS = ["t_gamma_ens3", "t_gamma", "gauss_kl", "selftrain", "lr"]
 
 #: Epochs of the deep models in the demo: fewer than the benchmark's, so that ``make demo``
@@ -28,7 +28,7 @@ def run_demo(out: Path | str = "runs/demo", *, epochs: int | None = None, seed: 
     """Train and score each demo method on one split; print and return the metrics table and
     write the plots (per-class recall against class frequency, confusion matrix of the first
     method) to ``out``."""
-    from pyro_mmt.plots import plot_confusion_matrix, plot_recall_vs_frequency
+    from pyro_mmt.evaluation.plots import plot_confusion_matrix, plot_recall_vs_frequency
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

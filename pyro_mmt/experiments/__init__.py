@@ -1,0 +1,1 @@
+"""Experiments: the accuracy benchmark (splits x methods x seeds), its baselines and the demo."""
