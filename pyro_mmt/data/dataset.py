@@ -1,16 +1,21 @@
 """Multimodal, partially labelled data sets and the interleaved mini-batch loader.
 
-The data contract (``DESIGN.md``): a data set is a mapping modality-name -> array [N, n_j] plus
-integer labels y with -1 for "unlabelled" (the scikit-learn semi-supervised convention). A row
-that is entirely NaN in one modality means that modality is missing for that datum; the model
+The data contract: a data set is a mapping modality-name -> array [N, n_j] plus integer labels
+y with -1 for "unlabelled" (the scikit-learn semi-supervised convention). A row that is
+entirely NaN in one modality means that modality is missing for that datum; the model
 marginalises it out, so in memory the row is stored as zeros and ``mask[i, j]`` says whether
-modality j of datum i was observed.
+modality j of datum i was observed. Everything the user passes is checked here, once: a bad
+input raises ``ValueError`` naming the argument, what was found and what was expected, and
+nothing is silently dropped, truncated or converted with loss.
 """
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Iterator, Mapping
+import os
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from os import PathLike
 
@@ -28,9 +33,20 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # ----------------------------------------------------------------------------------------------
 
 
+#: The largest finite float32 value: data are stored as float32, so larger values would
+#: silently become infinite.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+#: Float labels must be integer-valued and below this (beyond 2**53 floats skip integers).
+_LARGEST_FLOAT_LABEL = 2.0**53
+
+
 def _to_numpy(value):
     if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if value.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
+            value = value.to(torch.float32)
+        return value.numpy()
     if isinstance(value, pd.DataFrame | pd.Series):
         return value.to_numpy()
     return np.asarray(value)
@@ -43,26 +59,77 @@ def _first(rows, k=5):
     return text + (", ..." if rows.size > k else "")
 
 
-def _check_modality(name, value):
-    """Convert one modality to a 2-D float numpy array and return (array, present-row mask)."""
+def _frame_to_numpy(frame, label):
+    """A DataFrame's values as float64, after checking that every column is real numeric or
+    bool (a mixed frame's ``to_numpy()`` would be an object array)."""
+    types = pd.api.types
+    complex_columns = [c for c, t in frame.dtypes.items() if types.is_complex_dtype(t)]
+    if complex_columns:
+        raise ValueError(
+            f"{label}: expected real values; found complex columns {complex_columns[:5]} (the "
+            "imaginary part would be lost: pass the real part, the imaginary part or the modulus "
+            "explicitly)"
+        )
+    bad = [(c, str(t)) for c, t in frame.dtypes.items()
+           if not (types.is_bool_dtype(t) or types.is_numeric_dtype(t))]
+    if bad:
+        raise ValueError(
+            f"{label}: expected real numeric or bool columns; found non-numeric columns "
+            f"{[c for c, _ in bad[:5]]} with dtypes {[t for _, t in bad[:5]]}"
+            f"{' ...' if len(bad) > 5 else ''} (encode or drop them first)"
+        )
+    return frame.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _modality_values(value, label):
+    """One modality as a numpy array, its dtype checked (real numeric or bool)."""
+    if isinstance(value, pd.DataFrame):
+        return _frame_to_numpy(value, label)
+    try:
+        array = _to_numpy(value)
+    except (TypeError, ValueError) as error:  # e.g. ragged nested lists
+        raise ValueError(
+            f"{label}: expected a 2-D numeric array [N, n_j]; found a {type(value).__name__} "
+            f"that numpy cannot convert ({error})"
+        ) from error
+    kind = array.dtype.kind
+    if kind == "c":
+        raise ValueError(
+            f"{label}: expected real values; found complex dtype {array.dtype} (the imaginary "
+            "part would be lost: pass the real part, the imaginary part or the modulus "
+            "explicitly)"
+        )
+    if kind == "O":
+        raise ValueError(
+            f"{label}: expected numeric values (a real numeric or bool array); found dtype "
+            "object (Python objects, e.g. None or strings); convert it with "
+            "numpy.asarray(a, dtype=float), marking a missing modality with a row of NaN"
+        )
+    if kind not in "biuf":
+        raise ValueError(
+            f"{label}: expected numeric values (a real numeric or bool array); found dtype "
+            f"{array.dtype}"
+        )
+    return array
+
+
+def _check_modality(name, value, label=None):
+    """Convert one modality to a 2-D float numpy array and return (array, present-row mask).
+
+    ``label`` names the argument in error messages (default ``x[<name>]``).
+    """
     if not isinstance(name, str) or not name:
         raise ValueError(f"x: modality names must be non-empty strings; found {name!r}")
-    array = _to_numpy(value)
-    if array.dtype.kind not in "biuf":
-        try:
-            array = array.astype(np.float64)
-        except (TypeError, ValueError) as error:
-            raise ValueError(
-                f"x[{name!r}]: expected numeric values; found dtype {array.dtype}"
-            ) from error
+    label = f"x[{name!r}]" if label is None else label
+    array = _modality_values(value, label)
     if array.ndim != 2:
         raise ValueError(
-            f"x[{name!r}]: expected a 2-D array [N, n_j]; found shape {array.shape} "
+            f"{label}: expected a 2-D array [N, n_j]; found shape {array.shape} "
             "(a single feature is a column: use a[:, None])"
         )
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(
-            f"x[{name!r}]: expected at least one row and one column; found shape {array.shape}"
+            f"{label}: expected at least one row and one column; found shape {array.shape}"
         )
     if array.dtype.kind != "f":
         array = array.astype(np.float64)
@@ -71,20 +138,48 @@ def _check_modality(name, value):
     partial = np.flatnonzero(nan.any(axis=1) & ~missing)
     if partial.size:
         raise ValueError(
-            f"x[{name!r}]: rows {_first(partial)} are partly NaN ({partial.size} rows); expected "
+            f"{label}: rows {_first(partial)} are partly NaN ({partial.size} rows); expected "
             "finite values, or a row that is entirely NaN to mark the modality missing"
         )
     infinite = np.flatnonzero(np.isinf(array).any(axis=1))
     if infinite.size:
         raise ValueError(
-            f"x[{name!r}]: rows {_first(infinite)} hold infinite values ({infinite.size} rows); "
+            f"{label}: rows {_first(infinite)} hold infinite values ({infinite.size} rows); "
             "expected finite values"
         )
+    if array.dtype.itemsize > 4:
+        huge = np.flatnonzero(((array > _FLOAT32_MAX) | (array < -_FLOAT32_MAX)).any(axis=1))
+        if huge.size:
+            value = array[huge[0]][np.abs(array[huge[0]]) > _FLOAT32_MAX][0]
+            raise ValueError(
+                f"{label}: rows {_first(huge)} hold values beyond the float32 range "
+                f"({huge.size} rows, e.g. {value:.6g}); expected |value| <= {_FLOAT32_MAX:.6g} "
+                "(data are stored as float32, where these would become infinite: rescale them)"
+            )
     return array, ~missing
 
 
-def _check_labels(y, num_rows, num_classes=None, argument="y"):
-    """Convert labels to an int64 numpy array [N] and check them; returns (labels, K or None)."""
+def _check_aligned(frames, label):
+    """Refuse pandas inputs whose row indexes differ: rows are matched by position, so
+    differently indexed frames would be silently misaligned. ``frames`` maps a description
+    to a pandas object."""
+    indexed = [(what, v.index) for what, v in frames.items()
+               if isinstance(v, pd.DataFrame | pd.Series)]
+    for what, index in indexed[1:]:
+        if not index.equals(indexed[0][1]):
+            raise ValueError(
+                f"{label}: the row index of {what} differs from that of {indexed[0][0]}; "
+                "rows are matched by position, so expected identical row indexes (align "
+                "them first, e.g. with .loc[common_index] or .reset_index(drop=True))"
+            )
+
+
+def _check_labels(y, num_rows, num_classes=None, argument="y", source=None):
+    """Convert labels to an int64 numpy array [N] and check them.
+
+    ``argument`` names the labels in error messages; ``source`` says where ``num_classes``
+    came from (default ``num_classes=K``).
+    """
     labels = _to_numpy(y)
     if labels.ndim != 1 or labels.shape[0] != num_rows:
         raise ValueError(
@@ -94,21 +189,42 @@ def _check_labels(y, num_rows, num_classes=None, argument="y"):
     if kind == "f":
         bad = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels)))
         if bad.size:
+            hint = " (NaN is not a label: mark unlabelled rows with -1)" if np.isnan(
+                labels[bad]).any() else ""
             raise ValueError(
                 f"{argument}: expected integer class indices (-1 = unlabelled); found "
-                f"non-integer values {labels[bad[:5]].tolist()} at rows {_first(bad)}"
+                f"non-integer values {labels[bad[:5]].tolist()} at rows {_first(bad)}{hint}"
             )
+        bad = np.flatnonzero(labels > _LARGEST_FLOAT_LABEL)
+        if bad.size:
+            raise ValueError(
+                f"{argument}: expected class indices 0..K-1 (-1 = unlabelled); found "
+                f"{labels[bad[:5]].tolist()} at rows {_first(bad)}"
+            )
+    elif kind == "O":
+        raise ValueError(
+            f"{argument}: expected integer class indices (-1 = unlabelled); found dtype object "
+            "(Python objects, e.g. None or strings): use -1 for unlabelled rows and encode "
+            "class names first, e.g. with pandas.factorize"
+        )
     elif kind not in "iu":
         raise ValueError(
             f"{argument}: expected integer class indices (-1 = unlabelled); found dtype "
             f"{labels.dtype} (encode class names first, e.g. with pandas.factorize)"
         )
+    elif kind == "u" and labels.size and labels.max() > np.iinfo(np.int64).max:
+        bad = np.flatnonzero(labels > np.iinfo(np.int64).max)
+        raise ValueError(
+            f"{argument}: expected class indices 0..K-1 (-1 = unlabelled); found "
+            f"{labels[bad[:5]].tolist()} at rows {_first(bad)}"
+        )
     labels = labels.astype(np.int64)
     if num_classes is not None:
         bad = np.flatnonzero((labels < -1) | (labels >= num_classes))
         if bad.size:
+            source = f"num_classes={num_classes}" if source is None else source
             raise ValueError(
-                f"{argument}: expected labels in [-1, {num_classes}) (num_classes={num_classes}, "
+                f"{argument}: expected labels in [-1, {num_classes}) ({source}, "
                 f"-1 = unlabelled); found {np.unique(labels[bad])[:5].tolist()} at rows "
                 f"{_first(bad)}"
             )
@@ -122,36 +238,64 @@ def _check_labels(y, num_rows, num_classes=None, argument="y"):
     return labels
 
 
-def _check_num_classes(num_classes, labels):
-    if num_classes is None:
-        if not (labels >= 0).any():
-            raise ValueError(
-                "num_classes: no row is labelled, so the number of classes cannot be inferred; "
-                "pass num_classes"
-            )
-        return int(labels.max()) + 1
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
-        raise ValueError(f"num_classes: expected a positive integer; found {num_classes!r}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes: expected a positive integer; found {num_classes}")
-    return int(num_classes)
+def _check_num_classes(num_classes, labels, class_names=None, args=None):
+    """K: ``num_classes`` when given, else the number of ``class_names``, else max(y) + 1.
+
+    Returns ``(K, source)``, ``source`` describing where K came from for error messages.
+    """
+    args = _ARGUMENTS if args is None else args
+    if num_classes is not None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+            raise ValueError(f"num_classes: expected a positive integer; found {num_classes!r}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes: expected a positive integer; found {num_classes}")
+        return int(num_classes), f"num_classes={int(num_classes)}"
+    if class_names is not None:
+        names = _class_name_list(class_names, args.class_names)
+        return len(names), f"{args.class_names_source} has {len(names)} names"
+    labelled = labels[labels >= 0]
+    if labelled.size == 0:
+        raise ValueError(
+            f"num_classes: {args.no_labels}, so the number of classes cannot be inferred; "
+            "pass num_classes (or class_names)"
+        )
+    largest = int(labelled.max())
+    if largest >= labels.size:
+        raise ValueError(
+            f"num_classes: the largest label is {largest}, which would make {largest + 1} "
+            f"classes for {labels.size} rows; pass num_classes (or class_names) if that is "
+            "intended (labels are class indices 0..K-1: encode other class labels first, e.g. "
+            "with pandas.factorize)"
+        )
+    return largest + 1, f"K = max({args.y_short}) + 1 = {largest + 1}"
 
 
-def _check_class_names(class_names, num_classes):
+def _class_name_list(class_names, argument):
+    if isinstance(class_names, str | bytes):
+        raise ValueError(
+            f"{argument}: expected a sequence of class names; found the single string "
+            f"{class_names!r}"
+        )
+    values = _to_numpy(class_names)
+    if values.ndim != 1:
+        raise ValueError(
+            f"{argument}: expected a 1-D sequence of class names; found shape {values.shape}"
+        )
+    if values.dtype.kind == "S":
+        values = values.astype(np.str_)
+    return [str(name) for name in values.tolist()]
+
+
+def _check_class_names(class_names, num_classes, argument="class_names"):
     if class_names is None:
         return tuple(str(k) for k in range(num_classes))
-    if isinstance(class_names, str):
-        raise ValueError(
-            f"class_names: expected a sequence of {num_classes} names; found the single "
-            f"string {class_names!r}"
-        )
-    names = tuple(str(name) for name in _to_numpy(class_names).tolist())
+    names = tuple(_class_name_list(class_names, argument))
     if len(names) != num_classes:
         raise ValueError(
-            f"class_names: expected {num_classes} names (one per class); found {len(names)}"
+            f"{argument}: expected {num_classes} names (one per class); found {len(names)}"
         )
     if len(set(names)) != len(names):
-        raise ValueError(f"class_names: expected distinct names; found {names}")
+        raise ValueError(f"{argument}: expected distinct names; found {names}")
     return names
 
 
@@ -170,6 +314,77 @@ def _check_modality_names(names, available, argument):
     if len(set(names)) != len(names):
         raise ValueError(f"{argument}: expected distinct modality names; found {list(names)}")
     return names
+
+
+# errors that numpy and zipfile raise on a damaged archive
+_UNREADABLE = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error)
+
+
+def _read_npz(path, where):
+    """Every array of an ``.npz`` file, read without pickle; ``ValueError`` for anything that
+    is not a readable ``.npz`` (``FileNotFoundError`` and the like pass through)."""
+
+    def unreadable(why):
+        return ValueError(
+            f"path: {where} is not a readable .npz file ({why}); expected a zip archive of .npy "
+            "arrays, as written by numpy.savez or MultimodalDataset.to_npz"
+        )
+
+    if isinstance(path, str | PathLike):
+        # open the file here, so that it is closed even when numpy fails half-way
+        with open(path, "rb") as file:
+            return _read_npz_file(file, unreadable, where)
+    return _read_npz_file(path, unreadable, where)
+
+
+def _read_npz_file(file, unreadable, where):
+    try:
+        npz = np.load(file, allow_pickle=False)
+    except zipfile.BadZipFile as error:
+        raise unreadable(f"a damaged or truncated zip archive: {error}") from error
+    except _UNREADABLE as error:
+        raise unreadable("neither a zip archive nor a .npy array") from error
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise unreadable("a single .npy array, not an archive of named arrays")
+    arrays = {}
+    with npz:
+        for key in npz.files:
+            try:
+                value = npz[key]
+            except ValueError as error:
+                if "pickle" in str(error).lower():
+                    raise ValueError(
+                        f"path: array {key!r} in {where} holds pickled Python objects (an object "
+                        "array); pickled objects are refused (the file is read with "
+                        "allow_pickle=False): save numeric arrays, and text as unicode arrays"
+                    ) from error
+                raise unreadable(f"array {key!r} cannot be read: {error}") from error
+            except _UNREADABLE as error:
+                raise unreadable(f"array {key!r} is damaged or truncated: {error}") from error
+            if not isinstance(value, np.ndarray):
+                raise unreadable(f"member {key!r} is not a .npy array")
+            arrays[key] = value
+    return arrays
+
+
+@dataclass(frozen=True)
+class _Arguments:
+    """How error messages name what the user passed: the constructor's arguments, or the
+    arrays of an ``.npz`` file read by :meth:`MultimodalDataset.from_npz`."""
+
+    x: str = "x"
+    y: str = "y"
+    y_short: str = "y"
+    class_names: str = "class_names"
+    class_names_source: str = "class_names"
+    no_labels: str = "no row is labelled"
+    modality: Callable[[str], str] | None = None  # name -> label; None: x[<name>]
+
+    def of(self, name):
+        return f"x[{name!r}]" if self.modality is None else self.modality(name)
+
+
+_ARGUMENTS = _Arguments()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,14 +457,23 @@ class MultimodalDataset:
     ----------
     x : Mapping[str, array-like]
         Modality name -> numpy array, pandas DataFrame or tensor of shape [N, n_j] (2-D: a single
-        feature is a column). The modality order is the mapping's order.
+        feature is a column), of real numbers or bools. The modality order is the mapping's
+        order. Values are stored as float32, so they must be finite and within float32's range
+        (|v| <= 3.4e38); a row is either fully observed or entirely NaN (missing). DataFrames
+        (and a ``y`` Series) are matched by position, so their row indexes must agree.
     y : array-like of int, optional
         Labels [N], -1 = unlabelled. ``None`` means every row is unlabelled. Float labels are
-        accepted when integer-valued (1.0), rejected otherwise (1.5).
+        accepted when integer-valued (1.0), rejected otherwise (1.5, NaN).
     num_classes : int, optional
-        K. Default ``max(y) + 1``; required when no row is labelled.
+        K. Default ``len(class_names)`` when class names are given, else ``max(y) + 1``; one
+        of the two is required when no row is labelled. (An inferred K larger than N is
+        refused: pass num_classes when that is intended.)
     class_names : sequence of str, optional
         K names; default ``("0", ..., "K-1")``.
+    allow_unobserved_modalities : bool
+        By default a modality observed in no row (every row NaN) is refused: nothing can be
+        learnt about it. Data that are only predicted on may lack a modality entirely (the
+        model marginalises it out); pass ``True`` for them.
 
     Attributes
     ----------
@@ -273,9 +497,12 @@ class MultimodalDataset:
     ------
     ValueError
         When the input breaks the data contract: no modality, an empty modality (no rows or no
-        columns), a 1-D array, row counts that differ across modalities, infinite values or a
-        partly-NaN row, a row missing every modality, non-integer labels, labels outside
-        [-1, K), or class names that do not match K.
+        columns), a 1-D array, complex, string or object values, row counts or pandas row
+        indexes that differ across modalities, infinite values or values beyond float32's
+        range, a partly-NaN row, a row missing every modality, a modality observed in no row
+        (unless allowed), non-integer labels (1.5, NaN, strings, None), labels outside [-1, K),
+        or class names that do not match K. The message names the argument, what was found and
+        what was expected.
 
     Examples
     --------
@@ -285,37 +512,61 @@ class MultimodalDataset:
     ({'a': 3, 'b': 2}, 2, [1, 1])
     """
 
-    def __init__(self, x, y=None, *, num_classes=None, class_names=None):
+    def __init__(self, x, y=None, *, num_classes=None, class_names=None,
+                 allow_unobserved_modalities=False):
+        self._validate(x, y, num_classes, class_names, allow_unobserved_modalities, _ARGUMENTS)
+
+    def _validate(self, x, y, num_classes, class_names, allow_unobserved, args):
+        """Check and convert user input (see the class docstring), naming the user's arguments
+        in error messages as ``args`` says."""
         if not isinstance(x, Mapping):
             raise ValueError(
-                f"x: expected a mapping modality-name -> array [N, n_j]; found {type(x).__name__}"
+                f"{args.x}: expected a mapping modality-name -> array [N, n_j]; found "
+                f"{type(x).__name__}"
             )
         if len(x) == 0:
-            raise ValueError("x: expected at least one modality; found an empty mapping")
+            raise ValueError(f"{args.x}: expected at least one modality; found an empty mapping")
         arrays, present = {}, []
         for name, value in x.items():
-            array, observed = _check_modality(name, value)
+            array, observed = _check_modality(name, value, args.of(name))
             arrays[name] = array
             present.append(observed)
         rows = {name: array.shape[0] for name, array in arrays.items()}
         if len(set(rows.values())) != 1:
             raise ValueError(
-                f"x: expected the same number of rows N in every modality; found {rows}"
+                f"{args.x}: expected the same number of rows N in every modality; found {rows}"
             )
+        _check_aligned({args.of(name): value for name, value in x.items()}, args.x)
+        if y is not None and isinstance(y, pd.Series):
+            _check_aligned({**{args.of(n): v for n, v in x.items()}, args.y: y}, args.y)
         num_rows = next(iter(rows.values()))
         mask = np.stack(present, axis=1)
         empty = np.flatnonzero(~mask.any(axis=1))
         if empty.size:
             raise ValueError(
-                f"x: rows {_first(empty)} ({empty.size} rows) are missing every modality; "
-                "expected each datum to observe at least one modality"
+                f"{args.x}: rows {_first(empty)} ({empty.size} rows) are missing every "
+                "modality; expected each datum to observe at least one modality"
+            )
+        unobserved = [name for j, name in enumerate(arrays) if not mask[:, j].any()]
+        if unobserved and not allow_unobserved:
+            raise ValueError(
+                f"{args.x}: modalities {unobserved} are observed in no row (every row is NaN); "
+                "expected each modality observed in at least one row (drop it, or pass "
+                "allow_unobserved_modalities=True for data that are only predicted on)"
             )
         labels = (
-            np.full(num_rows, -1, dtype=np.int64) if y is None else _check_labels(y, num_rows)
+            np.full(num_rows, -1, dtype=np.int64) if y is None
+            else _check_labels(y, num_rows, argument=args.y)
         )
-        num_classes = _check_num_classes(num_classes, labels)
-        labels = _check_labels(labels, num_rows, num_classes)
-        class_names = _check_class_names(class_names, num_classes)
+        from_names = num_classes is None and class_names is not None
+        num_classes, source = _check_num_classes(num_classes, labels, class_names, args)
+        if from_names and labels.size and labels.max() >= num_classes:
+            raise ValueError(
+                f"{args.class_names}: expected at least {labels.max() + 1} names (one per "
+                f"class; the labels go up to {labels.max()}); found {num_classes}"
+            )
+        labels = _check_labels(labels, num_rows, num_classes, argument=args.y, source=source)
+        class_names = _check_class_names(class_names, num_classes, args.class_names)
 
         tensors = {}
         for j, (name, array) in enumerate(arrays.items()):
@@ -534,29 +785,95 @@ class MultimodalDataset:
         np.savez_compressed(path, **arrays)
 
     @classmethod
-    def from_npz(cls, path: str | PathLike) -> MultimodalDataset:
+    def from_npz(cls, path: str | PathLike, *, labels: str = "required", num_classes=None,
+                 class_names=None, allow_unobserved_modalities=False) -> MultimodalDataset:
         """Load an ``.npz`` written by :meth:`to_npz` (or by hand: arrays ``x_<modality>`` and
         ``y``, optionally ``class_names`` and ``modalities``), without pickle.
 
-        The modality order is the ``modalities`` array when present, else the file's order.
-        The number of classes is ``len(class_names)`` when present, else ``max(y) + 1``.
+        The modality order is the ``modalities`` array when present (it must list exactly the
+        file's ``x_`` arrays), else the file's order. The number of classes is ``num_classes``
+        when given, else the number of class names (the argument's or the file's), else
+        ``max(y) + 1``. Every array of the file must be one of these: nothing in the file is
+        ignored.
+
+        :param path: the file.
+        :param str labels: ``"required"`` (default): the file must hold ``y``. ``"optional"``:
+            a file without ``y`` (features only, e.g. new data to predict) gives an
+            all-unlabelled data set; its classes then come from ``num_classes``/``class_names``
+            (e.g. a fitted model's) or from the file's ``class_names``.
+        :param int num_classes: K, checked against the file's labels and class names.
+        :param class_names: K names; when the file has ``class_names`` too they must agree.
+        :param bool allow_unobserved_modalities: accept a modality that is NaN in every row
+            (see the class docstring); for data that are only predicted on.
+        :raises ValueError: when the file is not a readable ``.npz`` (not a zip archive of
+            ``.npy`` arrays, e.g. truncated or another format), holds an object array (pickled
+            Python objects are refused: the file is read with ``allow_pickle=False``), lacks
+            ``x_<modality>`` arrays or (with ``labels="required"``) ``y``, holds other arrays,
+            or when its contents break the data contract; messages name the file's array.
         """
-        with np.load(path, allow_pickle=False) as npz:
-            files = list(npz.files)
-            if "modalities" in files:
-                names = [str(name) for name in npz["modalities"]]
-            else:
-                names = [key[2:] for key in files if key.startswith("x_")]
-            missing = [f"x_{name}" for name in names if f"x_{name}" not in files]
-            if missing or not names or "y" not in files:
+        if labels not in ("required", "optional"):
+            raise ValueError(f"labels: expected 'required' or 'optional'; found {labels!r}")
+        where = os.fspath(path) if isinstance(path, str | PathLike) else repr(path)
+        arrays = _read_npz(path, where)
+        files = list(arrays)
+        in_file = f"in {where}"
+        if "modalities" in arrays:
+            names = _class_name_list(arrays["modalities"], f"path: array 'modalities' {in_file}")
+            listed = {f"x_{name}" for name in names}
+            unlisted = [key for key in files if key.startswith("x_") and key not in listed]
+            missing = [f"x_{name}" for name in names if f"x_{name}" not in arrays]
+            if unlisted or missing:
                 raise ValueError(
-                    f"path: expected arrays 'x_<modality>' and 'y' in {path}; found {files}"
+                    f"path: the array 'modalities' {in_file} lists {names}; expected exactly the "
+                    f"file's 'x_<modality>' arrays; found arrays {files}"
                 )
-            x = {name: npz[f"x_{name}"] for name in names}
-            y = npz["y"]
-            class_names = npz["class_names"].tolist() if "class_names" in files else None
-        num_classes = None if class_names is None else len(class_names)
-        return cls(x, y, num_classes=num_classes, class_names=class_names)
+        else:
+            names = [key[2:] for key in files if key.startswith("x_")]
+        other = [key for key in files
+                 if not key.startswith("x_") and key not in ("y", "class_names", "modalities")]
+        if other:
+            raise ValueError(
+                f"path: {where} holds arrays {other} that are not part of a data set; expected "
+                "only 'x_<modality>', 'y', 'class_names' and 'modalities'"
+            )
+        if not names:
+            raise ValueError(f"path: expected arrays 'x_<modality>' in {where}; found {files}")
+        if "y" not in arrays and labels == "required":
+            raise ValueError(
+                f"path: expected arrays 'x_<modality>' and 'y' in {where}; found {files} (no "
+                "labels: pass labels='optional' to read features only, as unlabelled rows)"
+            )
+        file_names = arrays.get("class_names")
+        if file_names is not None:
+            file_names = _class_name_list(file_names, f"path: array 'class_names' {in_file}")
+            if class_names is not None:
+                given = _class_name_list(class_names, "class_names")
+                if given != file_names:
+                    raise ValueError(
+                        f"class_names: {where} holds class_names {file_names}; found "
+                        f"{given} (pass the file's names, or none)"
+                    )
+        names_from_file = class_names is None and file_names is not None
+        no_labels = (f"{where} holds no labels ('y')" if "y" not in arrays
+                     else f"no row of {where} is labelled")
+        args = _Arguments(
+            x=f"path: the arrays 'x_<modality>' {in_file}",
+            y=f"path: array 'y' {in_file}",
+            y_short="y",
+            class_names=(f"path: array 'class_names' {in_file}" if names_from_file
+                         else "class_names"),
+            class_names_source=("the file's class_names" if names_from_file
+                                else "class_names"),
+            no_labels=no_labels,
+            modality=lambda name: f"path: array 'x_{name}' {in_file}",
+        )
+        dataset = cls.__new__(cls)
+        dataset._validate(
+            {name: arrays[f"x_{name}"] for name in names}, arrays.get("y"), num_classes,
+            class_names if class_names is not None else file_names,
+            allow_unobserved_modalities, args,
+        )
+        return dataset
 
     # -- description --------------------------------------------------------------------------
 

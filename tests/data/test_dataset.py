@@ -92,7 +92,7 @@ _ok = np.zeros((3, 2))
         ({"m": _ok}, [0, 1, 3], {"num_classes": 3}, r"expected labels in \[-1, 3\).*found \[3\]"),
         ({"m": _ok}, [0, -2, 1], {}, r"expected labels >= -1"),
         ({"m": _ok}, [0, 1.5, 1], {}, r"non-integer values \[1.5\]"),
-        ({"m": _ok}, [0, NAN, 1], {}, r"non-integer"),
+        ({"m": _ok}, [0, NAN, 1], {}, r"non-integer values \[nan\].*NaN is not a label"),
         ({"m": _ok}, ["a", "b", "a"], {}, r"integer class indices.*dtype"),
         ({"m": _ok}, [0, 1], {}, r"y: expected a 1-D array of 3 labels; found shape \(2,\)"),
         ({"m": np.zeros((0, 2))}, [], {"num_classes": 2}, r"at least one row and one column"),
@@ -100,9 +100,36 @@ _ok = np.zeros((3, 2))
         ({}, None, {"num_classes": 2}, r"at least one modality"),
         ({"m": np.zeros(3)}, [0, 1, 0], {}, r"expected a 2-D array.*found shape \(3,\)"),
         ({"m": np.array([["a", "b"]] * 3)}, [0, 1, 0], {}, r"expected numeric values"),
-        ({"m": _ok}, None, {}, r"num_classes: no row is labelled"),
+        ({"m": _ok}, None, {}, r"num_classes: no row is labelled.*pass num_classes \(or "
+         r"class_names\)"),
         ({"m": _ok}, [0, 1, 0], {"num_classes": 0}, r"num_classes: expected a positive"),
-        ({"m": _ok}, [0, 1, 0], {"class_names": ["a"]}, r"class_names: expected 2 names"),
+        ({"m": _ok}, [0, 1, 0], {"class_names": ["a"]},
+         r"class_names: expected at least 2 names \(one per class; the labels go up to 1\)"),
+        ({"m": _ok}, [0, 1, 0], {"num_classes": 3, "class_names": ["a", "b"]},
+         r"class_names: expected 3 names"),
+        ({"m": np.ones((3, 2)) + 1j}, [0, 1, 0], {}, r"x\['m'\]: expected real values; found "
+         r"complex dtype complex128 \(the imaginary part would be lost"),
+        ({"m": np.array([[1e39, 0.0], [0, 0], [0, 0]])}, [0, 1, 0], {},
+         r"x\['m'\]: rows 0 hold values beyond the float32 range \(1 rows, e.g. 1e\+39\)"),
+        ({"m": np.array([[0.0, 0.0], [-4e38, 0], [0, 0]])}, [0, 1, 0], {}, r"rows 1 .*float32"),
+        ({"m": np.array([[1, None]] * 3, dtype=object)}, [0, 1, 0], {},
+         r"x\['m'\]: expected numeric values .*found dtype object"),
+        ({"m": np.array([["1.5", "2"]] * 3)}, [0, 1, 0], {}, r"expected numeric values"),
+        ({"m": pd.DataFrame({"u": [1.0, 2, 3], "s": ["a", "b", "c"]})}, [0, 1, 0], {},
+         r"x\['m'\]: expected real numeric or bool columns; found non-numeric columns \['s'\]"),
+        ({"m": pd.DataFrame({"c": np.ones(3) + 1j})}, [0, 1, 0], {}, r"complex columns \['c'\]"),
+        ({"m": _ok, "n": np.full((3, 2), NAN)}, [0, 1, 0], {},
+         r"x: modalities \['n'\] are observed in no row"),
+        ({"m": _ok}, [0, None, 1], {}, r"y: expected integer class indices .*dtype object"),
+        ({"m": _ok}, [0, 1e20, 1], {}, r"y: expected class indices .*found \[1e\+20\]"),
+        ({"m": _ok}, [0, 10**12, 1], {},
+         r"num_classes: the largest label is 1000000000000, which would make 1000000000001 "
+         r"classes for 3 rows"),
+        ({"m": _ok}, [0, -1, 5], {}, r"num_classes: the largest label is 5"),
+        ({"m": pd.DataFrame(_ok), "n": pd.DataFrame(_ok, index=[2, 1, 0])}, [0, 1, 0], {},
+         r"x: the row index of x\['n'\] differs from that of x\['m'\]"),
+        ({"m": pd.DataFrame(_ok)}, pd.Series([0, 1, 0], index=[5, 6, 7]), {},
+         r"y: the row index of y differs from that of x\['m'\]"),
         ({"m": _ok}, [0, 1, 0], {"class_names": "ab"}, r"single string"),
         ({1: _ok}, [0, 1, 0], {}, r"non-empty strings"),
     ],
@@ -110,6 +137,39 @@ _ok = np.zeros((3, 2))
 def test_invalid_input_raises_value_error(x, y, kwargs, match):
     with pytest.raises(ValueError, match=match):
         MultimodalDataset(x, y, **kwargs)
+
+
+def test_valid_edge_cases_are_accepted():
+    # the float32 limit itself is fine, and float32 input is never "beyond float32"
+    top = float(np.finfo(np.float32).max)
+    ds = MultimodalDataset({"m": np.array([[top, -top], [0.0, 1.0]])}, [0, 1])
+    assert ds.x["m"][0].tolist() == [top, -top]
+    # a DataFrame mixing bool and float columns (its to_numpy() is an object array)
+    frame = pd.DataFrame({"f": [1.5, 2.5], "b": [True, False]})
+    assert MultimodalDataset({"m": frame}, [0, 1]).x["m"].tolist() == [[1.5, 1.0], [2.5, 0.0]]
+    # nullable pandas dtypes: NA marks a missing row like NaN
+    nullable = pd.DataFrame({"i": pd.array([1, None], dtype="Int64")})
+    assert MultimodalDataset({"m": nullable, "n": _ok[:2]}, [0, 1]).mask.tolist() == [
+        [True, True], [False, True]]
+    # class_names alone give K, also without labels
+    assert MultimodalDataset({"m": _ok}, class_names=["a", "b"]).num_classes == 2
+    assert MultimodalDataset({"m": _ok}, [0, 0, -1], class_names=["a", "b", "c"]).num_classes == 3
+    # bfloat16 tensors are widened exactly
+    bf16 = torch.tensor([[1.5], [2.0]], dtype=torch.bfloat16)
+    assert MultimodalDataset({"m": bf16}, [0, 1]).x["m"].tolist() == [[1.5], [2.0]]
+    # aligned pandas inputs, and a y Series with the same index
+    index = pd.Index([10, 11, 12])
+    ds = MultimodalDataset({"m": pd.DataFrame(_ok, index=index)},
+                           pd.Series([0, 1, 0], index=index))
+    assert ds.y.tolist() == [0, 1, 0]
+
+
+def test_unobserved_modality_can_be_allowed_for_prediction_data():
+    x = {"m": _ok, "n": np.full((3, 2), NAN)}
+    ds = MultimodalDataset(x, num_classes=2, allow_unobserved_modalities=True)
+    assert ds.mask[:, 1].tolist() == [False, False, False]
+    with pytest.raises(ValueError, match=r"modalities \['n'\] are observed in no row"):
+        MultimodalDataset(x, num_classes=2)
 
 
 def test_x_must_be_a_mapping():
@@ -265,11 +325,121 @@ def test_from_hand_written_npz(tmp_path):
 def test_from_npz_refuses_pickled_arrays_and_missing_arrays(tmp_path):
     path = tmp_path / "pickled.npz"
     np.savez(path, x_m=np.array([[1.0, None]], dtype=object), y=np.array([0]))
-    with pytest.raises(ValueError, match="allow_pickle"):
+    with pytest.raises(ValueError, match=r"path: array 'x_m' in .*pickled\.npz holds pickled "
+                       r"Python objects .*pickled objects are refused .*allow_pickle=False"):
         MultimodalDataset.from_npz(path)
     path = tmp_path / "no_y.npz"
     np.savez(path, x_m=np.ones((2, 2)))
-    with pytest.raises(ValueError, match=r"expected arrays 'x_<modality>' and 'y'"):
+    with pytest.raises(ValueError, match=r"expected arrays 'x_<modality>' and 'y'.*"
+                                         r"labels='optional'"):
+        MultimodalDataset.from_npz(path)
+    path = tmp_path / "no_x.npz"
+    np.savez(path, y=np.ones(2))
+    with pytest.raises(ValueError, match=r"expected arrays 'x_<modality>' in"):
+        MultimodalDataset.from_npz(path, labels="optional")
+
+
+def _write_bytes(path, data):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, why",
+    [
+        # a valid archive cut in half: the zip's directory (at its end) is gone
+        (lambda p, good: _write_bytes(p, good[: len(good) // 2]), "damaged or truncated zip"),
+        (lambda p, good: _write_bytes(p, b""), "neither a zip archive nor a .npy array"),
+        (lambda p, good: _write_bytes(p, b"x,y\n1,2\n"), "neither a zip archive nor a .npy"),
+        (lambda p, good: np.save(p.with_suffix(".npy"), np.ones(3)) or p.with_suffix(".npy"),
+         "a single .npy array"),
+        (lambda p, good: _zip_with_text(p), "member 'notes.txt' is not a .npy array"),
+    ],
+)
+def test_from_npz_unreadable_files(small, tmp_path, make, why):
+    good_path = tmp_path / "good.npz"
+    small.to_npz(good_path)
+    path = make(tmp_path / "bad.npz", good_path.read_bytes())
+    with pytest.raises(ValueError) as error:
+        MultimodalDataset.from_npz(path)
+    message = str(error.value)
+    assert message.startswith(f"path: {path} is not a readable .npz file (")
+    assert why in message and "pickled" not in message
+
+
+def _zip_with_text(path):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "not an array")
+    return path
+
+
+def test_from_npz_missing_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        MultimodalDataset.from_npz(tmp_path / "absent.npz")
+
+
+def test_from_npz_features_only(small, tmp_path):
+    path = tmp_path / "features.npz"
+    x, _ = small.to_numpy()
+    np.savez(path, **{f"x_{name}": array for name, array in x.items()})
+    ds = MultimodalDataset.from_npz(path, labels="optional", num_classes=3)
+    assert ds.modalities == ("b", "a") and ds.num_classes == 3
+    assert ds.y.tolist() == [-1] * 4 and ds.class_names == ("0", "1", "2")
+    assert torch.equal(ds.mask, small.mask)
+    named = MultimodalDataset.from_npz(path, labels="optional", class_names=["x", "y", "z"])
+    assert named.num_classes == 3 and named.class_names == ("x", "y", "z")
+    with pytest.raises(ValueError, match=r"num_classes: .*features\.npz holds no labels \('y'\), "
+                                         r"so the number of classes cannot be inferred; pass "
+                                         r"num_classes \(or class_names\)"):
+        MultimodalDataset.from_npz(path, labels="optional")
+    with pytest.raises(ValueError, match="labels: expected 'required' or 'optional'"):
+        MultimodalDataset.from_npz(path, labels="none")
+    # a labelled file read with labels="optional" keeps its labels
+    small.to_npz(tmp_path / "full.npz")
+    assert MultimodalDataset.from_npz(tmp_path / "full.npz", labels="optional").y.tolist() == [
+        0, -1, 2, -1]
+
+
+def test_from_npz_class_names_and_num_classes(small, tmp_path):
+    path = tmp_path / "small.npz"
+    small.to_npz(path)  # class_names x, y, z
+    assert MultimodalDataset.from_npz(path, class_names=["x", "y", "z"]).num_classes == 3
+    assert MultimodalDataset.from_npz(path, num_classes=3).class_names == ("x", "y", "z")
+    with pytest.raises(ValueError, match=r"class_names: .*holds class_names \['x', 'y', 'z'\]; "
+                                         r"found \['a', 'b', 'c'\]"):
+        MultimodalDataset.from_npz(path, class_names=["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"path: array 'class_names' in .*: expected 4 names"):
+        MultimodalDataset.from_npz(path, num_classes=4)
+    with pytest.raises(ValueError, match=r"path: array 'y' in .*: expected labels in \[-1, 2\) "
+                                         r"\(num_classes=2"):
+        MultimodalDataset.from_npz(path, num_classes=2)
+
+
+def test_from_npz_names_the_files_arrays(tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, x_m=np.array([[1.0, NAN], [1, 1]]), y=np.array([0, 1]))
+    with pytest.raises(ValueError, match=r"path: array 'x_m' in .*bad\.npz: rows 0 are partly NaN"):
+        MultimodalDataset.from_npz(path)
+    np.savez(path, x_m=np.ones((2, 1)), y=np.array([0, 1.5]))
+    with pytest.raises(ValueError, match=r"path: array 'y' in .*bad\.npz: .*non-integer values"):
+        MultimodalDataset.from_npz(path)
+    np.savez(path, x_m=np.ones((2, 1)), y=np.array([0, 1]), ids=np.arange(2))
+    with pytest.raises(ValueError, match=r"holds arrays \['ids'\] that are not part of a data set"):
+        MultimodalDataset.from_npz(path)
+    np.savez(path, x_m=np.ones((2, 1)), x_n=np.ones((2, 1)), y=np.array([0, 1]),
+             modalities=np.array(["m"]))
+    with pytest.raises(ValueError, match=r"the array 'modalities' in .* lists \['m'\]; expected "
+                                         r"exactly the file's 'x_<modality>' arrays"):
+        MultimodalDataset.from_npz(path)
+    np.savez(path, x_m=np.ones((2, 1)), x_n=np.full((2, 1), NAN), y=np.array([0, 1]))
+    with pytest.raises(ValueError, match=r"modalities \['n'\] are observed in no row"):
+        MultimodalDataset.from_npz(path)
+    ds = MultimodalDataset.from_npz(path, allow_unobserved_modalities=True)
+    assert ds.mask.tolist() == [[True, False], [True, False]]
+    np.savez(path, x_m=np.ones((2, 1)), y=np.array([-1, -1]))
+    with pytest.raises(ValueError, match=r"num_classes: no row of .*bad\.npz is labelled"):
         MultimodalDataset.from_npz(path)
 
 
