@@ -6,6 +6,7 @@ unlabelled; a row that is entirely NaN in one modality marks that modality missi
 datum. On disk: an ``.npz`` with arrays ``x_<modality>`` and ``y``, loaded without pickle.
 """
 
+from pyro_mmt.data.convert import as_modality_mapping, check_labels
 from pyro_mmt.data.dataset import Batch, InterleavedLoader, MultimodalDataset
 from pyro_mmt.data.loaders import (
     DATASETS,
@@ -35,6 +36,8 @@ __all__ = [
     "MultimodalDataset",
     "SplitSkippedError",
     "Standardiser",
+    "as_modality_mapping",
+    "check_labels",
     "load_breast",
     "load_dataset",
     "load_digits",

@@ -1,0 +1,369 @@
+"""From what a user (or scikit-learn's model selection) passes as X and y to the data contract.
+
+:func:`as_modality_mapping` turns the accepted forms of X into a mapping modality name ->
+array [N, n_j]; :func:`check_labels` checks a label vector. Both refuse bad input with a
+``ValueError`` that names the argument, what was found and what was expected, and neither
+drops, truncates nor merges anything silently.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from pyro_mmt.data.dataset import (
+    MultimodalDataset,
+    _check_aligned,
+    _check_labels,
+    _check_modality,
+    _modality_values,
+)
+
+__all__ = ["as_modality_mapping", "check_labels"]
+
+#: How many offending names or positions an error message lists.
+_SHOW = 5
+
+
+def _show(values):
+    values = list(values)
+    text = repr(values[:_SHOW])
+    return text[:-1] + ", ...]" if len(values) > _SHOW else text
+
+
+def _check_name(name, argument):
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{argument}: modality names must be non-empty strings; found {name!r}")
+
+
+def as_modality_mapping(X, modalities=None) -> dict[str, np.ndarray]:
+    """The mapping modality name -> array [N, n_j] behind ``X``, every array checked.
+
+    ``X`` may be
+
+    - a mapping modality name -> numpy array, tensor or DataFrame [N, n_j] (``modalities``
+      must then be ``None``);
+    - a DataFrame whose columns are a two-level MultiIndex (modality, feature), e.g.
+      ``pandas.concat({"top": top, "bottom": bottom}, axis=1)``; each modality's columns must
+      be side by side and appear once (a modality split into two blocks, or a repeated
+      (modality, feature) column, is refused rather than merged);
+    - a flat 2-D DataFrame or array (what scikit-learn's ``cross_val_score``,
+      ``GridSearchCV`` or a ``Pipeline`` ending in a ``ColumnTransformer`` pass on) together
+      with ``modalities``, a mapping modality name -> the columns that make it up: a list of
+      column names for a DataFrame; a list of column indices, a ``slice``, a ``range`` or a
+      boolean mask for an array. A modality's columns are taken in the order given. Every
+      column must belong to exactly one modality: a column claimed twice, an unknown column
+      (or an index out of range), and a column claimed by none are refused, naming them.
+
+    Each modality must be 2-D, of a real numeric or bool dtype (complex, string and object
+    values are refused, naming the modality), finite or NaN in whole rows (a row of NaN marks
+    the modality missing for that datum), within float32's range, and all modalities must
+    have the same number of rows (and, for pandas inputs, the same row index: rows are
+    matched by position). A modality that is NaN in every row is accepted here (prediction
+    data may lack a modality); :class:`~pyro_mmt.data.MultimodalDataset` refuses it for
+    training data.
+
+    :param X: the data, in one of the forms above.
+    :param modalities: for a flat ``X`` only: mapping modality name -> columns.
+    :returns: dict modality name -> float numpy array [N, n_j], in the order of the mapping,
+        of the first column level, or of ``modalities``. The arrays may share memory with
+        ``X`` (float input is not copied); integer and bool input is converted to float64.
+    :raises ValueError: for any input outside these forms; the message names the argument
+        (``X``, ``X[<modality>]`` or ``modalities[<modality>]``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> flat = np.arange(12.0).reshape(3, 4)
+    >>> x = as_modality_mapping(flat, modalities={"a": [0, 1], "b": slice(2, 4)})
+    >>> {name: array.shape for name, array in x.items()}
+    {'a': (3, 2), 'b': (3, 2)}
+    """
+    if isinstance(X, MultimodalDataset):
+        raise ValueError(
+            "X: expected a mapping, a DataFrame or a 2-D array; found a MultimodalDataset, which "
+            "is already converted (pass it on as it is, or use X.to_numpy()[0] for its arrays)"
+        )
+    if isinstance(X, Mapping):
+        if modalities is not None:
+            raise ValueError(
+                "modalities: only used with a flat 2-D DataFrame or array; found a mapping X, "
+                "whose keys already name the modalities (pass modalities=None)"
+            )
+        if len(X) == 0:
+            raise ValueError("X: expected at least one modality; found an empty mapping")
+        for name in X:
+            _check_name(name, "X")
+        parts = {name: (value, f"X[{name!r}]") for name, value in X.items()}
+        _check_aligned({label: value for value, label in parts.values()}, "X")
+    elif isinstance(X, pd.DataFrame) and X.columns.nlevels > 1:
+        if modalities is not None:
+            raise ValueError(
+                "modalities: only used with a flat 2-D DataFrame or array; found a DataFrame "
+                "with (modality, feature) columns, whose first level already names the "
+                "modalities (pass modalities=None)"
+            )
+        parts = _split_multiindex(X)
+    else:
+        if modalities is None:
+            raise ValueError(
+                "X: expected a mapping modality name -> array [N, n_j], a DataFrame with "
+                "(modality, feature) columns, or a flat 2-D DataFrame or array with "
+                "modalities= (mapping modality name -> its columns); found a "
+                f"{type(X).__name__} without modalities"
+            )
+        if isinstance(X, pd.DataFrame):
+            parts = _split_flat_frame(X, modalities)
+        else:
+            parts = _split_flat_array(X, modalities)
+
+    arrays = {}
+    for name, (value, label) in parts.items():
+        arrays[name], _ = _check_modality(name, value, label)
+    rows = {name: array.shape[0] for name, array in arrays.items()}
+    if len(set(rows.values())) != 1:
+        raise ValueError(f"X: expected the same number of rows N in every modality; found {rows}")
+    return arrays
+
+
+def _split_multiindex(frame):
+    columns = frame.columns
+    if columns.nlevels != 2:
+        raise ValueError(
+            "X: a DataFrame needs two column levels (modality, feature), e.g. "
+            f"pandas.concat({{'a': Xa, 'b': Xb}}, axis=1); found {columns.nlevels} levels"
+        )
+    duplicated = columns[columns.duplicated()].unique()
+    if len(duplicated):
+        raise ValueError(
+            f"X: columns {_show(duplicated)} appear more than once; expected each (modality, "
+            "feature) column once"
+        )
+    level = np.asarray(columns.get_level_values(0), dtype=object)
+    for name in pd.unique(level):
+        _check_name(name, "X (the first column level)")
+    starts = np.flatnonzero(np.r_[True, level[1:] != level[:-1]])
+    stops = np.r_[starts[1:], level.size]
+    parts = {}
+    for start, stop in zip(starts, stops, strict=True):
+        name = level[start]
+        if name in parts:
+            positions = np.flatnonzero(level == name)
+            raise ValueError(
+                f"X: the columns of modality {name!r} are not side by side (column positions "
+                f"{_show(positions.tolist())}); expected each modality's columns in one block, "
+                "e.g. pandas.concat({'a': Xa, 'b': Xb}, axis=1)"
+            )
+        parts[name] = (frame.iloc[:, start:stop], f"X[{name!r}]")
+    return parts
+
+
+def _check_modalities_argument(modalities):
+    if not isinstance(modalities, Mapping) or len(modalities) == 0:
+        raise ValueError(
+            "modalities: expected a non-empty mapping modality name -> columns; found "
+            f"{modalities!r}"[:300]
+        )
+    for name in modalities:
+        _check_name(name, "modalities")
+
+
+def _claim(claims, column, name, shown):
+    if column in claims:
+        raise ValueError(
+            f"modalities: column {shown!r} is claimed by both {claims[column]!r} and {name!r}; "
+            "expected each column in exactly one modality"
+        )
+    claims[column] = name
+
+
+def _split_flat_frame(frame, modalities):
+    _check_modalities_argument(modalities)
+    columns = frame.columns
+    duplicated = columns[columns.duplicated()].unique()
+    if len(duplicated):
+        raise ValueError(
+            f"X: column names {_show(duplicated)} appear more than once; expected unique column "
+            "names"
+        )
+    claims, parts = {}, {}
+    for name, selection in modalities.items():
+        argument = f"modalities[{name!r}]"
+        if isinstance(selection, str | bytes) or not _is_list_like(selection):
+            raise ValueError(
+                f"{argument}: expected a list of column names of X; found {selection!r} "
+                f"(write [{selection!r}] for a single column)"
+            )
+        selection = list(selection)
+        if not selection:
+            raise ValueError(f"{argument}: expected at least one column; found none")
+        unknown = [c for c in selection if not _hashable(c) or c not in columns]
+        if unknown:
+            raise ValueError(
+                f"{argument}: unknown columns {_show(unknown)}; expected column names of X "
+                f"(X has {len(columns)} columns: {_show(columns)})"
+            )
+        for column in selection:
+            _claim(claims, column, name, column)
+        parts[name] = (frame.loc[:, selection], argument)
+    unclaimed = [c for c in columns if c not in claims]
+    if unclaimed:
+        raise ValueError(
+            f"X: columns {_show(unclaimed)} ({len(unclaimed)} columns) belong to no modality; "
+            "expected every column in one modality of modalities= (drop unused columns first)"
+        )
+    return parts
+
+
+def _split_flat_array(X, modalities):
+    _check_modalities_argument(modalities)
+    array = _modality_values(X, "X")
+    if array.ndim != 2:
+        raise ValueError(
+            f"X: expected a 2-D array [N, p] to split into modalities; found shape {array.shape}"
+        )
+    width = array.shape[1]
+    claims, parts = {}, {}
+    for name, selection in modalities.items():
+        argument = f"modalities[{name!r}]"
+        positions = _positions(selection, width, argument)
+        for position in positions:
+            _claim(claims, int(position), name, int(position))
+        parts[name] = (array[:, positions], argument)
+    unclaimed = [p for p in range(width) if p not in claims]
+    if unclaimed:
+        raise ValueError(
+            f"X: columns {_show(unclaimed)} ({len(unclaimed)} of {width} columns) belong to no "
+            "modality; expected every column in one modality of modalities= (drop unused "
+            "columns first)"
+        )
+    return parts
+
+
+def _positions(selection, width, argument):
+    """Column positions (0..width-1, in the given order) of one modality of a flat array."""
+    if isinstance(selection, slice):
+        for bound in (selection.start, selection.stop):
+            if bound is not None and not (isinstance(bound, numbers.Integral)
+                                          and -width <= bound <= width):
+                raise ValueError(
+                    f"{argument}: slice bound {bound!r} is outside the {width} columns of X; "
+                    f"expected integer bounds in [-{width}, {width}]"
+                )
+        positions = np.arange(width)[selection]
+    else:
+        if isinstance(selection, str | bytes) or not _is_list_like(selection):
+            raise ValueError(
+                f"{argument}: expected a list of column indices, a slice, a range or a boolean "
+                f"mask; found {selection!r} (write [{selection!r}] for a single column)"
+            )
+        values = np.asarray(list(selection))
+        if values.dtype.kind == "b":
+            if values.shape != (width,):
+                raise ValueError(
+                    f"{argument}: a boolean mask must have one entry per column of X, "
+                    f"{width}; found shape {values.shape}"
+                )
+            positions = np.flatnonzero(values)
+        elif values.size and values.dtype.kind not in "iu":
+            raise ValueError(
+                f"{argument}: expected integer column indices of X; found {_show(values.tolist())} "
+                f"(dtype {values.dtype})"
+            )
+        else:
+            values = values.astype(np.int64).reshape(-1)
+            outside = values[(values < -width) | (values >= width)]
+            if outside.size:
+                raise ValueError(
+                    f"{argument}: unknown columns {_show(outside.tolist())}; expected indices "
+                    f"in [-{width}, {width}) (X has {width} columns)"
+                )
+            positions = np.where(values < 0, values + width, values)
+    if positions.size == 0:
+        raise ValueError(f"{argument}: expected at least one column; found none")
+    repeated = np.unique(positions[pd.Index(positions).duplicated()])
+    if repeated.size:
+        raise ValueError(
+            f"{argument}: columns {_show(repeated.tolist())} are listed more than once; "
+            "expected each column once"
+        )
+    return positions
+
+
+def _is_list_like(value):
+    return pd.api.types.is_list_like(value)
+
+
+def _hashable(value):
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def check_labels(y, n_rows, num_classes=None, *, require_labelled=False,
+                 require_every_class=False, class_names=None, argument="y") -> np.ndarray:
+    """Check a label vector in the semi-supervised convention (class index, -1 = unlabelled).
+
+    Refused: a length other than ``n_rows`` or more than one dimension; non-integer floats
+    (2.5), NaN and infinities; strings, ``None`` and other objects; bools; values below -1;
+    values >= ``num_classes`` when it is given. Integer-valued floats (1.0) are accepted.
+
+    :param y: labels [N], array-like (list, numpy array, pandas Series, tensor).
+    :param int n_rows: the number of rows N they must label.
+    :param int num_classes: K, when known (e.g. a fitted model's); labels must be < K.
+    :param bool require_labelled: refuse labels with no labelled row (every label -1).
+    :param bool require_every_class: refuse labels where some class 0..K-1 has no labelled
+        row (K = ``num_classes``, else max(y) + 1); implies ``require_labelled``.
+    :param class_names: K names, used in messages only.
+    :param str argument: how messages name the labels (default ``"y"``).
+    :returns: int64 numpy array [N].
+    :raises ValueError: naming ``argument``, what was found and what was expected.
+
+    Examples
+    --------
+    >>> check_labels([0, 1.0, -1], 3).tolist()
+    [0, 1, -1]
+    """
+    if isinstance(n_rows, bool) or not isinstance(n_rows, numbers.Integral) or n_rows < 0:
+        raise ValueError(f"n_rows: expected a non-negative integer; found {n_rows!r}")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(
+            num_classes, numbers.Integral) or num_classes < 1):
+        raise ValueError(f"num_classes: expected a positive integer; found {num_classes!r}")
+    labels = _check_labels(y, int(n_rows), num_classes, argument=argument)
+    if not (require_labelled or require_every_class):
+        return labels
+    labelled = labels[labels >= 0]
+    if labelled.size == 0:
+        raise ValueError(
+            f"{argument}: no row is labelled (all {labels.size} labels are -1); expected at least "
+            "one labelled row (y >= 0) to learn the classes from"
+        )
+    if require_every_class:
+        inferred = num_classes is None
+        num_classes = int(labelled.max()) + 1 if inferred else int(num_classes)
+        present = np.unique(labelled)
+        if present.size < num_classes:
+            # the first few absent classes lie below present.size + _SHOW + 1
+            span = min(num_classes, present.size + _SHOW + 1)
+            absent = np.setdiff1d(np.arange(span), present)[:_SHOW].tolist()
+            more = num_classes - present.size - len(absent)
+            shown = str(absent)[:-1] + (f", ... ({more} more)]" if more else "]")
+            if class_names is not None:
+                names = [str(n) for n in class_names]
+                shown += " (" + ", ".join(repr(names[k]) for k in absent if k < len(names)) + ")"
+            where = (f"the classes are 0..{num_classes - 1}, K = max({argument}) + 1"
+                     if inferred else f"num_classes={num_classes}")
+            counts = ""
+            if num_classes <= 50:
+                counts = (f"; labelled rows per class: "
+                          f"{np.bincount(labelled, minlength=num_classes).tolist()}")
+            raise ValueError(
+                f"{argument}: classes {shown} have no labelled row ({where}{counts}); expected "
+                "at least one labelled row per class"
+            )
+    return labels
