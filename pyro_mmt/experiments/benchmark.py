@@ -1,28 +1,31 @@
-"""The accuracy benchmark of PROTOCOL.md: splits, methods, metrics, mean ± std over seeds.
+"""The accuracy benchmark: splits, methods, metrics, mean ± std over seeds.
 
-A *method* is a function ``fit_predict(split, seed) -> predicted labels of split.test``. The
-registry :data:`METHODS` holds the proposed model, its ablations and the classical baselines of
-BASELINES.md (all on the concatenated views, standardised on the training rows).
+A *method* is a function ``fit_predict(split, seed, dataset, epochs) -> predicted labels of
+split.test``. The registry :data:`METHODS` holds the proposed model, its ablations and the
+baselines of :mod:`pyro_mmt.experiments.baselines` (classical classifiers and a deep
+semi-supervised network, all on the concatenated views standardised on the training rows);
+:func:`run_benchmark` runs a grid of them, :func:`results_table` and :func:`headline_table`
+summarise the runs (paired comparisons: :mod:`pyro_mmt.evaluation.paired`).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
-from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
 
-from pyro_mmt.data import SplitSkippedError, load_dataset, long_tailed_split
+from pyro_mmt.data import DATASETS, SplitSkippedError, load_dataset, long_tailed_split
 from pyro_mmt.data.split import LongTailedSplit
 from pyro_mmt.distributions import prior_expert_scale
 from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
 from pyro_mmt.evaluation.metrics import classification_metrics, summarise
+from pyro_mmt.experiments import baselines
+from pyro_mmt.experiments.baselines import LABELSPREADING_NEIGHBOURS
 
 __all__ = [
     "Method",
@@ -30,6 +33,9 @@ __all__ = [
     "DEFAULT_GRID",
     "TRAINING_EPOCHS",
     "LABELSPREADING_NEIGHBOURS",
+    "CLASSICAL_BASELINES",
+    "DEEP_BASELINES",
+    "COLLAPSE_MARGIN",
     "entropy_weight_w0",
     "run_benchmark",
     "results_table",
@@ -40,10 +46,7 @@ __all__ = [
 #: rows): small data sets get more passes so that every method sees a few hundred SVI steps.
 TRAINING_EPOCHS = {"digits": 40, "breast": 150, "mfeat": 30, "pdspeech": 150, "fmnist": 8}
 
-#: LabelSpreading's n_neighbors per data set, as tuned in BASELINES.md.
-LABELSPREADING_NEIGHBOURS = {"digits": 10, "breast": 5, "mfeat": 5, "pdspeech": 5, "fmnist": 7}
-
-#: PROTOCOL.md's grid: ρ, β and seeds per data set.
+#: The benchmark's grid: ρ, β and seeds per data set.
 DEFAULT_GRID = {
     "digits": {"rho": [10, 50, 100], "beta": [0.05, 0.2], "seeds": [0, 1, 2, 3, 4]},
     "breast": {"rho": [10, 50, 100], "beta": [0.05, 0.2], "seeds": [0, 1, 2, 3, 4]},
@@ -52,7 +55,7 @@ DEFAULT_GRID = {
     "fmnist": {"rho": [100], "beta": [0.05, 0.2], "seeds": [0, 1, 2]},
 }
 
-#: The class-imbalance devices of the model (docs/imbalance.md): class-balanced
+#: The class-imbalance devices of the model: class-balanced
 #: classification term, logit-adjusted classification term, prior shift in the enumeration.
 IMBALANCE_OPTIONS = {"class_weight": "balanced", "logit_adjustment": 1.0,
                      "unlabelled_prior_shift": 1.0}
@@ -60,7 +63,8 @@ IMBALANCE_OPTIONS = {"class_weight": "balanced", "logit_adjustment": 1.0,
 
 def entropy_weight_w0(nu: float, obs_dim: int, latent_dim: int, sigma: float = 1.0) -> float:
     """w0 = ν τ_0/(ν + n − 2): the entropy weight that the γ-objective's regulariser amounts to
-    (MATH.md §6); the Gaussian M2 with β = w0 is its fair KL counterpart."""
+    (the entropy term of the γ-power objective's latent regulariser); the Gaussian M2 with
+    β = w0 is its fair KL counterpart."""
     tau0 = float(prior_expert_scale(nu, float(obs_dim), latent_dim, obs_dim * math.log(sigma**2)))
     return nu * tau0 / (nu + obs_dim - 2)
 
@@ -95,54 +99,8 @@ def _deep(options: dict) -> Callable:
     return fit_predict
 
 
-def _views(split: LongTailedSplit) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenated views standardised on the training rows; missing entries (NaN) become the
-    training mean (0 after standardising)."""
-    scaler = StandardScaler().fit(split.train.concatenated())
-    train = np.nan_to_num(scaler.transform(split.train.concatenated()))
-    test = np.nan_to_num(scaler.transform(split.test.concatenated()))
-    return train, test
-
-
-def _lr(split, seed, dataset, epochs=None):
-    train, test = _views(split)
-    y = split.train.y.numpy()
-    lab = y >= 0
-    clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000, random_state=seed)
-    return clf.fit(train[lab], y[lab]).predict(test)
-
-
-def _labelspread(split, seed, dataset, epochs=None):
-    train, test = _views(split)
-    k = LABELSPREADING_NEIGHBOURS.get(dataset, 7)
-    clf = LabelSpreading(kernel="knn", n_neighbors=k, max_iter=100)
-    return clf.fit(train, split.train.y.numpy()).predict(test)
-
-
-def _selftrain(split, seed, dataset, epochs=None):
-    train, test = _views(split)
-    base = LogisticRegression(class_weight="balanced", max_iter=2000, random_state=seed)
-    clf = SelfTrainingClassifier(base, threshold=0.75)
-    return clf.fit(train, split.train.y.numpy()).predict(test)
-
-
-def _smote_lr(split, seed, dataset, epochs=None):
-    try:
-        from imblearn.over_sampling import SMOTE
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the smote_lr baseline needs imbalanced-learn: pip install 'pyro-mmt[baselines]'"
-        ) from error
-    train, test = _views(split)
-    y = split.train.y.numpy()
-    lab = y >= 0
-    counts = np.bincount(y[lab], minlength=split.train.num_classes)
-    if counts.min() < 2:  # SMOTE interpolates between neighbours: a single row has none
-        return None
-    smote = SMOTE(k_neighbors=min(5, int(counts.min()) - 1), random_state=seed)
-    xs, ys = smote.fit_resample(train[lab], y[lab])
-    clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000, random_state=seed)
-    return clf.fit(xs, ys).predict(test)
+#: Kept for callers of the former private helper; see :func:`baselines.views`.
+_views = baselines.views
 
 
 METHODS: dict[str, Method] = {
@@ -181,12 +139,37 @@ METHODS: dict[str, Method] = {
         "gauss_kl_ens3", "gauss_kl with n_init = 3: q(y | x) averaged over three initialisations",
         _deep({"objective": "kl", "nu": math.inf, "alpha": 1000.0, "n_init": 3,
                **IMBALANCE_OPTIONS}), deep=True),
-    "lr": Method("lr", "logistic regression on labelled rows (class_weight balanced)", _lr),
-    "labelspread": Method("labelspread", "LabelSpreading (knn)", _labelspread),
+    "lr": Method("lr", "logistic regression on labelled rows (class_weight balanced)",
+                 baselines.lr),
+    "la_lr": Method("la_lr", "logistic regression on labelled rows, logits − log π̂ "
+                    "(post-hoc logit adjustment)", baselines.la_lr),
+    "labelspread": Method("labelspread", "LabelSpreading (knn)", baselines.labelspread),
     "selftrain": Method("selftrain", "SelfTraining(LogisticRegression balanced), threshold 0.75",
-                        _selftrain),
-    "smote_lr": Method("smote_lr", "SMOTE on labelled rows + logistic regression", _smote_lr),
+                        baselines.selftrain),
+    "smote_lr": Method("smote_lr", "SMOTE on labelled rows + logistic regression",
+                       baselines.smote_lr),
+    "hgb": Method("hgb", "histogram gradient boosting on labelled rows (class_weight balanced)",
+                  baselines.hgb),
+    "rf": Method("rf", "random forest, 500 trees, on labelled rows (balanced_subsample)",
+                 baselines.rf),
+    "selftrain_hgb": Method("selftrain_hgb", "SelfTraining(gradient boosting balanced), "
+                            "threshold 0.75", baselines.selftrain_hgb),
+    "ssl_mlp": Method("ssl_mlp", "MLP, FixMatch-style with feature noise/dropout views, "
+                      "logit adjustment and distribution alignment (plain PyTorch)",
+                      baselines.ssl_mlp, deep=True),
 }
+
+#: The classical baselines that :func:`headline_table` pools into "best classical".
+CLASSICAL_BASELINES = ("lr", "la_lr", "labelspread", "selftrain", "smote_lr", "hgb", "rf",
+                       "selftrain_hgb")
+
+#: The deep (discriminative) baselines that :func:`headline_table` shows in their own columns.
+DEEP_BASELINES = ("ssl_mlp",)
+
+#: A baseline whose mean balanced accuracy in a setting is within this of 1/K (chance) has
+#: collapsed to (nearly) one class there; :func:`headline_table` leaves it out of the
+#: comparisons of that setting.
+COLLAPSE_MARGIN = 0.05
 
 
 def run_benchmark(
@@ -201,8 +184,11 @@ def run_benchmark(
 ) -> pd.DataFrame:
     """Run every (data set, ρ, β, seed, method) of the grid; one row of metrics per run.
 
-    Settings that PROTOCOL.md skips (a class with fewer than 5 training rows) are left out and
-    reported through ``progress``. ``epochs`` overrides :data:`TRAINING_EPOCHS` (smoke runs).
+    Settings that the split rule skips (a class with fewer than 5 training rows) are left out
+    and reported through ``progress``. ``epochs`` overrides :data:`TRAINING_EPOCHS` (smoke
+    runs). Each row has the keys dataset, rho, beta, seed, method, n_labelled, num_classes
+    (K), the five metrics of :func:`classification_metrics` (NaN when the method could not run
+    on the split) and seconds.
     """
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -230,7 +216,8 @@ def _run_one(name, split, rho, beta, seed, method, epochs, progress):
     tic = time.perf_counter()
     pred = method.fit_predict(split, seed, name, epochs)
     row = {"dataset": name, "rho": rho, "beta": beta, "seed": seed, "method": method.name,
-           "n_labelled": int(split.labelled_class_counts.sum())}
+           "n_labelled": int(split.labelled_class_counts.sum()),
+           "num_classes": int(split.train.num_classes)}
     if pred is None:
         row.update({m: np.nan for m in ("accuracy", "balanced_accuracy", "macro_f1", "g_mean",
                                          "minority_recall")})
@@ -245,7 +232,7 @@ def _run_one(name, split, rho, beta, seed, method, epochs, progress):
 
 
 def results_table(results: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """Mean ± std over seeds per (data set, ρ, β, method), as in BASELINES.md."""
+    """Mean ± std over seeds per (data set, ρ, β, method)."""
     metrics = ["balanced_accuracy", "macro_f1", "g_mean", "minority_recall"]
     table = summarise(results, by=["dataset", "rho", "beta", "method"], metrics=metrics,
                       digits=digits)
@@ -254,17 +241,62 @@ def results_table(results: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
 
 
 def headline_table(results: pd.DataFrame, ours: str = "t_gamma",
-                   classical: Iterable[str] = ("lr", "labelspread", "selftrain", "smote_lr"),
-                   others: Iterable[str] = ("gauss_kl",)) -> pd.DataFrame:
-    """One row per (data set, ρ, β): our method, the other deep methods and the best classical
-    baseline (the one with the highest mean balanced accuracy in that setting), each as
-    "balanced accuracy / minority recall" (mean ± std over seeds), and whether ours is at least
-    as good as every classical baseline on each metric (naming the one that beats it if not)."""
-    rows = []
+                   classical: Iterable[str] = CLASSICAL_BASELINES,
+                   others: Iterable[str] = ("gauss_kl",),
+                   deep_baselines: Iterable[str] = DEEP_BASELINES,
+                   num_classes: int | Mapping[str, int] | None = None) -> pd.DataFrame:
+    """One row per (data set, ρ, β) setting: our method against the baselines.
+
+    Each method is shown as "balanced accuracy / minority recall", mean ± std (ddof 0) over
+    seeds. Columns: ``dataset``, ``rho``, ``beta``, ``seeds`` (our runs' seeds), ``ours``, one
+    column per method of ``others`` (other deep models, for context) and of
+    ``deep_baselines`` present in the setting, ``"best classical"`` ("name: cell", the
+    classical baseline with the highest mean balanced accuracy), ``"ours ≥ classical (bacc)"``
+    and ``"ours ≥ classical (minority)"`` ("yes", or "no (name)" naming the classical baseline
+    with the highest mean of that metric, which beats ours), the same two comparisons against
+    the deep baselines (``"ours ≥ deep baselines (bacc)"``, ``"ours ≥ deep baselines
+    (minority)"``, when one is present) and ``"collapsed"`` (the baselines set aside, see below,
+    comma-separated; empty when none).
+
+    **Collapse rule.** A baseline whose mean balanced accuracy in a setting lies within
+    :data:`COLLAPSE_MARGIN` = 0.05 of 1/K (K classes) predicts (nearly) a single class there:
+    its minority recall is then 1.0 or 0.0 by construction, not by merit. Such a baseline (a
+    tree ensemble with one labelled row in the tail classes, typically) is left out of "best
+    classical" and of every "ours ≥" comparison of that setting and listed in "collapsed"; its
+    own column, for a deep baseline, is still shown. K comes from ``num_classes`` when given,
+    else from the ``num_classes`` column of ``results`` (written by :func:`run_benchmark`),
+    else from :data:`pyro_mmt.data.DATASETS` for a known data set name; when K is unknown the
+    rule is not applied.
+
+    Baselines with a NaN mean (e.g. smote_lr, which cannot run with a single labelled row in a
+    class) are left out as well. For per-split wins, ties and losses with a signed-rank test,
+    see :func:`pyro_mmt.evaluation.paired.paired_comparison` and ``win_table``.
+
+    :param pandas.DataFrame results: one row per run, as :func:`run_benchmark` returns (at
+        least dataset, rho, beta, seed, method, balanced_accuracy, minority_recall).
+    :param str ours: our method's name; settings without it are left out.
+    :param classical: classical baselines pooled into "best classical".
+    :param others: other deep models shown beside ours, not compared.
+    :param deep_baselines: deep baselines shown in their own columns and compared with ours.
+    :param num_classes: K, as one int for every data set or a mapping data set -> K.
+    :returns: pandas.DataFrame, one row per setting (in the order of first appearance).
+    """
     keys = ["dataset", "rho", "beta"]
+    required = [*keys, "seed", "method", "balanced_accuracy", "minority_recall"]
+    missing = [c for c in required if c not in results.columns]
+    if missing:
+        raise ValueError(f"results: missing columns {missing}; expected at least {required}")
+    classical, others, deep_baselines = list(classical), list(others), list(deep_baselines)
+    if num_classes is not None and not isinstance(num_classes, Mapping) and (
+            isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral)
+            or num_classes < 2):
+        raise ValueError(f"num_classes: expected an int >= 2, a mapping data set -> K or None; "
+                         f"found {num_classes!r}")
+    rows = []
+    metrics = ["balanced_accuracy", "minority_recall"]
     for key, group in results.groupby(keys, sort=False):
-        means = group.groupby("method")[["balanced_accuracy", "minority_recall"]].mean()
-        stds = group.groupby("method")[["balanced_accuracy", "minority_recall"]].std(ddof=0)
+        means = group.groupby("method")[metrics].mean()
+        stds = group.groupby("method")[metrics].std(ddof=0)
         if ours not in means.index:
             continue
         row = dict(zip(keys, key, strict=True))
@@ -275,18 +307,51 @@ def headline_table(results: pd.DataFrame, ours: str = "t_gamma",
             return (f"{m['balanced_accuracy']:.3f} ± {s['balanced_accuracy']:.3f} / "
                     f"{m['minority_recall']:.3f} ± {s['minority_recall']:.3f}")
 
+        k = _num_classes(key[0], group, num_classes)
+
+        def usable(method, means=means):
+            return method in means.index and bool(means.loc[method].notna().all())
+
+        def collapsed(method, means=means, k=k):
+            return k is not None and \
+                abs(means.loc[method, "balanced_accuracy"] - 1.0 / k) <= COLLAPSE_MARGIN
+
         row[ours] = cell(ours)
-        for method in others:
-            if method in means.index:
+        for method in others + deep_baselines:
+            if method in means.index and method != ours:
                 row[method] = cell(method)
-        present = [m for m in classical if m in means.index and means.loc[m].notna().all()]
-        if present:
-            best = max(present, key=lambda m: means.loc[m, "balanced_accuracy"])
+        set_aside = []
+        pools = {}
+        for label, pool in (("classical", classical), ("deep baselines", deep_baselines)):
+            present = [m for m in pool if m != ours and usable(m)]
+            set_aside += [m for m in present if collapsed(m)]
+            pools[label] = [m for m in present if not collapsed(m)]
+        if pools["classical"]:
+            best = max(pools["classical"], key=lambda m: means.loc[m, "balanced_accuracy"])
             row["best classical"] = f"{best}: {cell(best)}"
-            for metric, label in (("balanced_accuracy", "ours ≥ classical (bacc)"),
-                                  ("minority_recall", "ours ≥ classical (minority)")):
+        for label, present in pools.items():
+            if not present:
+                continue
+            for metric, short in (("balanced_accuracy", "bacc"), ("minority_recall", "minority")):
                 top = max(present, key=lambda m, metric=metric: means.loc[m, metric])
-                row[label] = ("yes" if means.loc[ours, metric] >= means.loc[top, metric]
-                              else f"no ({top})")
+                row[f"ours ≥ {label} ({short})"] = (
+                    "yes" if means.loc[ours, metric] >= means.loc[top, metric] else f"no ({top})")
+        row["collapsed"] = ", ".join(set_aside)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _num_classes(dataset, group: pd.DataFrame, num_classes) -> int | None:
+    """K of a setting: the argument, the results' num_classes column or the data set's entry
+    of DATASETS; None when unknown."""
+    if isinstance(num_classes, Mapping):
+        if dataset in num_classes:
+            return int(num_classes[dataset])
+    elif num_classes is not None:
+        return int(num_classes)
+    if "num_classes" in group.columns:
+        known = group["num_classes"].dropna()
+        if len(known):
+            return int(known.iloc[0])
+    info = DATASETS.get(dataset) if isinstance(dataset, str) else None
+    return None if info is None else int(info.num_classes)
