@@ -1,5 +1,6 @@
 """Multimodal, partially labelled data: the data set, its mini-batches, standardisation, the
-benchmark's data sets and its long-tailed splits.
+benchmark's data sets, its long-tailed splits and validation folds, and the conversion and
+checking of user input (X, y).
 
 The data contract: a mapping modality-name -> array [N, n_j] plus integer labels y, -1 for
 unlabelled; a row that is entirely NaN in one modality marks that modality missing for that
@@ -20,9 +21,11 @@ from pyro_mmt.data.loaders import (
 )
 from pyro_mmt.data.split import (
     MIN_TRAIN_PER_CLASS,
+    UNLABELLED_MIXES,
     LongTailedSplit,
     SplitSkippedError,
     long_tailed_split,
+    validation_folds,
 )
 from pyro_mmt.data.standardise import Standardiser
 
@@ -36,6 +39,7 @@ __all__ = [
     "MultimodalDataset",
     "SplitSkippedError",
     "Standardiser",
+    "UNLABELLED_MIXES",
     "as_modality_mapping",
     "check_labels",
     "load_breast",
@@ -45,4 +49,5 @@ __all__ = [
     "load_mfeat",
     "load_pdspeech",
     "long_tailed_split",
+    "validation_folds",
 ]

@@ -1,4 +1,5 @@
-"""The benchmark's long-tailed, partially labelled splits (PROTOCOL.md, "Splits")."""
+"""The benchmark's long-tailed, partially labelled train/test splits, and validation folds of
+a training set for choosing settings without touching the test rows."""
 
 from __future__ import annotations
 
@@ -10,14 +11,25 @@ import numpy as np
 
 from pyro_mmt.data.dataset import MultimodalDataset
 
-__all__ = ["LongTailedSplit", "SplitSkippedError", "long_tailed_split", "MIN_TRAIN_PER_CLASS"]
+__all__ = [
+    "LongTailedSplit",
+    "MIN_TRAIN_PER_CLASS",
+    "SplitSkippedError",
+    "UNLABELLED_MIXES",
+    "long_tailed_split",
+    "validation_folds",
+]
 
-#: A ρ is skipped when some class would keep fewer training rows than this (PROTOCOL.md).
+#: A ρ is skipped when some class would keep fewer training rows than this: with fewer, a
+#: class's labelled and unlabelled parts become too small to say anything.
 MIN_TRAIN_PER_CLASS = 5
 
 # floor() of a product that is mathematically an integer can land just below it in floating
 # point (e.g. 150 · 10^(-9/9)); this guard keeps such values on the integer.
 _FLOOR_GUARD = 1e-9
+
+#: The class mixes of the unlabelled training rows that :func:`long_tailed_split` can draw.
+UNLABELLED_MIXES = ("same", "uniform", "reversed")
 
 
 def _floor(value: float) -> int:
@@ -42,9 +54,13 @@ class LongTailedSplit:
     train_labels : numpy.ndarray
         True labels of the training rows [N_train], labelled or not (for diagnostics only).
     train_class_counts : numpy.ndarray
-        n_k, training rows per class (labelled + unlabelled), int64 [K].
+        n_k, the long-tailed class sizes, int64 [K]: they set the labelled counts and rank the
+        classes (head to tail; the minority classes of the metrics are the smallest n_k). With
+        ``unlabelled="same"`` they are also the training rows per class; with another mix the
+        training rows per class are ``labelled_class_counts + unlabelled_class_counts``
+        (:attr:`training_rows_per_class`).
     labelled_class_counts : numpy.ndarray
-        max(1, floor(β n_k)), labelled training rows per class, int64 [K].
+        L_k = max(1, floor(β n_k)), labelled training rows per class, int64 [K].
     head_order : numpy.ndarray
         Class indices by rank: ``head_order[0]`` is the head class, ``head_order[-1]`` the tail.
     train_index, test_index : numpy.ndarray
@@ -53,6 +69,13 @@ class LongTailedSplit:
         The imbalance ratio ρ and the labelled fraction β.
     seed : int
         The seed of ``numpy.random.default_rng`` that drew the split.
+    unlabelled : str
+        The class mix of the unlabelled rows: ``"same"``, ``"uniform"`` or ``"reversed"``
+        (see :func:`long_tailed_split`).
+    unlabelled_class_counts : numpy.ndarray
+        U_k, the true number of unlabelled training rows per class, int64 [K] (hidden from a
+        method; kept to score a method that estimates the unlabelled class mix, e.g. by the
+        total variation distance between the estimated and the true proportions).
     """
 
     train: MultimodalDataset
@@ -66,6 +89,26 @@ class LongTailedSplit:
     rho: float
     beta: float
     seed: int
+    unlabelled: str = "same"
+    unlabelled_class_counts: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.unlabelled_class_counts is None:
+            self.unlabelled_class_counts = self.train_class_counts - self.labelled_class_counts
+
+    @property
+    def training_rows_per_class(self) -> np.ndarray:
+        """Training rows per class, labelled + unlabelled, int64 [K]."""
+        return self.labelled_class_counts + self.unlabelled_class_counts
+
+    @property
+    def unlabelled_class_proportions(self) -> np.ndarray:
+        """U_k / Σ_k U_k, the true class mix of the unlabelled rows, float64 [K] (NaN when
+        there is no unlabelled row)."""
+        total = self.unlabelled_class_counts.sum()
+        if total == 0:
+            return np.full(self.unlabelled_class_counts.shape, np.nan)
+        return self.unlabelled_class_counts / total
 
     @property
     def imbalance_ratio(self) -> float:
@@ -74,9 +117,9 @@ class LongTailedSplit:
         return float(self.train_class_counts.max() / self.train_class_counts.min())
 
 
-def long_tailed_split(dataset: MultimodalDataset, rho: float, beta: float,
-                      seed: int) -> LongTailedSplit:
-    """Draw the protocol's long-tailed, partially labelled train/test split.
+def long_tailed_split(dataset: MultimodalDataset, rho: float, beta: float, seed: int,
+                      unlabelled: str = "same") -> LongTailedSplit:
+    """Draw the benchmark's long-tailed, partially labelled train/test split.
 
     With K classes, class counts c_k in the pooled, fully labelled ``dataset`` and
     ``rng = numpy.random.default_rng(seed)``:
@@ -84,26 +127,43 @@ def long_tailed_split(dataset: MultimodalDataset, rho: float, beta: float,
     1. **Test set.** t = min(floor(c_min / 4), 1000) rows per class, drawn at random: each
        class's rows are permuted (in class order), the first t go to the test set and the rest
        form the class's pool P_k, in that random order. The test set depends only on the seed,
-       never on ρ or β.
-    2. **Long-tailed training set.**
+       never on ρ, β or the unlabelled mix.
+    2. **Long-tailed class sizes.**
 
        - K > 2: a random order of the classes is drawn (``rng.permutation(K)``); the class with
-         rank r_k keeps n_k = floor(n_max · ρ^(−r_k/(K−1))) rows, n_max = min_k |P_k| (the
+         rank r_k gets n_k = floor(n_max · ρ^(−r_k/(K−1))) rows, n_max = min_k |P_k| (the
          smallest pool). Rank 0 is the head (n_max rows), rank K−1 the tail (floor(n_max/ρ)).
        - K = 2: the natural majority (more rows in ``dataset``; ties go to the lower class
-         index) is the head and keeps its whole pool, n_head = |P_head|; the minority keeps
+         index) is the head and keeps its whole pool, n_head = |P_head|; the minority gets
          n_minor = min(|P_minor|, floor(n_head/ρ)), i.e. its whole pool when the natural ratio
-         already exceeds ρ. (PROTOCOL.md writes floor(n_max/ρ); n_max is read here as the
-         head's count, as in the K > 2 rule, since that is the reading that gives its stated
-         "breast ρ ≤ 50" — with the smallest pool, breast would allow only ρ ≤ 31.)
+         already exceeds ρ. (The tail size floor(n_max/ρ) uses the head's count as n_max, as
+         in the K > 2 rule; with the smallest pool as n_max the breast cancer data would allow
+         only ρ ≤ 31 instead of 50.)
 
-       Class k's training rows are the first n_k rows of P_k; the rest of the pool is
-       discarded (not added as unlabelled data).
-    3. **Labels.** In each class the first m_k = max(1, floor(β n_k)) training rows (a uniformly
-       random subset, P_k being in random order) keep their labels; the others get y = −1.
+    3. **Labels.** In each class the first L_k = max(1, floor(β n_k)) rows of P_k (a uniformly
+       random subset, P_k being in random order) are the labelled training rows.
+    4. **Unlabelled rows.** The class mix of the unlabelled training rows is set by
+       ``unlabelled``; R_k = |P_k| − L_k is the class's remaining pool (its rows neither in
+       the test set nor labelled), in its random order:
 
-    Because the draws do not depend on ρ and β, splits of one seed are nested: a larger ρ
-    keeps a subset of the training rows of a smaller one, and a larger β labels a superset.
+       - ``"same"`` (default): U_k = n_k − L_k, the next rows of P_k after the labelled ones,
+         so the unlabelled rows follow the labelled rows' long tail. The splits are exactly
+         those of the earlier versions of this function, for every seed.
+       - ``"uniform"``: U_k = min(R_k, floor((1/K) Σ_k (n_k − L_k))): about as many unlabelled
+         rows as with ``"same"`` in total, spread evenly over the classes (fewer where a
+         class's remaining pool is too small).
+       - ``"reversed"``: U_k = min(R_k, n_k' − L_k') where k' is the class of reversed rank
+         (the head takes the tail's unlabelled count and vice versa, in the seed's class
+         order ``head_order``): the unlabelled rows are long-tailed the other way round.
+
+       For ``"uniform"`` and ``"reversed"`` the unlabelled rows of class k are the first U_k
+       rows of its remaining pool, a uniformly random subset drawn with the seed (no further
+       random numbers are drawn, so the labelled rows and the test set are those of
+       ``"same"``). The rest of each pool is discarded (it is not used as unlabelled data).
+
+    Because the draws do not depend on ρ and β, splits of one seed are nested: with
+    ``"same"``, a larger ρ keeps a subset of the training rows of a smaller one, and a larger β
+    labels a superset.
 
     Parameters
     ----------
@@ -114,29 +174,38 @@ def long_tailed_split(dataset: MultimodalDataset, rho: float, beta: float,
     beta : float
         Labelled fraction 0 < β <= 1.
     seed : int
-        Non-negative seed; the split is a deterministic function of (dataset, ρ, β, seed).
+        Non-negative seed; the split is a deterministic function of
+        (dataset, ρ, β, seed, unlabelled).
+    unlabelled : str
+        The class mix of the unlabelled rows: ``"same"``, ``"uniform"`` or ``"reversed"``.
 
     Returns
     -------
     LongTailedSplit
+        With ``unlabelled_class_counts`` holding the true U_k.
 
     Raises
     ------
     SplitSkippedError
         (a ``ValueError``) when some class would keep fewer than ``MIN_TRAIN_PER_CLASS`` = 5
-        training rows: the protocol skips that ρ. The message names the class and its count.
+        training rows (n_k < 5): that ρ is skipped for the data set. The message names the
+        class and its count.
     ValueError
         For unlabelled rows in ``dataset``, a class with no rows, K < 2, ρ < 1, β outside
-        (0, 1], or a negative or non-integer seed.
+        (0, 1], a negative or non-integer seed, or an unknown ``unlabelled`` mix.
     """
     if not isinstance(dataset, MultimodalDataset):
         raise ValueError(f"dataset: expected a MultimodalDataset; found {type(dataset).__name__}")
+    if not isinstance(unlabelled, str) or unlabelled not in UNLABELLED_MIXES:
+        raise ValueError(
+            f"unlabelled: expected one of {list(UNLABELLED_MIXES)}; found {unlabelled!r}"
+        )
     y = dataset.y.numpy()
-    unlabelled = int((y < 0).sum())
-    if unlabelled:
+    hidden = int((y < 0).sum())
+    if hidden:
         raise ValueError(
             f"dataset: expected every row labelled (the split chooses which labels to hide); "
-            f"found {unlabelled} unlabelled rows"
+            f"found {hidden} unlabelled rows"
         )
     if isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not rho >= 1 or \
             not math.isfinite(rho):
@@ -197,8 +266,21 @@ def long_tailed_split(dataset: MultimodalDataset, rho: float, beta: float,
         [max(1, _floor(float(beta) * n)) for n in train_counts], dtype=np.int64
     )
 
-    train_index = np.sort(np.concatenate([pools[k][:train_counts[k]]
-                                          for k in range(num_classes)]))
+    # 4. unlabelled rows: the next rows of each pool after the labelled ones
+    same_counts = train_counts - labelled_counts
+    remaining = pool_sizes - labelled_counts
+    if unlabelled == "same":
+        unlabelled_counts = same_counts
+    elif unlabelled == "uniform":
+        unlabelled_counts = np.minimum(remaining, same_counts.sum() // num_classes)
+    else:  # "reversed": the class of rank r takes the count of the class of rank K-1-r
+        partner = np.empty(num_classes, dtype=np.int64)
+        partner[head_order] = head_order[::-1]
+        unlabelled_counts = np.minimum(remaining, same_counts[partner])
+    unlabelled_counts = unlabelled_counts.astype(np.int64)
+
+    used = labelled_counts + unlabelled_counts
+    train_index = np.sort(np.concatenate([pools[k][:used[k]] for k in range(num_classes)]))
     labelled_index = np.concatenate([pools[k][:labelled_counts[k]] for k in range(num_classes)])
     test_index = np.sort(np.concatenate(test_rows))
 
@@ -220,4 +302,86 @@ def long_tailed_split(dataset: MultimodalDataset, rho: float, beta: float,
         rho=float(rho),
         beta=float(beta),
         seed=int(seed),
+        unlabelled=unlabelled,
+        unlabelled_class_counts=unlabelled_counts,
     )
+
+
+def _check_count(value, argument, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{argument}: expected an integer >= {minimum}; found {value!r}")
+    return int(value)
+
+
+def validation_folds(dataset: MultimodalDataset, n_splits: int = 5, n_repeats: int = 1,
+                     seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Validation folds of a partially labelled training set, for choosing settings without
+    looking at a test set.
+
+    The labelled rows are split by stratified K-fold (scikit-learn's
+    ``RepeatedStratifiedKFold``, ``random_state=seed``), so every fold's validation rows
+    follow the labelled class mix. Three rules keep the folds usable for semi-supervised,
+    long-tailed data:
+
+    - K = min(``n_splits``, the smallest labelled count among the classes with at least two
+      labelled rows): every such class has a validation row in every fold and keeps at least
+      one labelled training row.
+    - A class with a single labelled row is never validated: that row stays in the training
+      part of every fold (removing it would leave the class with no label to learn from).
+    - Every unlabelled row is in the training part of every fold (unlabelled rows cannot be
+      scored, and a semi-supervised method learns from them).
+
+    A fold's validation rows are never in its training part, and no row outside ``dataset``
+    is used: split off the test set first (e.g. with :func:`long_tailed_split`) and pass
+    ``split.train``.
+
+    Parameters
+    ----------
+    dataset : MultimodalDataset
+        The training data, y = -1 for unlabelled rows.
+    n_splits : int
+        The number of folds wanted, >= 2 (fewer when a validated class has fewer labelled rows,
+        see above; the length of the result tells).
+    n_repeats : int
+        Repetitions of the K-fold split with different random partitions, >= 1.
+    seed : int
+        Non-negative seed; the folds are a deterministic function of (dataset, n_splits,
+        n_repeats, seed).
+
+    Returns
+    -------
+    list of (numpy.ndarray, numpy.ndarray)
+        K · ``n_repeats`` pairs ``(train_rows, validation_rows)`` of sorted int64 positions in
+        ``dataset`` (index it with ``dataset[rows]``), repeat by repeat. Within a repeat every
+        labelled row of a validated class is a validation row exactly once.
+
+    Raises
+    ------
+    ValueError
+        For a bad argument, or when fewer than two classes have at least two labelled rows
+        (there is nothing to compare a class with).
+    """
+    from sklearn.model_selection import RepeatedStratifiedKFold
+
+    if not isinstance(dataset, MultimodalDataset):
+        raise ValueError(f"dataset: expected a MultimodalDataset; found {type(dataset).__name__}")
+    n_splits = _check_count(n_splits, "n_splits", 2)
+    n_repeats = _check_count(n_repeats, "n_repeats", 1)
+    seed = _check_count(seed, "seed", 0)
+    y = dataset.y.numpy()
+    counts = np.bincount(y[y >= 0], minlength=dataset.num_classes)
+    validated = np.flatnonzero(counts >= 2)
+    if validated.size < 2:
+        raise ValueError(
+            f"dataset: expected at least 2 classes with 2 or more labelled rows to validate on; "
+            f"found {validated.size} (labelled rows per class: {counts.tolist()})"
+        )
+    k = min(n_splits, int(counts[validated].min()))
+    rows = np.flatnonzero(np.isin(y, validated))  # labelled rows of the validated classes
+    always = np.flatnonzero(~np.isin(y, validated))  # unlabelled rows and singleton classes
+    splitter = RepeatedStratifiedKFold(n_splits=k, n_repeats=n_repeats, random_state=seed)
+    folds = []
+    for train, validation in splitter.split(np.zeros((rows.size, 1)), y[rows]):
+        folds.append((np.sort(np.concatenate([rows[train], always])).astype(np.int64),
+                      np.sort(rows[validation]).astype(np.int64)))
+    return folds
