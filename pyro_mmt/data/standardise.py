@@ -1,4 +1,4 @@
-"""Per-modality standardisation fitted on training rows only (PROTOCOL.md, splits step 1)."""
+"""Per-modality standardisation, fitted on the training rows only (never on test rows)."""
 
 from __future__ import annotations
 

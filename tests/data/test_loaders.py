@@ -57,7 +57,7 @@ def test_breast():
     _check_against_info(ds, "breast")
     assert ds.modalities == ("mean", "se", "worst")
     assert ds.class_names == ("malignant", "benign")
-    assert ds.class_counts().tolist() == [212, 357]  # PROTOCOL: 357 benign : 212 malignant
+    assert ds.class_counts().tolist() == [212, 357]  # 357 benign : 212 malignant
     raw = load_breast_cancer()
     assert raw.feature_names[10] == "radius error" and raw.feature_names[20] == "worst radius"
     np.testing.assert_allclose(ds.x["se"].numpy(), raw.data[:, 10:20], rtol=1e-6)
