@@ -63,3 +63,13 @@ def test_w0_times_sigma2_is_one_over_2_pi_e_at_large_n():
 def test_registry_describes_every_method():
     for name, method in METHODS.items():
         assert method.name == name and method.description
+
+
+def test_run_benchmark_records_the_number_of_classes():
+    from pyro_mmt.experiments.benchmark import run_benchmark
+
+    results = run_benchmark(["breast"], ["la_lr", "smote_lr"], rhos=[10], betas=[0.05],
+                            seeds=[0], progress=None)
+    assert results["num_classes"].tolist() == [2, 2]
+    assert results["balanced_accuracy"].iloc[0] > 0.5
+    assert np.isnan(results["balanced_accuracy"].iloc[1])  # SMOTE: one labelled minority row
