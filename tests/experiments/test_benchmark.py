@@ -1,5 +1,5 @@
 """The benchmark's bookkeeping: the headline table picks the best classical baseline per setting
-and says whether ours is best; w0 matches MATH.md §6; the explicit-γ method resolves its γ."""
+and says whether ours is best; w0 matches its closed form; the explicit-γ method resolves its γ."""
 
 import math
 
@@ -55,7 +55,7 @@ def test_w0_matches_math_table(n, d, expected):
 
 
 def test_w0_times_sigma2_is_one_over_2_pi_e_at_large_n():
-    # MATH.md §6: for n >= 649 and nu <= 10, w0 sigma^2 is 1/(2 pi e) within 5%
+    # for n >= 649 and nu <= 10, w0 sigma^2 is 1/(2 pi e) within 5%
     for nu in (2.5, 5.0, 10.0):
         assert entropy_weight_w0(nu, 784, 16) == pytest.approx(1 / (2 * math.pi * math.e), rel=0.05)
 
