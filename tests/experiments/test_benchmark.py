@@ -1,5 +1,5 @@
 """The benchmark's bookkeeping: the headline table picks the best classical baseline per setting
-and says whether ours is best; w0 matches its closed form; the explicit-γ method resolves its γ."""
+and says whether ours is best; w0 matches its tabulated values; the explicit-γ method resolves its γ."""
 
 import math
 
