@@ -11,9 +11,9 @@ import pandas as pd
 import torch
 
 from pyro_mmt.data import load_dataset, long_tailed_split
-from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
+from pyro_mmt.estimator import IMBALANCE_OPTIONS, MultimodalSemiSupervisedClassifier
 from pyro_mmt.evaluation.metrics import classification_metrics
-from pyro_mmt.experiments.benchmark import IMBALANCE_OPTIONS, TRAINING_EPOCHS
+from pyro_mmt.experiments.benchmark import TRAINING_EPOCHS
 
 
 def main(args):

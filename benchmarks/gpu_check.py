@@ -2,7 +2,7 @@
 
 A short prepared check for a machine with a CUDA GPU (under 5 minutes on one H100):
 
-1. **numbers** — the model, guide and GammaPowerELBO on the GPU give the CPU's loss and
+1. **numbers** — the model (with its guide) and GammaPowerELBO on the GPU give the CPU's loss and
    gradients (float64: relative difference < 1e-9; float32: < 1e-4). The draws of z cannot
    match across devices, so both runs replay the same z (drawn on the CPU) in the guide;
    everything else (networks, fusion, closed forms, enumeration) runs on each device;
@@ -49,9 +49,9 @@ _OURS = ("pyro_mmt", "models", "guides", "benchmarks")
 
 
 # ------------------------------------------------------------------------------------ numbers
-def _latent_draw(model, guide, batch) -> torch.Tensor:
+def _latent_draw(m2, batch) -> torch.Tensor:
     """z drawn by the guide (labels enumerated as GammaPowerELBO enumerates them)."""
-    guide_fn = EnumMessenger(first_available_dim=-2)(guide.guide)
+    guide_fn = EnumMessenger(first_available_dim=-2)(m2.guide)
     trace = pyro.poutine.trace(guide_fn).get_trace(batch.x, batch.mask, batch.y)
     return trace.nodes["z"]["value"].detach()
 
@@ -62,14 +62,11 @@ def _with_z(guide_fn, z):
     return pyro.poutine.replay(guide_fn, trace=trace)
 
 
-def _loss_and_grads(model, guide, batch, z):
+def _loss_and_grads(m2, batch, z):
     pyro.clear_param_store()
-    loss = make_objective().differentiable_loss(model.model, _with_z(guide.guide, z),
+    loss = make_objective().differentiable_loss(m2.model, _with_z(m2.guide, z),
                                                 batch.x, batch.mask, batch.y)
-    params = dict(itertools.chain(
-        (("model." + k, v) for k, v in model.named_parameters()),
-        (("guide." + k, v) for k, v in guide.named_parameters()),
-        (("classifier." + k, v) for k, v in guide.classifier.named_parameters())))
+    params = dict(m2.named_parameters())
     grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
     return loss.detach(), {k: g for k, g in zip(params, grads, strict=True) if g is not None}
 
@@ -83,16 +80,14 @@ def check_numbers(device: str, dtype: torch.dtype, *, hidden=(256,), latent_dim=
     try:
         for name, labelled in itertools.product(DIMS, (True, False)):
             dims = DIMS[name]
-            model, guide = build(dims, 10, hidden=hidden, latent_dim=latent_dim)
+            m2 = build(dims, 10, hidden=hidden, latent_dim=latent_dim)
             batch = random_batch(dims, batch_size, 10, labelled=labelled)
             batch.x = {m: v.to(dtype) for m, v in batch.x.items()}
             pyro.set_rng_seed(0)
-            z = _latent_draw(model, guide, batch)
-            loss_cpu, grads_cpu = _loss_and_grads(model, guide, batch, z)
-            model_d, guide_d = build(dims, 10, hidden=hidden, latent_dim=latent_dim,
-                                     device=device)
-            loss_dev, grads_dev = _loss_and_grads(model_d, guide_d, batch_to(batch, device),
-                                                  z.to(device))
+            z = _latent_draw(m2, batch)
+            loss_cpu, grads_cpu = _loss_and_grads(m2, batch, z)
+            m2_d = build(dims, 10, hidden=hidden, latent_dim=latent_dim, device=device)
+            loss_dev, grads_dev = _loss_and_grads(m2_d, batch_to(batch, device), z.to(device))
             grad_err = max(float((grads_dev[k].cpu() - g).norm() / g.norm().clamp_min(1e-30))
                            for k, g in grads_cpu.items())
             rows.append({"dims": name, "labelled": labelled, "dtype": str(dtype).split(".")[-1],
@@ -114,12 +109,12 @@ def time_steps(device: str, *, hidden=(256,), latent_dim=32, batch_sizes=(256, 1
         dims = DIMS[name]
         steps = {}
         for where in dict.fromkeys(("cpu", device)):
-            model, guide = build(dims, 10, hidden=hidden, latent_dim=latent_dim, device=where)
+            m2 = build(dims, 10, hidden=hidden, latent_dim=latent_dim, device=where)
             batch = batch_to(random_batch(dims, b, 10, labelled=labelled), where)
             tag = "cpu" if where == "cpu" else "dev"
-            for key, fn in ((f"{tag}_plain", plain_step(model, guide)),
-                            (f"{tag}_pyro", pyro_step(model, guide)),
-                            (f"{tag}_pyro_noval", pyro_step(model, guide, validation=False))):
+            for key, fn in ((f"{tag}_plain", plain_step(m2)),
+                            (f"{tag}_pyro", pyro_step(m2)),
+                            (f"{tag}_pyro_noval", pyro_step(m2, validation=False))):
                 steps[key] = lambda fn=fn, batch=batch: fn(batch)
         timings = interleaved(steps, rounds=rounds, repeats=repeats, warmup=2)
         row = {"dims": name, "labelled": labelled, "batch": b, "K": 10, "device": device}
@@ -172,9 +167,9 @@ def check_traffic(device: str, *, hidden=(256,), latent_dim=32, batch_size=256) 
     out = {"copies": [], "cpu_tensors": []}
     for name, labelled, validation in itertools.product(DIMS, (True, False), (True, False)):
         dims = DIMS[name]
-        model, guide = build(dims, 10, hidden=hidden, latent_dim=latent_dim, device=device)
+        m2 = build(dims, 10, hidden=hidden, latent_dim=latent_dim, device=device)
         batch = batch_to(random_batch(dims, batch_size, 10, labelled=labelled), device)
-        step = pyro_step(model, guide, validation=validation)
+        step = pyro_step(m2, validation=validation)
         for _ in range(2):
             step(batch)
         torch.cuda.synchronize()
@@ -206,8 +201,8 @@ def data_copy_cost(device: str, *, batch_size=256) -> list[dict]:
     for name in DIMS:
         dims = DIMS[name]
         host = random_batch(dims, batch_size, 10, labelled=False)
-        model, guide = build(dims, 10, device=device)
-        step = pyro_step(model, guide, validation=False)
+        m2 = build(dims, 10, device=device)
+        step = pyro_step(m2, validation=False)
         resident = batch_to(host, device)
         timings = interleaved({
             "copy": lambda host=host: (batch_to(host, device), torch.cuda.synchronize()),

@@ -5,7 +5,7 @@ same networks take interleaved steps (``benchmarks/timing.py``) with
 
 - ``plain``: the loss written directly in PyTorch (``benchmarks/plain_step.py``), one
   ``torch.optim.Adam(fused=True)``: the reference;
-- ``pyro``: ``SVI(model.model, guide.guide, MultiTensorAdam, GammaPowerELBO())`` stepped as
+- ``pyro``: ``SVI(m2.model, m2.guide, MultiTensorAdam, GammaPowerELBO())`` stepped as
   the training loop steps it, Pyro validation on (its default);
 - ``pyro_noval``: the same with ``pyro.enable_validation(False)``;
 - ``pyro_stock``: the same with ``pyro.optim.ClippedAdam`` (one Adam per tensor), the training
@@ -40,18 +40,18 @@ RESULTS = Path(__file__).parent / "results"
 def overhead_cell(dims, num_classes, labelled, batch_size, *, rounds, repeats, stock=True,
                   hidden=(256,), latent_dim=32):
     """Timings of one cell: a dict of medians (ms), ratios and GFLOP/s."""
-    model, guide = build(dims, num_classes, hidden=hidden, latent_dim=latent_dim)
+    m2 = build(dims, num_classes, hidden=hidden, latent_dim=latent_dim)
     batch = random_batch(dims, batch_size, num_classes, labelled=labelled)
     steps = {
-        "plain": plain_step(model, guide),
-        "pyro": pyro_step(model, guide),
-        "pyro_noval": pyro_step(model, guide, validation=False),
+        "plain": plain_step(m2),
+        "pyro": pyro_step(m2),
+        "pyro_noval": pyro_step(m2, validation=False),
     }
     if stock:
-        steps["pyro_stock"] = pyro_step(model, guide, optimizer="clipped_adam")
+        steps["pyro_stock"] = pyro_step(m2, optimizer="clipped_adam")
     timings = interleaved({k: (lambda f=f: f(batch)) for k, f in steps.items()},
                           rounds=rounds, repeats=repeats)
-    flops = step_flops(model, guide, batch)
+    flops = step_flops(m2, batch)
     row = {f"{k}_ms": 1e3 * timings.median(k) for k in steps}
     for k in steps:
         if k == "plain":
@@ -74,12 +74,12 @@ def overhead_cell(dims, num_classes, labelled, batch_size, *, rounds, repeats, s
 
 def gamma_vs_enum_cell(dims, num_classes, labelled, batch_size, *, gamma, rounds, repeats,
                        hidden=(256,), latent_dim=32):
-    model, guide = build(dims, num_classes, hidden=hidden, latent_dim=latent_dim)
+    m2 = build(dims, num_classes, hidden=hidden, latent_dim=latent_dim)
     batch = random_batch(dims, batch_size, num_classes, labelled=labelled)
     steps = {
-        "trace_enum": pyro_step(model, guide, objective="trace_enum", validation=False),
-        "gamma_small": pyro_step(model, guide, gamma=gamma, validation=False),
-        "gamma_auto": pyro_step(model, guide, validation=False),
+        "trace_enum": pyro_step(m2, objective="trace_enum", validation=False),
+        "gamma_small": pyro_step(m2, gamma=gamma, validation=False),
+        "gamma_auto": pyro_step(m2, validation=False),
     }
     timings = interleaved({k: (lambda f=f: f(batch)) for k, f in steps.items()},
                           rounds=rounds, repeats=repeats)

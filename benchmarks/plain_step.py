@@ -1,9 +1,10 @@
 r"""The default model's training loss written directly in PyTorch, without Pyro.
 
-This is the reference of ``benchmarks/overhead.py``: the same networks (the model's decoders,
-the guide's encoders and the shared classifier, used as they are), the same per-datum loss as
-:class:`~pyro_mmt.infer.GammaPowerELBO` with ``gamma="auto"`` and its closed forms, for the
-Student-t model of DESIGN.md, and the same random draws in the same order (one Gamma mixing
+This is the reference of ``benchmarks/overhead.py``: the same networks (the decoders, the
+encoders and the classifier of one :class:`~pyro_mmt.models.MultimodalM2`, used as they are), the
+same per-datum loss as :class:`~pyro_mmt.infer.GammaPowerELBO` with ``gamma="auto"`` and its
+closed forms, for the all-Student-t model of ``docs/derivation.md`` §2, and the same random
+draws in the same order (one Gamma mixing
 variable per datum and label, then the normal noise), so that at one seed it returns the same
 number as the Pyro step (``tests/test_benchmarks_smoke.py`` checks it in float64).
 
@@ -45,35 +46,39 @@ def _log_t_normaliser(df, dim):
     return torch.lgamma((df + dim) / 2) - torch.lgamma(df / 2) - dim / 2 * (df.log() + _LOG_PI)
 
 
-def plain_loss(model, guide, x, mask, y=None, scale=1.0):
-    """The GammaPowerELBO loss of ``model``/``guide`` (a ``MultimodalTModel`` and a
-    ``PoETGuide`` with finite ν) on one batch, in plain PyTorch.
+def plain_loss(m2, x, mask, y=None, scale=1.0):
+    """The GammaPowerELBO loss of ``m2.model``/``m2.guide`` (a
+    :class:`~pyro_mmt.models.MultimodalM2` with finite, fixed ν and every modality Student-t)
+    on one batch, in plain PyTorch.
 
+    :param m2: the model, which holds its guide's networks.
     :param x: modality name -> [B, n_j].
     :param mask: bool [B, M].
     :param y: int64 [B] for a labelled batch, None for an unlabelled one.
     :param float scale: the data plate's scale (``num_data / batch_size`` in training).
     """
-    if model.gaussian:
-        raise ValueError("plain_loss: written for the Student-t model (finite nu)")
-    nu, d = model.nu, model.latent_dim
-    classifier = guide.classifier
-    present = mask.to(model._dims.dtype)
-    obs_dim = present @ model._dims
-    log_det = present @ (model._dims * model._log_sigma2)
+    cfg = m2.config
+    if m2.gaussian or cfg.learn_nu or not all(f == "student_t" for f in cfg.likelihood.values()):
+        raise ValueError("plain_loss: written for the Student-t model (finite, fixed nu, every "
+                         "modality student_t)")
+    nu, d = cfg.nu, cfg.latent_dim
+    classifier = m2.classifier
+    present = mask.to(m2._dims.dtype)
+    obs_dim = present @ m2._dims
+    log_det = present @ (m2._dims * m2._log_sigma2)
     gamma = -2.0 / (nu + obs_dim + d)
 
     # ---- guide: q(y | x) and q(z | x, y)
     if y is None:
-        logits = classifier(x, mask) + guide.unlabelled_logit_shift
+        logits = classifier(x, mask) + m2.unlabelled_logit_shift()
         log_q_y = torch.log_softmax(logits, -1).T  # [K, B]
-        labels = torch.arange(model.num_classes, device=mask.device).unsqueeze(-1)  # [K, 1]
+        labels = torch.arange(cfg.num_classes, device=mask.device).unsqueeze(-1)  # [K, 1]
     else:
         log_q_y = None
         labels = y
     precision_sum, weighted_loc = 0.0, 0.0
-    for j, m in enumerate(guide.modalities):
-        loc_j, raw = guide.encoders[m].net(x[m], labels).split(d, dim=-1)
+    for j, m in enumerate(m2.modalities):
+        loc_j, raw = m2.encoders[m].net(x[m], labels).split(d, dim=-1)
         prec_j = (F.softplus(raw) + 1e-4).reciprocal() * present[:, j : j + 1]
         precision_sum = precision_sum + prec_j
         weighted_loc = weighted_loc + prec_j * loc_j
@@ -91,16 +96,16 @@ def plain_loss(model, guide, x, mask, y=None, scale=1.0):
     log_scale_sum = q_scale.log().sum(-1)
 
     # ---- model: log p(x, y, z), the chain of decoder sites
-    log_prior_y = model.class_log_prior[labels]  # [K, 1] or [B]
+    log_prior_y = m2.class_log_prior[labels]  # [K, 1] or [B]
     z_sq = z.pow(2).sum(-1)
     nu_t = z_sq.new_tensor(nu)
     log_p = log_prior_y + _log_t_normaliser(nu_t, d) - 0.5 * (nu + d) * torch.log1p(z_sq / nu)
     quad = z_sq
     dof = torch.full_like(obs_dim, nu + d)
-    for j, m in enumerate(model.modalities):
-        n_j = model.dims[m]
-        loc = model.decoders[m](z, labels)
-        sigma2 = model.sigma[m] ** 2
+    for j, m in enumerate(m2.modalities):
+        n_j = cfg.dims[m]
+        loc = m2.decoders[m](z, labels)
+        sigma2 = cfg.sigma[m] ** 2
         resid = (x[m] - loc).pow(2).sum(-1) / sigma2
         s2 = (nu + quad) / dof  # the decoder's scale² (in σ² units)
         lp = (
@@ -114,7 +119,7 @@ def plain_loss(model, guide, x, mask, y=None, scale=1.0):
         dof = dof + present[:, j] * n_j
 
     # ---- the γ-power terms
-    log_norm = power_form_log_norm(nu, obs_dim, d, log_det, gamma, model.class_log_prior)
+    log_norm = power_form_log_norm(nu, obs_dim, d, log_det, gamma, m2.class_log_prior)
     log_k = power_form_log_constant(nu, obs_dim, d, log_det)
     cross = torch.expm1(gamma * (log_p - log_norm))
     mean_sq = q_loc.pow(2).sum(-1) + q_df / (q_df - 2) * q_scale.pow(2).sum(-1)
@@ -125,10 +130,10 @@ def plain_loss(model, guide, x, mask, y=None, scale=1.0):
         cross_m1 = cross
         inner_m1 = torch.expm1(log_int)
         aux = 0.0
-        if model.alpha > 0:
-            logits = classifier(x, mask) + model.logit_adjustment * model.label_log_freq
+        if cfg.alpha > 0:
+            logits = classifier(x, mask) + cfg.logit_adjustment * m2.label_log_freq
             log_q = torch.log_softmax(logits, -1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
-            aux = model.alpha * model.class_weights[y] * log_q
+            aux = cfg.alpha * m2.class_weights[y] * log_q
     else:
         q_y = log_q_y.exp()
         cross_m1 = (q_y * cross).sum(0)
@@ -144,11 +149,11 @@ class PlainStep:
     ±``clip_value`` (when given), ``optimizer.step()``, gradients set to None. ``optimizer`` is a ``torch.optim`` optimiser over the networks'
     parameters (``torch.optim.Adam(params, foreach=True)`` in the benchmarks)."""
 
-    def __init__(self, model, guide, optimizer: torch.optim.Optimizer):
-        self.model, self.guide, self.optimizer = model, guide, optimizer
+    def __init__(self, m2, optimizer: torch.optim.Optimizer):
+        self.m2, self.optimizer = m2, optimizer
 
     def __call__(self, x, mask, y=None, scale=1.0, clip_value=None) -> float:
-        loss = plain_loss(self.model, self.guide, x, mask, y, scale)
+        loss = plain_loss(self.m2, x, mask, y, scale)
         loss.backward()
         if clip_value is not None:
             for group in self.optimizer.param_groups:

@@ -5,9 +5,10 @@ Two views, at the overhead benchmark's sizes (hidden 256, d = 32, K = 10, batch 
 - **ablation** (interleaved medians, ms): the plain step; the Pyro step as the training loop
   runs it (validation on, Pyro's default) and with validation off; the forward pass alone of
   each (``plain_loss`` against ``GammaPowerELBO.differentiable_loss``); and the parameter
-  registration alone — the ``pyro.module`` calls of one step (model, guide and classifier, the
-  classifier twice in a labelled step) under the same handlers as in SVI (SVI's param trace,
-  the loop's ``poutine.scale``, the objective's trace);
+  registration alone — the ``pyro.module`` calls of one step (``pyro.module("m2", m2)`` in the
+  guide and again in the model, each registering every parameter of the one module) under the
+  same handlers as in SVI (SVI's param trace, the loop's ``poutine.scale``, the objective's
+  trace);
 - **cprofile**: the Python time of the Pyro step, by package (``pyro``, torch's Python code,
   torch's C++ calls, pyro-mmt) and the top functions by own time.
 
@@ -36,57 +37,51 @@ from pyro_mmt.estimator import make_objective
 RESULTS = Path(__file__).parent / "results"
 
 
-def registration(model, guide, labelled: bool):
-    """The pyro.module calls of one step, under SVI's, the loop's and the objective's
-    handlers."""
+def registration(m2):
+    """The pyro.module calls of one step (the guide's and the model's, labelled or not),
+    under SVI's, the loop's and the objective's handlers."""
 
     def run():
         with poutine.trace(param_only=True), poutine.scale(scale=2.0), poutine.trace():
-            pyro.module("guide", guide)
-            pyro.module("classifier", guide.classifier)
-            pyro.module("model", model)
-            if labelled:
-                pyro.module("classifier", guide.classifier)
+            pyro.module("m2", m2)  # the guide
+            pyro.module("m2", m2)  # the model
 
     return run
 
 
 def ablation(name, labelled, *, batch_size, hidden, latent_dim, rounds, repeats):
     dims = DIMS[name]
-    model, guide = build(dims, 10, hidden=hidden, latent_dim=latent_dim)
+    m2 = build(dims, 10, hidden=hidden, latent_dim=latent_dim)
     batch = random_batch(dims, batch_size, 10, labelled=labelled)
     scale = NUM_DATA / batch_size
     elbo = make_objective()
-    plain, pyro_, pyro_noval = (plain_step(model, guide), pyro_step(model, guide),
-                                pyro_step(model, guide, validation=False))
+    plain, pyro_, pyro_noval = (plain_step(m2), pyro_step(m2), pyro_step(m2, validation=False))
     steps = {
         "plain_step": lambda: plain(batch),
         "pyro_step": lambda: pyro_(batch),
         "pyro_step_noval": lambda: pyro_noval(batch),
-        "plain_forward": lambda: plain_loss(model, guide, batch.x, batch.mask, batch.y, scale),
-        "pyro_forward_noval": lambda: _pyro_forward(elbo, model, guide, batch, scale),
-        "registration": registration(model, guide, labelled),
+        "plain_forward": lambda: plain_loss(m2, batch.x, batch.mask, batch.y, scale),
+        "pyro_forward_noval": lambda: _pyro_forward(elbo, m2, batch, scale),
+        "registration": registration(m2),
     }
     timings = interleaved(steps, rounds=rounds, repeats=repeats)
     row = {"dims": name, "labelled": labelled, "batch": batch_size}
     row.update({f"{k}_ms": 1e3 * timings.median(k) for k in steps})
-    row["num_param_sites"] = sum(
-        1 for _ in [*model.parameters(), *guide.parameters()]
-    ) + (2 if labelled else 1) * sum(1 for _ in guide.classifier.parameters())
+    row["num_param_sites"] = 2 * sum(1 for _ in m2.parameters())  # registered by guide and model
     return row
 
 
-def _pyro_forward(elbo, model, guide, batch, scale):
+def _pyro_forward(elbo, m2, batch, scale):
     with pyro.validation_enabled(False), poutine.scale(scale=scale):
-        return elbo.differentiable_loss(model.model, guide.guide, batch.x, batch.mask, batch.y)
+        return elbo.differentiable_loss(m2.model, m2.guide, batch.x, batch.mask, batch.y)
 
 
 def python_profile(name, labelled, *, batch_size, hidden, latent_dim, steps) -> tuple[dict, str]:
     """cProfile of ``steps`` Pyro steps: own time by package and the top functions."""
     dims = DIMS[name]
-    model, guide = build(dims, 10, hidden=hidden, latent_dim=latent_dim)
+    m2 = build(dims, 10, hidden=hidden, latent_dim=latent_dim)
     batch = random_batch(dims, batch_size, 10, labelled=labelled)
-    step = pyro_step(model, guide)
+    step = pyro_step(m2)
     for _ in range(2):
         step(batch)
     prof = cProfile.Profile()

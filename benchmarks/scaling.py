@@ -41,12 +41,12 @@ def dims_for(modalities: int, total_dim: int) -> dict[str, int]:
 
 def time_cell(dims, k, batch_size, *, hidden, latent_dim, rounds, repeats):
     """Median step times (ms) of plain and Pyro steps, labelled and unlabelled."""
-    model, guide = build(dims, k, hidden=hidden, latent_dim=latent_dim)
+    m2 = build(dims, k, hidden=hidden, latent_dim=latent_dim)
     steps = {}
     for labelled in (True, False):
         batch = random_batch(dims, batch_size, k, labelled=labelled)
         tag = "lab" if labelled else "unl"
-        plain, pyro_ = plain_step(model, guide), pyro_step(model, guide)
+        plain, pyro_ = plain_step(m2), pyro_step(m2)
         steps[f"plain_{tag}"] = lambda f=plain, b=batch: f(b)
         steps[f"pyro_{tag}"] = lambda f=pyro_, b=batch: f(b)
     timings = interleaved(steps, rounds=rounds, repeats=repeats, warmup=1)

@@ -1,7 +1,7 @@
 """The training steps the benchmarks time, built the way the training loop builds them.
 
-- :func:`build` makes the default model and guide (``build_model_and_guide``: Student-t, ν = 5,
-  ``gamma="auto"``, α = 40) at the benchmark sizes (hidden 256, d = 32 unless given);
+- :func:`build` makes the default model, which holds its guide (``build_model``: Student-t,
+  ν = 5, ``gamma="auto"``, α = 40) at the benchmark sizes (hidden 256, d = 32 unless given);
 - :func:`random_batch` a batch of standard-normal data with the given modality sizes, every
   modality present, labelled or not;
 - :func:`pyro_step` one SVI step exactly as :func:`pyro_mmt.training.svi.train` runs it (its
@@ -21,7 +21,7 @@ from pyro.infer import SVI, TraceEnum_ELBO
 
 from benchmarks.plain_step import PlainStep
 from pyro_mmt.data import Batch
-from pyro_mmt.estimator import build_model_and_guide, make_objective
+from pyro_mmt.estimator import build_model, make_objective
 from pyro_mmt.infer import GammaPowerELBO
 from pyro_mmt.training.optim import MultiTensorAdam
 from pyro_mmt.training.svi import _checked_step
@@ -52,18 +52,16 @@ NUM_DATA = 10_000
 
 def build(dims: Mapping[str, int], num_classes: int, *, hidden=(256,), latent_dim=32,
           seed=0, device="cpu"):
-    """The default model and guide (α = 40, ν = 5) at the given sizes, on ``device``."""
+    """The default :class:`~pyro_mmt.models.MultimodalM2` (α = 40, ν = 5; it holds the model,
+    the guide and the classifier) at the given sizes, on ``device``."""
     pyro.set_rng_seed(seed)
-    model, guide = build_model_and_guide(dims, num_classes, hidden=tuple(hidden),
-                                         latent_dim=latent_dim, alpha=40.0)
-    model.to(device)
-    guide.to(device)
-    guide.classifier.to(device)
-    return model, guide
+    m2 = build_model(dims, num_classes, hidden=tuple(hidden), latent_dim=latent_dim, alpha=40.0)
+    return m2.to(device)
 
 
-def modules_of(model, guide) -> dict:
-    return {"model": model, "guide": guide, "classifier": guide.classifier}
+def modules_of(m2) -> dict:
+    """The modules the training loop checks and checkpoints: the one MultimodalM2."""
+    return {"model": m2}
 
 
 def random_batch(dims: Mapping[str, int], batch_size: int, num_classes: int, *,
@@ -76,7 +74,7 @@ def random_batch(dims: Mapping[str, int], batch_size: int, num_classes: int, *,
     return Batch(x=x, mask=mask, y=y, index=torch.arange(batch_size))
 
 
-def pyro_step(model, guide, *, optimizer: str = "multi_tensor", objective: str = "gamma_power",
+def pyro_step(m2, *, optimizer: str = "multi_tensor", objective: str = "gamma_power",
               gamma: float | str = "auto", validation: bool = True) -> Callable[[Batch], float]:
     """A function ``step(batch) -> loss`` running one SVI step as the training loop does.
 
@@ -99,8 +97,8 @@ def pyro_step(model, guide, *, optimizer: str = "multi_tensor", objective: str =
         loss = TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False)
     else:
         raise ValueError(f"objective: expected 'gamma_power' or 'trace_enum', found {objective!r}")
-    svi = SVI(model.model, guide.guide, optim, loss=loss)
-    modules = modules_of(model, guide)
+    svi = SVI(m2.model, m2.guide, optim, loss=loss)
+    modules = modules_of(m2)
 
     def step(batch: Batch) -> float:
         with pyro.validation_enabled(validation):
@@ -109,13 +107,12 @@ def pyro_step(model, guide, *, optimizer: str = "multi_tensor", objective: str =
     return step
 
 
-def plain_step(model, guide) -> Callable[[Batch], float]:
+def plain_step(m2) -> Callable[[Batch], float]:
     """The same step in plain PyTorch: one ``torch.optim.Adam(fused=True)`` over the same
     parameters (the update MultiTensorAdam makes), gradients clamped to ±10
     (``clip_grad_value_(foreach=True)``)."""
-    params = [*model.parameters(), *guide.parameters(), *guide.classifier.parameters()]
-    adam = torch.optim.Adam(params, lr=1e-3, fused=True)
-    step = PlainStep(model, guide, adam)
+    adam = torch.optim.Adam(list(m2.parameters()), lr=1e-3, fused=True)
+    step = PlainStep(m2, adam)
 
     def clipped_step(batch: Batch) -> float:
         return step(batch.x, batch.mask, batch.y, NUM_DATA / batch.size, clip_value=CLIP)
@@ -123,7 +120,7 @@ def plain_step(model, guide) -> Callable[[Batch], float]:
     return clipped_step
 
 
-def step_flops(model, guide, batch: Batch) -> int:
+def step_flops(m2, batch: Batch) -> int:
     """Floating-point operations of one plain step's forward and backward passes (matrix
     products only, as ``torch.utils.flop_counter`` counts them)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -131,8 +128,8 @@ def step_flops(model, guide, batch: Batch) -> int:
     from benchmarks.plain_step import plain_loss
 
     with FlopCounterMode(display=False) as counter:
-        loss = plain_loss(model, guide, batch.x, batch.mask, batch.y, 1.0)
+        loss = plain_loss(m2, batch.x, batch.mask, batch.y, 1.0)
         loss.backward()
-    for p in [*model.parameters(), *guide.parameters(), *guide.classifier.parameters()]:
+    for p in m2.parameters():
         p.grad = None
     return int(counter.get_total_flops())

@@ -1,5 +1,5 @@
-"""The accuracy benchmark of PROTOCOL.md: the proposed model against its ablations and the
-classical baselines, as mean ± std over seeds.
+"""The accuracy benchmark (docs/benchmark.md): the proposed model against its ablations and
+the classical baselines, as mean ± std over seeds.
 
 For each data set, imbalance ratio ρ, labelled fraction β and seed it draws the long-tailed
 split, trains every method on the training rows (y = -1 unlabelled) and scores it on the
@@ -28,9 +28,8 @@ import argparse
 import time
 from pathlib import Path
 
-from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
+from pyro_mmt.estimator import IMBALANCE_OPTIONS, MultimodalSemiSupervisedClassifier
 from pyro_mmt.experiments.benchmark import (
-    IMBALANCE_OPTIONS,
     METHODS,
     TRAINING_EPOCHS,
     Method,
@@ -95,7 +94,7 @@ if __name__ == "__main__":
                         "integrals need -ν/(ν+n+d) < γ < 0 for every data set run (n = its "
                         "total dimension, d = 16): e.g. γ > -0.07 for digits, > -0.0075 for mfeat")
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="override PROTOCOL.md's seeds")
+                        help="override the benchmark's seeds (docs/benchmark.md)")
     parser.add_argument("--rho", type=float, nargs="+", default=None, help="override the ρ grid")
     parser.add_argument("--beta", type=float, nargs="+", default=None, help="override the β grid")
     parser.add_argument("--epochs", type=int, default=None,

@@ -55,7 +55,7 @@ def main(args):
         "objective": args.objective, "lr": args.lr,
     }
     report = diagnose(
-        estimator.model_, estimator.guide_, data, args.out,
+        estimator.model_, None, data, args.out,  # the fitted MultimodalM2 holds its guide
         num_samples=args.num_samples, seed=args.seed, num_predictive=args.num_predictive,
         # held-out labels are hidden from the model: log weights estimate log p(x)
         condition_on_labels=args.data == "train",

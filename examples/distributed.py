@@ -1,6 +1,6 @@
 """Data-parallel training with torch.distributed: several processes, one model.
 
-Each process (launched by torchrun) builds the same model and guide, trains on its share of the
+Each process (launched by torchrun) builds the same model (with its guide), trains on its share of the
 data with Pyro's SVI, and sums the gradients of the Pyro parameters with the other processes
 before every update (``pyro_mmt.training.distributed``), so that all processes hold the same weights and
 P processes with batches of B/P rows make the steps of one process with batches of B. CPU
@@ -22,7 +22,7 @@ import torch
 from torch import distributed as dist
 
 from pyro_mmt.data import Standardiser, load_dataset, long_tailed_split
-from pyro_mmt.estimator import build_model_and_guide
+from pyro_mmt.estimator import build_model
 from pyro_mmt.evaluation.metrics import classification_metrics
 from pyro_mmt.infer import GammaPowerELBO
 from pyro_mmt.training.distributed import init_from_env, train_distributed
@@ -44,22 +44,20 @@ def main(args):
         train = train[np.sort(rows)]
     scaler = Standardiser().fit(train)
     train, test = scaler.transform(train), scaler.transform(test)
-    model, guide = build_model_and_guide(train.dims, train.num_classes, hidden=args.hidden,
-                                         latent_dim=args.latent_dim, alpha=args.alpha)
-    for module in (model, guide, guide.classifier):
-        module.to(device)
+    m2 = build_model(train.dims, train.num_classes, hidden=args.hidden,
+                     latent_dim=args.latent_dim, alpha=args.alpha).to(device)
     if rank == 0:
         print(f"{world} process(es); {train}")
 
     # each process: its partition, batches of batch_size / P rows, gradients summed
     history = train_distributed(
-        model.model, guide.guide, train, objective=GammaPowerELBO(max_plate_nesting=1),
+        m2.model, m2.guide, train, objective=GammaPowerELBO(max_plate_nesting=1),
         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=device,
         progress=not args.quiet,
     )
     if rank == 0:
         print(history[["epoch", "loss", "seconds"]].to_string(index=False))
-        proba = predict_proba(guide, test, device=device)
+        proba = predict_proba(m2, test, device=device)
         metrics = classification_metrics(test.y.numpy(), proba.argmax(1),
                                          split.train_class_counts)
         print(metrics.to_string())

@@ -1,6 +1,6 @@
 """Fashion-MNIST, the largest benchmark: 70 000 images as two modalities (top and bottom
 14-row halves, 392 pixels each), 10 classes, imbalance ratio ρ = 100, 5% of the training rows
-labelled (β = 0.05), as in PROTOCOL.md.
+labelled (β = 0.05), as in the benchmark (docs/benchmark.md).
 
 For each seed it draws the long-tailed split, trains each method of
 ``pyro_mmt.experiments.benchmark.METHODS`` (the t/γ model, the Gaussian/KL model at β = 1 and β = w0, the

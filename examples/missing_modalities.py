@@ -21,9 +21,8 @@ import numpy as np
 import pandas as pd
 
 from pyro_mmt.data import load_dataset, long_tailed_split
-from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
+from pyro_mmt.estimator import IMBALANCE_OPTIONS, MultimodalSemiSupervisedClassifier
 from pyro_mmt.evaluation.metrics import classification_metrics
-from pyro_mmt.experiments.benchmark import IMBALANCE_OPTIONS
 
 
 def main(args):

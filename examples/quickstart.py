@@ -17,7 +17,7 @@ from pyro import poutine
 from pyro.infer import SVI
 
 from pyro_mmt.data import InterleavedLoader, Standardiser, load_dataset, long_tailed_split
-from pyro_mmt.estimator import build_model_and_guide
+from pyro_mmt.estimator import build_model
 from pyro_mmt.evaluation.metrics import classification_metrics
 from pyro_mmt.infer import GammaPowerELBO
 from pyro_mmt.training.svi import predict_proba
@@ -37,16 +37,17 @@ def main(args):
     train, test = scaler.transform(train), scaler.transform(test)
     print(train)
 
-    # model and guide, sharing the classifier q(y | x); alpha weighs M2's classification term
-    # α log q(y | x) per labelled datum; the class-imbalance options need the labelled counts
-    model, guide = build_model_and_guide(
+    # one object holds the model, the guide and the classifier q(y | x) they share; alpha
+    # weighs M2's classification term α log q(y | x) per labelled datum; the class-imbalance
+    # options need the labelled counts
+    m2 = build_model(
         train.dims, train.num_classes, latent_dim=args.latent_dim, hidden=args.hidden,
         nu=args.nu, alpha=args.alpha, label_counts=train.class_counts(),
         class_weight="balanced", logit_adjustment=1.0, unlabelled_prior_shift=1.0,
     )
 
     # SVI with the γ-power objective (γ = -2/(ν + n + d) per datum by default)
-    svi = SVI(model.model, guide.guide, pyro.optim.ClippedAdam({"lr": args.lr}),
+    svi = SVI(m2.model, m2.guide, pyro.optim.ClippedAdam({"lr": args.lr}),
               loss=GammaPowerELBO(gamma="auto", max_plate_nesting=1))
     loader = InterleavedLoader(train, batch_size=args.batch_size, seed=args.seed)
     for epoch in range(args.epochs):
@@ -59,7 +60,7 @@ def main(args):
         print(f"epoch {epoch + 1:3d}  loss per datum {total / (len(loader) / 2) / len(train):.3f}")
 
     # the classifier q(y | x) on the class-balanced test set
-    pred = predict_proba(guide, test).argmax(axis=1)
+    pred = predict_proba(m2, test).argmax(axis=1)
     metrics = classification_metrics(test.y.numpy(), pred, split.train_class_counts)
     print(metrics.round(3).to_string())
     return metrics

@@ -1,4 +1,4 @@
-r"""The product-of-experts guide q(y, z | x) = q(y | x) q(z | x, y) (DESIGN.md, "The model").
+r"""The product-of-experts guide q(y, z | x) = q(y | x) q(z | x, y).
 
 - **Classifier** q(y | x): a product of per-modality categorical experts,
   :math:`q(y|x) \propto \exp\big(\sum_{j \text{ present}} f_j(x_j)_y\, [+\, g(x)_y]\big)`,
@@ -14,17 +14,19 @@ r"""The product-of-experts guide q(y, z | x) = q(y | x) q(z | x, y) (DESIGN.md, 
       q(z \mid x, y) = t_d\big(m, \tfrac{\nu}{\nu+n}\Sigma, \nu + n\big),
 
   n the observed dimension (the t3VAE encoder form). τ_0 is the scale at which the γ-objective
-  is stationary when the data carry no information (MATH.md §5–6): a *unit* prior expert would
-  force Σ ≤ I, far below the optimum (τ_0 ≈ 9 at n = 784). With ν = ∞ the fusion is the
-  Gaussian PoE with a unit prior expert (MVAE) and q(z | x, y) = N(m, Σ).
+  is stationary when the data carry no information (``docs/derivation.md`` §4): a *unit* prior
+  expert would force Σ ≤ I, far below that optimum (τ_0 ≈ 9 at n = 784). With ν = ∞ the
+  fusion is the Gaussian PoE with a unit prior expert (MVAE) and q(z | x, y) = N(m, Σ).
 
-The label enters every encoder through a class embedding that broadcasts over the enumerated
+The label enters every network through a class embedding that broadcasts over the enumerated
 label dimension, so all classes are encoded in one pass.
+
+:class:`PoETGuide` holds the guide's methods; :class:`~pyro_mmt.models.MultimodalM2` inherits
+them and owns the networks (``classifier``, ``encoders``) and the settings they read.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import pyro
@@ -34,12 +36,6 @@ from pyro import poutine
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_mmt.checks import (
-    check_model_config,
-    class_log_prior_tensor,
-    full_mask,
-    per_modality,
-)
 from pyro_mmt.distributions import gaussian_poe, prior_expert_scale, student_t_poe
 from pyro_mmt.nn import LabelConditionedMLP, mlp, observed_dimension
 
@@ -49,183 +45,211 @@ __all__ = ["PoEClassifier", "ModalityEncoder", "PoETGuide"]
 class PoEClassifier(nn.Module):
     r"""q(y | x) as a product of per-modality categorical experts.
 
-    ``forward(x, mask)`` returns the logits :math:`\sum_j m_j f_j(x_j) [+ g(x)]`, where
+    ``forward(x, present)`` returns the logits :math:`\sum_j m_j f_j(x_j) [+ g(x)]`, where
     :math:`m_j` is 1 when modality j is present; a product of categorical experts is the
     categorical with the summed logits, so any subset of modalities gives a valid q(y | x).
 
-    :param dims: modality name -> n_j.
+    :param dims: modality name -> input size of its expert.
     :param int num_classes: K.
     :param hidden: hidden layer sizes of each expert f_j.
     :param bool joint_head: add a head g on the concatenated modalities (missing ones zero).
     """
 
-    def __init__(
-        self,
-        dims: Mapping[str, int],
-        num_classes: int,
-        hidden: Sequence[int] = (128,),
-        joint_head: bool = False,
-    ):
+    def __init__(self, dims: Mapping[str, int], num_classes: int,
+                 hidden: Sequence[int] = (128,), joint_head: bool = False):
         super().__init__()
         self.modalities = tuple(dims)
+        self.dims = {m: int(n) for m, n in dims.items()}
         self.num_classes = int(num_classes)
         self.experts = nn.ModuleDict(
-            {m: mlp([int(n), *hidden, self.num_classes]) for m, n in dims.items()}
+            {m: mlp([n, *hidden, self.num_classes]) for m, n in self.dims.items()}
         )
-        total = sum(int(n) for n in dims.values())
+        total = sum(self.dims.values())
         self.joint = mlp([total, *hidden, self.num_classes]) if joint_head else None
 
-    def forward(self, x: Mapping[str, torch.Tensor], mask: torch.Tensor | None = None):
-        """Logits [B, K] from the present modalities."""
-        batch = next(iter(x.values())).shape[0]
-        mask = full_mask(mask, batch, len(self.modalities), next(iter(x.values())).device)
-        present = mask.to(next(iter(x.values())).dtype)
-        logits = sum(
-            present[:, j : j + 1] * self.experts[m](x[m]) for j, m in enumerate(self.modalities)
-        )
+    def forward(self, x: Mapping[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
+        """Logits [B, K] from the modalities present (``present`` bool [B, M]; a modality
+        absent from ``x`` must be False there)."""
+        logits = 0.0
+        for j, m in enumerate(self.modalities):
+            if m in x:
+                logits = logits + present[:, j : j + 1].to(x[m].dtype) * self.experts[m](x[m])
         if self.joint is not None:
-            logits = logits + self.joint(torch.cat([x[m] for m in self.modalities], -1))
+            ref = next(iter(x.values()))
+            parts = [x[m] * present[:, j : j + 1].to(ref.dtype) if m in x
+                     else ref.new_zeros(ref.shape[0], self.dims[m])
+                     for j, m in enumerate(self.modalities)]
+            logits = logits + self.joint(torch.cat(parts, -1))
+        if not isinstance(logits, torch.Tensor):  # no modality given: a uniform q(y | x)
+            logits = present.new_zeros(present.shape[0], self.num_classes,
+                                       dtype=torch.get_default_dtype())
         return logits
-
-    def predict_proba(self, x, mask=None, *, log_prior_shift: torch.Tensor | float = 0.0):
-        """Class probabilities q(y | x) with logits shifted by ``log_prior_shift`` (e.g.
-        −τ log π̂ for post-hoc logit adjustment, Menon et al. 2021). Rows sum to 1."""
-        with torch.no_grad():
-            return torch.softmax(self.forward(x, mask) + log_prior_shift, dim=-1)
 
 
 class ModalityEncoder(nn.Module):
-    """One expert of q(z | x, y): (m_j, Σ_j) = net(x_j, y), Σ_j = softplus(·) + 1e-4.
+    """One expert of q(z | x, y): (m_j, Σ_j) from ``net(x_j, y)`` = [location, raw scale],
+    Σ_j = softplus(raw) + 1e-4.
 
-    :param int in_dim: n_j.
-    :param int num_classes: K.
     :param int latent_dim: d.
-    :param hidden: hidden layer sizes.
+    :param net: the network ``net(x_j, y) -> [..., 2d]``; when None, a
+        :class:`~pyro_mmt.nn.LabelConditionedMLP` with ``in_dim``, ``num_classes`` and
+        ``hidden``.
     """
 
-    def __init__(self, in_dim: int, num_classes: int, latent_dim: int, hidden: Sequence[int]):
+    def __init__(self, latent_dim: int, net: nn.Module | None = None, *,
+                 in_dim: int | None = None, num_classes: int | None = None,
+                 hidden: Sequence[int] = (128,)):
         super().__init__()
         self.latent_dim = int(latent_dim)
-        self.net = LabelConditionedMLP(in_dim, num_classes, hidden, 2 * self.latent_dim)
+        self.net = net if net is not None else LabelConditionedMLP(
+            in_dim, num_classes, hidden, 2 * self.latent_dim)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Location and diagonal scale matrix Σ_j, each [..., B, d]."""
-        loc, raw = self.net(x, y).split(self.latent_dim, dim=-1)
+        out = self.net(x, y)
+        if out.shape[-1] != 2 * self.latent_dim:
+            raise ValueError(f"encoder: expected an output of size 2 * latent_dim = "
+                             f"{2 * self.latent_dim} (location, raw scale), found {out.shape[-1]}")
+        loc, raw = out.split(self.latent_dim, dim=-1)
         return loc, F.softplus(raw) + 1e-4
 
 
-class PoETGuide(nn.Module):
-    r"""The product-of-experts guide for :class:`~pyro_mmt.models.MultimodalTModel`.
-
-    :param dims: modality name -> n_j (same as the model's).
-    :param int num_classes: K.
-    :param classifier: a :class:`PoEClassifier` (shared with the model's classification term);
-        a new one is made when None.
-    :param int latent_dim: d (same as the model's).
-    :param hidden: hidden layer sizes of each encoder expert.
-    :param float nu: ν of the model (``inf`` for the Gaussian model).
-    :param sigma: σ_j of the model (they set τ_0).
-    :param float unlabelled_prior_shift: τ' ≥ 0. For unlabelled data the enumerated q(y | x)
-        uses logits f(x) + τ' log π̂ (π̂ from ``label_counts``): with a classifier trained to be
-        class-balanced (logit adjustment), this restores the data's class frequencies in the
-        enumeration (Menon et al., ICLR 2021). 0 (default) leaves q(y | x) as it is.
-    :param label_counts: labelled class counts (needed when ``unlabelled_prior_shift > 0``).
-    :param float latent_weight: β scaling the z site (as in the model).
+class PoETGuide:
+    """The guide's methods, inherited by :class:`~pyro_mmt.models.MultimodalM2`, which owns
+    ``config``, ``classifier``, ``encoders``, ``likelihoods``, ``nu`` and the buffers they use.
     """
 
-    def __init__(
-        self,
-        dims: Mapping[str, int],
-        num_classes: int,
-        *,
-        classifier: PoEClassifier | None = None,
-        latent_dim: int = 16,
-        hidden: Sequence[int] = (128,),
-        nu: float = 5.0,
-        sigma: float | Mapping[str, float] = 1.0,
-        unlabelled_prior_shift: float = 0.0,
-        label_counts: Sequence[int] | None = None,
-        latent_weight: float = 1.0,
-    ):
-        super().__init__()
-        self.modalities = tuple(dims)
-        self.dims = {m: int(dims[m]) for m in self.modalities}
-        self.num_classes = int(num_classes)
-        self.latent_dim = int(latent_dim)
-        self.nu = float(nu)
-        self.sigma = per_modality(sigma, self.modalities, "sigma")
-        self.latent_weight = float(latent_weight)
-        check_model_config(self.modalities, self.dims, self.num_classes, self.latent_dim, self.nu)
-        if classifier is None:
-            classifier = PoEClassifier(self.dims, self.num_classes, hidden)
-        # held by reference, not as a submodule: registered once, as "classifier"
-        self.__dict__["classifier"] = classifier
-        self.encoders = nn.ModuleDict(
-            {
-                m: ModalityEncoder(n, self.num_classes, self.latent_dim, hidden)
-                for m, n in self.dims.items()
-            }
-        )
-        self.register_buffer("_dims", torch.tensor([float(n) for n in self.dims.values()]))
-        self.register_buffer(
-            "_log_sigma2", torch.tensor([2 * math.log(self.sigma[m]) for m in self.modalities])
-        )
-        shift = float(unlabelled_prior_shift)
-        if shift < 0:
-            raise ValueError(f"unlabelled_prior_shift: expected >= 0, found {shift}")
-        if shift > 0:
-            if label_counts is None:
-                raise ValueError("label_counts: unlabelled_prior_shift > 0 needs them, found None")
-            counts = torch.as_tensor(label_counts, dtype=torch.get_default_dtype())
-            log_freq = class_log_prior_tensor((counts / counts.sum()).tolist(), self.num_classes)
-        else:
-            log_freq = torch.zeros(self.num_classes)
-        self.register_buffer("unlabelled_logit_shift", shift * log_freq)
-
-    @property
-    def gaussian(self) -> bool:
-        """True for the ν = ∞ (Gaussian) guide."""
-        return math.isinf(self.nu)
-
-    def encode(self, x, mask, y) -> dist.TorchDistribution:
-        """q(z | x, y), batched over y's shape ([B] or [K, 1] under enumeration)."""
-        # lists of M experts: the fusion broadcasts and stacks them
-        loc, scale2 = map(list, zip(*(self.encoders[m](x[m], y) for m in self.modalities),
-                                    strict=True))
-        if self.gaussian:
-            return gaussian_poe(loc, scale2, mask)
-        obs_dim, log_det = observed_dimension(mask, self._dims, self._log_sigma2)
-        tau0 = prior_expert_scale(self.nu, obs_dim, self.latent_dim, log_det)
-        return student_t_poe(
-            loc, scale2, mask, nu=self.nu, obs_dim=obs_dim, prior_scale=tau0
-        )
-
-    def guide(self, x: Mapping[str, torch.Tensor], mask: torch.Tensor | None = None,
-              y: torch.Tensor | None = None):
-        """The guide; same arguments as the model's."""
-        pyro.module("guide", self)
-        pyro.module("classifier", self.classifier)
-        batch = next(iter(x.values())).shape[0]
-        mask = full_mask(mask, batch, len(self.modalities), self._dims.device)
+    def guide(self, x: Mapping[str, torch.Tensor] | None = None,
+              mask: torch.Tensor | None = None, y: torch.Tensor | None = None,
+              batch_size: int | None = None):
+        """q(y, z | x); same arguments as the model's. An unlabelled batch enumerates y."""
+        pyro.module("m2", self)
+        x, mask, batch = self.check_inputs(x, mask, y, batch_size)
+        present = self.present(x, mask)
+        inputs = self.network_inputs(x)
         with pyro.plate("data", batch):
             if y is None:
-                logits = self.classifier(x, mask) + self.unlabelled_logit_shift
+                logits = self.classifier(inputs, present) + self.unlabelled_logit_shift()
                 y = pyro.sample(
                     "y", dist.Categorical(logits=logits), infer={"enumerate": "parallel"}
                 )
-            with poutine.scale(scale=self.latent_weight):
-                pyro.sample("z", self.encode(x, mask, y))
+            with poutine.scale(scale=self.config.latent_weight):
+                pyro.sample("z", self.encode(inputs, present, y))
 
-    def predict_proba(self, x, mask=None, *, logit_adjustment: float = 0.0,
-                      label_counts: Sequence[int] | None = None) -> torch.Tensor:
-        """q(y | x) for new data with any subset of modalities (``mask``), optionally with
-        post-hoc logit adjustment: logits − τ log π̂ (Menon et al. 2021)."""
-        shift = 0.0
-        if logit_adjustment:
-            if label_counts is None:
-                raise ValueError("label_counts: logit_adjustment needs the labelled class counts")
-            # on the buffers' device: a CPU vector cannot shift CUDA logits
-            counts = torch.as_tensor(label_counts, dtype=self._dims.dtype,
-                                     device=self._dims.device)
-            shift = -logit_adjustment * torch.log(counts / counts.sum())
-        return self.classifier.predict_proba(x, mask, log_prior_shift=shift)
+    def encode(self, inputs: Mapping[str, torch.Tensor], present: torch.Tensor,
+               y: torch.Tensor) -> dist.TorchDistribution:
+        """q(z | x, y) from the network inputs, batched over y's shape ([B] or [K, 1])."""
+        given = [m for m in self.modalities if m in inputs]
+        columns = [self.modalities.index(m) for m in given]
+        loc, scale2 = [], []
+        for m in given:  # the experts of the modalities given; missing rows are masked below
+            loc_m, scale2_m = self.encoders[m](inputs[m], y)
+            loc.append(loc_m)
+            scale2.append(scale2_m)
+        if not given:  # no data: the prior expert alone
+            shape = torch.broadcast_shapes(y.shape, present.shape[:1]) + (self.config.latent_dim,)
+            loc = [self._dims.new_zeros(shape)]
+            scale2 = [self._dims.new_ones(shape)]
+            expert_mask = present.new_zeros(present.shape[0], 1)
+        else:
+            expert_mask = present[:, columns]
+        if self.gaussian:
+            return gaussian_poe(loc, scale2, expert_mask)
+        obs_dim, log_det = observed_dimension(present, self._dims, self._log_sigma2)
+        tau0 = prior_expert_scale(self.nu, obs_dim, self.config.latent_dim, log_det)
+        return student_t_poe(loc, scale2, expert_mask, nu=self.nu, obs_dim=obs_dim,
+                             prior_scale=tau0)
+
+    def unlabelled_logit_shift(self) -> torch.Tensor:
+        """τ' log π_u, added to q(y | x) when y is enumerated (``docs/imbalance.md``): π_u the
+        learned class prior, or the labelled class frequencies."""
+        cfg = self.config
+        if cfg.unlabelled_prior_shift == 0:
+            return torch.zeros_like(self.label_log_freq)
+        log_pi = self.class_log_prior if cfg.class_prior == "learned" else self.label_log_freq
+        return cfg.unlabelled_prior_shift * log_pi
+
+    @torch.no_grad()
+    def predict_proba(self, x: Mapping[str, torch.Tensor], mask: torch.Tensor | None = None,
+                      *, logit_adjustment: float = 0.0) -> torch.Tensor:
+        """q(y | x) [B, K] for data with any subset of the modalities (absent keys or
+        ``mask``), optionally with post-hoc logit adjustment: logits − τ log π̂ (π̂ the
+        labelled class frequencies; Menon et al. 2021). Rows sum to 1."""
+        x, mask, _ = self.check_inputs(x, mask, None, None)
+        if logit_adjustment and self.config.label_counts is None:
+            raise ValueError("logit_adjustment: post-hoc adjustment needs the labelled class "
+                             "counts (config.label_counts), found None")
+        logits = self.classifier(self.network_inputs(x), self.present(x, mask))
+        return torch.softmax(logits - logit_adjustment * self.label_log_freq, dim=-1)
+
+    @torch.no_grad()
+    def classifier_logits(self, x: Mapping[str, torch.Tensor],
+                          mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The classifier's logits f(x) [B, K] (no shift)."""
+        x, mask, _ = self.check_inputs(x, mask, None, None)
+        return self.classifier(self.network_inputs(x), self.present(x, mask))
+
+    # ------------------------------------------------------------------ shared checks
+    def check_inputs(self, x, mask, y, batch_size) -> tuple[dict, torch.Tensor, int]:
+        """The arguments of the model and the guide, checked: ``x`` as a dict (empty for
+        None), the mask as bool [B, M] over every modality, and B."""
+        modalities = self.modalities
+        x = {} if x is None else x
+        if not isinstance(x, Mapping):
+            raise ValueError(f"x: expected None or a mapping modality -> tensor [B, n_j], "
+                             f"found {type(x).__name__}")
+        unknown = sorted(set(x) - set(modalities))
+        if unknown:
+            raise ValueError(f"x: unknown modalities {unknown}; expected some of "
+                             f"{list(modalities)}")
+        batch = None
+        for m, value in x.items():
+            width = self.likelihoods[m].dim
+            if not isinstance(value, torch.Tensor) or value.dim() != 2 \
+                    or value.shape[1] != width:
+                found = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value)
+                raise ValueError(f"x[{m!r}]: expected a tensor of shape [B, {width}], found "
+                                 f"{found}")
+            if batch is None:
+                batch = value.shape[0]
+            elif value.shape[0] != batch:
+                raise ValueError(f"x[{m!r}]: expected {batch} rows like the other modalities, "
+                                 f"found {value.shape[0]}")
+        if y is not None:
+            if not isinstance(y, torch.Tensor) or y.dim() != 1:
+                raise ValueError(f"y: expected an int64 tensor [B] or None, found "
+                                 f"{tuple(y.shape) if isinstance(y, torch.Tensor) else y!r}")
+            if batch is None:
+                batch = y.shape[0]
+            elif y.shape[0] != batch:
+                raise ValueError(f"y: expected {batch} labels (one per row of x), found "
+                                 f"{y.shape[0]}")
+        if batch_size is not None:
+            if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+                raise ValueError(f"batch_size: expected a positive integer, found {batch_size!r}")
+            if batch is not None and batch != batch_size:
+                raise ValueError(f"batch_size: expected {batch} (the rows of x or y), found "
+                                 f"{batch_size}")
+            batch = int(batch_size)
+        if batch is None:
+            raise ValueError("batch_size: expected x, y or batch_size to give the number of "
+                             "rows, found none of them")
+        device = self._dims.device
+        if mask is None:
+            mask = torch.ones(batch, len(modalities), dtype=torch.bool, device=device)
+        elif (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool
+              or mask.shape != (batch, len(modalities))):
+            found = (f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor)
+                     else type(mask).__name__)
+            raise ValueError(f"mask: expected a bool tensor of shape ({batch}, "
+                             f"{len(modalities)}), found {found}")
+        return dict(x), mask, batch
+
+    def present(self, x: Mapping[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """Bool [B, M]: modality j observed in this datum (given in ``x`` and not masked)."""
+        given = torch.tensor([m in x for m in self.modalities], device=mask.device)
+        return mask & given
+
+    def network_inputs(self, x: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The modalities as the encoders and the classifier see them (e.g. one-hot codes)."""
+        return {m: self.likelihoods[m].as_input(v) for m, v in x.items()}

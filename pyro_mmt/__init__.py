@@ -10,17 +10,21 @@ Subpackages: ``pyro_mmt.data`` (data sets, splits, batches), ``pyro_mmt.models``
 
 __version__ = "0.1.0"
 
-__all__ = ["MultimodalSemiSupervisedClassifier", "GammaPowerELBO", "__version__"]
+__all__ = ["MultimodalSemiSupervisedClassifier", "MultimodalM2", "ModelConfig", "GammaPowerELBO",
+           "__version__"]
+
+# imported on first use: models/ and guides/ import pyro_mmt's submodules themselves
+_LAZY = {
+    "MultimodalSemiSupervisedClassifier": "pyro_mmt.estimator",
+    "MultimodalM2": "pyro_mmt.models",
+    "ModelConfig": "pyro_mmt.config",
+    "GammaPowerELBO": "pyro_mmt.infer",
+}
 
 
 def __getattr__(name):
-    # imported on first use: models/ and guides/ import pyro_mmt's submodules themselves
-    if name == "MultimodalSemiSupervisedClassifier":
-        from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
+    if name in _LAZY:
+        import importlib
 
-        return MultimodalSemiSupervisedClassifier
-    if name == "GammaPowerELBO":
-        from pyro_mmt.infer import GammaPowerELBO
-
-        return GammaPowerELBO
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'pyro_mmt' has no attribute {name!r}")

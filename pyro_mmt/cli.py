@@ -46,13 +46,21 @@ def _load_data(source: str):
     )
 
 
+def _n_threads(args) -> int | None:
+    """The estimator's ``n_threads`` from the global ``--threads`` (0: torch's own choice)."""
+    threads = getattr(args, "threads", 1)
+    return int(threads) if threads else None
+
+
 def _estimator_options(args) -> dict:
-    from pyro_mmt.experiments.benchmark import IMBALANCE_OPTIONS
+    from pyro_mmt.estimator import IMBALANCE_OPTIONS
 
     options = {
         "objective": args.objective,
         "gamma": args.gamma if args.gamma == "auto" else float(args.gamma),
         "nu": float(args.nu),
+        "learn_nu": args.learn_nu,
+        "class_prior": args.class_prior,
         "latent_dim": args.latent_dim,
         "hidden": tuple(args.hidden),
         "sigma": args.sigma,
@@ -66,6 +74,7 @@ def _estimator_options(args) -> dict:
         "optimizer": args.optimizer,
         "distributed": args.distributed,
         "progress": not args.quiet,
+        "n_threads": _n_threads(args),
     }
     if args.imbalance:
         options.update(IMBALANCE_OPTIONS)
@@ -134,22 +143,26 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _load_run(run_dir: str):
+def _load_run(args):
+    """The run folder ``args.run_dir``, its config and its estimator (which predicts with this
+    command's ``--threads``, not the training run's)."""
     from pyro_mmt.estimator import load_estimator
 
-    run = Path(run_dir)
+    run = Path(args.run_dir)
     if not (run / RUN_FILES["estimator"]).is_file():
         raise SystemExit(f"error: RUN_DIR: {run} holds no {RUN_FILES['estimator']} "
                          "(make one with `pyro-mmt train`)")
     config = json.loads((run / RUN_FILES["config"]).read_text())
-    return run, config, load_estimator(run / RUN_FILES["estimator"])
+    est = load_estimator(run / RUN_FILES["estimator"])
+    est.set_params(n_threads=_n_threads(args))
+    return run, config, est
 
 
 def cmd_evaluate(args) -> int:
     from pyro_mmt.data import MultimodalDataset
     from pyro_mmt.evaluation.metrics import classification_metrics
 
-    run, config, est = _load_run(args.run_dir)
+    run, config, est = _load_run(args)
     path = Path(args.test) if args.test else run / RUN_FILES["test"]
     if not path.is_file():
         raise SystemExit(f"error: TEST: no file at {path}")
@@ -168,7 +181,7 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from pyro_mmt.data import MultimodalDataset
 
-    _, _, est = _load_run(args.run_dir)
+    _, _, est = _load_run(args)
     path = Path(args.data)
     if not path.is_file():
         raise SystemExit(f"error: DATA: no file at {path}")
@@ -234,7 +247,7 @@ def cmd_diagnose(args) -> int:
     from pyro_mmt.data import MultimodalDataset
     from pyro_mmt.evaluation.diagnose import diagnose
 
-    run, config, est = _load_run(args.run_dir)
+    run, config, est = _load_run(args)
     part = args.split or ("test" if (run / RUN_FILES["test"]).is_file() else "train")
     path = run / RUN_FILES[part]
     if not path.is_file():
@@ -243,10 +256,10 @@ def cmd_diagnose(args) -> int:
     if est.standardiser_ is not None:
         data = est.standardiser_.transform(data)
     out = Path(args.out) if args.out else run / "diagnostics"
-    # held-out rows: hide the labels, so the weights estimate log p(x) (labels kept for
-    # the calibration check)
+    # the fitted MultimodalM2 holds its guide; held-out rows: hide the labels, so the weights
+    # estimate log p(x) (labels kept for the calibration check)
     paths, summary = diagnose(
-        est.model_, est.guide_, data, out, num_samples=args.num_samples, seed=args.seed,
+        est.model_, None, data, out, num_samples=args.num_samples, seed=args.seed,
         num_predictive=args.num_predictive, condition_on_labels=(part == "train"),
         image_shapes=IMAGE_SHAPES.get(config.get("data")),
         attrs={"run_dir": str(run), "split": part},
@@ -270,7 +283,12 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--objective", choices=["gamma_power", "kl"], default="gamma_power",
                    help="γ-power divergence (default) or the M2 ELBO (KL)")
     g.add_argument("--gamma", default="auto", help="γ of the γ-power objective (default auto)")
-    g.add_argument("--nu", type=float, default=5.0, help="degrees of freedom ν > 2; inf = Gaussian")
+    g.add_argument("--nu", type=float, default=5.0,
+                   help="degrees of freedom ν > 2; inf = Gaussian (the start with --learn-nu)")
+    g.add_argument("--learn-nu", action="store_true",
+                   help="learn ν with the other parameters (from the --nu value)")
+    g.add_argument("--class-prior", choices=["uniform", "learned"], default="uniform",
+                   help="π of p(y): uniform (default) or estimated from the unlabelled rows")
     g.add_argument("--latent-dim", type=int, default=16)
     g.add_argument("--hidden", type=int, nargs="+", default=[128], help="hidden layer sizes")
     g.add_argument("--sigma", type=float, default=1.0, help="decoder scale σ (standardised data)")
@@ -309,8 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train on a data set name or an .npz file; writes a run folder",
-                       description="Train the model. With a data set name the PROTOCOL.md split "
-                       "(--rho, --beta, --seed) is made and the test part is scored; with an "
+                       description="Train the model. With a data set name the benchmark's "
+                       "long-tailed split (docs/benchmark.md; --rho, --beta, --seed) is made and "
+                       "the test part is scored; with an "
                        ".npz (arrays x_<modality> and y, -1 = unlabelled) every row is used.")
     p.add_argument("data", help="digits | breast | mfeat | pdspeech | fmnist | PATH.npz")
     p.add_argument("--rho", type=float, default=10.0, help="imbalance ratio of the split")
@@ -332,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="predictions.csv")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("benchmark", help="PROTOCOL.md grid: results table with mean ± std")
+    p = sub.add_parser("benchmark", help="the benchmark's grid (docs/benchmark.md): results "
+                       "table with mean ± std")
     p.add_argument("--datasets", nargs="+", default=["digits", "breast", "mfeat", "pdspeech"])
     p.add_argument("--methods", nargs="+",
                    default=["t_gamma", "gauss_kl", "lr", "labelspread", "selftrain", "smote_lr"])
@@ -389,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if getattr(args, "nu", None) is not None and not (math.isinf(args.nu) or args.nu > 2):
         raise SystemExit(f"error: --nu: expected nu > 2 or inf, found {args.nu}")
+    if getattr(args, "learn_nu", False) and math.isinf(args.nu):
+        raise SystemExit("error: --learn-nu: the Gaussian model (--nu inf) has no ν to learn; "
+                         "pass a finite starting --nu > 2")
     return int(args.func(args) or 0)
 
 

@@ -44,6 +44,7 @@ from pyro.distributions.util import sum_rightmost
 
 __all__ = [
     "DiagStudentT",
+    "IsotropicStudentT",
     "auto_gamma",
     "gaussian_log_norm",
     "gaussian_poe",
@@ -231,6 +232,80 @@ class DiagStudentT(TorchDistribution):
         r"""E‖z‖² = ‖m‖² + ν/(ν−2) Σ_k s_k² for ν > 2 (+inf otherwise), shape ``batch_shape``."""
         trace = self.scale.pow(2).sum(-1)
         return self.loc.pow(2).sum(-1) + _finite_ratio_above_two(self.df) * trace
+
+
+class IsotropicStudentT(DiagStudentT):
+    r"""The decoder's conditional :math:`t_D(m, s^2 I, \nu)`: a :class:`DiagStudentT` whose
+    scale is ONE number per batch element (``scale`` of shape ``batch_shape``).
+
+    Its log-density needs only :math:`\|v - m\|^2`, without forming the D-vector of scales:
+
+    .. math::
+
+        \log p(v) = \log C(\nu, D) - D \log s
+            - \tfrac{\nu + D}{2} \log\big(1 + \|v - m\|^2 / (s^2 \nu)\big).
+
+    :meth:`sum_of_squares` keeps :math:`\|v - m\|^2` for the last value it was given, so the
+    model, which needs the residual R_j for the next conditional of its chain, and the trace's
+    log-density share one pass over the D-vectors (a copy made by ``expand`` to the same batch
+    shape, as Pyro's plates make, shares it too).
+
+    With validation on, ``df`` and ``scale`` are checked, ``loc`` is not: in the model it is
+    the decoder's output, K x B x D numbers at every step, and checking them would cost more
+    than the density; a NaN in ``loc`` makes the log-density NaN, which Pyro reports at the
+    site (and the training loop as a divergence).
+    """
+
+    arg_constraints = {
+        "df": constraints.positive,
+        "iso_scale": constraints.positive,
+    }
+
+    def __init__(self, df, loc, scale, validate_args=None):
+        if not isinstance(loc, torch.Tensor) or loc.dim() < 1:
+            raise ValueError("loc: expected a tensor of shape [..., D] with at least one dimension")
+        df = torch.as_tensor(df, dtype=loc.dtype, device=loc.device)
+        scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device)
+        batch_shape, event_shape = loc.shape[:-1], loc.shape[-1:]
+        if df.shape != batch_shape or scale.shape != batch_shape:
+            batch_shape = torch.broadcast_shapes(df.shape, batch_shape, scale.shape)
+        self.df = df.expand(batch_shape)
+        self.loc = loc.expand(batch_shape + event_shape)
+        self.iso_scale = scale.expand(batch_shape)
+        self._squares = {}  # the last sum_of_squares: {"value": v, "result": ‖v − m‖²}
+        TorchDistribution.__init__(self, batch_shape, event_shape, validate_args=validate_args)
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """The diagonal scale of :class:`DiagStudentT`: ``iso_scale`` repeated D times (a view)."""
+        return self.iso_scale.unsqueeze(-1).expand(self.batch_shape + self.event_shape)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(IsotropicStudentT, _instance)
+        batch_shape = torch.Size(batch_shape)
+        new.df = self.df.expand(batch_shape)
+        new.loc = self.loc.expand(batch_shape + self.event_shape)
+        new.iso_scale = self.iso_scale.expand(batch_shape)
+        new._squares = self._squares if batch_shape == self.batch_shape else {}
+        TorchDistribution.__init__(new, batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def sum_of_squares(self, value: torch.Tensor) -> torch.Tensor:
+        r""":math:`\|v - m\|^2`, shape ``batch_shape`` (kept for the same ``value`` object)."""
+        if self._squares.get("value") is not value:
+            self._squares.update(value=value, result=(value - self.loc).pow(2).sum(-1))
+        return self._squares["result"]
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        dim = self.event_shape[0]
+        scale2 = self.iso_scale.pow(2)
+        log_norm = _log_t_normaliser(self.df, dim) - dim / 2 * scale2.log()
+        return log_norm - 0.5 * (self.df + dim) * torch.log1p(
+            self.sum_of_squares(value) / (scale2 * self.df)
+        )
 
 
 def log_t_power_integral(df, dim, log_det_scale, gamma):

@@ -1,8 +1,18 @@
-"""A scikit-learn-style estimator around the model, the guide, the objective and SVI."""
+"""A scikit-learn-style estimator around the model, its guide, the objective and SVI.
+
+:class:`MultimodalSemiSupervisedClassifier` is what most users call: ``fit(X, y)`` with
+``y = -1`` for unlabelled rows, ``predict_proba``/``predict``/``score``, ``save_estimator`` and
+``load_estimator``. Its parameters are checked in one place (``_parameter_constraints`` and
+:class:`~pyro_mmt.config.ModelConfig`); :data:`PRESETS` holds named combinations of them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import copy
+import math
+from collections.abc import Callable, Mapping, Sequence
+from numbers import Integral, Real
 
 import numpy as np
 import pandas as pd
@@ -12,56 +22,45 @@ from pyro.infer import TraceEnum_ELBO
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import balanced_accuracy_score
+from torch import nn
 
-from pyro_mmt.data import MultimodalDataset, Standardiser
-from pyro_mmt.guides import PoEClassifier, PoETGuide
+from pyro_mmt.config import CLASS_PRIORS, ModelConfig
+from pyro_mmt.data import MultimodalDataset, Standardiser, as_modality_mapping, check_labels
 from pyro_mmt.infer import GammaPowerELBO
-from pyro_mmt.models import MultimodalTModel
+from pyro_mmt.likelihoods import LIKELIHOODS
+from pyro_mmt.models import MultimodalM2
 from pyro_mmt.training.svi import load_weights, predict_proba, train
 
 __all__ = [
-    "build_model_and_guide",
+    "PRESETS",
+    "IMBALANCE_OPTIONS",
+    "build_model",
     "make_objective",
     "MultimodalSemiSupervisedClassifier",
     "save_estimator",
     "load_estimator",
 ]
 
+#: The class-imbalance devices of the model (``docs/imbalance.md``): class-balanced
+#: classification term, logit-adjusted classification term, prior shift in the enumeration.
+IMBALANCE_OPTIONS = {"class_weight": "balanced", "logit_adjustment": 1.0,
+                     "unlabelled_prior_shift": 1.0}
 
-def build_model_and_guide(
-    dims: Mapping[str, int],
-    num_classes: int,
-    *,
-    latent_dim: int = 16,
-    hidden: Sequence[int] = (128,),
-    nu: float = 5.0,
-    sigma: float | Mapping[str, float] = 1.0,
-    alpha: float = 1.0,
-    class_weight: str | Sequence[float] | None = None,
-    logit_adjustment: float = 0.0,
-    unlabelled_prior_shift: float = 0.0,
-    label_counts: Sequence[int] | None = None,
-    joint_head: bool = False,
-    latent_weight: float = 1.0,
-) -> tuple[MultimodalTModel, PoETGuide]:
-    """The model and guide of DESIGN.md sharing one classifier, from one set of options.
+#: Named settings of the estimator: ``MultimodalSemiSupervisedClassifier(**PRESETS[name])``.
+PRESETS: dict[str, dict] = {
+    "imbalanced": dict(IMBALANCE_OPTIONS),
+    "plain": {},
+}
 
-    See :class:`~pyro_mmt.models.MultimodalTModel` and :class:`~pyro_mmt.guides.PoETGuide` for
-    the meaning of each option. Returns ``(model, guide)``; train ``model.model`` and
-    ``guide.guide`` with SVI.
-    """
-    classifier = PoEClassifier(dims, num_classes, hidden, joint_head=joint_head)
-    model = MultimodalTModel(
-        dims, num_classes, latent_dim=latent_dim, hidden=hidden, nu=nu, sigma=sigma,
-        classifier=classifier, alpha=alpha, class_weight=class_weight,
-        logit_adjustment=logit_adjustment, label_counts=label_counts, latent_weight=latent_weight,
-    )
-    guide = PoETGuide(
-        dims, num_classes, classifier=classifier, latent_dim=latent_dim, hidden=hidden, nu=nu,
-        sigma=sigma, unlabelled_prior_shift=unlabelled_prior_shift, label_counts=label_counts,
-        latent_weight=latent_weight,
-    )
-    return model, guide
+
+def build_model(dims: Mapping[str, int], num_classes: int, *,
+                decoders: Mapping[str, nn.Module] | None = None,
+                encoders: Mapping[str, nn.Module] | None = None,
+                classifier: nn.Module | None = None, **settings) -> MultimodalM2:
+    """A :class:`~pyro_mmt.models.MultimodalM2` from its dimensions and settings: a shortcut
+    for ``MultimodalM2(ModelConfig(dims, num_classes, **settings), decoders=..., ...)``."""
+    config = ModelConfig(dims=dict(dims), num_classes=num_classes, **settings)
+    return MultimodalM2(config, decoders=decoders, encoders=encoders, classifier=classifier)
 
 
 def make_objective(objective: str = "gamma_power", *, gamma: float | str = "auto",
@@ -78,6 +77,93 @@ def make_objective(objective: str = "gamma_power", *, gamma: float | str = "auto
     raise ValueError(f"objective: expected 'gamma_power' or 'kl', found {objective!r}")
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _is_int(value, low=1) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool) and value >= low
+
+
+def _is_gamma(value) -> bool:
+    if isinstance(value, str):
+        try:
+            GammaPowerELBO(value)
+        except ValueError:
+            return False
+        return True
+    return _is_number(value) and math.isfinite(value) and value > -1 and value != 0
+
+
+def _is_networks(value) -> bool:
+    return value is None or (isinstance(value, Mapping) and all(
+        isinstance(v, nn.Module) or callable(v) for v in value.values()))
+
+
+def _is_probabilities(value) -> bool:
+    try:
+        p = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        return False
+    return p.ndim == 1 and p.size >= 2 and bool(np.isfinite(p).all() and (p > 0).all())
+
+
+_BOOLEAN = (lambda v: isinstance(v, bool | np.bool_), "True or False")
+_POSITIVE = (lambda v: _is_number(v) and math.isfinite(v) and v > 0, "a finite number > 0")
+_NON_NEGATIVE = (lambda v: _is_number(v) and math.isfinite(v) and v >= 0,
+                 "a finite number >= 0")
+_COUNT = (_is_int, "an integer >= 1")
+
+#: Every parameter's constraint: (check, what is expected). One place, one kind of message.
+_PARAMETER_CONSTRAINTS: dict[str, tuple[Callable, str]] = {
+    "objective": (lambda v: v in ("gamma_power", "kl"), "'gamma_power' or 'kl'"),
+    "gamma": (_is_gamma, "'auto', '<k>x auto' (k > 0) or a finite float > -1 other than 0"),
+    "nu": (lambda v: _is_number(v) and v > 2, "a number > 2, or inf for the Gaussian model"),
+    "learn_nu": _BOOLEAN,
+    "likelihood": (lambda v: v in LIKELIHOODS if isinstance(v, str) else isinstance(
+        v, Mapping) and all(f in LIKELIHOODS for f in v.values()),
+        f"one of {sorted(LIKELIHOODS)}, or a mapping modality -> one of them"),
+    "latent_dim": _COUNT,
+    "hidden": (lambda v: isinstance(v, Sequence) and not isinstance(v, str) and len(v) > 0
+               and all(_is_int(h) for h in v), "a non-empty sequence of positive integers, "
+               "e.g. (128,)"),
+    "sigma": (lambda v: _POSITIVE[0](v) or (isinstance(v, Mapping) and all(
+        _POSITIVE[0](s) for s in v.values())), "a finite number > 0 or a mapping modality -> "
+        "such numbers"),
+    "alpha": _NON_NEGATIVE,
+    "class_weight": (lambda v: v is None or v == "balanced" or _is_probabilities(v) or (
+        isinstance(v, Sequence) and all(_NON_NEGATIVE[0](w) for w in v)),
+        "None, 'balanced' or one weight >= 0 per class"),
+    "logit_adjustment": _NON_NEGATIVE,
+    "unlabelled_prior_shift": _NON_NEGATIVE,
+    "class_prior": (lambda v: v in CLASS_PRIORS if isinstance(v, str) else _is_probabilities(v),
+                    f"one of {list(CLASS_PRIORS)} or one probability per class"),
+    "prior_concentration": (lambda v: _is_number(v) and math.isfinite(v) and v >= 1,
+                            "a finite number >= 1"),
+    "joint_head": _BOOLEAN,
+    "latent_weight": _POSITIVE,
+    "decoders": (_is_networks, "None or a mapping modality -> nn.Module or make(config)"),
+    "encoders": (_is_networks, "None or a mapping modality -> nn.Module or make(config)"),
+    "modalities": (lambda v: v is None or (isinstance(v, Mapping) and len(v) > 0),
+                   "None or a mapping modality -> its columns of a flat X"),
+    "epochs": _COUNT,
+    "batch_size": _COUNT,
+    "labelled_batch_size": (lambda v: v is None or _is_int(v), "None or an integer >= 1"),
+    "lr": _POSITIVE,
+    "num_particles": _COUNT,
+    "optimizer": (lambda v: v in ("clipped_adam", "fused_adam"),
+                  "'clipped_adam' or 'fused_adam'"),
+    "standardise": _BOOLEAN,
+    "n_init": _COUNT,
+    "n_threads": (lambda v: v is None or _is_int(v), "None or an integer >= 1"),
+    "seed": (lambda v: _is_int(v, low=0), "an integer >= 0"),
+    "device": (lambda v: isinstance(v, str) and v.split(":")[0] in ("cpu", "cuda"),
+               "'cpu', 'cuda' or 'cuda:<index>'"),
+    "progress": _BOOLEAN,
+    "distributed": _BOOLEAN,
+}
+
+
 class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     """Semi-supervised classifier for class-imbalanced multimodal data (scikit-learn API).
 
@@ -88,53 +174,75 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
       ``pandas.concat({"top": top, "bottom": bottom}, axis=1)``: the form that scikit-learn's
       model selection (``cross_val_score``, ``GridSearchCV``) can split by rows, or
     - a :class:`~pyro_mmt.data.MultimodalDataset`,
+    - a flat 2-D array or DataFrame with ``modalities=`` saying which columns make up each
+      modality: the form that ``cross_val_score``, ``GridSearchCV`` and a ``Pipeline`` with a
+      column-wise transformer pass on,
 
     and ``y`` with −1 for unlabelled rows (the ``LabelSpreading`` convention). It standardises
-    each modality on the training rows, builds the model and guide (:func:`build_model_and_guide`)
-    and trains them with Pyro's SVI (:func:`~pyro_mmt.training.svi.train`). ``predict_proba`` accepts
-    any subset of the modalities (missing ones as NaN rows or absent keys); ``score`` is the
-    balanced accuracy on the rows with a label (y ≥ 0).
+    each continuous modality on the training rows, builds the model and its guide
+    (:class:`~pyro_mmt.models.MultimodalM2`) and trains them with Pyro's SVI
+    (:func:`~pyro_mmt.training.train`). ``predict_proba`` accepts any subset of the modalities
+    (missing ones as NaN rows or absent keys); ``score`` is the balanced accuracy on the rows
+    with a label (y ≥ 0).
 
-    The fitted Pyro pieces stay available: ``model_`` (:class:`MultimodalTModel`), ``guide_``
-    (:class:`PoETGuide`), ``history_`` (per-epoch DataFrame), ``standardiser_``.
+    The fitted Pyro pieces stay available: ``model_`` (the :class:`MultimodalM2`: ``model_.model``
+    and ``model_.guide`` are the Pyro callables, ``model_.config`` every setting), ``members_``
+    (all of them when ``n_init > 1``), ``history_`` (per-epoch DataFrame), ``standardiser_``,
+    ``class_prior_`` (π, estimated from the unlabelled rows when ``class_prior="learned"``).
+
+    Model settings (see :class:`~pyro_mmt.config.ModelConfig`):
 
     :param str objective: ``"gamma_power"`` (the γ-power divergence) or ``"kl"`` (the M2 ELBO).
-    :param gamma: γ of the γ-power objective, ``"auto"`` = −2/(ν+n+d).
+    :param gamma: γ of the γ-power objective: ``"auto"`` = −2/(ν+n+d) per datum,
+        ``"<k>x auto"`` a multiple of it, or a float.
     :param float nu: ν > 2, or ``inf`` for the Gaussian model.
+    :param bool learn_nu: learn ν (one ν for prior, decoder, encoder and τ_0).
+    :param likelihood: the family of each modality (one name or a mapping modality -> name):
+        ``"student_t"`` (default), ``"gaussian"``, ``"bernoulli"``, ``"poisson"``,
+        ``"categorical"``.
     :param int latent_dim: d.
     :param hidden: hidden layer sizes of every network.
-    :param sigma: decoder scale σ_j (data are standardised, so 1 is the natural unit).
-    :param float alpha: weight α of the classification term α log q(y | x), per labelled
-        datum (default 1000). On mfeat (ρ = 10, β = 0.05, seeds 0–3) α from 40 to 5000 changes
-        balanced accuracy little (mean 0.787 to 0.798) next to the spread between seeds
-        (0.70–0.92): ``python -m benchmarks.alpha_sweep``, ``docs/benchmark.md``.
+    :param sigma: decoder scale σ_j of the continuous modalities (standardised data: 1 is the
+        natural unit).
+    :param float alpha: weight α of the classification term α log q(y | x), per labelled datum.
     :param class_weight: None or "balanced" (weights of the classification term).
     :param float logit_adjustment: τ of the logit-adjusted classification term.
-    :param float unlabelled_prior_shift: τ' for the unlabelled enumeration (see the guide).
+    :param float unlabelled_prior_shift: τ' for the unlabelled enumeration.
+    :param class_prior: π of p(y): ``"uniform"``, ``"learned"`` (estimated from the unlabelled
+        rows) or K probabilities.
+    :param float prior_concentration: Dirichlet concentration a >= 1 of a learned π.
     :param bool joint_head: add a joint head to the classifier.
-    :param float latent_weight: β on the z sites (β-VAE; "kl" objective only).
+    :param float latent_weight: β on the z sites (β-VAE; ``"kl"`` objective only).
+    :param decoders: None or modality -> your decoder network: an ``nn.Module`` (deep-copied
+        for every fit) or a factory ``make(config) -> nn.Module`` (called once per member, so
+        ``n_init`` members start from different weights). See
+        :class:`~pyro_mmt.models.MultimodalM2` for the interface.
+    :param encoders: the same for the encoder experts.
+    :param modalities: for a flat X (a 2-D array or an ordinary DataFrame, what scikit-learn's
+        ``cross_val_score``, ``GridSearchCV`` and ``Pipeline`` pass on): a mapping modality ->
+        its columns (names for a DataFrame; indices, a slice or a range for an array). Every
+        column belongs to exactly one modality (:func:`~pyro_mmt.data.as_modality_mapping`).
+
+    Training:
+
     :param int epochs: training epochs (passes over the unlabelled data).
     :param int batch_size: unlabelled batch size.
     :param labelled_batch_size: labelled batch size (default ``batch_size``).
     :param float lr: Adam learning rate.
     :param int num_particles: particles per step.
-    :param bool standardise: standardise each modality on the training rows.
+    :param str optimizer: ``"clipped_adam"`` (Pyro's ``ClippedAdam``) or ``"fused_adam"``
+        (:class:`~pyro_mmt.training.MultiTensorAdam`: the same update as one fused Adam).
+    :param bool standardise: standardise each continuous modality on the training rows.
+    :param int n_init: independent initialisations (seeds ``seed + 1000 i``), each a full
+        model; ``predict_proba`` averages their q(y | x).
+    :param n_threads: torch threads while fitting and predicting (restored afterwards); None
+        leaves torch's setting. Default 1: for networks this small one thread per process is
+        fastest (``docs/performance.md``).
     :param int seed: random seed.
     :param str device: ``"cpu"`` or ``"cuda"``.
-    :param bool progress: show a progress bar.
-    :param str optimizer: ``"clipped_adam"`` (Pyro's ``ClippedAdam``, one Adam per parameter
-        tensor; the default, with which the published benchmark was run) or ``"fused_adam"``
-        (:class:`~pyro_mmt.training.optim.MultiTensorAdam`: the same update, clipped at ±10, as one fused
-        Adam over all parameters; faster per step, see ``docs/performance.md``).
-    :param int n_init: number of independent initialisations (seeds ``seed + 1000 i``), each a
-        full model and guide; ``predict_proba`` averages their q(y | x). The result of one fit
-        depends strongly on the initialisation (±0.07 balanced accuracy between seeds on mfeat,
-        ρ = 10, β = 0.05); averaging three raised mfeat from 0.799 to 0.852 and digits from
-        0.742 to 0.765 there (``docs/benchmark.md``). ``model_``/``guide_`` are the first member;
-        ``members_`` holds all of them and ``histories_`` their histories.
+    :param bool progress: show progress bars.
     :param bool distributed: data-parallel training over the processes of a ``torchrun``
-        launch (:func:`~pyro_mmt.training.distributed.train_distributed`; gloo on CPU, nccl on GPU);
-        ``batch_size`` is then the global batch.
+        launch (:func:`~pyro_mmt.training.distributed.train_distributed`).
     """
 
     def __init__(
@@ -142,6 +250,8 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         objective: str = "gamma_power",
         gamma: float | str = "auto",
         nu: float = 5.0,
+        learn_nu: bool = False,
+        likelihood: str | Mapping[str, str] = "student_t",
         latent_dim: int = 16,
         hidden: Sequence[int] = (128,),
         sigma: float = 1.0,
@@ -149,24 +259,32 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         class_weight: str | None = None,
         logit_adjustment: float = 0.0,
         unlabelled_prior_shift: float = 0.0,
+        class_prior: str | Sequence[float] = "uniform",
+        prior_concentration: float = 1.0,
         joint_head: bool = False,
         latent_weight: float = 1.0,
+        decoders: Mapping[str, nn.Module | Callable] | None = None,
+        encoders: Mapping[str, nn.Module | Callable] | None = None,
+        modalities: Mapping[str, Sequence] | None = None,
         epochs: int = 50,
         batch_size: int = 128,
         labelled_batch_size: int | None = None,
         lr: float = 1e-3,
         num_particles: int = 1,
+        optimizer: str = "clipped_adam",
         standardise: bool = True,
+        n_init: int = 1,
+        n_threads: int | None = 1,
         seed: int = 0,
         device: str = "cpu",
         progress: bool = False,
-        optimizer: str = "clipped_adam",
         distributed: bool = False,
-        n_init: int = 1,
     ):
         self.objective = objective
         self.gamma = gamma
         self.nu = nu
+        self.learn_nu = learn_nu
+        self.likelihood = likelihood
         self.latent_dim = latent_dim
         self.hidden = hidden
         self.sigma = sigma
@@ -174,36 +292,81 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         self.class_weight = class_weight
         self.logit_adjustment = logit_adjustment
         self.unlabelled_prior_shift = unlabelled_prior_shift
+        self.class_prior = class_prior
+        self.prior_concentration = prior_concentration
         self.joint_head = joint_head
         self.latent_weight = latent_weight
+        self.decoders = decoders
+        self.encoders = encoders
+        self.modalities = modalities
         self.epochs = epochs
         self.batch_size = batch_size
         self.labelled_batch_size = labelled_batch_size
         self.lr = lr
         self.num_particles = num_particles
+        self.optimizer = optimizer
         self.standardise = standardise
+        self.n_init = n_init
+        self.n_threads = n_threads
         self.seed = seed
         self.device = device
         self.progress = progress
-        self.optimizer = optimizer
         self.distributed = distributed
-        self.n_init = n_init
+
+    # ------------------------------------------------------------------- parameter checks
+    def _check_params(self) -> None:
+        """Every parameter against ``_parameter_constraints`` (a ValueError naming it), plus
+        what the constraints cannot say."""
+        for name, value in self.get_params(deep=False).items():
+            check, expected = _PARAMETER_CONSTRAINTS[name]
+            if not check(value):
+                raise ValueError(f"{name}: expected {expected}, found {value!r}")
+        if self.objective == "gamma_power" and self.latent_weight != 1.0:
+            raise ValueError(
+                f"latent_weight: the gamma_power objective raises the whole density to the "
+                f"power gamma and cannot weight the z sites; expected 1.0, found "
+                f"{self.latent_weight} (latent_weight is a KL-objective option)")
+        if self.objective == "kl" and self.gamma != "auto":
+            raise ValueError(f"gamma: the kl objective has no gamma; expected 'auto' (unused), "
+                             f"found {self.gamma!r}")
+        if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device: {self.device!r} asks for CUDA, but torch finds no GPU "
+                             "(torch.cuda.is_available() is False); use 'cpu'")
+
+    @contextlib.contextmanager
+    def _threads(self):
+        """torch's thread count set to ``n_threads`` for the duration (restored after)."""
+        if self.n_threads is None:
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(int(self.n_threads))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     # ------------------------------------------------------------------ data at the boundary
     def _dataset(self, X, y=None, *, fitted=False) -> MultimodalDataset:
+        """X (and y) as a MultimodalDataset: checked, and for a fitted estimator completed to
+        its modalities (absent ones missing) and standardised as in fit."""
         if fitted and isinstance(X, MultimodalDataset) and X.modalities != self.modalities_:
             X = X.to_numpy()[0]  # a subset or another order: completed below like a mapping
         if isinstance(X, MultimodalDataset):
-            data = X if y is None else X.with_labels(y)
+            data = X if y is None else X.with_labels(check_labels(y, len(X)))
         else:
-            X = _modality_mapping(X)
+            X = as_modality_mapping(X, self.modalities)
             if fitted:
                 X = self._complete(X)
-            kwargs = {"num_classes": self.n_classes_} if fitted else {}
-            data = MultimodalDataset(X, y, **kwargs)
+            n_rows = len(next(iter(X.values())))
+            if y is not None:
+                y = check_labels(y, n_rows, self.n_classes_ if fitted else None)
+            data = MultimodalDataset(X, y, num_classes=self.n_classes_ if fitted else None,
+                                     allow_unobserved_modalities=fitted)
         if fitted:
             if data.modalities != self.modalities_:
                 data = data.select_modalities(self.modalities_)
+            self._check_values(data)
             if self.standardiser_ is not None:
                 data = self.standardiser_.transform(data)
         return data
@@ -219,96 +382,153 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         if not X:
             raise ValueError("X: expected at least one modality, found none")
         for m, value in X.items():
-            width = np.shape(value)[1] if np.ndim(value) == 2 else None
-            if width != self.dims_[m]:
+            if value.shape[1] != self.dims_[m]:
                 raise ValueError(
                     f"X[{m!r}]: expected shape [N, {self.dims_[m]}] (as in fit), found shape "
-                    f"{np.shape(value)}"
+                    f"{value.shape}"
                 )
         n = len(next(iter(X.values())))
         return {
             m: X[m] if m in X else np.full((n, self.dims_[m]), np.nan) for m in self.modalities_
         }
 
+    def _families(self, modalities) -> dict[str, str]:
+        if isinstance(self.likelihood, str):
+            return {m: self.likelihood for m in modalities}
+        unknown = sorted(set(self.likelihood) - set(modalities))
+        if unknown:
+            raise ValueError(f"likelihood: unknown modalities {unknown}; the data have "
+                             f"{list(modalities)}")
+        return {m: self.likelihood.get(m, "student_t") for m in modalities}
+
+    def _check_values(self, data: MultimodalDataset) -> None:
+        """Observed values of each discrete modality lie in its family's support."""
+        for j, m in enumerate(data.modalities):
+            likelihood = self.model_.likelihoods[m] if hasattr(self, "model_") else None
+            if likelihood is None or likelihood.continuous:
+                continue
+            rows = data.mask[:, j].numpy()
+            likelihood.check_values(data.x[m].numpy()[rows], f"X[{m!r}]")
+
     # ------------------------------------------------------------------------------- fit
     def fit(self, X, y=None):
-        """Fit on ``X`` (mapping or MultimodalDataset) with labels ``y`` (−1 = unlabelled)."""
+        """Fit on ``X`` (any form of the class docstring) with labels ``y`` (−1 =
+        unlabelled)."""
+        self._check_params()
+        with self._threads():
+            return self._fit(X, y)
+
+    def _fit(self, X, y):
         data = self._dataset(X, y)
         counts = data.class_counts()
+        if counts.sum() == 0:
+            raise ValueError(f"y: expected some labelled rows (y >= 0), found none among "
+                             f"{len(data)} rows")
         empty = np.flatnonzero(counts == 0).tolist()
         if empty:
             raise ValueError(
-                f"y: every class needs at least one labelled sample, found none for classes "
+                f"y: every class needs at least one labelled row, found none for classes "
                 f"{empty} (labelled counts {counts.tolist()})"
             )
+        families = self._families(data.modalities)
+        num_categories = {}
+        for j, m in enumerate(data.modalities):
+            family = LIKELIHOODS[families[m]]
+            values = data.x[m].numpy()[data.mask[:, j].numpy()]
+            if family.needs_categories:
+                num_categories[m] = max(int(values.max()) + 1, 2) if values.size else 2
+            family(data.dims[m], num_categories=num_categories.get(m)).check_values(
+                values, f"X[{m!r}]")
         self.modalities_ = data.modalities
         self.dims_ = dict(data.dims)
         self.n_classes_ = data.num_classes
         self.classes_ = np.arange(self.n_classes_)
         self.label_counts_ = counts
-        self.standardiser_ = Standardiser().fit(data) if self.standardise else None
-        if self.standardiser_ is not None:
+        self.standardiser_ = None
+        if self.standardise:
+            self.standardiser_ = Standardiser().fit(data)
+            for m in data.modalities:  # only continuous modalities are standardised
+                if not LIKELIHOODS[families[m]].continuous:
+                    self.standardiser_.mean_[m] = np.zeros_like(self.standardiser_.mean_[m])
+                    self.standardiser_.scale_[m] = np.ones_like(self.standardiser_.scale_[m])
             data = self.standardiser_.transform(data)
+        self.config_ = ModelConfig(
+            dims=dict(data.dims), num_classes=self.n_classes_, latent_dim=self.latent_dim,
+            hidden=tuple(self.hidden), likelihood=families, num_categories=num_categories,
+            nu=self.nu, learn_nu=self.learn_nu, sigma=self.sigma,
+            class_prior=self.class_prior if isinstance(self.class_prior, str)
+            else tuple(self.class_prior),
+            prior_concentration=self.prior_concentration, alpha=self.alpha,
+            class_weight=self.class_weight if self.class_weight is None
+            or isinstance(self.class_weight, str) else tuple(self.class_weight),
+            logit_adjustment=self.logit_adjustment,
+            unlabelled_prior_shift=self.unlabelled_prior_shift,
+            label_counts=tuple(int(c) for c in counts), joint_head=self.joint_head,
+            latent_weight=self.latent_weight,
+        )
 
         device = torch.device(self.device)
-        if isinstance(self.n_init, bool) or int(self.n_init) != self.n_init or self.n_init < 1:
-            raise ValueError(f"n_init: expected a positive integer, found {self.n_init!r}")
         fit_fn = train
         if self.distributed:
             from pyro_mmt.training.distributed import init_from_env, train_distributed
 
             init_from_env("nccl" if device.type == "cuda" else "gloo")
             fit_fn = train_distributed
+        unlabelled = data.unlabelled() if (~data.is_labelled).any() else None
         self.members_, self.histories_ = [], []
         for member in range(int(self.n_init)):
             # member 0 uses `seed`, so n_init = 1 is the single model; member i uses seed + 1000 i
             seed = self.seed + 1000 * member
             pyro.set_rng_seed(seed)  # the networks' initial weights too, so fit is repeatable
-            model, guide = build_model_and_guide(
-                self.dims_, self.n_classes_, latent_dim=self.latent_dim,
-                hidden=tuple(self.hidden), nu=self.nu, sigma=self.sigma, alpha=self.alpha,
-                class_weight=self.class_weight, logit_adjustment=self.logit_adjustment,
-                unlabelled_prior_shift=self.unlabelled_prior_shift, label_counts=counts,
-                joint_head=self.joint_head, latent_weight=self.latent_weight,
-            )
-            model.to(device)
-            guide.to(device)
-            guide.classifier.to(device)
+            m2 = self._build(self.config_).to(device)
+            callback = None
+            if self.config_.class_prior == "learned" and unlabelled is not None:
+                def callback(epoch, m2=m2):
+                    m2.update_class_prior(_classifier_logits(m2, unlabelled, device))
+            desc = "training" if self.n_init == 1 else f"init {member + 1}/{self.n_init}"
             with pyro.get_param_store().scope():
                 history = fit_fn(
-                    model.model, guide.guide, data,
+                    m2.model, m2.guide, data,
                     objective=make_objective(self.objective, gamma=self.gamma,
                                              num_particles=self.num_particles),
                     optimizer=self._make_optimizer(),
                     epochs=self.epochs, batch_size=self.batch_size,
                     labelled_batch_size=self.labelled_batch_size, seed=seed,
-                    device=device, progress=self.progress,
+                    device=device, progress=self.progress, on_epoch_end=callback, desc=desc,
                 )
-            self.members_.append((model, guide))
+            self.members_.append(m2)
             self.histories_.append(history)
-        self.model_, self.guide_ = self.members_[0]
+        self.model_ = self.members_[0]
         self.history_ = self.histories_[0]
+        self.class_prior_ = np.mean([m2.class_prior() for m2 in self.members_], 0)
         return self
+
+    def _build(self, config: ModelConfig) -> MultimodalM2:
+        def networks(given):
+            if not given:
+                return None
+            return {m: copy.deepcopy(net) if isinstance(net, nn.Module) else net(config)
+                    for m, net in given.items()}
+
+        return MultimodalM2(config, decoders=networks(self.decoders),
+                            encoders=networks(self.encoders))
 
     def _make_optimizer(self):
         if self.optimizer == "clipped_adam":
             return pyro.optim.ClippedAdam({"lr": self.lr})
-        if self.optimizer == "fused_adam":
-            from pyro_mmt.training.optim import MultiTensorAdam
+        from pyro_mmt.training.optim import MultiTensorAdam
 
-            return MultiTensorAdam({"lr": self.lr, "clip_value": 10.0})
-        raise ValueError(
-            f"optimizer: expected 'clipped_adam' or 'fused_adam', found {self.optimizer!r}"
-        )
+        return MultiTensorAdam({"lr": self.lr, "clip_value": 10.0})
 
     # ---------------------------------------------------------------------------- predict
     def predict_proba(self, X) -> np.ndarray:
-        """q(y | x), shape [N, K], rows summing to 1; any subset of modalities."""
+        """q(y | x), shape [N, K], rows summing to 1; any subset of modalities. With
+        ``n_init > 1``, the mean of the members' q(y | x)."""
         self._check_fitted()
-        data = self._dataset(X, fitted=True)
-        device = torch.device(self.device)
-        members = getattr(self, "members_", [(self.model_, self.guide_)])
-        return np.mean([predict_proba(guide, data, device=device) for _, guide in members], 0)
+        with self._threads():
+            data = self._dataset(X, fitted=True)
+            device = torch.device(self.device)
+            return np.mean([predict_proba(m2, data, device=device) for m2 in self.members_], 0)
 
     def predict(self, X) -> np.ndarray:
         """The most probable class under q(y | x)."""
@@ -332,7 +552,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         return float(balanced_accuracy_score(y[labelled], pred[labelled], sample_weight=weight))
 
     def _check_fitted(self):
-        if not hasattr(self, "guide_"):
+        if not hasattr(self, "model_"):
             raise NotFittedError(
                 f"this {type(self).__name__} is not fitted yet: call fit(X, y) first"
             )
@@ -344,61 +564,76 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         return self.history_
 
 
-def _modality_mapping(X) -> Mapping:
-    """The mapping modality -> [N, n_j] behind ``X`` (a mapping, or a DataFrame whose columns
-    are a (modality, feature) MultiIndex)."""
-    if isinstance(X, pd.DataFrame):
-        if X.columns.nlevels != 2:
-            raise ValueError(
-                "X: a DataFrame needs two column levels (modality, feature), e.g. "
-                "pandas.concat({'a': Xa, 'b': Xb}, axis=1); found "
-                f"{X.columns.nlevels} level(s)"
-            )
-        return {str(m): X[m].to_numpy() for m in X.columns.get_level_values(0).unique()}
-    if not isinstance(X, Mapping):
-        raise ValueError(
-            "X: expected a mapping modality name -> array [N, n_j], a DataFrame with "
-            "(modality, feature) columns or a MultimodalDataset, found " + type(X).__name__
-        )
-    return X
+@torch.no_grad()
+def _classifier_logits(m2: MultimodalM2, data: MultimodalDataset, device,
+                       batch_size: int = 1024) -> torch.Tensor:
+    """The classifier's logits f(x) on every row of ``data``, [N, K]."""
+    out = []
+    for start in range(0, len(data), batch_size):
+        sub = data[np.arange(start, min(start + batch_size, len(data)))]
+        x = {m: v.to(device) for m, v in sub.x.items()}
+        out.append(m2.classifier_logits(x, sub.mask.to(device)))
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------- save / load
+_FORMAT = "pyro_mmt.estimator/2"
 
 
 def save_estimator(estimator: MultimodalSemiSupervisedClassifier, path) -> None:
-    """Save a fitted estimator: its hyperparameters, the fitted sizes, the standardiser and the
-    network weights, as plain tensors and numbers (``torch.save``; read back by
-    :func:`load_estimator` with ``weights_only=True``)."""
+    """Save a fitted estimator: its parameters, the model's config, the standardiser and every
+    member's ``state_dict()``, as plain tensors, numbers and strings (``torch.save``; read back
+    by :func:`load_estimator` with ``weights_only=True``). User networks are saved as weights
+    only: pass the same ``decoders``/``encoders`` to :func:`load_estimator`."""
     estimator._check_fitted()
-    params = estimator.get_params()
-    params["hidden"] = list(params["hidden"])
+    params = estimator.get_params(deep=False)
+    custom = {name: sorted(params.pop(name) or {}) for name in ("decoders", "encoders")}
+    if params["modalities"] is not None:  # slices and ranges as the column lists they stand for
+        width = sum(estimator.dims_.values())
+        params["modalities"] = {
+            m: list(range(*c.indices(width))) if isinstance(c, slice) else
+            [v.item() if isinstance(v, np.generic) else v for v in c]
+            for m, c in params["modalities"].items()}
+    params = {k: (list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v)
+              for k, v in params.items()}
     state = {
+        "format": _FORMAT,
         "params": params,
+        "custom_networks": custom,
+        "config": estimator.config_.to_dict(),
         "modalities": list(estimator.modalities_),
-        "dims": dict(estimator.dims_),
-        "n_classes": int(estimator.n_classes_),
         "label_counts": [int(c) for c in estimator.label_counts_],
         "standardiser": None if estimator.standardiser_ is None
         else _tensor_state(estimator.standardiser_.state_dict()),
-        "members": [
-            {"model": model.state_dict(), "guide": guide.state_dict(),
-             "classifier": guide.classifier.state_dict()}
-            for model, guide in getattr(estimator, "members_",
-                                        [(estimator.model_, estimator.guide_)])
-        ],
-        "history": estimator.history_.to_dict(orient="list"),
+        "members": [m2.state_dict() for m2 in estimator.members_],
+        "histories": [h.to_dict(orient="list") for h in estimator.histories_],
     }
     torch.save(state, path)
 
 
-def load_estimator(path, map_location="cpu") -> MultimodalSemiSupervisedClassifier:
+def load_estimator(path, map_location="cpu", *, decoders=None,
+                   encoders=None) -> MultimodalSemiSupervisedClassifier:
     """Load an estimator saved by :func:`save_estimator` (``torch.load(weights_only=True)``;
-    a file holding other objects is refused with a ``ValueError``)."""
+    a file holding other objects is refused with a ``ValueError``). Every parameter, the
+    model's config and the learned state come back exactly; an estimator fitted with your own
+    networks needs the same ``decoders``/``encoders`` here."""
     state = load_weights(path, map_location=map_location)
-    params = dict(state["params"])
+    if not isinstance(state, dict) or state.get("format") != _FORMAT:
+        raise ValueError(f"path: {path} is not an estimator saved by save_estimator "
+                         f"(format {_FORMAT})")
+    given = {"decoders": decoders, "encoders": encoders}
+    for name, modalities in state["custom_networks"].items():
+        if sorted(given[name] or {}) != modalities:
+            raise ValueError(
+                f"{name}: the estimator was fitted with your own {name} for {modalities}; "
+                f"pass the same {name}= to load_estimator, found {sorted(given[name] or {})}")
+    params = dict(state["params"], **given)
     params["hidden"] = tuple(params["hidden"])
     est = MultimodalSemiSupervisedClassifier(**params)
+    est.config_ = ModelConfig.from_dict(state["config"])
     est.modalities_ = tuple(state["modalities"])
-    est.dims_ = {m: int(state["dims"][m]) for m in est.modalities_}
-    est.n_classes_ = int(state["n_classes"])
+    est.dims_ = dict(est.config_.dims)
+    est.n_classes_ = est.config_.num_classes
     est.classes_ = np.arange(est.n_classes_)
     est.label_counts_ = np.asarray(state["label_counts"])
     std = state["standardiser"]
@@ -407,19 +642,15 @@ def load_estimator(path, map_location="cpu") -> MultimodalSemiSupervisedClassifi
     )
     est.members_ = []
     for member in state["members"]:
-        model, guide = build_model_and_guide(
-            est.dims_, est.n_classes_, latent_dim=est.latent_dim, hidden=est.hidden, nu=est.nu,
-            sigma=est.sigma, alpha=1.0, class_weight=est.class_weight,
-            logit_adjustment=est.logit_adjustment,
-            unlabelled_prior_shift=est.unlabelled_prior_shift, label_counts=est.label_counts_,
-            joint_head=est.joint_head, latent_weight=est.latent_weight,
-        )
-        model.load_state_dict(member["model"])
-        guide.load_state_dict(member["guide"])
-        guide.classifier.load_state_dict(member["classifier"])
-        est.members_.append((model, guide))
-    est.model_, est.guide_ = est.members_[0]
-    est.history_ = pd.DataFrame(state["history"])
+        m2 = est._build(est.config_)
+        m2.load_state_dict(member)
+        if isinstance(map_location, str | torch.device):
+            m2 = m2.to(torch.device(map_location))
+        est.members_.append(m2)
+    est.model_ = est.members_[0]
+    est.histories_ = [pd.DataFrame(h) for h in state["histories"]]
+    est.history_ = est.histories_[0]
+    est.class_prior_ = np.mean([m2.class_prior() for m2 in est.members_], 0)
     return est
 
 

@@ -1,9 +1,17 @@
-"""Network pieces shared by the models and guides.
+"""Network pieces shared by the models and guides, and the helpers for writing your own.
 
-Every network that takes the label y does so through a class embedding *added* to the first
-layer's pre-activation. Under parallel enumeration y has shape [K, 1] while the other input has
-shape [B, ·]; the sum broadcasts to [K, B, ·], so one forward pass serves every class with no
-Python loop and no copy of the input per class.
+**The label under enumeration.** A network that takes the label y sees, in a labelled batch,
+y of shape [B] beside an input of shape [B, ·]; under the guide's parallel enumeration of an
+unlabelled batch, y has shape [K, 1] (all classes, to the left of the data plate) while the
+input is still [B, ·] (or [K, B, ·] for a decoder, whose z depends on y). A network must
+broadcast the two:
+
+- :class:`LabelConditionedMLP` (the default networks) adds a class embedding to the first
+  layer's pre-activation: the sum broadcasts to [K, B, ·], so one pass serves every class with
+  no Python loop and no copy of the input per class;
+- :func:`concat_label` gives the usual ``torch.cat([v, one_hot(y)], -1)`` with both broadcast
+  first, and :class:`LabelConcat` wraps any network ``net(input)`` that expects that
+  concatenation, so a user's decoder or encoder can be written the usual way.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["LabelConditionedMLP", "mlp", "observed_dimension"]
+__all__ = ["LabelConditionedMLP", "LabelConcat", "concat_label", "mlp", "observed_dimension"]
 
 
 def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.SiLU) -> nn.Sequential:
@@ -48,6 +56,43 @@ class LabelConditionedMLP(nn.Module):
     def forward(self, v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """v: [..., B, in_dim]; y: int64 labels broadcastable to v's batch ([B] or [K, 1])."""
         return self.body(self.input(v) + self.label(y))
+
+
+def concat_label(v: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``torch.cat([v, one_hot(y)], -1)`` with v's batch and y broadcast against each other.
+
+    :param torch.Tensor v: input of shape [..., B, n] (e.g. z of shape [B, d] or [K, B, d]).
+    :param torch.Tensor y: int64 labels of a shape broadcastable to v's batch shape: [B], or
+        [K, 1] under the guide's parallel enumeration.
+    :param int num_classes: K, the width of the one-hot code.
+    :return: [..., B, n + K] with the broadcast batch shape (e.g. [K, B, n + K]).
+    """
+    batch = torch.broadcast_shapes(v.shape[:-1], y.shape)
+    code = nn.functional.one_hot(y, num_classes).to(v.dtype)
+    return torch.cat([v.expand(batch + v.shape[-1:]), code.expand(batch + code.shape[-1:])], -1)
+
+
+class LabelConcat(nn.Module):
+    """Wrap a network written for the input ``cat([v, one_hot(y)])`` into the ``(v, y)``
+    interface of the decoders and encoders, broadcasting over the enumerated label.
+
+    Example: a decoder of modality ``"top"`` (n = 32) from z (d = 16) and the label (K = 10)::
+
+        decoder = LabelConcat(nn.Sequential(nn.Linear(16 + 10, 64), nn.ReLU(),
+                                            nn.Linear(64, 32)), num_classes=10)
+
+    :param nn.Module net: maps [..., n + K] to the output.
+    :param int num_classes: K.
+    """
+
+    def __init__(self, net: nn.Module, num_classes: int):
+        super().__init__()
+        self.net = net
+        self.num_classes = int(num_classes)
+
+    def forward(self, v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``net(concat_label(v, y, K))``."""
+        return self.net(concat_label(v, y, self.num_classes))
 
 
 def observed_dimension(

@@ -9,9 +9,8 @@ from pyro import poutine
 
 from benchmarks import overhead, scaling
 from benchmarks.plain_step import plain_loss
-from pyro_mmt.distributions import DiagStudentT
-from pyro_mmt.estimator import build_model_and_guide, make_objective
-from pyro_mmt.models.multimodal_t import IsotropicStudentT
+from pyro_mmt.distributions import DiagStudentT, IsotropicStudentT
+from pyro_mmt.estimator import build_model, make_objective
 
 
 @pytest.mark.parametrize("labelled", [True, False])
@@ -19,7 +18,7 @@ from pyro_mmt.models.multimodal_t import IsotropicStudentT
 def test_plain_loss_is_the_gamma_power_elbo(labelled, missing):
     torch.set_default_dtype(torch.float64)
     dims = {"a": 5, "b": 7, "c": 3}
-    model, guide = build_model_and_guide(
+    m2 = build_model(
         dims, 4, latent_dim=3, hidden=(8,), alpha=2.0, label_counts=[1, 2, 3, 4],
         class_weight="balanced", logit_adjustment=0.5, unlabelled_prior_shift=0.7)
     x = {m: torch.randn(6, n) for m, n in dims.items()}
@@ -29,9 +28,9 @@ def test_plain_loss_is_the_gamma_power_elbo(labelled, missing):
     y = torch.randint(0, 4, (6,)) if labelled else None
     pyro.set_rng_seed(1)  # the same draws of z in both
     with poutine.scale(scale=3.0):
-        expected = make_objective().differentiable_loss(model.model, guide.guide, x, mask, y)
+        expected = make_objective().differentiable_loss(m2.model, m2.guide, x, mask, y)
     pyro.set_rng_seed(1)
-    found = plain_loss(model, guide, x, mask, y, scale=3.0)
+    found = plain_loss(m2, x, mask, y, scale=3.0)
     torch.testing.assert_close(found, expected, rtol=1e-12, atol=1e-9)
 
 

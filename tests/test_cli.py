@@ -111,6 +111,7 @@ def test_demo_writes_its_table_and_plots(tmp_path, small_deep_models, capsys):
     (["train", "no-such-data"], "expected a data set name"),
     (["train", "absent.npz"], "no file at"),
     (["train", "digits", "--nu", "2"], "nu > 2"),
+    (["train", "digits", "--nu", "inf", "--learn-nu"], "no ν to learn"),
     (["evaluate", "no-such-run"], "holds no estimator.pt"),
 ])
 def test_errors_name_the_argument(argv, message):
@@ -149,11 +150,32 @@ def test_diagnose_writes_netcdf_summary_and_plots(tmp_path, capsys):
     assert "khat" in shown and f"files to {out}" in shown
     assert list(out.glob("*.nc")), "no netCDF written"
     assert len(list(out.glob("*.png"))) >= 3
-    from pyro_mmt.evaluation.diagnostics import get_group, load_netcdf
+    from pyro_mmt.evaluation.diagnostics import get_group, load_netcdf, run_attrs
 
     data = load_netcdf(next(out.glob("*.nc")))
     test = MultimodalDataset.from_npz(run / "test.npz")
     assert get_group(data, "posterior")["z"].shape[:3] == (1, 30, len(test))
+    # the attributes are the fitted model's settings
+    attrs = run_attrs(data)
+    assert attrs["model"] == "MultimodalM2" and attrs["alpha"] == 1000.0
+    assert attrs["class_weight"] == "balanced" and attrs["latent_dim"] == 2
+    assert attrs["split"] == "test" and attrs["sigma_top"] == 1.0
+
+
+def test_train_with_learned_nu_and_class_prior(tiny_npz, tmp_path):
+    from pyro_mmt.estimator import load_estimator
+
+    run = tmp_path / "learned"
+    assert main(["--threads", "1", "train", str(tiny_npz), "--out", str(run), "--learn-nu",
+                 "--class-prior", "learned", *SMALL]) == 0
+    options = json.loads((run / "config.json").read_text())["estimator"]
+    assert options["learn_nu"] is True and options["class_prior"] == "learned"
+    assert options["n_threads"] == 1
+    est = load_estimator(run / "estimator.pt")
+    assert est.config_.learn_nu and est.config_.class_prior == "learned"
+    nu = float(est.model_.nu.detach())
+    assert nu > 2 and nu != 5.0  # trained from its start
+    np.testing.assert_allclose(est.class_prior_.sum(), 1.0)
 
 
 def test_train_with_the_fused_optimiser(tiny_npz, tmp_path):

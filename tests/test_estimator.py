@@ -52,7 +52,8 @@ def test_fit_returns_self_with_the_fitted_pyro_pieces(blobs):
     assert est.n_classes_ == 3 and est.classes_.tolist() == [0, 1, 2]
     assert est.label_counts_.tolist() == [10, 10, 10]
     assert len(est.history_) == 1 and np.isfinite(est.history_["loss"]).all()
-    assert callable(est.model_.model) and callable(est.guide_.guide)
+    assert callable(est.model_.model) and callable(est.model_.guide)
+    assert est.config_ is est.model_.config and est.config_.alpha == 1000.0
     assert est.history is est.history_
 
 
@@ -74,7 +75,7 @@ def test_get_params_set_params_round_trip_and_clone(fitted):
     assert other.get_params() == params
     copy = clone(fitted)
     assert copy.get_params() == params
-    assert not hasattr(copy, "guide_")  # clone copies hyperparameters, not the fit
+    assert not hasattr(copy, "model_")  # clone copies hyperparameters, not the fit
     copy.set_params(lr=0.5, nu=float("inf"), objective="kl")
     assert (copy.lr, copy.nu, copy.objective) == (0.5, float("inf"), "kl")
     assert fitted.lr == 1e-3
@@ -139,9 +140,9 @@ def test_clear_errors(blobs, fitted):
         fitted.predict_proba({"a": X["a"], "c": X["b"]})
     with pytest.raises(ValueError, match=r"X\['a'\]: expected shape \[N, 4\]"):
         fitted.predict_proba({"a": X["a"][:, :3]})
-    with pytest.raises(ValueError, match="two column levels"):
+    with pytest.raises(ValueError, match="modalities"):
         est.fit(pd.DataFrame(X["a"]), y)
-    with pytest.raises(ValueError, match="mapping"):
+    with pytest.raises(ValueError, match="modalities"):
         est.fit(X["a"], y)
     with pytest.raises(ValueError, match="objective"):
         MultimodalSemiSupervisedClassifier(**{**SMALL, "objective": "renyi"}).fit(X, y)
@@ -197,7 +198,7 @@ def test_n_init_averages_the_members_and_round_trips(tmp_path):
     single = MultimodalSemiSupervisedClassifier(**options).fit(x, y)
     assert len(pair.members_) == 2 and len(pair.histories_) == 2
     test = {m: v[:10] for m, v in x.items()}
-    members = [predict_proba(g, pair._dataset(test, fitted=True)) for _, g in pair.members_]
+    members = [predict_proba(m2, pair._dataset(test, fitted=True)) for m2 in pair.members_]
     np.testing.assert_allclose(pair.predict_proba(test), np.mean(members, 0), rtol=1e-6)
     np.testing.assert_allclose(members[0], single.predict_proba(test), rtol=1e-5)
     assert not np.allclose(members[0], members[1])
@@ -206,3 +207,155 @@ def test_n_init_averages_the_members_and_round_trips(tmp_path):
     np.testing.assert_allclose(loaded.predict_proba(test), pair.predict_proba(test), rtol=1e-6)
     with pytest.raises(ValueError, match="n_init"):
         MultimodalSemiSupervisedClassifier(n_init=0, **options).fit(x, y)
+
+
+def test_save_and_load_round_trip_every_setting(blobs, tmp_path):
+    """Every hyper-parameter, the model's config (α included), a learned ν and π and the
+    predictions come back exactly after save and load."""
+    X, y, _ = blobs
+    est = MultimodalSemiSupervisedClassifier(
+        **SMALL, alpha=37.5, learn_nu=True, nu=7.0, class_prior="learned",
+        unlabelled_prior_shift=1.0, class_weight="balanced", logit_adjustment=0.5,
+        sigma=0.8, gamma="2x auto").fit(X, y)
+    save_estimator(est, tmp_path / "est.pt")
+    loaded = load_estimator(tmp_path / "est.pt")
+    assert loaded.get_params() == est.get_params()
+    assert loaded.config_ == est.config_ and loaded.model_.config.alpha == 37.5
+    assert float(loaded.model_.nu.detach()) == float(est.model_.nu.detach())
+    assert float(est.model_.nu.detach()) != 7.0  # ν was learned
+    np.testing.assert_array_equal(loaded.class_prior_, est.class_prior_)
+    for a, b in zip(loaded.model_.state_dict().values(), est.model_.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+    np.testing.assert_array_equal(loaded.predict_proba(X), est.predict_proba(X))
+
+
+def test_flat_input_with_modalities_works_with_scikit_learn_model_selection(blobs):
+    """A flat array with modalities= works in cross_val_score, GridSearchCV and a Pipeline
+    whose column-wise transformer feeds the estimator."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y, _ = blobs
+    flat = np.hstack([X["a"], X["b"]])
+    est = MultimodalSemiSupervisedClassifier(**SMALL, modalities={"a": [0, 1, 2, 3],
+                                                                  "b": slice(4, 6)})
+    cv = StratifiedKFold(3, shuffle=True, random_state=0)
+    scores = cross_val_score(est, flat, y, cv=cv, error_score="raise")
+    assert scores.shape == (3,)
+    search = GridSearchCV(est, {"alpha": [10.0, 1000.0]}, cv=cv, error_score="raise")
+    search.fit(flat, y)
+    assert search.best_params_["alpha"] in (10.0, 1000.0)
+    frame = pd.DataFrame(flat, columns=[f"f{i}" for i in range(6)])
+    pipe = Pipeline([
+        ("scale", ColumnTransformer([("all", StandardScaler(), list(frame.columns))],
+                                    verbose_feature_names_out=False).set_output(
+                                        transform="pandas")),
+        ("clf", MultimodalSemiSupervisedClassifier(
+            **SMALL, modalities={"a": ["f0", "f1", "f2", "f3"], "b": ["f4", "f5"]})),
+    ])
+    pipe.fit(frame, y)
+    assert pipe.predict(frame).shape == (60,)
+
+
+def test_user_networks_through_the_estimator(blobs, tmp_path):
+    """A decoder written the usual way (cat([z, one_hot(y)])) wrapped in LabelConcat, passed as
+    a factory: fit, predict, cross_val_score and save/load keep it."""
+    from pyro_mmt.nn import LabelConcat
+
+    X, y, _ = blobs
+
+    def decoder(config):
+        k, d = config.num_classes, config.latent_dim
+        return LabelConcat(torch.nn.Sequential(torch.nn.Linear(d + k, 8), torch.nn.Tanh(),
+                                               torch.nn.Linear(8, config.dims["b"])), k)
+
+    est = MultimodalSemiSupervisedClassifier(**SMALL, decoders={"b": decoder}).fit(X, y)
+    assert isinstance(est.model_.decoders["b"], LabelConcat)
+    save_estimator(est, tmp_path / "custom.pt")
+    with pytest.raises(ValueError, match="decoders"):
+        load_estimator(tmp_path / "custom.pt")
+    loaded = load_estimator(tmp_path / "custom.pt", decoders={"b": decoder})
+    np.testing.assert_array_equal(loaded.predict_proba(X), est.predict_proba(X))
+    scores = cross_val_score(clone(est), pd.concat({m: pd.DataFrame(v) for m, v in X.items()},
+                                                   axis=1), y, cv=2, error_score="raise")
+    assert scores.shape == (2,)
+
+
+@pytest.mark.parametrize("objective", ["gamma_power", "kl"])
+def test_binary_and_count_modalities_fit_and_predict(objective):
+    """A Student-t, a Bernoulli and a Poisson modality: fit (a few epochs), predict any
+    subset; discrete modalities are not standardised and their values are checked."""
+    rng = np.random.default_rng(1)
+    y_true = np.repeat([0, 1, 2], 30)
+    X = {"lab": rng.normal(size=(90, 3)) + y_true[:, None],
+         "symptoms": (rng.random((90, 4)) < 0.2 + 0.3 * (y_true[:, None] == 1)).astype(float),
+         "visits": rng.poisson(1 + 2 * (y_true[:, None] == 2), size=(90, 2)).astype(float)}
+    y = np.where(np.arange(90) % 3 == 0, y_true, -1)
+    est = MultimodalSemiSupervisedClassifier(
+        **{**SMALL, "epochs": 3}, objective=objective, nu=5.0 if objective == "gamma_power"
+        else float("inf"), likelihood={"symptoms": "bernoulli", "visits": "poisson"}).fit(X, y)
+    assert est.config_.likelihood == {"lab": "student_t", "symptoms": "bernoulli",
+                                      "visits": "poisson"}
+    np.testing.assert_array_equal(est.standardiser_.scale_["visits"], np.ones(2))
+    assert est.predict_proba({"symptoms": X["symptoms"]}).shape == (90, 3)
+    assert np.isfinite(est.history_["loss"]).all()
+    bad = dict(X, symptoms=X["symptoms"] * 2)
+    with pytest.raises(ValueError, match="symptoms.*0 or 1"):
+        est.predict(bad)
+    with pytest.raises(ValueError, match="visits.*non-negative integer"):
+        MultimodalSemiSupervisedClassifier(**SMALL, likelihood={"visits": "poisson"}).fit(
+            dict(X, visits=X["visits"] - 0.5), y)
+
+
+def test_learned_class_prior_is_reported(blobs):
+    X, y, _ = blobs
+    est = MultimodalSemiSupervisedClassifier(
+        **{**SMALL, "epochs": 2}, class_prior="learned", unlabelled_prior_shift=1.0).fit(X, y)
+    assert est.class_prior_.shape == (3,) and est.class_prior_.sum() == pytest.approx(1.0)
+    assert not np.allclose(est.class_prior_, est.label_counts_ / est.label_counts_.sum())
+
+
+@pytest.mark.parametrize("name, value", [
+    ("hidden", (0,)), ("hidden", (-5,)), ("hidden", 128), ("alpha", float("nan")),
+    ("lr", 0.0), ("lr", -1e-3), ("latent_dim", 2.5), ("epochs", 2.5), ("epochs", 0),
+    ("nu", "abc"), ("gamma", -0.5 - 1.0), ("gamma", "3 auto"), ("n_init", 0),
+    ("objective", "renyi"), ("class_prior", "balanced"), ("n_threads", 0),
+    ("batch_size", True), ("device", "tpu"), ("likelihood", "beta"),
+])
+def test_bad_parameters_name_the_argument(blobs, name, value):
+    X, y, _ = blobs
+    with pytest.raises(ValueError, match=rf"^{name}: expected"):
+        MultimodalSemiSupervisedClassifier(**{**SMALL, name: value}).fit(X, y)
+
+
+def test_gamma_power_refuses_a_latent_weight_and_cuda_without_a_gpu(blobs):
+    X, y, _ = blobs
+    with pytest.raises(ValueError, match="latent_weight"):
+        MultimodalSemiSupervisedClassifier(**SMALL, latent_weight=0.5).fit(X, y)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device.*CUDA"):
+            MultimodalSemiSupervisedClassifier(**SMALL, device="cuda").fit(X, y)
+
+
+def test_threads_are_set_for_fit_and_restored(blobs):
+    X, y, _ = blobs
+    before = torch.get_num_threads()
+    seen = []
+
+    class Spy(MultimodalSemiSupervisedClassifier):
+        def _fit(self, X, y):
+            seen.append(torch.get_num_threads())
+            return super()._fit(X, y)
+
+    Spy(**SMALL, n_threads=1).fit(X, y)
+    assert seen == [1] and torch.get_num_threads() == before
+
+
+def test_gaussian_model_with_auto_gamma_fits(blobs):
+    """nu = inf with gamma = 'auto' is the KL limit, not NaN."""
+    X, y, y_true = blobs
+    est = MultimodalSemiSupervisedClassifier(**SMALL, nu=float("inf")).fit(X, y)
+    assert np.isfinite(est.history_["loss"]).all() and 0 <= est.score(X, y_true) <= 1

@@ -13,7 +13,8 @@ from pyro_mmt.distributions import (
     prior_expert_scale,
     student_t_poe,
 )
-from pyro_mmt.guides import PoEClassifier, PoETGuide
+from pyro_mmt.estimator import build_model
+from pyro_mmt.guides import PoEClassifier
 
 DIMS = {"a": 3, "b": 2, "c": 4}
 SIGMA = {"a": 0.7, "b": 1.3, "c": 0.9}
@@ -40,12 +41,15 @@ def test_classifier_logits_are_the_sum_of_present_experts():
     for i in range(len(mask)):
         expected = sum(clf.experts[m](x[m][i]) for j, m in enumerate(DIMS) if mask[i, j])
         torch.testing.assert_close(logits[i], expected)
-    proba = clf.predict_proba(x, mask)
-    torch.testing.assert_close(proba.sum(-1), torch.ones(len(mask)))
+    # an absent modality is the same as a masked one
+    del x["b"]
+    no_b = torch.stack([clf.experts[m](x[m]) * mask[:, j:j + 1]
+                        for j, m in enumerate(DIMS) if m != "b"]).sum(0)
+    torch.testing.assert_close(clf(x, mask & torch.tensor([True, False, True])), no_b)
 
 
 def test_encoder_broadcasts_over_the_enumerated_label_like_a_loop():
-    guide = PoETGuide(DIMS, K, latent_dim=D, hidden=(4,), nu=NU, sigma=SIGMA)
+    guide = build_model(DIMS, K, latent_dim=D, hidden=(4,), nu=NU, sigma=SIGMA)
     x, mask = _data()
     enumerated = guide.encode(x, mask, torch.arange(K).reshape(K, 1))
     assert enumerated.batch_shape == (K, len(mask)) and enumerated.event_shape == (D,)
@@ -56,7 +60,7 @@ def test_encoder_broadcasts_over_the_enumerated_label_like_a_loop():
 
 
 def test_encoder_is_student_t_poe_with_the_prior_expert_tau0():
-    guide = PoETGuide(DIMS, K, latent_dim=D, hidden=(4,), nu=NU, sigma=SIGMA)
+    guide = build_model(DIMS, K, latent_dim=D, hidden=(4,), nu=NU, sigma=SIGMA)
     x, mask = _data()
     y = torch.randint(0, K, (len(mask),))
     q = guide.encode(x, mask, y)
@@ -78,7 +82,7 @@ def test_encoder_is_student_t_poe_with_the_prior_expert_tau0():
 
 
 def test_a_missing_modality_does_not_change_q():
-    guide = PoETGuide(DIMS, K, latent_dim=D, hidden=(4,), nu=NU, sigma=SIGMA)
+    guide = build_model(DIMS, K, latent_dim=D, hidden=(4,), nu=NU, sigma=SIGMA)
     x, mask = _data()
     y = torch.zeros(len(mask), dtype=torch.long)
     before = guide.encode(x, mask, y)
@@ -90,7 +94,7 @@ def test_a_missing_modality_does_not_change_q():
 
 
 def test_gaussian_guide_uses_the_unit_prior_expert():
-    guide = PoETGuide(DIMS, K, latent_dim=D, hidden=(4,), nu=math.inf, sigma=SIGMA)
+    guide = build_model(DIMS, K, latent_dim=D, hidden=(4,), nu=math.inf, sigma=SIGMA)
     x, mask = _data()
     y = torch.zeros(len(mask), dtype=torch.long)
     q = guide.encode(x, mask, y)
@@ -101,25 +105,53 @@ def test_gaussian_guide_uses_the_unit_prior_expert():
 
 
 def test_logit_adjustment_and_unlabelled_prior_shift():
-    counts = [6, 3, 1]
+    counts = (6, 3, 1)
     log_freq = torch.log(torch.tensor(counts, dtype=torch.float64) / 10)
-    clf = PoEClassifier(DIMS, K, (4,))
-    guide = PoETGuide(DIMS, K, classifier=clf, latent_dim=D, hidden=(4,), nu=NU,
-                      unlabelled_prior_shift=0.5, label_counts=counts)
-    torch.testing.assert_close(guide.unlabelled_logit_shift, 0.5 * log_freq)
+    guide = build_model(DIMS, K, latent_dim=D, hidden=(4,), nu=NU,
+                        unlabelled_prior_shift=0.5, label_counts=counts)
+    torch.testing.assert_close(guide.unlabelled_logit_shift(), 0.5 * log_freq)
     x, mask = _data()
-    adjusted = guide.predict_proba(x, mask, logit_adjustment=1.0, label_counts=counts)
-    expected = torch.softmax(clf(x, mask) - log_freq, -1)
+    adjusted = guide.predict_proba(x, mask, logit_adjustment=1.0)
+    expected = torch.softmax(guide.classifier(x, mask) - log_freq, -1)
     torch.testing.assert_close(adjusted, expected)
+    plain = build_model(DIMS, K, latent_dim=D, hidden=(4,), nu=NU)
     with pytest.raises(ValueError, match="label_counts"):
-        guide.predict_proba(x, mask, logit_adjustment=1.0)
+        plain.predict_proba(x, mask, logit_adjustment=1.0)
     with pytest.raises(ValueError, match="unlabelled_prior_shift"):
-        PoETGuide(DIMS, K, unlabelled_prior_shift=-1.0)
+        build_model(DIMS, K, unlabelled_prior_shift=-1.0)
+    # a learned class prior takes the place of the labelled frequencies
+    learned = build_model(DIMS, K, latent_dim=D, hidden=(4,), class_prior="learned",
+                          unlabelled_prior_shift=1.0, label_counts=counts)
+    torch.testing.assert_close(learned.unlabelled_logit_shift(), log_freq)
+    learned.class_log_prior.copy_(torch.log(torch.tensor([0.2, 0.2, 0.6])))
+    torch.testing.assert_close(learned.unlabelled_logit_shift(),
+                               torch.log(torch.tensor([0.2, 0.2, 0.6])))
+
+
+def test_learned_class_prior_is_the_em_fixed_point():
+    """update_class_prior solves π = mean_i softmax(f(x_i) + log π) (+ Dirichlet counts): with
+    logits built from a known prior shift, it recovers that prior."""
+    guide = build_model(DIMS, K, latent_dim=D, hidden=(4,), class_prior="learned",
+                        unlabelled_prior_shift=1.0, label_counts=(1, 1, 1))
+    rng = torch.Generator().manual_seed(0)
+    truth = torch.tensor([0.7, 0.2, 0.1])
+    y = torch.multinomial(truth, 20000, replacement=True, generator=rng)
+    # a calibrated class-balanced classifier: the log-likelihoods of x ~ N(μ_y, 1)
+    centres = torch.tensor([-1.5, 0.0, 1.5])
+    x = centres[y] + torch.randn(20000, generator=rng)
+    logits = -0.5 * (x.unsqueeze(-1) - centres).pow(2)
+    pi = guide.update_class_prior(logits, iterations=500)
+    q = torch.softmax(logits + torch.log(torch.tensor(pi)), -1)
+    torch.testing.assert_close(torch.tensor(pi), q.mean(0), atol=1e-6, rtol=0)
+    assert abs(pi - truth.numpy()).max() < 0.03
+    uniform = build_model(DIMS, K, latent_dim=D, hidden=(4,))
+    with pytest.raises(ValueError, match="class_prior"):
+        uniform.update_class_prior(logits)
 
 
 @pytest.mark.parametrize("present", [["a"], ["b", "c"], ["a", "b", "c"]])
 def test_predict_proba_with_any_subset(present):
-    guide = PoETGuide(DIMS, K, latent_dim=D, hidden=(4,), nu=NU)
+    guide = build_model(DIMS, K, latent_dim=D, hidden=(4,), nu=NU)
     x, _ = _data()
     mask = torch.tensor([[m in present for m in DIMS]] * 5)
     proba = guide.predict_proba({m: x[m] if m in present else torch.zeros_like(x[m])

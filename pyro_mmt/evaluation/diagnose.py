@@ -16,6 +16,7 @@ import pandas as pd
 from pyro_mmt.data import MultimodalDataset
 from pyro_mmt.evaluation import diagnostic_plots as plots
 from pyro_mmt.evaluation.diagnostics import (
+    _model_and_guide,
     classifier_checks,
     diagnostics_summary,
     importance_diagnostics,
@@ -36,9 +37,9 @@ class DiagnosticsReport(NamedTuple):
 
 def diagnose(
     model,
-    guide,
-    dataset: MultimodalDataset,
-    out_dir: str | Path,
+    guide=None,
+    dataset: MultimodalDataset | None = None,
+    out_dir: str | Path | None = None,
     num_samples: int = 100,
     seed: int = 0,
     *,
@@ -58,10 +59,13 @@ def diagnose(
     :mod:`pyro_mmt.evaluation.diagnostic_plots`: ``ppc.png``, ``khat.png``, ``latent_pca.png``,
     ``reconstructions.png``, ``calibration.png``.
 
-    :param model: e.g. the estimator's ``model_`` (see :func:`to_inference_data`).
-    :param guide: e.g. the estimator's ``guide_``.
-    :param dataset: data in the model's units (e.g. ``est.standardiser_.transform(test)``).
-    :param out_dir: folder to write to (created).
+    :param model: e.g. the estimator's ``model_``, a :class:`~pyro_mmt.models.MultimodalM2`
+        (see :func:`to_inference_data`), or a model callable.
+    :param guide: the guide object or callable; default (None) the model's object, which
+        holds its guide: ``diagnose(est.model_, dataset=data, out_dir=out)``.
+    :param dataset: data in the model's units (e.g. ``est.standardiser_.transform(test)``);
+        required.
+    :param out_dir: folder to write to (created); required.
     :param int num_samples: draws per datum.
     :param int seed: seed of the draws.
     :param num_predictive: posterior predictive draws kept (default min(S, 20)).
@@ -73,6 +77,11 @@ def diagnose(
         as images (e.g. ``{"pix": (16, 15)}`` for mfeat).
     :return: :class:`DiagnosticsReport` ``(paths, summary)``.
     """
+    _model_and_guide(model, guide)  # the arguments' errors before any file is written
+    if not isinstance(dataset, MultimodalDataset):
+        raise ValueError(f"dataset: expected a MultimodalDataset, found {type(dataset).__name__}")
+    if out_dir is None:
+        raise ValueError("out_dir: expected the folder to write the diagnostics to, found None")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = to_inference_data(

@@ -179,13 +179,48 @@ def load_netcdf(path: str | Path):
 
 
 def _method(obj, name: str) -> Callable:
-    """``obj.<name>`` when it is callable (a module such as MultimodalTModel), else ``obj``."""
+    """``obj.<name>`` when it is callable (an object such as
+    :class:`~pyro_mmt.models.MultimodalM2`), else ``obj`` itself when it is callable."""
     fn = getattr(obj, name, None)
     if callable(fn):
         return fn
     if callable(obj):
         return obj
     raise ValueError(f"{name}: expected an object with a .{name}(x, mask, y) method or a callable")
+
+
+def _owner(obj):
+    """The object behind a bound method (``m2`` for ``m2.model``), else ``obj``."""
+    return getattr(obj, "__self__", obj)
+
+
+def _model_and_guide(model, guide) -> tuple[Callable, Callable, Any]:
+    """The model and guide callables, and the guide object (``guide=None``: the model's
+    object, which must then have a ``.guide`` method, as a MultimodalM2 has)."""
+    if isinstance(guide, MultimodalDataset):
+        raise ValueError(
+            "guide: found a MultimodalDataset; pass the data as `dataset=` (or as the third "
+            "argument, with guide=None when the model object holds its guide, e.g. a "
+            "MultimodalM2)"
+        )
+    if guide is None:
+        guide = _owner(model)
+        if not callable(getattr(guide, "guide", None)):
+            raise ValueError(
+                f"guide: expected a guide, or a model object with a .guide(x, mask, y) method "
+                f"(e.g. a MultimodalM2), found None and a {type(guide).__name__} without one"
+            )
+    return _method(model, "model"), _method(guide, "guide"), guide
+
+
+def _predict_proba(model, guide) -> Callable:
+    """``predict_proba(x, mask)`` of the guide (or its object), else of the model's object."""
+    for obj in (guide, _owner(guide), model, _owner(model)):
+        fn = getattr(obj, "predict_proba", None)
+        if callable(fn):
+            return fn
+    raise ValueError("guide: expected a .predict_proba(x, mask) method for q(y | x) on the "
+                     "guide or the model object")
 
 
 def _site_log_prob(site, shape) -> torch.Tensor:
@@ -265,26 +300,60 @@ def _netcdf_attr(value):
         return str(value)
 
 
+def _config_attrs(owner) -> dict | None:
+    """The settings of a model object with a ``config`` (a
+    :class:`~pyro_mmt.config.ModelConfig`): one attribute per setting, a per-modality mapping
+    as ``<name>_<modality>`` attributes (``sigma_a``, ``dims_a``, ...), ``nu`` the current ν
+    (the learned value when ν is learned, its starting value then in ``nu_initial``) and a
+    learned class prior π in ``class_prior_learned``. None without a config."""
+    to_dict = getattr(getattr(owner, "config", None), "to_dict", None)
+    if not callable(to_dict):
+        return None
+    attrs = {}
+    for name, value in to_dict().items():
+        if isinstance(value, Mapping):
+            attrs.update({f"{name}_{m}": v for m, v in value.items()})
+        else:
+            attrs[name] = value
+    nu = getattr(owner, "nu", None)
+    if nu is not None:
+        nu = float(torch.as_tensor(nu).detach())
+        if attrs.get("learn_nu"):
+            attrs["nu_initial"] = attrs.get("nu")
+        attrs["nu"] = nu
+    if attrs.get("class_prior") == "learned" and callable(getattr(owner, "class_prior", None)):
+        attrs["class_prior_learned"] = [float(p) for p in owner.class_prior()]
+    return attrs
+
+
 def _run_attrs(model, guide, extra) -> dict:
     attrs = {
         "inference_library": "pyro",
         "inference_library_version": pyro.__version__,
-        "model": type(getattr(model, "__self__", model)).__name__,
-        "guide": type(getattr(guide, "__self__", guide)).__name__,
+        "model": type(_owner(model)).__name__,
+        "guide": type(_owner(guide)).__name__,
     }
-    for name in ("nu", "latent_dim", "num_classes", "alpha", "logit_adjustment", "latent_weight"):
-        if isinstance(getattr(model, name, None), numbers.Number):
-            attrs[name] = getattr(model, name)
-    sigma = getattr(model, "sigma", None)
-    if isinstance(sigma, Mapping):
-        attrs.update({f"sigma_{m}": float(s) for m, s in sigma.items()})
+    settings = _config_attrs(_owner(model))
+    if settings is None:
+        settings = _config_attrs(_owner(guide))
+    if settings is not None:
+        attrs.update(settings)
+    else:  # an object without a config: the settings it exposes as attributes
+        owner = _owner(model)
+        for name in ("nu", "latent_dim", "num_classes", "alpha", "logit_adjustment",
+                     "latent_weight"):
+            if isinstance(getattr(owner, name, None), numbers.Number):
+                attrs[name] = getattr(owner, name)
+        sigma = getattr(owner, "sigma", None)
+        if isinstance(sigma, Mapping):
+            attrs.update({f"sigma_{m}": float(s) for m, s in sigma.items()})
     attrs.update(extra or {})
     return {str(k): _netcdf_attr(v) for k, v in attrs.items()}
 
 
 def _module_device_dtype(*objs, default_dtype):
     for obj in objs:
-        owner = getattr(obj, "__self__", obj)
+        owner = _owner(obj)
         if isinstance(owner, torch.nn.Module):
             for p in owner.parameters():
                 return p.device, p.dtype
@@ -293,8 +362,8 @@ def _module_device_dtype(*objs, default_dtype):
 
 def to_inference_data(
     model,
-    guide,
-    dataset: MultimodalDataset,
+    guide=None,
+    dataset: MultimodalDataset | None = None,
     *,
     num_samples: int = 100,
     num_predictive: int | None = None,
@@ -329,23 +398,31 @@ def to_inference_data(
     - ``observed_data``: ``x_<m>`` [datum, <m>_feature], NaN rows where missing.
     - ``constant_data``: ``label`` [datum] (−1 = unknown), ``labelled`` [datum] (whether the
       label was conditioned on), ``modality_mask`` [datum, modality].
-    - attributes (every group): model and guide class, ν, d, σ_m, α, ..., the number of draws,
-      the seed, ``condition_on_labels``, and ``attrs``.
+    - attributes (every group): model and guide class; for a model with a ``config`` (a
+      :class:`~pyro_mmt.models.MultimodalM2`) every setting of its
+      :class:`~pyro_mmt.config.ModelConfig` (α, d, the imbalance options, ...; a per-modality
+      setting as ``<name>_<m>``, e.g. ``sigma_a``), with ``nu`` the model's current ν (the
+      learned one when ``learn_nu``); the number of draws, the seed, ``condition_on_labels``,
+      and ``attrs``.
 
     The marginal :math:`p(x_m \mid y, z)` is what the model's site ``x_<m>`` is when every other
-    modality is masked: the data contract (DESIGN.md) makes a masked modality marginalised out,
-    so any model honouring it works. For :class:`~pyro_mmt.models.MultimodalTModel` it is
+    modality is masked: the models' data contract makes a masked modality marginalised out
+    (``docs/diagnostics.md``), so any model honouring it works. For the Student-t modalities of
+    :class:`~pyro_mmt.models.MultimodalM2` it is
     :math:`t_{n_m}(\mu_m(y, z), s(z)^2\sigma_m^2 I, \nu + d)`.
 
     Note that ArviZ's ``loo``/``waic`` assume posterior draws; these are draws from q. Use the
     importance weights (:func:`importance_diagnostics`) to compare models.
 
-    :param model: a model with a ``.model(x, mask, y)`` method (e.g.
-        :class:`~pyro_mmt.models.MultimodalTModel`) or the model callable itself.
-    :param guide: a guide with ``.guide(x, mask, y)`` and ``.predict_proba(x, mask)`` (e.g.
-        :class:`~pyro_mmt.guides.PoETGuide`).
+    :param model: an object with a ``.model(x, mask, y)`` method (e.g. a
+        :class:`~pyro_mmt.models.MultimodalM2`, the estimator's ``model_``) or the model
+        callable itself (e.g. ``m2.model``).
+    :param guide: an object with ``.guide(x, mask, y)`` or the guide callable; default (None)
+        the model's object, which holds its guide (``to_inference_data(m2, dataset=data)``).
+        q(y | x) comes from ``.predict_proba(x, mask)`` of the guide's object, else of the
+        model's.
     :param dataset: the data, in the units the model was trained on (for the estimator:
-        ``est.standardiser_.transform(data)``); y = −1 for unknown labels.
+        ``est.standardiser_.transform(data)``); y = −1 for unknown labels. Required.
     :param int num_samples: S, draws per datum.
     :param num_predictive: draws kept in ``posterior_predictive`` (default min(S, 20)); it holds
         P·N·Σ n_m numbers.
@@ -357,6 +434,7 @@ def to_inference_data(
     :param attrs: extra attributes (e.g. the estimator's ``get_params()``).
     :return: ``arviz.InferenceData``.
     """
+    model_fn, guide_fn, guide = _model_and_guide(model, guide)
     if not isinstance(dataset, MultimodalDataset):
         raise ValueError(f"dataset: expected a MultimodalDataset, found {type(dataset).__name__}")
     if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or \
@@ -369,10 +447,7 @@ def to_inference_data(
         )
     if len(dataset) == 0:
         raise ValueError("dataset: expected at least one row, found none")
-    predict_proba = getattr(guide, "predict_proba", None)
-    if not callable(predict_proba):
-        raise ValueError("guide: expected a .predict_proba(x, mask) method for q(y | x)")
-    model_fn, guide_fn = _method(model, "model"), _method(guide, "guide")
+    predict_proba = _predict_proba(model, guide)
     modalities, n, S, P = dataset.modalities, len(dataset), int(num_samples), num_predictive
     device, dtype = _module_device_dtype(guide, model, default_dtype=dataset.dtype)
 
@@ -567,7 +642,7 @@ def importance_diagnostics(data, *, threshold: float = KHAT_THRESHOLD) -> pd.Dat
         of p(y, z | x) there. With many observed dimensions (n ≫ d) the posterior of z is
         concentrated, so small errors in q's location or scale already make the weights
         heavy-tailed; the γ-power objective also tempers the encoder's scale by design
-        (DESIGN.md). On mfeat most data are flagged with either objective
+        (``docs/derivation.md`` §7). On mfeat most data are flagged with either objective
         (``docs/diagnostics.md``).
       * k̂ = −inf: constant weights (q equals the posterior); NaN: too few draws (S < 25).
 

@@ -3,6 +3,7 @@
 from pyro_mmt.infer.gamma_power_elbo import GammaPowerELBO
 from pyro_mmt.infer.power_norm import (
     GaussianPowerNorm,
+    MonteCarloPowerNorm,
     PowerNorm,
     StudentTPowerNorm,
     declare_power_norm,
@@ -14,6 +15,7 @@ __all__ = [
     "PowerNorm",
     "StudentTPowerNorm",
     "GaussianPowerNorm",
+    "MonteCarloPowerNorm",
     "declare_power_norm",
     "find_power_norm",
 ]

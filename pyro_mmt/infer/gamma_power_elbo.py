@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+from numbers import Number
 
 import torch
 from pyro import poutine
+from pyro.distributions.torch_distribution import MaskedDistribution
 from pyro.distributions.util import scale_and_mask
 from pyro.infer.elbo import ELBO
 from pyro.infer.enum import get_importance_trace
@@ -14,12 +17,22 @@ from pyro.infer.util import is_validation_enabled
 from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.trace_messenger import TraceMessenger
 from pyro.poutine.util import site_is_subsample
-from pyro.util import check_model_guide_match, check_site_shape, warn_if_nan
+from pyro.util import (
+    check_model_guide_match,
+    check_site_shape,
+    get_rng_state,
+    set_rng_state,
+    warn_if_nan,
+)
+from torch import nn
 
 from pyro_mmt.distributions import log_power_integral, second_moment
-from pyro_mmt.infer.power_norm import find_power_norm
+from pyro_mmt.infer.power_norm import MonteCarloPowerNorm, find_power_norm
 
 __all__ = ["GammaPowerELBO"]
+
+_MULTIPLE_OF_AUTO = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*x\s*auto\s*$")
+_PARTICLE_PLATE = "num_particles_vectorized"
 
 
 class _SampleTraceMessenger(TraceMessenger):
@@ -42,19 +55,67 @@ def _sum_log_prob(sites) -> torch.Tensor | float:
     return total
 
 
+def _same_scale(a, b) -> bool:
+    if isinstance(a, Number) and isinstance(b, Number):
+        return a == b
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    return bool(torch.equal(*torch.broadcast_tensors(a, b.to(a))))
+
+
+def _data_frames(site) -> set:
+    """The vectorised plates of a site other than the particle plate."""
+    return {f for f in site["cond_indep_stack"] if f.vectorized and f.name != _PARTICLE_PLATE}
+
+
+def _observed_size(site) -> torch.Tensor | float:
+    """Per-datum number of observed coordinates of a site: its event size where unmasked."""
+    fn, size = site["fn"], 1
+    for n in fn.event_shape:
+        size *= n
+    mask = site["mask"]
+    if isinstance(fn, MaskedDistribution) and isinstance(fn._mask, torch.Tensor):
+        mask = fn._mask if mask is None else mask & fn._mask
+    if mask is None:
+        return float(size)
+    return mask.to(torch.get_default_dtype()) * size
+
+
 @dataclass
 class _ParticleTerms:
     """Per-datum pieces of one particle (or of the mean over vectorised particles).
 
-    ``cross_m1`` = T1 − 1, ``inner_m1`` = Σ_y q_y^{1+γ} ∫ q(z|x,y)^{1+γ} dz − 1, ``aux`` = the
-    model's auxiliary log-factors (e.g. α log q(y|x)), all with the data plate's shape.
+    ``cross_m1`` = T1 − 1, ``inner_m1`` = Σ_y q_y^{1+γ} ∫ q(z|x,y)^{1+γ} dz − 1,
+    ``elbo`` = the negative enumerated ELBO (used where γ = 0), ``aux`` = the model's
+    auxiliary log-factors in the data plate (e.g. α log q(y|x)), all with the data plate's shape;
+    ``global_aux`` = auxiliary factors outside the data plate (added once).
     """
 
     cross_m1: torch.Tensor
     inner_m1: torch.Tensor
+    elbo: torch.Tensor | None
     aux: torch.Tensor
+    global_aux: torch.Tensor | float
     gamma: torch.Tensor
     scale: torch.Tensor | float
+
+
+class _ELBOModule(nn.Module):
+    """``elbo(model, guide)``: the loss as a module whose ``parameters()`` are those of the
+    modules behind ``model`` and ``guide`` (the modules themselves, or the owners of bound
+    methods such as ``m2.model``)."""
+
+    def __init__(self, model, guide, elbo):
+        super().__init__()
+        owners = []
+        for fn in (model, guide):
+            owner = fn if isinstance(fn, nn.Module) else getattr(fn, "__self__", None)
+            if isinstance(owner, nn.Module) and all(owner is not o for o in owners):
+                owners.append(owner)
+        self.owners = nn.ModuleList(owners)
+        self._model, self._guide, self.elbo = model, guide, elbo
+
+    def forward(self, *args, **kwargs):
+        return self.elbo.differentiable_loss(self._model, self._guide, *args, **kwargs)
 
 
 class GammaPowerELBO(ELBO):
@@ -83,8 +144,8 @@ class GammaPowerELBO(ELBO):
     (``poutine.scale``, subsampling) and :math:`a_i` the model's auxiliary log-factors
     (``pyro.factor`` sites, e.g. the classification term α log q(y|x)), which enter
     additively, as in :class:`~pyro.infer.TraceEnum_ELBO`, and are not raised to the power γ.
-    As γ → 0 the loss tends to the negative enumerated ELBO that ``TraceEnum_ELBO`` computes
-    (``docs/derivation.md`` §5).
+    Where γ = 0 (the "auto" γ of the Gaussian model, ν = ∞) L is its limit, the negative
+    enumerated ELBO that ``TraceEnum_ELBO`` computes (``docs/derivation.md`` §5).
 
     **How the terms are estimated.** The guide runs under parallel enumeration of its discrete
     sites (as in ``TraceEnum_ELBO``); the model is replayed against it; every datum keeps its
@@ -95,13 +156,13 @@ class GammaPowerELBO(ELBO):
     - the cross term is estimated by :math:`\exp(\gamma(\log p(x,y,z) - \log\|p\|))`;
     - :math:`\int q^{1+\gamma}` by :math:`\exp(\gamma \log q(z|x,y))`.
 
-    With ``closed_forms=True`` (default) these are replaced by closed forms where the sites
-    allow it (Rao-Blackwellisation, lower variance, no Jensen bias from the outer power):
+    With ``closed_forms=True`` (default) these are replaced by closed forms (Rao-Blackwellisation,
+    lower variance, no Jensen bias from the outer power):
 
-    - :math:`\int q(z|x,y)^{1+\gamma}` when the guide has one continuous site whose family has a
-      closed form (:func:`~pyro_mmt.distributions.log_power_integral`: the multivariate t
+    - :math:`\int q(z|x,y)^{1+\gamma}` for the guide's one continuous site
+      (:func:`~pyro_mmt.distributions.log_power_integral`: the multivariate t
       :class:`~pyro_mmt.distributions.DiagStudentT`, the diagonal Gaussian);
-    - for a Student-t power-form model with ``gamma="auto"``, where
+    - for a Student-t power-form model with the "auto" γ, where
       :math:`p^\gamma = (\pi_y K)^\gamma (1 + Q_y/\nu)` is affine in
       :math:`Q_y = \|z\|^2 + \sum_j \|x_j-\mu_j\|^2/\sigma_j^2`, the :math:`\|z\|^2` part of the
       cross term is replaced by its expectation :math:`\mathbb{E}_q\|z\|^2`
@@ -109,29 +170,46 @@ class GammaPowerELBO(ELBO):
       Carlo because the decoder is non-linear.
 
     **The norm.** :math:`\|p\|_{1+\gamma}` is an integral over the whole joint space that no
-    trace contains, yet it sets the balance between the two terms. The model must state it with
-    :func:`~pyro_mmt.infer.declare_power_norm` inside its data plate
-    (:class:`~pyro_mmt.infer.StudentTPowerNorm` for the power-form model,
-    :class:`~pyro_mmt.infer.GaussianPowerNorm` for ν = ∞); a model without one raises a
-    ``ValueError``.
+    trace contains, yet it sets the balance between the two terms. The model states it with
+    :func:`~pyro_mmt.infer.declare_power_norm` inside its data plate:
+    :class:`~pyro_mmt.infer.StudentTPowerNorm` for the power-form model,
+    :class:`~pyro_mmt.infer.GaussianPowerNorm` for ν = ∞, and
+    :class:`~pyro_mmt.infer.MonteCarloPowerNorm` for any other model (e.g. Bernoulli or
+    Poisson modalities; ``docs/derivation.md`` §9).
 
     **Choice of γ.** ``gamma="auto"`` takes, per datum, :math:`\gamma = -2/(\nu + n + d)` with
     n the datum's observed dimension (t3VAE's choice [2]): then every term has a closed form
-    except the reconstruction. An explicit γ (the paper tunes it) is used as given.
+    except the reconstruction; at ν = ∞ it is 0, the KL. ``gamma="2x auto"`` (any positive
+    multiple) takes that multiple of the per-datum auto γ; the t norm is finite for
+    γ > −ν/(ν + n + d), i.e. up to ν/2 × auto. A float is used as given for every datum (the
+    paper tunes it; γ > 0 is allowed).
 
-    **Assumptions.** All continuous guide sites are reparameterised; discrete guide sites are
-    enumerated in parallel (``config_enumerate`` / ``infer={"enumerate": "parallel"}``); the
-    model enumerates nothing the guide does not; each element of the plates is one datum
-    (within-datum dimensions are events, ``to_event``), so the only plate is the data plate
-    (plus the particle plate when ``vectorize_particles=True``).
+    **What it refuses.** Under Pyro's validation (``pyro.enable_validation``) the objective
+    checks that it computes what the model says, and raises a ``ValueError`` naming the site
+    otherwise: a model or guide site outside the data plate (a global latent would be counted
+    once per datum), a site whose ``poutine.scale`` differs from the data plate's (the power γ
+    applies to the whole density: a scaled part, like a β on z or a scaled observed auxiliary
+    site, has no meaning there; write such a term as ``pyro.factor``), an observed site whose
+    family or total size the declared norm does not cover, a model-side latent site, a discrete
+    guide site not enumerated in parallel, a continuous one without ``rsample``, and more than
+    one continuous guide site with ``closed_forms=True``.
 
-    :param gamma: ``"auto"`` or a float γ with −1 < γ, γ ≠ 0.
-    :param bool closed_forms: use the closed forms above where available (default True); False
-        gives the pure Monte Carlo estimator from log-densities (for tests and for models
-        outside those families).
+    **Assumptions.** Each element of the data plate is one datum (within-datum dimensions are
+    events, ``to_event``); the only other plate allowed is the particle plate of
+    ``vectorize_particles=True``.
+
+    ``elbo(model, guide)`` returns a ``torch.nn.Module`` whose ``forward(*args)`` is the
+    differentiable loss and whose ``parameters()`` are those of the modules behind ``model``
+    and ``guide`` (e.g. ``GammaPowerELBO()(m2.model, m2.guide)``).
+
+    :param gamma: ``"auto"``, ``"<k>x auto"`` (k > 0) or a float γ with −1 < γ, γ ≠ 0.
+    :param bool closed_forms: use the closed forms above (default True); False gives the pure
+        Monte Carlo estimator from log-densities (for tests and for guides outside those
+        families).
     :param int num_particles: number of draws of z per label and datum; the cross term and the
         inner sum of the entropy term are averaged over them before the outer power.
-    :param int max_plate_nesting: bound on nested plates (required; 1 for the models here).
+    :param max_plate_nesting: bound on nested plates; guessed from one run of the model and
+        guide when not given (as Pyro's ELBOs do).
     :param bool vectorize_particles: draw the particles in one vectorised pass.
 
     References:
@@ -158,23 +236,36 @@ class GammaPowerELBO(ELBO):
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = False,
     ):
+        self.gamma_multiple = None  # k of "<k>x auto"; 1.0 for "auto"
         if isinstance(gamma, str):
-            if gamma != "auto":
-                raise ValueError(f"gamma: expected 'auto' or a float, found {gamma!r}")
+            match = _MULTIPLE_OF_AUTO.match(gamma)
+            if gamma.strip() == "auto":
+                self.gamma_multiple = 1.0
+            elif match and float(match.group(1)) > 0:
+                self.gamma_multiple = float(match.group(1))
+            else:
+                raise ValueError(
+                    f"gamma: expected 'auto', '<k>x auto' with k > 0 (e.g. '2x auto') or a "
+                    f"float, found {gamma!r}"
+                )
         else:
+            if isinstance(gamma, bool) or not isinstance(gamma, Number):
+                raise ValueError(f"gamma: expected 'auto', '<k>x auto' or a float, found "
+                                 f"{gamma!r}")
             gamma = float(gamma)
             if not math.isfinite(gamma) or gamma <= -1.0 or gamma == 0.0:
                 raise ValueError(
                     f"gamma: expected a finite float with gamma > -1 and gamma != 0 (gamma = 0 "
                     f"is the KL: use TraceEnum_ELBO), found {gamma}"
                 )
-        if max_plate_nesting == float("inf"):
-            raise ValueError(
-                "max_plate_nesting: GammaPowerELBO needs it given (1 for a model with one "
-                "data plate), found inf"
-            )
-        if int(num_particles) < 1:
-            raise ValueError(f"num_particles: expected an integer >= 1, found {num_particles}")
+        if isinstance(num_particles, bool) or int(num_particles) != num_particles \
+                or num_particles < 1:
+            raise ValueError(f"num_particles: expected an integer >= 1, found {num_particles!r}")
+        if max_plate_nesting != float("inf") and (
+                isinstance(max_plate_nesting, bool) or int(max_plate_nesting) != max_plate_nesting
+                or max_plate_nesting < 1):
+            raise ValueError(f"max_plate_nesting: expected an integer >= 1 (the data plate) or "
+                             f"inf (guessed), found {max_plate_nesting!r}")
         self.gamma = gamma
         self.closed_forms = bool(closed_forms)
         super().__init__(
@@ -182,6 +273,15 @@ class GammaPowerELBO(ELBO):
             max_plate_nesting=max_plate_nesting,
             vectorize_particles=vectorize_particles,
         )
+
+    def __call__(self, model, guide) -> nn.Module:
+        """The loss as a module (see the class docstring)."""
+        return _ELBOModule(model, guide, self)
+
+    @property
+    def auto(self) -> bool:
+        """Whether γ is the per-datum "auto" γ (not a multiple of it, nor a float)."""
+        return self.gamma_multiple == 1.0
 
     # ---------------------------------------------------------------------------- traces
     def _get_trace(self, model, guide, args, kwargs):
@@ -211,6 +311,11 @@ class GammaPowerELBO(ELBO):
         return model_trace, guide_trace
 
     def _get_traces(self, model, guide, args, kwargs):
+        if self.max_plate_nesting == float("inf"):
+            # one run of model and guide, as Pyro's ELBOs do, leaving the random state as it was
+            state = get_rng_state()
+            self._guess_max_plate_nesting(model, guide, args, kwargs)
+            set_rng_state(state)
         if self.vectorize_particles:
             guide = self._vectorized_num_particles(guide)
             model = self._vectorized_num_particles(model)
@@ -219,26 +324,97 @@ class GammaPowerELBO(ELBO):
         for _ in range(1 if self.vectorize_particles else self.num_particles):
             yield self._get_trace(model, guide, args, kwargs)
 
+    # ------------------------------------------------------------------------ the checks
+    def _check_sites(self, model_trace, guide_trace, norm_name, norm) -> None:
+        """What the objective refuses (the class docstring), naming the site."""
+        norm_site = model_trace.nodes[norm_name]
+        data = _data_frames(norm_site)
+        scale = norm_site["scale"]
+        observed_size = 0.0
+        for which, trace in (("model", model_trace), ("guide", guide_trace)):
+            for name, site in trace.nodes.items():
+                if site["type"] != "sample" or name == norm_name:
+                    continue
+                if site["infer"].get("is_auxiliary"):
+                    continue  # factors enter additively, with their own scale and plates
+                if not data <= _data_frames(site) or _data_frames(site) != data:
+                    raise ValueError(
+                        f"{which} site '{name}': GammaPowerELBO computes one objective per "
+                        f"datum of the data plate (the plate of the power-norm declaration, "
+                        f"{sorted(f.name for f in data)}); this site is in the plates "
+                        f"{sorted(f.name for f in _data_frames(site))}. A site outside the data "
+                        "plate would be counted once per datum; put global terms in a "
+                        "pyro.factor or the guide's parameters"
+                    )
+                if not _same_scale(site["scale"], scale):
+                    raise ValueError(
+                        f"{which} site '{name}': its poutine.scale differs from the data "
+                        "plate's; GammaPowerELBO raises the whole density of a datum to the "
+                        "power gamma, so part of it cannot be scaled (a beta on z, a scaled "
+                        "observed auxiliary site). Write an extra weighted term as "
+                        "pyro.factor(name, weight * log_prob), which enters additively"
+                    )
+                if which == "model" and site["is_observed"] and name != norm.class_site:
+                    problem = norm.covers(name, site["fn"])
+                    if problem:
+                        raise ValueError(
+                            f"model site '{name}': the declared power norm "
+                            f"{type(norm).__name__} does not cover it ({problem}); declare a "
+                            "norm that holds for the whole model (MonteCarloPowerNorm holds "
+                            "for any model)"
+                        )
+                    observed_size = observed_size + _observed_size(site)
+                elif which == "model" and name == norm.latent_site:
+                    problem = norm.covers(name, site["fn"], latent=True)
+                    if problem:
+                        raise ValueError(f"model site '{name}': the declared power norm "
+                                         f"{type(norm).__name__} does not hold for this latent "
+                                         f"prior ({problem})")
+        if not isinstance(norm, MonteCarloPowerNorm):
+            expected = torch.as_tensor(norm.obs_dim)
+            found = torch.as_tensor(observed_size, dtype=expected.dtype, device=expected.device)
+            found, expected = torch.broadcast_tensors(found, expected)
+            if not torch.equal(found, expected):
+                raise ValueError(
+                    f"model: the declared power norm counts {expected.flatten()[:4].tolist()} "
+                    f"observed dimensions per datum, but the model's observed sites have "
+                    f"{found.flatten()[:4].tolist()}; every observed site must be part of the "
+                    "joint whose norm is declared"
+                )
+
     # ----------------------------------------------------------------------------- terms
+    def _gamma(self, norm) -> torch.Tensor:
+        ref = norm.obs_dim
+        if self.gamma_multiple is not None:
+            return self.gamma_multiple * torch.as_tensor(norm.auto_gamma()).detach().to(ref)
+        return torch.full_like(torch.as_tensor(ref, dtype=torch.get_default_dtype()),
+                               self.gamma).to(ref)
+
     def _particle_terms(self, model_trace, guide_trace) -> _ParticleTerms:
         norm_name, norm = find_power_norm(model_trace)
         norm_site = model_trace.nodes[norm_name]
-        ref = norm.log_det_obs_scale
-        if self.gamma == "auto":
-            gamma = norm.auto_gamma()
-        else:
-            gamma = torch.as_tensor(self.gamma, dtype=ref.dtype, device=ref.device)
-        log_norm = norm.log_norm(gamma)
+        if is_validation_enabled():
+            self._check_sites(model_trace, guide_trace, norm_name, norm)
+        ref = torch.as_tensor(norm.obs_dim)
+        gamma = self._gamma(norm)
+        kl = (gamma == 0)
+        any_kl, all_kl = bool(kl.any()), bool(kl.all())
+        safe_gamma = torch.where(kl, torch.ones_like(gamma), gamma)
+        log_norm = norm.log_norm(torch.where(kl, torch.zeros_like(gamma), gamma))
 
         # log p(x, y, z) and the auxiliary factors, from the model trace
-        log_p, aux = 0.0, 0.0
+        data = _data_frames(norm_site)
+        log_p, aux, global_aux = 0.0, 0.0, 0.0
         for name, site in model_trace.nodes.items():
-            if site["type"] != "sample":
+            if site["type"] != "sample" or name == norm_name:
                 continue
             lp = scale_and_mask(site["unscaled_log_prob"], 1.0, site["mask"])
             if site["infer"].get("is_auxiliary"):
-                if name != norm_name:
-                    aux = aux + lp
+                relative = site["scale"] / norm_site["scale"]  # the factor's own weight
+                if _data_frames(site) == data:
+                    aux = aux + relative * lp
+                else:
+                    global_aux = global_aux + (relative * lp).sum()
                 continue
             if not site["is_observed"] and name not in guide_trace.nodes:
                 raise ValueError(
@@ -270,21 +446,31 @@ class GammaPowerELBO(ELBO):
                     f"and parallel-enumerated discrete sites, found {type(site['fn']).__name__} "
                     "without rsample and without enumeration"
                 )
+        if self.closed_forms and len(continuous) > 1:
+            raise ValueError(
+                f"guide sites {[s['name'] for s in continuous]}: closed_forms=True computes "
+                "∫q^(1+gamma) for ONE continuous guide site; pass closed_forms=False for the "
+                "Monte Carlo estimator of this guide"
+            )
         log_q_enum = _sum_log_prob(enumerated)
 
         # cross term: T1 - 1 = Σ_y q_y [exp(γ(log p − log‖p‖)) − 1]  (+ Rao-Blackwellisation)
         cross = torch.expm1(gamma * (log_p - log_norm))
-        if self.closed_forms and norm.power_form and self.gamma == "auto":
-            cross = cross + self._latent_rao_blackwell(model_trace, guide_trace, norm, gamma, log_norm)
+        if self.closed_forms and norm.power_form and self.auto and not all_kl:
+            cross = cross + self._latent_rao_blackwell(model_trace, guide_trace, norm, gamma,
+                                                       log_norm)
 
         # entropy term: Σ_y q_y^{1+γ} ∫ q(z|x,y)^{1+γ} dz = Σ_y q_y exp(γ log q_y + log I_y)
-        log_int = None
-        if self.closed_forms and len(continuous) == 1:
+        if self.closed_forms and continuous:
             try:
                 log_int = log_power_integral(continuous[0]["fn"], gamma)
-            except NotImplementedError:  # a guide family without a closed form
-                log_int = None
-        if log_int is None:  # log q(z | x, y) is only needed without the closed form
+            except NotImplementedError as error:
+                raise ValueError(
+                    f"guide site '{continuous[0]['name']}': closed_forms=True needs a guide "
+                    f"family with a closed-form power integral ({error}); pass "
+                    "closed_forms=False for the Monte Carlo estimator"
+                ) from error
+        else:  # log q(z | x, y) is only needed without the closed form
             log_int = gamma * _sum_log_prob(continuous)
         entropy = torch.expm1(gamma * log_q_enum + log_int)
 
@@ -294,7 +480,13 @@ class GammaPowerELBO(ELBO):
         cross_m1 = self._sum_enum(q_enum * cross)
         inner_m1 = self._sum_enum(q_enum * entropy)
         aux = self._sum_enum(q_enum * aux)
-        return _ParticleTerms(cross_m1, inner_m1, aux, gamma, norm_site["scale"])
+        elbo = None
+        if any_kl:  # γ = 0: the negative enumerated ELBO, −Σ_y q_y [log p − log q_y − log q(z)]
+            log_q = log_q_enum + _sum_log_prob(continuous)
+            elbo = -self._sum_enum(q_enum * (log_p - log_q))
+        return _ParticleTerms(cross_m1, inner_m1, elbo, aux, global_aux,
+                              torch.where(kl, torch.zeros_like(safe_gamma), safe_gamma),
+                              norm_site["scale"])
 
     def _latent_rao_blackwell(self, model_trace, guide_trace, norm, gamma, log_norm):
         """(π_y K / ‖p‖)^γ (E_q‖z‖² − ‖z‖²)/ν: replaces the sampled ‖z‖² in Q_y by its mean."""
@@ -320,9 +512,14 @@ class GammaPowerELBO(ELBO):
         return value
 
     def _combine(self, particles: list[_ParticleTerms]) -> torch.Tensor:
-        cross_m1 = torch.stack([p.cross_m1 for p in particles]).mean(0)
-        inner_m1 = torch.stack([p.inner_m1 for p in particles]).mean(0)
-        aux = torch.stack([p.aux for p in particles]).mean(0)
+        def mean(values):
+            return torch.stack(values).mean(0)
+
+        cross_m1 = mean([p.cross_m1 for p in particles])
+        inner_m1 = mean([p.inner_m1 for p in particles])
+        aux = mean([p.aux for p in particles])
+        elbo = None if particles[0].elbo is None else mean([p.elbo for p in particles])
+        global_aux = sum(torch.as_tensor(p.global_aux) for p in particles) / len(particles)
         gamma, scale = particles[0].gamma, particles[0].scale
         if self.vectorize_particles and self.num_particles > 1:
             # the particle plate is the leftmost plate dimension
@@ -331,10 +528,19 @@ class GammaPowerELBO(ELBO):
                 cross_m1, inner_m1 = cross_m1.mean(dim), inner_m1.mean(dim)
             if aux.dim() >= -dim:
                 aux = aux.mean(dim)
+            if elbo is not None and elbo.dim() >= -dim:
+                elbo = elbo.mean(dim)
+            if gamma.dim() >= -dim:
+                gamma = gamma.mean(dim)
+        kl = gamma == 0
+        safe = torch.where(kl, torch.ones_like(gamma), gamma)
         # ‖q‖ − 1 = exp(log(1 + inner − 1)/(1 + γ)) − 1, stable as γ → 0
-        entropy_m1 = torch.expm1(torch.log1p(inner_m1) / (1.0 + gamma))
-        per_datum = -(cross_m1 - entropy_m1) / gamma - aux
-        return (per_datum * scale).sum()
+        entropy_m1 = torch.expm1(torch.log1p(inner_m1) / (1.0 + safe))
+        per_datum = -(cross_m1 - entropy_m1) / safe
+        if elbo is not None:
+            per_datum = torch.where(kl, elbo, per_datum)
+        per_datum = per_datum - aux
+        return (per_datum * scale).sum() - global_aux
 
     # ---------------------------------------------------------------------- public API
     def differentiable_loss(self, model, guide, *args, **kwargs):
@@ -359,4 +565,3 @@ class GammaPowerELBO(ELBO):
         if loss.requires_grad:
             loss.backward()
         return loss.item()
-

@@ -7,16 +7,25 @@ entropy term of :class:`~pyro_mmt.infer.GammaPowerELBO`. A model states it by ca
 below. The declaration is a zero log-factor site, so every other Pyro objective
 (``Trace_ELBO``, ``TraceEnum_ELBO``, ``Predictive``) ignores it.
 
-See ``docs/derivation.md`` §3 for the closed forms.
+Closed forms (``docs/derivation.md`` §3) exist for the all-Student-t power-form joint
+(:class:`StudentTPowerNorm`) and the all-Gaussian joint (:class:`GaussianPowerNorm`); for any
+other model (e.g. Bernoulli or Poisson modalities beside Student-t ones)
+:class:`MonteCarloPowerNorm` estimates the norm from ancestral draws of the model itself
+(``docs/derivation.md`` §9).
 """
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
+from pyro.distributions.torch_distribution import ExpandedDistribution, MaskedDistribution
 
 from pyro_mmt.distributions import (
+    DiagStudentT,
     auto_gamma,
     gaussian_log_norm,
     power_form_log_constant,
@@ -27,6 +36,7 @@ __all__ = [
     "PowerNorm",
     "StudentTPowerNorm",
     "GaussianPowerNorm",
+    "MonteCarloPowerNorm",
     "declare_power_norm",
     "find_power_norm",
 ]
@@ -81,11 +91,18 @@ class PowerNorm:
         raise NotImplementedError
 
     def auto_gamma(self) -> torch.Tensor:
-        """The γ that makes p^γ affine in the power form's quadratic: −2/(ν + n + d)."""
+        """The "auto" γ = −2/(ν + n + d) per datum (t3VAE's choice; for the power form it
+        makes p^γ affine in the quadratic Q)."""
         raise ValueError(
-            f"gamma='auto' needs a Student-t power-form model, but the model declared "
-            f"{type(self).__name__}; pass an explicit gamma to GammaPowerELBO"
+            f"gamma='auto' needs a model with degrees of freedom nu, but the model declared "
+            f"{type(self).__name__} without one; pass an explicit gamma to GammaPowerELBO"
         )
+
+    def covers(self, name: str, fn, *, latent: bool = False) -> str | None:
+        """Whether this norm accounts for the site ``name`` of family ``fn`` (an observed
+        site, or the latent site when ``latent``): None if it does, else what is wrong (a
+        closed-form norm holds only for the family it was derived for)."""
+        return None
 
 
 class StudentTPowerNorm(PowerNorm):
@@ -124,7 +141,14 @@ class StudentTPowerNorm(PowerNorm):
     ):
         super().__init__(obs_dim, latent_dim, log_det_obs_scale, class_log_prior,
                          latent_site=latent_site, class_site=class_site)
-        self.nu = float(nu)
+        self.nu = nu if isinstance(nu, torch.Tensor) else float(nu)
+
+    def covers(self, name, fn, *, latent=False):
+        base = _base_distribution(fn)
+        if not isinstance(base, DiagStudentT | dist.MultivariateStudentT):
+            return (f"StudentTPowerNorm holds for multivariate Student-t sites, found "
+                    f"{type(base).__name__}")
+        return None
 
     def log_norm(self, gamma):
         return power_form_log_norm(
@@ -158,6 +182,17 @@ class GaussianPowerNorm(PowerNorm):
     Parameters as :class:`PowerNorm`'s.
     """
 
+    def covers(self, name, fn, *, latent=False):
+        base = _base_distribution(fn)
+        if not isinstance(base, dist.Normal | dist.MultivariateNormal):
+            return f"GaussianPowerNorm holds for Gaussian sites, found {type(base).__name__}"
+        return None
+
+    def auto_gamma(self):
+        """γ = −2/(ν + n + d) at ν = ∞: 0, the KL limit (``GammaPowerELBO`` then computes the
+        negative ELBO)."""
+        return torch.zeros_like(self.obs_dim)
+
     def log_norm(self, gamma):
         return gaussian_log_norm(
             self.obs_dim,
@@ -166,6 +201,105 @@ class GaussianPowerNorm(PowerNorm):
             gamma,
             class_log_prior=self.class_log_prior,
         )
+
+
+class MonteCarloPowerNorm(PowerNorm):
+    r"""‖p‖_{1+γ} of any model, by Monte Carlo over the model's own ancestral draws.
+
+    .. math::
+
+        \|p\|_{1+\gamma}^{1+\gamma} = \int p^{1+\gamma} = \mathbb{E}_{p}\big[p(x, y, z)^\gamma\big]
+            \approx \frac1S \sum_s p(x_s, y_s, z_s)^\gamma,\qquad (x_s, y_s, z_s) \sim p,
+
+    computed in log space (log-sum-exp). The draws are detached; the gradient of the returned
+    value is that of the exact log-norm estimated by self-normalised weights,
+
+    .. math::
+
+        \nabla \log\|p\|_{1+\gamma} = \frac{\mathbb{E}_p[p^\gamma \nabla\log p]}
+            {\mathbb{E}_p[p^\gamma]}
+            \approx \sum_s w_s \nabla \log p(x_s, y_s, z_s),\qquad
+            w_s \propto p(x_s, y_s, z_s)^\gamma,
+
+    (a score-function form: discrete x need no reparameterisation). The log of a Monte Carlo
+    mean is biased low by about Var/(2 S E²) and has finite variance when ∫p^{1+2γ} is
+    finite; ``docs/derivation.md`` §9 derives both and how S was chosen. The norm depends on a
+    datum only through which modalities it observes: one estimate is made per pattern of the
+    ``observed`` mask, from ``num_draws`` draws of the whole model with that pattern.
+
+    :param model: the model callable ``model(x, mask, y, batch_size=...)`` whose joint this is
+        (it must generate every site when called with ``x=None``).
+    :param torch.Tensor observed: bool [B, M], the modalities each datum observes.
+    :param torch.Tensor obs_dim: n per datum (for the "auto" γ).
+    :param int latent_dim: d.
+    :param nu: ν of the model (for the "auto" γ = −2/(ν + n + d)), or None.
+    :param int num_draws: S, the draws per observed-modality pattern.
+    """
+
+    power_form = False
+    #: S: draws per pattern (``docs/derivation.md`` §9, ``benchmarks/power_norm_draws.py``).
+    default_num_draws = 64
+
+    def __init__(self, model, observed, obs_dim, latent_dim, *, nu=None, num_draws=None,
+                 latent_site="z", class_site="y"):
+        super().__init__(obs_dim, latent_dim, torch.zeros_like(obs_dim),
+                         latent_site=latent_site, class_site=class_site)
+        self.model = model
+        self.observed = observed
+        self.nu = nu
+        self.num_draws = int(num_draws or self.default_num_draws)
+
+    def auto_gamma(self):
+        if self.nu is None:
+            return super().auto_gamma()
+        return auto_gamma(self.nu, self.obs_dim, self.latent_dim)
+
+    def log_norm(self, gamma):
+        gamma = torch.as_tensor(gamma, dtype=self.obs_dim.dtype, device=self.obs_dim.device)
+        gamma = gamma.expand(self.batch_shape)
+        patterns, which = torch.unique(self.observed, dim=0, return_inverse=True)
+        values = []
+        for k, pattern in enumerate(patterns):
+            rows = which == k
+            g = gamma[rows]
+            if not bool((g == g[0]).all()):
+                raise ValueError("gamma: the Monte Carlo power norm needs one gamma per "
+                                 "pattern of observed modalities")
+            values.append(self._log_norm_of_pattern(pattern, g[0]))
+        return torch.stack(values)[which]
+
+    def _log_norm_of_pattern(self, pattern, gamma):
+        num = self.num_draws
+        mask = pattern.expand(num, -1)
+        with poutine.block():
+            with torch.no_grad():  # ancestral draws of the whole model, detached
+                draws = poutine.trace(self.model).get_trace(None, None, None, batch_size=num)
+            x = {name[2:]: site["value"] for name, site in draws.nodes.items()
+                 if site["type"] == "sample" and name.startswith("x_")}
+            y = draws.nodes[self.class_site]["value"]
+            latent = {self.latent_site: draws.nodes[self.latent_site]["value"]}
+            # log p at the draws, differentiable in the parameters, with this pattern's mask
+            trace = poutine.trace(poutine.condition(self.model, data=latent)).get_trace(
+                x, mask, y)
+        log_p = 0.0
+        for site in trace.nodes.values():
+            if site["type"] != "sample" or site["infer"].get("is_auxiliary"):
+                continue
+            lp = site["fn"].log_prob(site["value"])
+            if site["mask"] is not None:
+                lp = torch.where(site["mask"], lp, torch.zeros_like(lp))
+            log_p = log_p + lp
+        weighted = gamma * log_p
+        value = (torch.logsumexp(weighted.detach(), 0) - math.log(num)) / (1 + gamma)
+        weights = torch.softmax(weighted.detach(), 0)
+        return value + (weights * (log_p - log_p.detach())).sum()
+
+
+def _base_distribution(fn):
+    """The distribution under Masked/Expanded/Independent wrappers."""
+    while isinstance(fn, MaskedDistribution | ExpandedDistribution | dist.Independent):
+        fn = fn.base_dist
+    return fn
 
 
 def declare_power_norm(norm: PowerNorm, name: str = "power_norm") -> None:

@@ -1,7 +1,8 @@
 r"""Data-parallel training with :mod:`torch.distributed`: one process per CPU socket or GPU.
 
-Every process holds the same model, guide and Pyro param store, takes its share of each global
-mini-batch and runs an ordinary SVI step on it; :class:`DistributedOptim` sums the gradients of
+Every process holds the same model (e.g. one :class:`~pyro_mmt.models.MultimodalM2`, which owns
+its guide's networks too) and Pyro param store, takes its share of each global mini-batch and
+runs an ordinary SVI step on it; :class:`DistributedOptim` sums the gradients of
 the step's Pyro parameters over the processes (one all-reduce of one flat buffer) before the
 optimiser's update, so all processes apply the same update and their parameters stay identical.
 
@@ -16,8 +17,8 @@ multiplied by the number of processes.)
 Why not ``DistributedDataParallel`` around the networks: DDP reduces gradients from hooks that
 it arms in the wrapped module's ``forward``, and expects each wrapped module to run once per
 backward pass. In this model the classifier runs in the guide and again in the model's
-classification term, and the decoders and encoders are called from ``model``/``guide`` methods,
-not ``forward``. Reducing the gradients of the parameters SVI reports, after the backward
+classification term, and the decoders and encoders are called from the ``model``/``guide``
+methods, not ``forward``. Reducing the gradients of the parameters SVI reports, after the backward
 pass, works for any model and guide, keeps Pyro's param store and ``SVI`` unchanged, and costs
 one collective per step (these networks have about a million parameters: a few ms on gloo).
 
@@ -178,8 +179,11 @@ def train_distributed(model: Callable, guide: Callable, dataset: MultimodalDatas
     :param optimizer: a Pyro optimiser; default :class:`~pyro_mmt.training.optim.MultiTensorAdam` with
         ``lr`` 1e-3 and gradients clamped to ±10 (as ``ClippedAdam``).
     :param batch_size: the global batch size (a multiple of P is best).
+    :param modules: name -> ``nn.Module`` broadcast from rank 0 and checkpointed; default the
+        module(s) behind bound ``model``/``guide`` methods (``{"model": m2}`` for
+        ``m2.model``/``m2.guide``).
     :param train_kwargs: passed on to :func:`~pyro_mmt.training.svi.train` (``epochs``,
-        ``validation``, ``patience``, ``resume``, ``device``, ...).
+        ``validation``, ``patience``, ``resume``, ``device``, ``on_epoch_end``, ``desc``, ...).
     """
     from pyro_mmt.training.optim import MultiTensorAdam
     from pyro_mmt.training.svi import _default_modules, train

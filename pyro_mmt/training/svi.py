@@ -153,16 +153,16 @@ def batch_to(batch: Batch, device: torch.device | str) -> Batch:
     )
 
 
-def predict_proba(guide, dataset: MultimodalDataset, *, batch_size: int = 1024,
+def predict_proba(module, dataset: MultimodalDataset, *, batch_size: int = 1024,
                   device: str | torch.device = "cpu", **kwargs) -> np.ndarray:
-    """q(y | x) for every row of ``dataset`` from ``guide.predict_proba(x, mask, **kwargs)``,
-    in batches, as a numpy array [N, K]."""
+    """q(y | x) for every row of ``dataset`` from ``module.predict_proba(x, mask, **kwargs)``
+    (e.g. a :class:`~pyro_mmt.models.MultimodalM2`), in batches, as a numpy array [N, K]."""
     out = []
     for start in range(0, len(dataset), batch_size):
         rows = np.arange(start, min(start + batch_size, len(dataset)))
         sub = dataset[rows]
         x = {m: v.to(device) for m, v in sub.x.items()}
-        out.append(guide.predict_proba(x, sub.mask.to(device), **kwargs).cpu().numpy())
+        out.append(module.predict_proba(x, sub.mask.to(device), **kwargs).cpu().numpy())
     return np.concatenate(out).astype(np.float64)
 
 
@@ -186,10 +186,12 @@ def train(
     device: str | torch.device = "cpu",
     progress: bool = True,
     validate: bool | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
+    desc: str = "training",
 ) -> pd.DataFrame:
     """Train ``model``/``guide`` with SVI and return the per-epoch history.
 
-    :param model: the model callable ``model(x, mask, y)`` (e.g. ``MultimodalTModel().model``).
+    :param model: the model callable ``model(x, mask, y)`` (e.g. ``m2.model`` of a :class:`~pyro_mmt.models.MultimodalM2`).
     :param guide: the guide callable with the same arguments.
     :param dataset: training data (y = −1 for unlabelled rows).
     :param objective: a Pyro ELBO (``GammaPowerELBO``, ``TraceEnum_ELBO``, ...).
@@ -200,7 +202,8 @@ def train(
     :param int seed: seeds Pyro/torch (``pyro.set_rng_seed``) and the batch order.
     :param validation: labelled data scored after every epoch (balanced accuracy, macro-F1, ...).
     :param predictor: ``predictor(dataset) -> proba [N, K]``; default
-        ``predict_proba(guide.__self__, dataset)`` for a bound ``guide`` method.
+        ``predict_proba(guide.__self__, dataset)`` for a bound ``guide`` method (e.g.
+        ``m2.guide``).
     :param patience: stop when validation balanced accuracy has not improved for this many
         epochs, and restore the best epoch's weights (needs ``validation`` and ``modules``).
     :param checkpoint_dir: write ``checkpoint.pt`` there after every epoch.
@@ -208,9 +211,9 @@ def train(
         result equals an uninterrupted run with the same seed. The modules' weights, the
         optimiser's state (its learning rate included) and the RNG state come from the
         checkpoint; call ``pyro.clear_param_store()`` first when the modules are new.
-    :param modules: name -> ``nn.Module`` whose weights make up the state (model, guide,
-        classifier); needed for checkpoints and early stopping. Default: the modules behind
-        bound ``model``/``guide`` methods and the guide's ``classifier``. With checkpoints,
+    :param modules: name -> ``nn.Module`` whose weights make up the state; needed for
+        checkpoints and early stopping. Default: the module(s) behind bound ``model``/``guide``
+        methods (one for ``m2.model``/``m2.guide``). With checkpoints,
         every parameter in the param store must belong to one of them (a ``pyro.param``
         outside a module raises a ``ValueError`` after the first step rather than being lost
         on resume).
@@ -219,6 +222,11 @@ def train(
     :param validate: Pyro's argument and shape checks during the steps: None leaves the global
         setting (``pyro.enable_validation``), False turns them off for this run (0.5–2 ms per
         step on the CPU, host syncs on a GPU; ``docs/performance.md``).
+    :param on_epoch_end: called as ``on_epoch_end(epoch)`` (counted from 1) after every epoch's
+        steps and before its validation and checkpoint, e.g. to update an estimate that is not
+        a gradient parameter (the learned class prior of
+        :meth:`~pyro_mmt.models.MultimodalM2.update_class_prior`).
+    :param str desc: the progress bar's label.
     :return: a DataFrame with one row per epoch: ``epoch``, ``loss`` (per datum),
         ``loss_labelled``, ``loss_unlabelled``, ``seconds`` and validation metrics.
     :raises TrainingDivergedError: when a step's loss is not finite.
@@ -259,7 +267,7 @@ def train(
         if ckpt.rng_state is not None:
             torch.set_rng_state(ckpt.rng_state)
 
-    bar = tqdm(range(start_epoch, int(epochs)), disable=not progress, desc="training",
+    bar = tqdm(range(start_epoch, int(epochs)), disable=not progress, desc=desc,
                unit="epoch", initial=start_epoch, total=int(epochs))
     for epoch in bar:
         loader.set_epoch(epoch)
@@ -274,6 +282,8 @@ def train(
             group = "labelled" if batch.y is not None else "unlabelled"
             totals[group][0] += loss / num_data  # per-datum estimate of the group's loss
             totals[group][1] += 1
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1)
         row = {"epoch": epoch + 1}
         per_group = {g: (s / n if n else float("nan")) for g, (s, n) in totals.items()}
         row["loss_labelled"] = per_group["labelled"]
@@ -372,15 +382,17 @@ def _check_param_store(modules: dict[str, torch.nn.Module]) -> None:
     earlier run (without ``pyro.clear_param_store()``) would silently update the old tensors.
     """
     store = pyro.get_param_store()
-    for name, module in modules.items():
-        for param_name, param in module.named_parameters():
-            full = f"{name}$$${param_name}"
-            if full in store and store.get_param(full).unconstrained() is not param:
-                raise ValueError(
-                    f"modules: the Pyro param store already holds {full!r} from other modules; "
-                    "call pyro.clear_param_store() before training new modules (or train inside "
-                    "`with pyro.get_param_store().scope():`)"
-                )
+    params = {name: param for module in modules.values()
+              for name, param in module.named_parameters()}
+    for full in store.keys():
+        _, sep, param_name = full.rpartition("$$$")  # pyro.module(prefix, m) names prefix$$$name
+        if sep and param_name in params \
+                and store.get_param(full).unconstrained() is not params[param_name]:
+            raise ValueError(
+                f"modules: the Pyro param store already holds {full!r} from other modules; "
+                "call pyro.clear_param_store() before training new modules (or train inside "
+                "`with pyro.get_param_store().scope():`)"
+            )
 
 
 def _clone_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -388,12 +400,10 @@ def _clone_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _default_modules(model, guide) -> dict[str, torch.nn.Module]:
+    """The modules behind bound ``model``/``guide`` methods, each once."""
     modules = {}
     for name, fn in (("model", model), ("guide", guide)):
         owner = getattr(fn, "__self__", None)
-        if isinstance(owner, torch.nn.Module):
+        if isinstance(owner, torch.nn.Module) and all(owner is not m for m in modules.values()):
             modules[name] = owner
-    classifier = getattr(getattr(guide, "__self__", None), "classifier", None)
-    if isinstance(classifier, torch.nn.Module):
-        modules["classifier"] = classifier
     return modules

@@ -28,7 +28,7 @@ from scipy.stats import multivariate_normal
 
 from pyro_mmt.data import MultimodalDataset
 from pyro_mmt.distributions import DiagStudentT
-from pyro_mmt.estimator import build_model_and_guide
+from pyro_mmt.estimator import build_model
 from pyro_mmt.evaluation import diagnostic_plots as plots
 from pyro_mmt.evaluation import diagnostics as D
 from pyro_mmt.evaluation.diagnose import diagnose
@@ -248,10 +248,9 @@ def test_pyro_mmt_model_with_missing_modalities(nu):
     x["c"][[0, 5]] = np.nan
     y = np.array([0, 1, 2, -1, -1, 0, -1, 1, -1])
     data = MultimodalDataset(x, y, num_classes=3)
-    model, guide = build_model_and_guide(data.dims, 3, latent_dim=2, hidden=(16,), nu=nu,
-                                         sigma={"a": 0.8, "b": 1.0, "c": 1.3},
-                                         label_counts=[2, 2, 2])
-    idata = D.to_inference_data(model, guide, data, num_samples=6, condition_on_labels=False)
+    m2 = build_model(data.dims, 3, latent_dim=2, hidden=(16,), nu=nu,
+                     sigma={"a": 0.8, "b": 1.0, "c": 1.3}, label_counts=[2, 2, 2])
+    idata = D.to_inference_data(m2, dataset=data, num_samples=6, condition_on_labels=False)
     post = D.get_group(idata, "posterior")
     assert post["z"].shape == (1, 6, n, 2)
     assert not D.get_group(idata, "constant_data")["labelled"].values.any()
@@ -264,16 +263,65 @@ def test_pyro_mmt_model_with_missing_modalities(nu):
     d = 2
     with torch.no_grad():
         for j, m in enumerate(data.modalities):
-            loc = model.decoders[m](z, y_draw)
+            loc = m2.decoders[m](z, y_draw)
             if math.isinf(nu):
-                fn = dist.Normal(loc, model.sigma[m]).to_event(1)
+                fn = dist.Normal(loc, m2.config.sigma[m]).to_event(1)
             else:
-                s = ((nu + z.pow(2).sum(-1)) / (nu + d)).sqrt() * model.sigma[m]
+                s = ((nu + z.pow(2).sum(-1)) / (nu + d)).sqrt() * m2.config.sigma[m]
                 fn = DiagStudentT(torch.tensor(nu + d), loc, s.unsqueeze(-1).expand(loc.shape))
             expected = fn.log_prob(data.x[m]).numpy()
             present = data.mask[:, j].numpy()
             np.testing.assert_allclose(ll[f"x_{m}"].values[0][:, present],
                                        expected[:, present], rtol=1e-5, atol=1e-4)
+
+
+def test_the_model_object_is_its_own_guide_and_its_settings_are_the_attributes(tmp_path):
+    """A MultimodalM2 holds its guide: guide=None, the object twice and the bound methods give
+    the same draws; the attributes are the model's config (alpha, per-modality settings as
+    <name>_<m>) with the current, learned ν."""
+    rng = np.random.default_rng(2)
+    x = {"a": rng.normal(size=(6, 4)), "b": rng.normal(size=(6, 3))}
+    x["b"][[1]] = np.nan
+    data = MultimodalDataset(x, np.array([0, 1, 2, -1, -1, -1]), num_classes=3)
+    m2 = build_model(data.dims, 3, latent_dim=2, hidden=(8,), alpha=0.7, learn_nu=True,
+                     sigma={"a": 0.5, "b": 2.0}, class_weight="balanced", label_counts=[1, 1, 1])
+    with torch.no_grad():
+        m2.nu_unconstrained.fill_(1.5)  # as if training had moved ν away from its start
+    calls = [
+        D.to_inference_data(m2, dataset=data, num_samples=4, seed=2),
+        D.to_inference_data(m2, None, data, num_samples=4, seed=2),
+        D.to_inference_data(m2, m2, data, num_samples=4, seed=2),
+        D.to_inference_data(m2.model, m2.guide, data, num_samples=4, seed=2),
+        D.to_inference_data(m2.model, dataset=data, num_samples=4, seed=2),
+    ]
+    for idata in calls[1:]:
+        for group in ("posterior", "sample_stats"):
+            for var in D.get_group(calls[0], group).data_vars:
+                np.testing.assert_array_equal(D.get_group(idata, group)[var].values,
+                                              D.get_group(calls[0], group)[var].values)
+    attrs = D.run_attrs(calls[0])
+    assert attrs["model"] == attrs["guide"] == "MultimodalM2"
+    assert attrs["alpha"] == 0.7 and attrs["latent_dim"] == 2 and attrs["num_classes"] == 3
+    assert attrs["sigma_a"] == 0.5 and attrs["sigma_b"] == 2.0
+    assert attrs["dims_a"] == 4 and attrs["likelihood_b"] == "student_t"
+    assert attrs["class_weight"] == "balanced" and attrs["label_counts"] == "[1, 1, 1]"
+    assert attrs["learn_nu"] == 1 and attrs["nu_initial"] == 5.0
+    assert attrs["nu"] == pytest.approx(float(m2.nu.detach())) and attrs["nu"] != 5.0
+    assert D.get_group(calls[0], "posterior").attrs["alpha"] == 0.7
+    back = D.run_attrs(D.load_netcdf(D.save_netcdf(calls[0], tmp_path / "run.nc")))
+    assert back["sigma_b"] == 2.0 and back["nu"] == pytest.approx(attrs["nu"])
+
+    with pytest.raises(ValueError, match="dataset="):
+        D.to_inference_data(m2, data)
+    with pytest.raises(ValueError, match="MultimodalDataset"):
+        D.to_inference_data(m2)
+    with pytest.raises(ValueError, match="guide"):
+        D.to_inference_data(lambda x, mask, y=None: None, dataset=data)
+    with pytest.raises(ValueError, match="out_dir"):
+        diagnose(m2, dataset=data)
+    with pytest.raises(ValueError, match="dataset="):
+        diagnose(m2, data, tmp_path / "never")
+    assert not (tmp_path / "never").exists()
 
 
 @pytest.mark.parametrize("nu", [5.0, math.inf], ids=["student-t", "gaussian"])
@@ -284,17 +332,15 @@ def test_log_weights_agree_with_pyro_elbo(float64, nu):
     x = {"a": rng.normal(size=(8, 4)), "b": rng.normal(size=(8, 3))}
     x["a"][[1, 4]] = np.nan
     data = MultimodalDataset(x, None, num_classes=3).to(torch.float64)
-    model, guide = build_model_and_guide(data.dims, 3, latent_dim=2, hidden=(16,), nu=nu)
-    for module in (model, guide, guide.classifier):
-        module.double()
+    m2 = build_model(data.dims, 3, latent_dim=2, hidden=(16,), nu=nu).double()
     S = 1000
-    idata = D.to_inference_data(model, guide, data, num_samples=S, num_predictive=1)
+    idata = D.to_inference_data(m2, None, data, num_samples=S, num_predictive=1)
     lw = D.get_group(idata, "sample_stats")["log_weight"].values[0]  # [S, N]
     ours, se = lw.mean(0).sum(), math.sqrt((lw.var(0) / S).sum())
     elbo = pyro.infer.TraceEnum_ELBO(num_particles=S, vectorize_particles=True,
                                      max_plate_nesting=1, strict_enumeration_warning=False)
     with pyro.get_param_store().scope(), torch.no_grad():
-        pyro_elbo = -elbo.loss(model.model, guide.guide, data.x, data.mask, None)
+        pyro_elbo = -elbo.loss(m2.model, m2.guide, data.x, data.mask, None)
     # both are estimates with about the same standard error (enumeration only lowers Pyro's)
     assert ours == pytest.approx(pyro_elbo, abs=4 * math.sqrt(2) * se)
 

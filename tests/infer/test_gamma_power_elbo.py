@@ -23,14 +23,13 @@ from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 
 from pyro_mmt.distributions import DiagStudentT, prior_expert_scale
-from pyro_mmt.guides import PoEClassifier, PoETGuide
+from pyro_mmt.estimator import build_model
 from pyro_mmt.infer import (
     GammaPowerELBO,
     GaussianPowerNorm,
     StudentTPowerNorm,
     declare_power_norm,
 )
-from pyro_mmt.models import MultimodalTModel
 
 DIMS = {"a": 5, "b": 3}
 SIGMA = {"a": 0.7, "b": 1.3}
@@ -53,17 +52,10 @@ def float64():
 
 # ------------------------------------------------------------------------------- helpers
 def make_pair(nu, *, alpha=0.5, class_prior=CLASS_PRIOR, hidden=(8,)):
-    """MultimodalTModel and PoETGuide sharing a classifier, with random networks."""
-    clf = PoEClassifier(DIMS, NUM_CLASSES, hidden=hidden)
-    model = MultimodalTModel(
-        DIMS, NUM_CLASSES, latent_dim=LATENT_DIM, hidden=hidden, nu=nu, sigma=SIGMA,
-        class_prior=class_prior, classifier=clf, alpha=alpha,
-    )
-    guide = PoETGuide(
-        DIMS, NUM_CLASSES, classifier=clf, latent_dim=LATENT_DIM, hidden=hidden, nu=nu,
-        sigma=SIGMA,
-    )
-    return model, guide
+    """One MultimodalM2 with random networks, returned twice as (model owner, guide owner)."""
+    m2 = build_model(DIMS, NUM_CLASSES, latent_dim=LATENT_DIM, hidden=hidden, nu=nu,
+                     sigma=SIGMA, class_prior=class_prior, alpha=alpha)
+    return m2, m2
 
 
 def make_data(batch=BATCH, *, missing=False, seed=123):
@@ -194,7 +186,7 @@ def test_small_gamma_limit_is_negative_enumerated_elbo(nu, missing, labelled):
 def test_small_gamma_gradients_tend_to_elbo_gradients(labelled):
     """The parameter gradients converge as well (Gaussian model, missing modalities, γ = −1e-6)."""
     model, guide = make_pair(math.inf, alpha=0.5)
-    params = [*model.parameters(), *guide.parameters(), *guide.classifier.parameters()]
+    params = list(model.parameters())
     x, mask, y = make_data(missing=True)
     args = (x, mask, y if labelled else None)
     ref = loss_at_seed(TraceEnum_ELBO(max_plate_nesting=1), model.model, guide.guide, *args)
@@ -407,7 +399,7 @@ def exact_objective(model, guide, x, mask, y):
     E recon_y = Σ_j (|x_j − W_jy μ_y − b_jy|² + tr(W_jy Cov_y W_jy'))/σ_j², Cov_y = ν/(ν+n−2) Σ_y,
     T2 = (Σ_y q_y^{1+γ} ∫ q(z|x,y)^{1+γ})^{1/(1+γ)},  L = −(T1 − T2)/γ − α log q(y_obs|x).
     """
-    nu, d = model.nu, LATENT_DIM
+    nu, d = model.config.nu, LATENT_DIM
     pi = torch.tensor(CLASS_PRIOR)
     labels = torch.arange(NUM_CLASSES).unsqueeze(-1)  # [K, 1]: every class for every datum
     with torch.no_grad():
@@ -444,7 +436,7 @@ def exact_objective(model, guide, x, mask, y):
             if q_y[k] > 0:
                 inner += q_y[k] ** (1 + gamma) * math.exp(log_int)
         t2 = inner ** (1 / (1 + gamma))
-        aux = 0.0 if y is None else model.alpha * log_q_y[i, y[i]]
+        aux = 0.0 if y is None else model.config.alpha * log_q_y[i, y[i]]
         total += -(t1 - t2) / gamma - aux
     return float(total)
 
@@ -475,7 +467,7 @@ def test_loss_and_grads_agree_with_differentiable_loss(labelled, gamma):
     """`loss`, `loss_and_grads` and `differentiable_loss` give one value at one seed, and the
     gradients accumulated by `loss_and_grads` are those of `differentiable_loss`."""
     model, guide = make_pair(5.0, alpha=0.5)
-    params = [*model.parameters(), *guide.parameters(), *guide.classifier.parameters()]
+    params = list(model.parameters())
     x, mask, y = make_data(missing=True)
     args = (x, mask, y if labelled else None)
     elbo = GammaPowerELBO(gamma, num_particles=3, max_plate_nesting=1)
@@ -621,9 +613,20 @@ def test_invalid_gamma_raises(gamma):
         GammaPowerELBO(gamma, max_plate_nesting=1)
 
 
-def test_missing_max_plate_nesting_raises():
+def test_max_plate_nesting_is_guessed_as_pyro_does():
+    """Without max_plate_nesting the objective runs the model and guide once to find it (as
+    Pyro's ELBOs do): the same loss as with max_plate_nesting=1."""
+    model, guide = make_pair(5.0, alpha=0.5)
+    x, mask, y = make_data(missing=True)
+    guessed = GammaPowerELBO("auto")
+    for labels in (y, None):
+        a = loss_at_seed(guessed, model.model, guide.guide, x, mask, labels)
+        b = loss_at_seed(GammaPowerELBO("auto", max_plate_nesting=1), model.model, guide.guide,
+                         x, mask, labels)
+        assert a.item() == b.item()
+    assert guessed.max_plate_nesting == 1
     with pytest.raises(ValueError, match="max_plate_nesting"):
-        GammaPowerELBO("auto")
+        GammaPowerELBO("auto", max_plate_nesting=0)
 
 
 def gaussian_model(x):
@@ -634,13 +637,23 @@ def gaussian_model(x):
         declare_power_norm(GaussianPowerNorm(ones, 1, torch.zeros_like(ones)))
 
 
-def test_gaussian_power_norm_with_auto_gamma_raises():
-    def guide(x):
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(0.0, 1.0))
-
-    with pytest.raises(ValueError, match="gamma='auto'"):
-        GammaPowerELBO("auto", max_plate_nesting=1).loss(gaussian_model, guide, torch.zeros(3))
+@pytest.mark.filterwarnings(NOTHING_TO_ENUMERATE)
+@pytest.mark.parametrize("labelled", [True, False], ids=["labelled", "unlabelled"])
+def test_gaussian_model_with_auto_gamma_is_the_kl(labelled):
+    """γ = −2/(ν + n + d) is 0 at ν = ∞: "auto" on the Gaussian model gives TraceEnum_ELBO's
+    loss (the same draws at one seed), and its gradients."""
+    model, guide = make_pair(math.inf, alpha=0.5)
+    x, mask, y = make_data(missing=True)
+    args = (x, mask, y if labelled else None)
+    ours = loss_at_seed(GammaPowerELBO("auto"), model.model, guide.guide, *args)
+    ref = loss_at_seed(TraceEnum_ELBO(max_plate_nesting=1), model.model, guide.guide, *args)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-12)
+    params = list(model.parameters())
+    g1 = torch.autograd.grad(ours, params, allow_unused=True)
+    g2 = torch.autograd.grad(ref, params, allow_unused=True)
+    for a, b in zip(g1, g2, strict=True):
+        if a is not None or b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
 def test_non_reparameterised_guide_site_raises():

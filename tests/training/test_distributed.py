@@ -15,7 +15,7 @@ from pyro.infer import SVI
 from torch import distributed as dist
 
 from pyro_mmt.data import Standardiser, load_digits
-from pyro_mmt.estimator import build_model_and_guide, make_objective
+from pyro_mmt.estimator import build_model, make_objective
 from pyro_mmt.training.distributed import (
     DistributedOptim,
     broadcast_parameters,
@@ -41,9 +41,8 @@ def _data():
 
 def _build(seed=0):
     pyro.set_rng_seed(seed)
-    model, guide = build_model_and_guide({"top": 32, "bottom": 32}, 10, latent_dim=2,
-                                         hidden=(8,), alpha=1.0)
-    return model, guide, {"model": model, "guide": guide, "classifier": guide.classifier}
+    m2 = build_model({"top": 32, "bottom": 32}, 10, latent_dim=2, hidden=(8,), alpha=1.0)
+    return m2, {"model": m2}
 
 
 def _shard(batch, rank):
@@ -67,9 +66,9 @@ def _worker(rank, init_method, out):
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=WORLD)
     try:
         # SVI steps on this rank's half of each global batch
-        model, guide, modules = _build(seed=rank)  # different weights: the broadcast fixes them
+        m2, modules = _build(seed=rank)  # different weights: the broadcast fixes them
         broadcast_parameters(modules)
-        svi = SVI(model.model, guide.guide, DistributedOptim(MultiTensorAdam({"lr": 1e-2})),
+        svi = SVI(m2.model, m2.guide, DistributedOptim(MultiTensorAdam({"lr": 1e-2})),
                   make_objective())
         losses = []
         for step in range(STEPS):
@@ -87,8 +86,8 @@ def _worker(rank, init_method, out):
         y = digits.y.numpy().copy()
         y[16:] = -1
         data = Standardiser().fit_transform(digits.with_labels(y)).to(torch.float64)
-        model, guide, modules = _build(seed=rank)
-        history = train_distributed(model.model, guide.guide, data, objective=make_objective(),
+        m2, modules = _build(seed=rank)
+        history = train_distributed(m2.model, m2.guide, data, objective=make_objective(),
                                     epochs=2, batch_size=16, seed=3, progress=False)
         result["train_params"] = _params()
         result["train_loss"] = history["loss"].tolist()
@@ -100,7 +99,7 @@ def _worker(rank, init_method, out):
 def _single_process_reference():
     """The same global batches in one process: each shard's loss and gradient with its rank's
     draws, gradients added, one update per global batch."""
-    model, guide, _ = _build(seed=0)
+    m2, _ = _build(seed=0)
     optim, elbo = MultiTensorAdam({"lr": 1e-2}), make_objective()
     losses = []
     for step in range(STEPS):
@@ -110,7 +109,7 @@ def _single_process_reference():
             for rank in range(WORLD):
                 pyro.set_rng_seed(1000 + 10 * step + rank)
                 with poutine.scale(scale=NUM_DATA / batch.size):
-                    total += elbo.loss_and_grads(model.model, guide.guide, *_shard(batch, rank))
+                    total += elbo.loss_and_grads(m2.model, m2.guide, *_shard(batch, rank))
         optim({site["value"].unconstrained() for site in capture.trace.nodes.values()})
         losses.append(total)
     return losses, _params()
@@ -166,9 +165,9 @@ def test_one_process_is_a_plain_optimiser():
     expected = {}
     for wrap in (False, True):
         pyro.clear_param_store()
-        model, guide, _ = _build()
+        m2, _ = _build()
         optim = MultiTensorAdam({"lr": 1e-2})
-        svi = SVI(model.model, guide.guide, DistributedOptim(optim) if wrap else optim,
+        svi = SVI(m2.model, m2.guide, DistributedOptim(optim) if wrap else optim,
                   make_objective())
         pyro.set_rng_seed(0)
         svi.step(labelled.x, labelled.mask, labelled.y)

@@ -10,7 +10,7 @@ from pyro.infer import SVI, Trace_ELBO
 from torch import nn
 
 from pyro_mmt.data import Standardiser, load_digits
-from pyro_mmt.estimator import build_model_and_guide, make_objective
+from pyro_mmt.estimator import build_model, make_objective
 from pyro_mmt.training.optim import MultiTensorAdam
 from pyro_mmt.training.svi import load_weights, train
 
@@ -33,9 +33,8 @@ def _svi_params(optimizer, batches, steps=4, seed=0):
     """Parameters after ``steps`` SVI steps of the project's model with GammaPowerELBO."""
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
-    model, guide = build_model_and_guide({"top": 32, "bottom": 32}, 10, latent_dim=2,
-                                         hidden=(8,), alpha=1.0)
-    svi = SVI(model.model, guide.guide, optimizer, make_objective())
+    m2 = build_model({"top": 32, "bottom": 32}, 10, latent_dim=2, hidden=(8,), alpha=1.0)
+    svi = SVI(m2.model, m2.guide, optimizer, make_objective())
     labelled, unlabelled = batches
     for step in range(steps):
         batch = (labelled if step % 2 == 0 else unlabelled)[step // 2 % 2]
@@ -115,7 +114,7 @@ def test_state_round_trip_with_weights_only(batches, tmp_path):
     labelled, unlabelled = batches
 
     def run(optimizer, steps, seed):
-        svi = SVI(model.model, guide.guide, optimizer, make_objective())
+        svi = SVI(m2.model, m2.guide, optimizer, make_objective())
         pyro.set_rng_seed(seed)
         for step in range(steps):
             batch = (labelled, unlabelled)[step % 2][0]
@@ -123,8 +122,7 @@ def test_state_round_trip_with_weights_only(batches, tmp_path):
 
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
-    model, guide = build_model_and_guide({"top": 32, "bottom": 32}, 10, latent_dim=2,
-                                         hidden=(8,), alpha=1.0)
+    m2 = build_model({"top": 32, "bottom": 32}, 10, latent_dim=2, hidden=(8,), alpha=1.0)
     optimizer = MultiTensorAdam({"lr": 1e-2, "lrd": 0.99})
     run(optimizer, 3, seed=1)
     optimizer.save(tmp_path / "optim.pt")
@@ -136,12 +134,10 @@ def test_state_round_trip_with_weights_only(batches, tmp_path):
 
     # a fresh process: new modules with the saved weights, a new optimiser loading the state
     pyro.clear_param_store()
-    model, guide = build_model_and_guide({"top": 32, "bottom": 32}, 10, latent_dim=2,
-                                         hidden=(8,), alpha=1.0)
-    for prefix, module in (("model", model), ("guide", guide), ("classifier", guide.classifier)):
-        for name, p in module.named_parameters():
-            with torch.no_grad():
-                p.copy_(weights[f"{prefix}$$${name}"])
+    m2 = build_model({"top": 32, "bottom": 32}, 10, latent_dim=2, hidden=(8,), alpha=1.0)
+    for name, p in m2.named_parameters():
+        with torch.no_grad():
+            p.copy_(weights[f"m2$$${name}"])
     restored = MultiTensorAdam({"lr": 1e-2, "lrd": 0.99})
     restored.load(tmp_path / "optim.pt")
     run(restored, 3, seed=2)
@@ -159,9 +155,8 @@ def test_train_resumes_with_it(tmp_path):
     def fit(epochs, folder, resume=False, seed=0):
         pyro.clear_param_store()
         pyro.set_rng_seed(seed)
-        model, guide = build_model_and_guide(data.dims, 10, latent_dim=2, hidden=(8,),
-                                             alpha=1.0)
-        history = train(model.model, guide.guide, data, objective=make_objective(),
+        m2 = build_model(data.dims, 10, latent_dim=2, hidden=(8,), alpha=1.0)
+        history = train(m2.model, m2.guide, data, objective=make_objective(),
                         optimizer=MultiTensorAdam({"lr": 1e-2, "clip_value": 10.0}),
                         epochs=epochs, batch_size=16, seed=3, progress=False,
                         checkpoint_dir=tmp_path / folder, resume=resume)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from pyro_mmt.data import Standardiser, load_digits
-from pyro_mmt.estimator import build_model_and_guide, make_objective
+from pyro_mmt.estimator import build_model, make_objective
 from pyro_mmt.evaluation.metrics import classification_metrics
-from pyro_mmt.models import MultimodalTModel
+from pyro_mmt.models import MultimodalM2
 from pyro_mmt.training.svi import (
     TrainingDivergedError,
     load_checkpoint,
@@ -30,19 +30,18 @@ def data():
     return Standardiser().fit_transform(digits.with_labels(y))
 
 
-def build(data, seed=0, model_class=MultimodalTModel):
-    """Model, guide and their modules, initialised from ``seed``."""
+def build(data, seed=0, model_class=MultimodalM2):
+    """The model (with its guide) and the modules train() checkpoints, initialised from
+    ``seed``."""
     pyro.set_rng_seed(seed)
-    model, guide = build_model_and_guide(data.dims, data.num_classes, latent_dim=2, hidden=(8,),
-                                         alpha=1.0)
-    if model_class is not MultimodalTModel:
-        model = model_class(data.dims, data.num_classes, latent_dim=2, hidden=(8,),
-                            classifier=guide.classifier, alpha=1.0)
-    return model, guide, {"model": model, "guide": guide, "classifier": guide.classifier}
+    m2 = build_model(data.dims, data.num_classes, latent_dim=2, hidden=(8,), alpha=1.0)
+    if model_class is not MultimodalM2:
+        m2 = model_class(m2.config)
+    return m2, {"model": m2}
 
 
-def fit(model, guide, data, epochs, lr=1e-2, **kwargs):
-    return train(model.model, guide.guide, data, objective=make_objective(),
+def fit(m2, data, epochs, lr=1e-2, **kwargs):
+    return train(m2.model, m2.guide, data, objective=make_objective(),
                  optimizer=pyro.optim.ClippedAdam({"lr": lr}), epochs=epochs, batch_size=16,
                  seed=3, progress=False, **kwargs)
 
@@ -53,19 +52,19 @@ def weights(modules):
 
 
 def test_resume_gives_the_parameters_of_an_uninterrupted_run(data, tmp_path):
-    model, guide, modules = build(data)
-    straight = fit(model, guide, data, epochs=4, checkpoint_dir=tmp_path / "straight")
+    m2, modules = build(data)
+    straight = fit(m2, data, epochs=4, checkpoint_dir=tmp_path / "straight")
     expected = weights(modules)
 
     pyro.clear_param_store()
-    model, guide, modules = build(data)
-    fit(model, guide, data, epochs=2, checkpoint_dir=tmp_path / "resumed")
+    m2, modules = build(data)
+    fit(m2, data, epochs=2, checkpoint_dir=tmp_path / "resumed")
     assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt").epoch == 2
 
     # a new process: new modules (other initial weights), new optimiser, empty param store
     pyro.clear_param_store()
-    model, guide, modules = build(data, seed=123)
-    resumed = fit(model, guide, data, epochs=4, checkpoint_dir=tmp_path / "resumed",
+    m2, modules = build(data, seed=123)
+    resumed = fit(m2, data, epochs=4, checkpoint_dir=tmp_path / "resumed",
                   resume=True)
     found = weights(modules)
     assert found.keys() == expected.keys()
@@ -76,30 +75,57 @@ def test_resume_gives_the_parameters_of_an_uninterrupted_run(data, tmp_path):
 
 
 def test_resume_from_a_finished_run_changes_nothing(data, tmp_path):
-    model, guide, modules = build(data)
-    fit(model, guide, data, epochs=1, checkpoint_dir=tmp_path)
+    m2, modules = build(data)
+    fit(m2, data, epochs=1, checkpoint_dir=tmp_path)
     before = weights(modules)
     pyro.clear_param_store()
-    model, guide, modules = build(data, seed=1)
-    history = fit(model, guide, data, epochs=1, checkpoint_dir=tmp_path, resume=True)
+    m2, modules = build(data, seed=1)
+    history = fit(m2, data, epochs=1, checkpoint_dir=tmp_path, resume=True)
     assert len(history) == 1
     for name, value in weights(modules).items():
         assert torch.equal(value, before[name])
 
 
 def test_checkpoint_is_plain_tensors_and_loads_with_weights_only(data, tmp_path):
-    model, guide, modules = build(data)
-    fit(model, guide, data, epochs=1, checkpoint_dir=tmp_path)
+    m2, modules = build(data)
+    fit(m2, data, epochs=1, checkpoint_dir=tmp_path)
     path = tmp_path / "checkpoint.pt"
     state = torch.load(path, weights_only=True)
     assert set(state) >= {"modules", "optimizer", "epoch", "history", "rng_state"}
-    assert state["epoch"] == 1 and set(state["modules"]) == {"model", "guide", "classifier"}
+    # one module: the model owns the guide's networks and the classifier
+    assert state["epoch"] == 1 and set(state["modules"]) == {"model"}
+    assert any(k.startswith("classifier.") for k in state["modules"]["model"])
 
-    _, _, fresh = build(data, seed=7)
+    _, fresh = build(data, seed=7)
     ckpt = load_checkpoint(path, fresh)
     assert ckpt.epoch == 1 and ckpt.history[0]["epoch"] == 1
     for name, value in weights(fresh).items():
         assert torch.equal(value, weights(modules)[name])
+
+
+def test_the_classifier_is_checkpointed_with_the_model_and_restored_on_resume(data, tmp_path):
+    """The classifier is a submodule of the model: it is in ``m2.state_dict()`` and in the
+    param store under the model's name, and train(m2.model, m2.guide) checkpoints and
+    restores it with the rest."""
+    m2, _ = build(data)
+    assert any(m is m2.classifier for m in m2.modules())
+    classifier_keys = {f"classifier.{k}" for k in m2.classifier.state_dict()}
+    assert classifier_keys and classifier_keys <= set(m2.state_dict())
+    fit(m2, data, epochs=1, checkpoint_dir=tmp_path)
+    store = pyro.get_param_store()
+    for name, p in m2.classifier.named_parameters():
+        assert store.get_param(f"m2$$$classifier.{name}").unconstrained() is p
+    trained = {k: v.detach().clone() for k, v in m2.classifier.state_dict().items()}
+    saved = load_checkpoint(tmp_path / "checkpoint.pt").modules["model"]
+    for k, v in trained.items():
+        assert torch.equal(saved[f"classifier.{k}"], v)
+
+    pyro.clear_param_store()
+    fresh, _ = build(data, seed=9)  # other initial weights
+    assert any(not torch.equal(v, trained[k]) for k, v in fresh.classifier.state_dict().items())
+    fit(fresh, data, epochs=1, checkpoint_dir=tmp_path, resume=True)
+    for k, v in fresh.classifier.state_dict().items():
+        assert torch.equal(v, trained[k]), k
 
 
 class NotATensor:
@@ -115,9 +141,9 @@ def test_a_checkpoint_holding_other_objects_is_refused(tmp_path):
 
 
 def test_a_checkpoint_for_other_modules_is_refused(data, tmp_path):
-    model, guide, modules = build(data)
+    m2, modules = build(data)
     optimizer = pyro.optim.ClippedAdam({"lr": 1e-3})
-    save_checkpoint(tmp_path / "c.pt", {"model": model}, optimizer, 0, [])
+    save_checkpoint(tmp_path / "c.pt", {"other": m2}, optimizer, 0, [])
     with pytest.raises(ValueError, match="modules"):
         load_checkpoint(tmp_path / "c.pt", modules)
     with pytest.raises(FileNotFoundError, match="no file"):
@@ -125,34 +151,34 @@ def test_a_checkpoint_for_other_modules_is_refused(data, tmp_path):
 
 
 def test_huge_learning_rate_stops_with_epoch_and_step(data):
-    model, guide, _ = build(data)
+    m2, _ = build(data)
     with pytest.raises(TrainingDivergedError, match=r"epoch 1, step \d+") as info:
-        fit(model, guide, data, epochs=3, lr=1e30)
+        fit(m2, data, epochs=3, lr=1e30)
     assert info.value.epoch == 1 and info.value.step >= 2  # the first step is still finite
     assert info.value.checkpoint is None
     assert "pass checkpoint_dir" in str(info.value)
 
 
 def test_divergence_keeps_the_last_good_checkpoint(data, tmp_path):
-    model, guide, modules = build(data)
-    fit(model, guide, data, epochs=1, checkpoint_dir=tmp_path)
+    m2, modules = build(data)
+    fit(m2, data, epochs=1, checkpoint_dir=tmp_path)
     good = weights(modules)
     # resume the run with a model that computes NaN (the optimiser state, learning rate
     # included, comes from the checkpoint, so a huge lr would not reach it)
     pyro.clear_param_store()
-    model, guide, _ = build(data, model_class=NaNDecoderModel)
+    m2, _ = build(data, model_class=NaNDecoderModel)
     with pytest.raises(TrainingDivergedError, match="epoch 2, step 1") as info:
-        fit(model, guide, data, epochs=3, checkpoint_dir=tmp_path, resume=True)
+        fit(m2, data, epochs=3, checkpoint_dir=tmp_path, resume=True)
     assert info.value.epoch == 2
     assert info.value.checkpoint == tmp_path / "checkpoint.pt"
     assert str(tmp_path / "checkpoint.pt") in str(info.value)
-    _, _, fresh = build(data, seed=5)
+    _, fresh = build(data, seed=5)
     assert load_checkpoint(info.value.checkpoint, fresh).epoch == 1
     for name, value in weights(fresh).items():
         assert torch.equal(value, good[name])
 
 
-class NaNDecoderModel(MultimodalTModel):
+class NaNDecoderModel(MultimodalM2):
     """A model whose decoders return NaN (a bug a user might write)."""
 
     def __init__(self, *args, **kwargs):
@@ -163,67 +189,67 @@ class NaNDecoderModel(MultimodalTModel):
 
 @pytest.mark.parametrize("validation", [True, False], ids=["validation", "no-validation"])
 def test_a_model_computing_nan_stops_with_the_error(data, validation):
-    model, guide, _ = build(data, model_class=NaNDecoderModel)
+    m2, _ = build(data, model_class=NaNDecoderModel)
     with pyro.validation_enabled(validation):
         with pytest.raises(TrainingDivergedError, match="epoch 1, step 1") as info:
-            fit(model, guide, data, epochs=1)
+            fit(m2, data, epochs=1)
     assert info.value.epoch == 1 and info.value.step == 1
 
 
 def test_other_errors_are_not_reported_as_divergence(data):
-    model, guide, _ = build(data)
+    m2, _ = build(data)
     bad = data.select_modalities(["top"])  # the model expects both halves
     with pytest.raises(ValueError, match="mask"):
-        fit(model, guide, bad, epochs=1)
+        fit(m2, bad, epochs=1)
 
 
 def test_new_modules_over_a_stale_param_store_are_refused(data):
-    model, guide, _ = build(data)
-    fit(model, guide, data, epochs=1)
-    model, guide, _ = build(data, seed=1)  # no pyro.clear_param_store()
+    m2, _ = build(data)
+    fit(m2, data, epochs=1)
+    m2, _ = build(data, seed=1)  # no pyro.clear_param_store()
     with pytest.raises(ValueError, match="clear_param_store"):
-        fit(model, guide, data, epochs=1)
+        fit(m2, data, epochs=1)
     pyro.clear_param_store()
-    assert len(fit(model, guide, data, epochs=1)) == 1
+    assert len(fit(m2, data, epochs=1)) == 1
 
 
 def test_history_validation_metrics_and_early_stopping(data):
     validation = Standardiser().fit(data).transform(load_digits()[48:88])
-    model, guide, modules = build(data)
-    history = fit(model, guide, data, epochs=6, validation=validation, patience=2)
+    m2, modules = build(data)
+    history = fit(m2, data, epochs=6, validation=validation, patience=2)
     assert {"epoch", "loss", "loss_labelled", "loss_unlabelled", "seconds",
             "val_balanced_accuracy", "val_accuracy"} <= set(history.columns)
     assert np.isfinite(history["loss"]).all() and 1 <= len(history) <= 6
     best = history["val_balanced_accuracy"].max()
     # stops once the best epoch is `patience` epochs old, and restores its weights
     assert len(history) == 6 or len(history) - history["val_balanced_accuracy"].idxmax() - 1 == 2
-    proba = predict_proba(guide, validation)
+    proba = predict_proba(m2, validation)
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-5)
     found = classification_metrics(validation.y.numpy(), proba.argmax(1))["balanced_accuracy"]
     assert found == pytest.approx(best)
 
 
 def test_argument_errors(data):
-    model, guide, _ = build(data)
+    m2, _ = build(data)
     with pytest.raises(ValueError, match="patience"):
-        fit(model, guide, data, epochs=1, patience=2)
+        fit(m2, data, epochs=1, patience=2)
     with pytest.raises(ValueError, match="epochs"):
-        fit(model, guide, data, epochs=-1)
+        fit(m2, data, epochs=-1)
     with pytest.raises(ValueError, match="MultimodalDataset"):
-        fit(model, guide, data.x, epochs=1)
+        fit(m2, data.x, epochs=1)
 
 
 def test_checkpoints_refuse_parameters_outside_the_modules(data, tmp_path):
-    model, guide, _ = build(data)
+    m2, _ = build(data)
 
     def model_with_a_free_parameter(x, mask=None, y=None):
         pyro.param("free_scale", torch.ones(()))
-        model.model(x, mask, y)
+        m2.model(x, mask, y)
 
     with pytest.raises(ValueError, match=r"also holds \['free_scale'\]"):
-        train(model_with_a_free_parameter, guide.guide, data, objective=make_objective(),
+        train(model_with_a_free_parameter, m2.guide, data, objective=make_objective(),
               epochs=1, batch_size=16, progress=False, checkpoint_dir=tmp_path,
-              modules={"model": model, "guide": guide, "classifier": guide.classifier})
+              modules={"model": m2})
 
 
 def test_validation_can_be_switched_off_for_a_run():
@@ -234,23 +260,23 @@ def test_validation_can_be_switched_off_for_a_run():
     from pyro.infer.util import is_validation_enabled
 
     from pyro_mmt.data import load_digits
-    from pyro_mmt.estimator import build_model_and_guide
+    from pyro_mmt.estimator import build_model
     from pyro_mmt.training.svi import train
 
     data = load_digits()[:60].with_labels([*range(10)] * 3 + [-1] * 30)
-    model, guide = build_model_and_guide(data.dims, 10, latent_dim=2, hidden=(8,), nu=math.inf)
+    m2 = build_model(data.dims, 10, latent_dim=2, hidden=(8,), nu=math.inf)
     seen = []
-    original = model.model
+    original = m2.model
 
     def spying_model(*args, **kwargs):
         seen.append(is_validation_enabled())
         return original(*args, **kwargs)
 
     before = is_validation_enabled()
-    history = train(spying_model, guide.guide, data, epochs=1, batch_size=16, progress=False,
+    history = train(spying_model, m2.guide, data, epochs=1, batch_size=16, progress=False,
                     objective=pyro.infer.TraceEnum_ELBO(max_plate_nesting=1,
                                                         strict_enumeration_warning=False),
-                    modules={"model": model, "guide": guide, "classifier": guide.classifier},
+                    modules={"model": m2},
                     validate=False)
     assert len(history) == 1 and seen and not any(seen)
     assert is_validation_enabled() == before

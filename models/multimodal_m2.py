@@ -1,0 +1,301 @@
+r"""The multimodal M2 model p(x, y, z), and the object that owns it with its guide.
+
+For one datum with modalities x = (x_1, ..., x_M):
+
+.. math::
+
+    y &\sim \mathrm{Categorical}(\pi) \\
+    z &\sim t_d(0, I, \nu) \\
+    x \mid y, z &\sim t_n\big(\mu(y, z),\; s(z)^2 \Lambda,\; \nu + d\big),
+        \qquad s(z)^2 = \frac{\nu + \|z\|^2}{\nu + d},\quad
+        \Lambda = \mathrm{blockdiag}(\sigma_j^2 I_{n_j}),
+
+over the Student-t modalities, so that :math:`p(x, y, z) = \pi_y K (1 + Q_y/\nu)^{-(\nu+n+d)/2}`
+with :math:`Q_y = \|z\|^2 + \sum_j \|x_j - \mu_j(y,z)\|^2/\sigma_j^2` (the *power form*,
+``docs/derivation.md`` §2). The decoder is ONE multivariate t over those modalities, written as a
+chain of sites ``x_<name>``, each the conditional of the joint t given z and the t modalities
+before it (:class:`~pyro_mmt.likelihoods.StudentT`); the chain multiplies out to the joint
+exactly. A modality of another family (Bernoulli, Poisson, categorical, Gaussian;
+:mod:`pyro_mmt.likelihoods`) is independent of the others given (y, z). With ``nu=inf`` the
+model is Gaussian (z ~ N(0, I), x_j | y, z ~ N(μ_j, σ_j² I)): the MVAE-style semi-supervised
+VAE.
+
+**What each site returns drives the rest.** The chain uses the value a site ``x_<name>``
+returns, so the same model scores data (the site observed), generates it
+(``model(batch_size=N)``, or ``Predictive``), and imputes a modality left out of ``x`` from
+the others (``Predictive(model, guide=guide)``). A modality marked missing in ``mask`` is
+marginalised out exactly: its site is masked and the chain skips it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import nn
+
+from pyro_mmt.config import ModelConfig
+from pyro_mmt.distributions import DiagStudentT
+from pyro_mmt.guides.poe_t import ModalityEncoder, PoEClassifier, PoETGuide
+from pyro_mmt.infer.power_norm import (
+    GaussianPowerNorm,
+    MonteCarloPowerNorm,
+    StudentTPowerNorm,
+    declare_power_norm,
+)
+from pyro_mmt.likelihoods import Gaussian, Likelihood, StudentT, make_likelihood
+from pyro_mmt.nn import LabelConditionedMLP, observed_dimension
+
+__all__ = ["MultimodalM2"]
+
+
+class MultimodalM2(PoETGuide, nn.Module):
+    r"""The multimodal M2 model and its product-of-experts guide, with every network,
+    parameter and setting they use.
+
+    - :meth:`model` is p(x, y, z) (this file), plus the classification term on labelled data;
+    - :meth:`guide` is q(y, z | x) = q(y | x) q(z | x, y) (``guides/poe_t.py``);
+    - :meth:`predict_proba` is q(y | x) for new data with any subset of the modalities.
+
+    Train with Pyro's SVI: ``SVI(m2.model, m2.guide, optim, GammaPowerELBO())``. One object
+    owns the classifier, the encoders, the decoders and ν (a parameter when learned), so
+    ``state_dict()``, ``.to(device)`` and saving see everything, and the settings live in ONE
+    :class:`~pyro_mmt.config.ModelConfig` (``m2.config``).
+
+    **Classification term.** M2 trains q(y | x) on labelled data with an extra term
+    α Σ_labelled w_y log q(y | x), written as ``pyro.factor("classification", ...)``: a factor
+    site is auxiliary, so :class:`~pyro_mmt.infer.GammaPowerELBO` adds it to the loss as it is
+    rather than raising it to the power γ, and ``TraceEnum_ELBO`` adds it like any log-factor.
+    With ``logit_adjustment`` τ the term uses logits f(x) + τ log π̂ (``docs/imbalance.md``).
+
+    **Your own networks** (the extension points): ``decoders={"image": net}`` replaces that
+    modality's decoder, ``net(z, y) -> [..., B, out_dim]`` (out_dim = n_j, or n_j × C_j for a
+    categorical modality); ``encoders={"image": net}`` replaces that modality's expert of
+    q(z | x, y), ``net(x_j, y) -> [..., B, 2d]`` (location, then a raw scale made positive with
+    softplus); ``classifier=`` replaces q(y | x), ``classifier(inputs, present) -> logits``.
+    The label y has shape [B], or [K, 1] under the guide's enumeration: wrap a network written
+    for ``cat([z, one_hot(y)])`` in :class:`~pyro_mmt.nn.LabelConcat`, which broadcasts it.
+    The likelihood family of a modality is a setting (``ModelConfig.likelihood``).
+
+    :param ModelConfig config: every setting (dimensions, families, ν, σ, α, the imbalance
+        options).
+    :param decoders: optional modality -> ``nn.Module`` replacing the default decoders.
+    :param encoders: optional modality -> ``nn.Module`` replacing the default encoder experts.
+    :param classifier: optional ``nn.Module`` replacing the default
+        :class:`~pyro_mmt.guides.PoEClassifier`.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        decoders: Mapping[str, nn.Module] | None = None,
+        encoders: Mapping[str, nn.Module] | None = None,
+        classifier: nn.Module | None = None,
+    ):
+        super().__init__()
+        if not isinstance(config, ModelConfig):
+            raise ValueError(f"config: expected a pyro_mmt.ModelConfig, found "
+                             f"{type(config).__name__}")
+        self.config = cfg = config
+        for name, given in (("decoders", decoders), ("encoders", encoders)):
+            unknown = sorted(set(given or {}) - set(cfg.modalities))
+            if unknown:
+                raise ValueError(f"{name}: unknown modalities {unknown}; expected some of "
+                                 f"{list(cfg.modalities)}")
+            bad = [m for m, net in (given or {}).items() if not isinstance(net, nn.Module)]
+            if bad:
+                raise ValueError(f"{name}: expected nn.Module networks, found other objects "
+                                 f"for {bad}")
+        K, d, hidden = cfg.num_classes, cfg.latent_dim, cfg.hidden
+        self.likelihoods: dict[str, Likelihood] = {
+            m: make_likelihood(cfg.likelihood[m], n, sigma=cfg.sigma[m],
+                               num_categories=cfg.num_categories.get(m))
+            for m, n in cfg.dims.items()
+        }
+        in_dims = {m: lik.in_dim for m, lik in self.likelihoods.items()}
+        # (built in this order so that a seed gives the same initial weights as before)
+        if classifier is not None and not isinstance(classifier, nn.Module):
+            raise ValueError(f"classifier: expected an nn.Module, found "
+                             f"{type(classifier).__name__}")
+        self.classifier = classifier if classifier is not None else PoEClassifier(
+            in_dims, K, hidden, joint_head=cfg.joint_head)
+        decoders, encoders = dict(decoders or {}), dict(encoders or {})
+        self.decoders = nn.ModuleDict({
+            m: decoders.get(m) or LabelConditionedMLP(d, K, hidden, lik.out_dim)
+            for m, lik in self.likelihoods.items()
+        })
+        self.encoders = nn.ModuleDict({
+            m: ModalityEncoder(d, net=encoders[m]) if m in encoders
+            else ModalityEncoder(d, in_dim=in_dims[m], num_classes=K, hidden=hidden)
+            for m in cfg.modalities
+        })
+
+        # ν: a parameter when learned (ν = 2 + softplus(θ)), else a constant
+        if cfg.learn_nu:
+            self.nu_unconstrained = nn.Parameter(torch.tensor(math.log(math.expm1(cfg.nu - 2))))
+        else:
+            self.register_buffer("_nu", torch.tensor(cfg.nu), persistent=False)
+        # what the settings imply, derived once (not state: rebuilt from the config)
+        self.register_buffer("_dims", torch.tensor([float(n) for n in cfg.dims.values()]),
+                             persistent=False)
+        self.register_buffer("_log_sigma2", torch.tensor(
+            [2 * math.log(cfg.sigma[m]) if lik.continuous else 0.0
+             for m, lik in self.likelihoods.items()]), persistent=False)
+        counts = None if cfg.label_counts is None else torch.tensor(
+            cfg.label_counts, dtype=torch.get_default_dtype())
+        if cfg.class_weight is None:
+            weights = torch.ones(K)
+        elif cfg.class_weight == "balanced":
+            weights = counts.sum() / (K * counts)
+        else:
+            weights = torch.tensor(cfg.class_weight)
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.register_buffer("label_log_freq", torch.zeros(K) if counts is None
+                             else torch.log(counts / counts.sum()), persistent=False)
+        # π: log π of p(y); learned: a buffer that update_class_prior moves, starting at the
+        # labelled class frequencies (uniform without labels)
+        if cfg.class_prior == "uniform" or (cfg.class_prior == "learned" and counts is None):
+            log_prior = torch.full((K,), -math.log(K))
+        elif cfg.class_prior == "learned":
+            log_prior = self.label_log_freq.clone()
+        else:
+            log_prior = torch.tensor(cfg.class_prior).log()
+        self.register_buffer("class_log_prior", log_prior,
+                             persistent=cfg.class_prior == "learned")
+
+    # ------------------------------------------------------------------------- settings
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modality names, in order."""
+        return self.config.modalities
+
+    @property
+    def nu(self) -> torch.Tensor:
+        """ν as a tensor (``inf`` for the Gaussian model; differentiable when learned)."""
+        if self.config.learn_nu:
+            return 2 + nn.functional.softplus(self.nu_unconstrained)
+        return self._nu
+
+    @property
+    def gaussian(self) -> bool:
+        """True for the ν = ∞ (Gaussian) model."""
+        return self.config.gaussian
+
+    @property
+    def closed_form_norm(self) -> bool:
+        """Whether ‖p‖_{1+γ} has a closed form: every modality Student-t (or every one
+        Gaussian when ν = ∞). Otherwise the model declares the Monte Carlo norm."""
+        if self.gaussian:
+            return all(isinstance(lik, StudentT | Gaussian) for lik in self.likelihoods.values())
+        return all(lik.joint_t for lik in self.likelihoods.values())
+
+    def class_prior(self) -> np.ndarray:
+        """π of p(y), as probabilities."""
+        return self.class_log_prior.detach().exp().cpu().double().numpy()
+
+    def latent_prior(self) -> dist.TorchDistribution:
+        """p(z): t_d(0, I, ν), or N(0, I) when ν = ∞."""
+        zeros = self._dims.new_zeros(self.config.latent_dim)
+        if self.gaussian:
+            return dist.Normal(zeros, 1.0).to_event(1)
+        return DiagStudentT(self.nu, zeros, torch.ones_like(zeros))
+
+    # ---------------------------------------------------------------------------- model
+    def model(self, x: Mapping[str, torch.Tensor] | None = None,
+              mask: torch.Tensor | None = None, y: torch.Tensor | None = None,
+              batch_size: int | None = None):
+        """p(x, y, z), plus α Σ w_y log q(y | x) on labelled data.
+
+        :param x: modality -> [B, n_j] (rows of a missing modality hold any finite value);
+            a modality left out of ``x`` (or ``x=None``) is sampled.
+        :param mask: bool [B, M], True where modality j is observed (None: all of ``x``).
+        :param y: int64 [B] for a labelled batch; None samples y (or lets the guide enumerate
+            it).
+        :param batch_size: B, needed only when neither ``x`` nor ``y`` is given.
+        """
+        pyro.module("m2", self)
+        cfg = self.config
+        x, mask, batch = self.check_inputs(x, mask, y, batch_size)
+        labelled = y is not None
+        # a modality given in x is observed where mask says so; one left out is sampled
+        in_chain = torch.stack([mask[:, j] if m in x else torch.ones_like(mask[:, j])
+                                for j, m in enumerate(self.modalities)], -1)
+        nu = self.nu
+        with pyro.plate("data", batch):
+            y = pyro.sample("y", dist.Categorical(logits=self.class_log_prior), obs=y)
+            with poutine.scale(scale=cfg.latent_weight):
+                z = pyro.sample("z", self.latent_prior())
+
+            # the decoder chain: x_j | y, z (and the Student-t modalities before j)
+            quad = z.pow(2).sum(-1)  # ‖z‖² + Σ_{k<j} R_k
+            dof = nu + cfg.latent_dim  # ν + d + Σ_{k<j} n_k
+            for j, m in enumerate(self.modalities):
+                likelihood, present = self.likelihoods[m], in_chain[:, j]
+                out = self.decoders[m](z, y)
+                chained = likelihood.joint_t and not self.gaussian
+                fn = (likelihood.conditional(out, nu, quad, dof) if chained
+                      else likelihood.distribution(out))
+                x_m = pyro.sample(f"x_{m}", fn.mask(present), obs=x.get(m))
+                if chained:  # R_j = ‖x_j − μ_j‖²/σ_j², from the value the site returned
+                    resid = fn.sum_of_squares(x_m) / likelihood.sigma**2
+                    quad = quad + torch.where(present, resid, torch.zeros_like(resid))
+                    dof = dof + present.to(quad.dtype) * cfg.dims[m]
+
+            # ‖p‖_{1+γ}, which no trace contains (GammaPowerELBO needs it; others ignore it)
+            declare_power_norm(self.power_norm(in_chain))
+
+            # α Σ_labelled w_y log q(y | x): the M2 classification term
+            if labelled and x and cfg.alpha > 0:
+                logits = (self.classifier(self.network_inputs(x), self.present(x, mask))
+                          + cfg.logit_adjustment * self.label_log_freq)
+                log_q = dist.Categorical(logits=logits).log_prob(y)
+                pyro.factor("classification", cfg.alpha * self.class_weights[y] * log_q)
+
+    def power_norm(self, observed: torch.Tensor):
+        """The declaration of ‖p‖_{1+γ} for data whose observed modalities are ``observed``
+        (bool [B, M]): closed form for the all-Student-t (or all-Gaussian) model, else the
+        Monte Carlo norm of ``docs/derivation.md`` §9."""
+        obs_dim, log_det = observed_dimension(observed, self._dims, self._log_sigma2)
+        if not self.closed_form_norm:
+            return MonteCarloPowerNorm(self.model, observed, obs_dim, self.config.latent_dim,
+                                       nu=None if self.gaussian else self.nu)
+        if self.gaussian:
+            return GaussianPowerNorm(obs_dim, self.config.latent_dim, log_det,
+                                     self.class_log_prior)
+        return StudentTPowerNorm(self.nu, obs_dim, self.config.latent_dim, log_det,
+                                 self.class_log_prior)
+
+    # ------------------------------------------------------------------ the class prior
+    @torch.no_grad()
+    def update_class_prior(self, logits: torch.Tensor, iterations: int = 50) -> np.ndarray:
+        r"""Estimate π from the unlabelled rows (``class_prior="learned"``): the EM fixed point
+
+        .. math::
+
+            \pi_k \propto \sum_i q_\pi(k \mid x_i) + (a - 1),\qquad
+            q_\pi(k \mid x_i) \propto \exp\big(f_k(x_i) + \tau' \log \pi_k\big),
+
+        with f the classifier's logits on the unlabelled rows (``logits`` [N_u, K]), τ' the
+        ``unlabelled_prior_shift`` and a the Dirichlet concentration. With a class-balanced f
+        (logit adjustment) and τ' = 1 this is the EM estimate of the class proportions under
+        prior shift (Saerens et al. 2002), the MAP estimate under the Dirichlet prior. Sets
+        ``class_log_prior`` and returns π.
+        """
+        cfg = self.config
+        if cfg.class_prior != "learned":
+            raise ValueError(f"class_prior: update_class_prior needs class_prior='learned', "
+                             f"found {cfg.class_prior!r}")
+        logits = logits.to(self.class_log_prior)
+        log_pi = self.class_log_prior.clone()
+        for _ in range(int(iterations)):
+            q = torch.softmax(logits + cfg.unlabelled_prior_shift * log_pi, -1)
+            counts = q.sum(0) + (cfg.prior_concentration - 1.0)
+            log_pi = torch.log(counts / counts.sum())
+        self.class_log_prior.copy_(log_pi)
+        return self.class_prior()
