@@ -245,14 +245,24 @@ def _check_predictions(pred, n_rows, num_classes):
     return pred.astype(np.int64)
 
 
-def _fit_and_score(estimator, params, train, validation, scoring, counts, single_thread):
+def _fit_and_score(estimator, params, train, validation, scoring, counts, single_thread,
+                   error_score="raise"):
     """Fit a copy of ``estimator`` with ``params`` on ``train`` and score it on ``validation``,
-    whose labels are hidden from the estimator."""
+    whose labels are hidden from the estimator. With a numeric ``error_score``, a fit that
+    raises gets that score for every metric and the error's message (``error``)."""
     if single_thread:  # a worker process: the fits already run in parallel
         torch.set_num_threads(1)
     model = clone(estimator).set_params(**params)
     start = time.perf_counter()
-    model.fit(train, train.y.numpy())
+    try:
+        model.fit(train, train.y.numpy())
+    except Exception as error:
+        if isinstance(error_score, str):
+            raise
+        return {"n_train": len(train), "n_train_labelled": int(train.is_labelled.sum()),
+                "n_validation": len(validation), **dict.fromkeys(scoring, float(error_score)),
+                "fit_seconds": time.perf_counter() - start,
+                "error": f"{type(error).__name__}: {str(error).splitlines()[0]}"}
     seconds = time.perf_counter() - start
     y_true = validation.y.numpy()
     hidden = validation.with_labels(np.full(len(validation), -1))
@@ -275,7 +285,7 @@ def _fit_and_score(estimator, params, train, validation, scoring, counts, single
 def validation_scores(estimator, candidates, X, y=None, *, modalities=None, folds=None,
                       n_splits=5, n_repeats=1, seed=0, n_jobs=1,
                       scoring=("balanced_accuracy", "minority_recall"), train_class_counts=None,
-                      progress=False) -> pd.DataFrame:
+                      progress=False, error_score="raise") -> pd.DataFrame:
     """Score every candidate setting on validation folds of the training data ``X``.
 
     For each candidate and each fold, a fresh copy of ``estimator`` (``sklearn.base.clone``)
@@ -327,6 +337,10 @@ def validation_scores(estimator, candidates, X, y=None, *, modalities=None, fold
     :param train_class_counts: optional per-class training counts [K] defining the minority
         classes (see above).
     :param bool progress: show a progress bar over the fits.
+    :param error_score: ``"raise"`` (default) re-raises a fit's error; a number (e.g.
+        ``numpy.nan`` or 0.0) is recorded as every score of that (candidate, fold) instead, with
+        the error's first line in an ``error`` column, so that one diverging candidate does not
+        stop the comparison (as scikit-learn's ``error_score``).
     :returns: a DataFrame with one row per (candidate, fold), in candidate then fold order:
         ``candidate`` (its name), ``params`` (its dict), ``fold``, ``n_train``,
         ``n_train_labelled``, ``n_validation``, one column per score, and ``fit_seconds``.
@@ -353,14 +367,16 @@ def validation_scores(estimator, candidates, X, y=None, *, modalities=None, fold
         if n_jobs == 1:
             for _, params, _, train, validation in tasks:
                 results.append(_fit_and_score(estimator, params, dataset[train],
-                                              dataset[validation], scoring, counts, False))
+                                              dataset[validation], scoring, counts, False,
+                                              error_score))
                 bar.update()
         else:
             from joblib import Parallel, delayed
 
             parallel = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator")
             jobs = (delayed(_fit_and_score)(estimator, params, dataset[train],
-                                            dataset[validation], scoring, counts, True)
+                                            dataset[validation], scoring, counts, True,
+                                            error_score)
                     for _, params, _, train, validation in tasks)
             for result in parallel(jobs):
                 results.append(result)
@@ -370,6 +386,8 @@ def validation_scores(estimator, candidates, X, y=None, *, modalities=None, fold
     rows = [{"candidate": name, "params": dict(params), "fold": f, **result}
             for (name, params, f, _, _), result in zip(tasks, results, strict=True)]
     columns = list(_INFO[:-1]) + list(scoring) + ["fit_seconds"]
+    if any("error" in r for r in rows):
+        columns.append("error")
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -293,3 +293,26 @@ def test_tune_refits_the_best_candidate_on_all_rows():
     assert model.predict(data).shape == (len(data),)
     with pytest.raises(ValueError, match=r"by: expected one of the scores computed"):
         tune(DatasetLogisticRegression(), CANDIDATES, data, by="g_mean")
+
+
+class FailsForLargeC(DatasetLogisticRegression):
+    """Fits like DatasetLogisticRegression, but raises for C > 10 (a diverging candidate)."""
+
+    def fit(self, X, y):
+        if self.C > 10:
+            raise FloatingPointError("the loss became NaN\nsecond line")
+        return super().fit(X, y)
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_error_score_records_a_failed_fit_instead_of_stopping(n_jobs):
+    data = _blobs()
+    with pytest.raises(FloatingPointError):
+        validation_scores(FailsForLargeC(), CANDIDATES, data, n_splits=3)
+    scores = validation_scores(FailsForLargeC(), CANDIDATES, data, n_splits=3,
+                               error_score=np.nan, n_jobs=n_jobs)
+    failed = scores[scores["candidate"] == "strong"]
+    assert failed["balanced_accuracy"].isna().all()
+    assert (failed["error"] == "FloatingPointError: the loss became NaN").all()
+    assert scores.loc[scores["candidate"] != "strong", "error"].isna().all()
+    assert scores.loc[scores["candidate"] != "strong", "balanced_accuracy"].notna().all()

@@ -11,12 +11,14 @@ from pyro_mmt.data.convert import as_modality_mapping, check_labels
 from pyro_mmt.data.dataset import Batch, InterleavedLoader, MultimodalDataset
 from pyro_mmt.data.loaders import (
     DATASETS,
+    PBC_LIKELIHOODS,
     DatasetInfo,
     load_breast,
     load_dataset,
     load_digits,
     load_fmnist,
     load_mfeat,
+    load_pbc,
     load_pdspeech,
 )
 from pyro_mmt.data.split import (
@@ -47,7 +49,9 @@ __all__ = [
     "load_digits",
     "load_fmnist",
     "load_mfeat",
+    "load_pbc",
     "load_pdspeech",
+    "PBC_LIKELIHOODS",
     "long_tailed_split",
     "validation_folds",
 ]

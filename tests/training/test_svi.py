@@ -280,3 +280,15 @@ def test_validation_can_be_switched_off_for_a_run():
                     validate=False)
     assert len(history) == 1 and seen and not any(seen)
     assert is_validation_enabled() == before
+
+
+def test_training_diverged_error_survives_pickling():
+    """Worker processes (parallel fits) send errors back pickled."""
+    import pickle
+
+    from pyro_mmt.training.svi import TrainingDivergedError
+
+    error = TrainingDivergedError(3, 7, float("nan"), None, cause="non-finite values")
+    again = pickle.loads(pickle.dumps(error))
+    assert (again.epoch, again.step, again.cause) == (3, 7, "non-finite values")
+    assert str(again) == str(error)
