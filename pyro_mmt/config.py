@@ -90,7 +90,9 @@ class ModelConfig:
         unlabelled rows, estimated during training by an EM update with a Dirichlet prior of
         concentration ``prior_concentration``) or K positive probabilities summing to 1.
     :param float prior_concentration: a >= 1, the Dirichlet(a, ..., a) prior of a learned π
-        (a − 1 pseudo-counts per class).
+        (a − 1 pseudo-counts per class). The default 2 adds one pseudo-count per class: the
+        estimate of π stays away from 0 (with a = 1, the maximum-likelihood estimate, a class
+        the classifier never predicts gets π = 0 and log π = −∞).
     :param float alpha: weight α >= 0 of the classification term α Σ_labelled w_y log q(y|x),
         in the units of the loss (per labelled datum).
     :param class_weight: ``None``, ``"balanced"`` (w_y = N_L/(K n_y)) or K weights >= 0.
@@ -116,7 +118,7 @@ class ModelConfig:
     learn_nu: bool = False
     sigma: float | Mapping[str, float] = 1.0
     class_prior: str | Sequence[float] = "uniform"
-    prior_concentration: float = 1.0
+    prior_concentration: float = 2.0
     alpha: float = 0.0
     class_weight: str | Sequence[float] | None = None
     logit_adjustment: float = 0.0

@@ -129,7 +129,7 @@ def test_logit_adjustment_and_unlabelled_prior_shift():
 
 
 def test_learned_class_prior_is_the_em_fixed_point():
-    """update_class_prior solves π = mean_i softmax(f(x_i) + log π) (+ Dirichlet counts): with
+    """update_class_prior solves π ∝ Σ_i softmax(f(x_i) + log π) + (a − 1): with
     logits built from a known prior shift, it recovers that prior."""
     guide = build_model(DIMS, K, latent_dim=D, hidden=(4,), class_prior="learned",
                         unlabelled_prior_shift=1.0, label_counts=(1, 1, 1))
@@ -142,7 +142,8 @@ def test_learned_class_prior_is_the_em_fixed_point():
     logits = -0.5 * (x.unsqueeze(-1) - centres).pow(2)
     pi = guide.update_class_prior(logits, iterations=500)
     q = torch.softmax(logits + torch.log(torch.tensor(pi)), -1)
-    torch.testing.assert_close(torch.tensor(pi), q.mean(0), atol=1e-6, rtol=0)
+    # the fixed point, with the Dirichlet(2) prior's one pseudo-count per class
+    torch.testing.assert_close(torch.tensor(pi), (q.sum(0) + 1) / (len(q) + K), atol=1e-6, rtol=0)
     assert abs(pi - truth.numpy()).max() < 0.03
     uniform = build_model(DIMS, K, latent_dim=D, hidden=(4,))
     with pytest.raises(ValueError, match="class_prior"):
@@ -158,3 +159,16 @@ def test_predict_proba_with_any_subset(present):
                                  for m in DIMS}, mask)
     assert proba.shape == (5, K)
     torch.testing.assert_close(proba.sum(-1), torch.ones(5))
+
+
+def test_learned_class_prior_stays_positive_for_a_class_never_predicted():
+    """The default Dirichlet(2) prior: a class whose logits are always far below the others
+    keeps π_k > 0 (with a = 1 the estimate would reach 0 and log π = −∞ would poison the
+    loss)."""
+    guide = build_model(DIMS, K, latent_dim=D, hidden=(4,), class_prior="learned",
+                        unlabelled_prior_shift=1.0, label_counts=(5, 3, 1))
+    logits = torch.zeros(300, K)
+    logits[:, 2] = -80.0
+    pi = guide.update_class_prior(logits)
+    assert pi[2] > 0 and torch.isfinite(guide.class_log_prior).all()
+    assert pi[2] == pytest.approx(1 / (300 + K), rel=1e-3)
