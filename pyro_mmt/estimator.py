@@ -210,7 +210,8 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     :param float unlabelled_prior_shift: τ' for the unlabelled enumeration.
     :param class_prior: π of p(y): ``"uniform"``, ``"learned"`` (estimated from the unlabelled
         rows) or K probabilities.
-    :param float prior_concentration: Dirichlet concentration a >= 1 of a learned π.
+    :param float prior_concentration: Dirichlet concentration a >= 1 of a learned π (default
+        2: one pseudo-count per class keeps every π_k > 0).
     :param bool joint_head: add a joint head to the classifier.
     :param float latent_weight: β on the z sites (β-VAE; ``"kl"`` objective only).
     :param decoders: None or modality -> your decoder network: an ``nn.Module`` (deep-copied
@@ -260,7 +261,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         logit_adjustment: float = 0.0,
         unlabelled_prior_shift: float = 0.0,
         class_prior: str | Sequence[float] = "uniform",
-        prior_concentration: float = 1.0,
+        prior_concentration: float = 2.0,
         joint_head: bool = False,
         latent_weight: float = 1.0,
         decoders: Mapping[str, nn.Module | Callable] | None = None,
