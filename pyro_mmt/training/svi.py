@@ -31,6 +31,7 @@ from pyro_mmt.evaluation.metrics import classification_metrics
 
 __all__ = [
     "TrainingDivergedError",
+    "TrainingInterrupted",
     "Checkpoint",
     "train",
     "save_checkpoint",
@@ -39,6 +40,10 @@ __all__ = [
     "predict_proba",
     "batch_to",
 ]
+
+
+#: An epoch with more steps than this gets a second progress bar over its steps.
+STEP_BAR_MIN_STEPS = 50
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -60,13 +65,46 @@ class TrainingDivergedError(FloatingPointError):
         )
         what = f"the loss was {loss}" if cause is None else cause
         self.cause = cause
+        advice = (
+            "Lower the learning rate (resume from the checkpoint with a smaller lr: "
+            "train(..., resume=True) with a new optimiser, the estimator's resume=True with a "
+            "smaller lr=, or `pyro-mmt train ... --resume --lr <smaller>`), standardise the data, "
+            "or check sigma and nu."
+            if checkpoint is not None
+            else "Lower the learning rate, standardise the data, or check sigma and nu."
+        )
         super().__init__(
-            f"training diverged at epoch {epoch}, step {step}: {what}; {where}. "
-            "Lower the learning rate, standardise the data, or check sigma and nu."
+            f"training diverged at epoch {epoch}, step {step}: {what}; {where}. {advice}"
         )
 
     def __reduce__(self):  # picklable, e.g. back from a worker process
         return type(self), (self.epoch, self.step, self.loss, self.checkpoint, self.cause)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training was interrupted (Ctrl-C, i.e. ``KeyboardInterrupt``, or any ``KeyboardInterrupt``
+    raised by a callback).
+
+    A ``KeyboardInterrupt`` (so ``except KeyboardInterrupt`` still catches it) that carries
+    ``epochs_done`` (the epochs completed and saved) and ``checkpoint``, the path of the
+    checkpoint written after the last complete epoch (None when checkpoints were not requested
+    or no epoch completed). Calling :func:`train` again with the same arguments and
+    ``resume=True`` continues from it: the interrupted epoch is run again from its start, and
+    the result equals an uninterrupted run.
+    """
+
+    def __init__(self, epochs_done: int, checkpoint: Path | None):
+        self.epochs_done, self.checkpoint = epochs_done, checkpoint
+        if checkpoint is not None:
+            how = (f"the checkpoint {checkpoint} holds the {epochs_done} complete epoch(s); "
+                   "call train again with resume=True to continue")
+        else:
+            how = ("no checkpoint was kept (pass checkpoint_dir to keep one), so a new run "
+                   "starts from the beginning")
+        super().__init__(f"training interrupted after {epochs_done} complete epoch(s): {how}")
+
+    def __reduce__(self):
+        return type(self), (self.epochs_done, self.checkpoint)
 
 
 @dataclass
@@ -81,11 +119,14 @@ class Checkpoint:
     history: list[dict] = field(default_factory=list)
     rng_state: torch.Tensor | None = None
     best: dict | None = None
+    lr: float | None = None
 
 
 def save_checkpoint(path: str | Path, modules: dict[str, torch.nn.Module], optimizer: PyroOptim,
                     epoch: int, history: list[dict], best: dict | None = None) -> Path:
-    """Write a checkpoint (atomically: a temporary file renamed into place)."""
+    """Write a checkpoint (atomically: a temporary file renamed into place). ``lr`` records the
+    learning rate the optimiser was made with (its ``optim_args``), which :func:`train` compares
+    on resume."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
@@ -95,6 +136,7 @@ def save_checkpoint(path: str | Path, modules: dict[str, torch.nn.Module], optim
         "history": history,
         "rng_state": torch.get_rng_state(),
         "best": best,
+        "lr": optimizer_lr(optimizer),
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(state, tmp)
@@ -117,6 +159,7 @@ def load_checkpoint(path: str | Path, modules: dict[str, torch.nn.Module] | None
         history=list(state["history"]),
         rng_state=state.get("rng_state"),
         best=state.get("best"),
+        lr=state.get("lr"),
     )
     if modules is not None:
         unknown = sorted(set(modules) - set(ckpt.modules))
@@ -129,6 +172,45 @@ def load_checkpoint(path: str | Path, modules: dict[str, torch.nn.Module] | None
     if optimizer is not None:
         optimizer.set_state(ckpt.optimizer)
     return ckpt
+
+
+def optimizer_lr(optimizer) -> float | None:
+    """The learning rate a Pyro optimiser was made with (``optim_args["lr"]``, Adam's default
+    1e-3 when absent), looking through wrappers such as
+    :class:`~pyro_mmt.training.distributed.DistributedOptim`; None when its arguments are a
+    callable (per-parameter arguments)."""
+    inner = getattr(optimizer, "optim", None)
+    if isinstance(inner, PyroOptim):
+        return optimizer_lr(inner)
+    args = getattr(optimizer, "pt_optim_args", None)
+    if not isinstance(args, dict):
+        return None
+    return float(args.get("lr", 1e-3))
+
+
+def _with_lr(state: dict, lr: float) -> dict:
+    """An optimiser state (Pyro's per-parameter ``torch.optim`` state dicts, or
+    :class:`~pyro_mmt.training.optim.MultiTensorAdam`'s) with its learning rate set to ``lr``;
+    the moment estimates and step counts are kept."""
+    if "format" in state and "params" in state:  # MultiTensorAdam
+        return dict(state, lr=float(lr))
+    out = {}
+    for name, value in state.items():
+        if isinstance(value, dict) and "param_groups" in value:
+            value = dict(value, param_groups=[dict(g, lr=float(lr))
+                                              for g in value["param_groups"]])
+        out[name] = value
+    return out
+
+
+def _state_lr(state: dict) -> float | None:
+    """The learning rate held in an optimiser state (the first parameter's), if any."""
+    if "format" in state and "params" in state:
+        return state.get("lr")
+    for value in state.values():
+        if isinstance(value, dict) and value.get("param_groups"):
+            return float(value["param_groups"][0]["lr"])
+    return None
 
 
 def load_weights(path: str | Path, map_location=None):
@@ -211,10 +293,16 @@ def train(
     :param patience: stop when validation balanced accuracy has not improved for this many
         epochs, and restore the best epoch's weights (needs ``validation`` and ``modules``).
     :param checkpoint_dir: write ``checkpoint.pt`` there after every epoch.
-    :param bool resume: continue from ``checkpoint_dir/checkpoint.pt`` when it exists; the
-        result equals an uninterrupted run with the same seed. The modules' weights, the
-        optimiser's state (its learning rate included) and the RNG state come from the
-        checkpoint; call ``pyro.clear_param_store()`` first when the modules are new.
+    :param bool resume: continue from ``checkpoint_dir/checkpoint.pt`` when it exists (else
+        start from the beginning); with the same arguments the result equals an uninterrupted
+        run with the same seed. The modules' weights, the optimiser's state (Adam's moments and
+        step counts), the history and the RNG state come from the checkpoint; call
+        ``pyro.clear_param_store()`` first when the modules are new. The learning rate is the
+        one the checkpoint was trained with, unless ``optimizer`` was made with another
+        ``lr`` (its ``optim_args``): then the new learning rate is used from the first resumed
+        step (e.g. after a :class:`TrainingDivergedError`, resume from its last good
+        checkpoint with a smaller ``lr``; a ``ClippedAdam`` decay ``lrd`` restarts from it).
+        The checkpoint then records the new ``lr``.
     :param modules: name -> ``nn.Module`` whose weights make up the state; needed for
         checkpoints and early stopping. Default: the module(s) behind bound ``model``/``guide``
         methods (one for ``m2.model``/``m2.guide``). With checkpoints,
@@ -222,7 +310,8 @@ def train(
         outside a module raises a ``ValueError`` after the first step rather than being lost
         on resume).
     :param device: ``"cpu"`` or ``"cuda"``; modules must already be there.
-    :param bool progress: show a tqdm progress bar.
+    :param bool progress: show a tqdm progress bar over the epochs and, when an epoch has more
+        than :data:`STEP_BAR_MIN_STEPS` steps, a second one over the steps of the epoch.
     :param validate: Pyro's argument and shape checks during the steps: None leaves the global
         setting (``pyro.enable_validation``), False turns them off for this run (0.5–2 ms per
         step on the CPU, host syncs on a GPU; ``docs/performance.md``).
@@ -234,6 +323,8 @@ def train(
     :return: a DataFrame with one row per epoch: ``epoch``, ``loss`` (per datum),
         ``loss_labelled``, ``loss_unlabelled``, ``seconds`` and validation metrics.
     :raises TrainingDivergedError: when a step's loss is not finite.
+    :raises TrainingInterrupted: on a ``KeyboardInterrupt`` (Ctrl-C) during training; it says
+        which checkpoint holds the complete epochs, from which ``resume=True`` continues.
     """
     if not isinstance(dataset, MultimodalDataset):
         raise ValueError(f"dataset: expected a MultimodalDataset, found {type(dataset).__name__}")
@@ -266,61 +357,107 @@ def train(
     pyro.set_rng_seed(seed)
     if resume and ckpt_path is not None and ckpt_path.is_file():
         # parameters must exist in the param store before the optimiser state can attach
-        ckpt = load_checkpoint(ckpt_path, modules, optimizer)
+        ckpt = load_checkpoint(ckpt_path, modules)
+        optimizer.set_state(_resumed_optimizer_state(ckpt, optimizer))
         history, best, start_epoch = ckpt.history, ckpt.best, ckpt.epoch
         if ckpt.rng_state is not None:
             torch.set_rng_state(ckpt.rng_state)
 
+    n_steps = len(loader)
     bar = tqdm(range(start_epoch, int(epochs)), disable=not progress, desc=desc,
                unit="epoch", initial=start_epoch, total=int(epochs))
-    for epoch in bar:
-        loader.set_epoch(epoch)
-        tic = time.perf_counter()
-        totals = {"labelled": [0.0, 0], "unlabelled": [0.0, 0]}
-        for step, (batch, num_data) in enumerate(loader):
-            batch = batch_to(batch, device)
-            scale = num_data / batch.size
-            loss = _checked_step(svi, batch, scale, modules, epoch, step, ckpt_path, validate)
-            if ckpt_path is not None and epoch == start_epoch and step == 0:
-                _check_state_is_in_modules(modules)  # now that the step registered them
-            group = "labelled" if batch.y is not None else "unlabelled"
-            totals[group][0] += loss / num_data  # per-datum estimate of the group's loss
-            totals[group][1] += 1
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1)
-        row = {"epoch": epoch + 1}
-        per_group = {g: (s / n if n else float("nan")) for g, (s, n) in totals.items()}
-        row["loss_labelled"] = per_group["labelled"]
-        row["loss_unlabelled"] = per_group["unlabelled"]
-        n_lab, n_unl = loader.num_labelled, loader.num_unlabelled
-        row["loss"] = float(
-            np.nansum([per_group["labelled"] * n_lab, per_group["unlabelled"] * n_unl])
-            / max(n_lab + n_unl, 1)
-        )
-        if validation is not None:
-            proba = predictor(validation)
-            y_val = validation.y.numpy()
-            metrics = classification_metrics(y_val, proba.argmax(1))
-            row.update({f"val_{k}": float(v) for k, v in metrics.items() if k != "minority_recall"})
-        row["seconds"] = time.perf_counter() - tic
-        history.append(row)
-        postfix = {"loss": f"{row['loss']:.4g}"}
-        if validation is not None:
-            postfix["val_bacc"] = f"{row['val_balanced_accuracy']:.3f}"
-            score = row["val_balanced_accuracy"]
-            if best is None or score > best["score"]:
-                best = {"score": score, "epoch": epoch + 1,
-                        "modules": {n: _clone_state(m) for n, m in modules.items()}}
-        bar.set_postfix(postfix)
-        if ckpt_path is not None:
-            save_checkpoint(ckpt_path, modules, optimizer, epoch + 1, history, best)
-        if patience is not None and best is not None and epoch + 1 - best["epoch"] >= patience:
-            break
-    bar.close()
+    steps_bar = tqdm(total=n_steps, disable=not progress or n_steps <= STEP_BAR_MIN_STEPS,
+                     desc=desc, unit="step", leave=False)
+    try:
+        for epoch in bar:
+            best, stop = _train_epoch(
+                svi, loader, epoch, start_epoch, desc, steps_bar, bar, modules, ckpt_path,
+                validate, device, on_epoch_end, validation, predictor, history, optimizer, best,
+                patience)
+            if stop:
+                break
+    except KeyboardInterrupt as error:
+        if isinstance(error, TrainingInterrupted):
+            raise
+        saved = ckpt_path if ckpt_path is not None and ckpt_path.is_file() else None
+        done = 0
+        if saved is not None:
+            try:
+                done = int(load_weights(saved)["epoch"])
+            except Exception:  # pragma: no cover - the history is the next best count
+                done = len(history)
+        raise TrainingInterrupted(done, saved) from error
+    finally:
+        steps_bar.close()
+        bar.close()
     if patience is not None and best is not None:
         for name, module in modules.items():
             module.load_state_dict(best["modules"][name])
     return pd.DataFrame(history)
+
+
+def _train_epoch(svi, loader, epoch, start_epoch, desc, steps_bar, bar, modules, ckpt_path,
+                 validate, device, on_epoch_end, validation, predictor, history, optimizer, best,
+                 patience) -> tuple[dict | None, bool]:
+    """One epoch of :func:`train`: its steps, callback, validation, history row and
+    checkpoint. Returns the best epoch so far (early stopping) and whether to stop."""
+    loader.set_epoch(epoch)
+    tic = time.perf_counter()
+    totals = {"labelled": [0.0, 0], "unlabelled": [0.0, 0]}
+    steps_bar.reset(total=len(loader))
+    steps_bar.set_description(f"{desc}: epoch {epoch + 1}", refresh=False)
+    for step, (batch, num_data) in enumerate(loader):
+        batch = batch_to(batch, device)
+        scale = num_data / batch.size
+        loss = _checked_step(svi, batch, scale, modules, epoch, step, ckpt_path, validate)
+        if ckpt_path is not None and epoch == start_epoch and step == 0:
+            _check_state_is_in_modules(modules)  # now that the step registered them
+        group = "labelled" if batch.y is not None else "unlabelled"
+        totals[group][0] += loss / num_data  # per-datum estimate of the group's loss
+        totals[group][1] += 1
+        steps_bar.update()
+    if on_epoch_end is not None:
+        on_epoch_end(epoch + 1)
+    row = {"epoch": epoch + 1}
+    per_group = {g: (s / n if n else float("nan")) for g, (s, n) in totals.items()}
+    row["loss_labelled"] = per_group["labelled"]
+    row["loss_unlabelled"] = per_group["unlabelled"]
+    n_lab, n_unl = loader.num_labelled, loader.num_unlabelled
+    row["loss"] = float(
+        np.nansum([per_group["labelled"] * n_lab, per_group["unlabelled"] * n_unl])
+        / max(n_lab + n_unl, 1)
+    )
+    if validation is not None:
+        proba = predictor(validation)
+        y_val = validation.y.numpy()
+        metrics = classification_metrics(y_val, proba.argmax(1))
+        row.update({f"val_{k}": float(v) for k, v in metrics.items() if k != "minority_recall"})
+    row["seconds"] = time.perf_counter() - tic
+    postfix = {"loss": f"{row['loss']:.4g}"}
+    if validation is not None:
+        postfix["val_bacc"] = f"{row['val_balanced_accuracy']:.3f}"
+        score = row["val_balanced_accuracy"]
+        if best is None or score > best["score"]:
+            best = {"score": score, "epoch": epoch + 1,
+                    "modules": {n: _clone_state(m) for n, m in modules.items()}}
+    bar.set_postfix(postfix)
+    if ckpt_path is not None:
+        save_checkpoint(ckpt_path, modules, optimizer, epoch + 1, history + [row], best)
+    history.append(row)  # after the checkpoint: an interrupted save leaves both at epoch - 1
+    stop = patience is not None and best is not None and epoch + 1 - best["epoch"] >= patience
+    return best, stop
+
+
+def _resumed_optimizer_state(ckpt: Checkpoint, optimizer) -> dict:
+    """The checkpoint's optimiser state, with the learning rate of ``optimizer`` when it was
+    made with another one than the checkpoint's run (see ``resume`` in :func:`train`)."""
+    state = ckpt.optimizer
+    new = optimizer_lr(optimizer)
+    old = ckpt.lr if ckpt.lr is not None else _state_lr(state)
+    if new is not None and old is not None and not math.isclose(new, old, rel_tol=1e-9,
+                                                                abs_tol=0.0):
+        state = _with_lr(state, new)
+    return state
 
 
 def _checked_step(svi, batch, scale, modules, epoch, step, ckpt_path, validate=None) -> float:

@@ -14,6 +14,7 @@ from pyro_mmt.evaluation.metrics import classification_metrics
 from pyro_mmt.models import MultimodalM2
 from pyro_mmt.training.svi import (
     TrainingDivergedError,
+    TrainingInterrupted,
     load_checkpoint,
     predict_proba,
     save_checkpoint,
@@ -163,8 +164,7 @@ def test_divergence_keeps_the_last_good_checkpoint(data, tmp_path):
     m2, modules = build(data)
     fit(m2, data, epochs=1, checkpoint_dir=tmp_path)
     good = weights(modules)
-    # resume the run with a model that computes NaN (the optimiser state, learning rate
-    # included, comes from the checkpoint, so a huge lr would not reach it)
+    # resume the run with a model that computes NaN
     pyro.clear_param_store()
     m2, _ = build(data, model_class=NaNDecoderModel)
     with pytest.raises(TrainingDivergedError, match="epoch 2, step 1") as info:
@@ -292,3 +292,136 @@ def test_training_diverged_error_survives_pickling():
     again = pickle.loads(pickle.dumps(error))
     assert (again.epoch, again.step, again.cause) == (3, 7, "non-finite values")
     assert str(again) == str(error)
+
+
+def _interrupt_at(epoch):
+    """An on_epoch_end callback that raises KeyboardInterrupt (as Ctrl-C) at ``epoch``."""
+    def callback(done):
+        if done == epoch:
+            raise KeyboardInterrupt
+    return callback
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(data, tmp_path):
+    """Ctrl-C (a KeyboardInterrupt) in epoch 3: TrainingInterrupted names the checkpoint of
+    the 2 complete epochs; resuming repeats epoch 3 and gives the uninterrupted weights."""
+    m2, modules = build(data)
+    straight = fit(m2, data, epochs=4)
+    expected = weights(modules)
+
+    pyro.clear_param_store()
+    m2, modules = build(data)
+    with pytest.raises(TrainingInterrupted, match="after 2 complete epoch") as info:
+        fit(m2, data, epochs=4, checkpoint_dir=tmp_path, on_epoch_end=_interrupt_at(3))
+    assert isinstance(info.value, KeyboardInterrupt)
+    assert info.value.epochs_done == 2 and info.value.checkpoint == tmp_path / "checkpoint.pt"
+    assert "resume=True" in str(info.value)
+
+    pyro.clear_param_store()
+    m2, modules = build(data, seed=99)
+    resumed = fit(m2, data, epochs=4, checkpoint_dir=tmp_path, resume=True)
+    for name, value in weights(modules).items():
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6, msg=name)
+    np.testing.assert_allclose(resumed["loss"], straight["loss"], rtol=1e-6)
+
+
+def test_an_interrupt_without_checkpoints_says_so(data):
+    m2, _ = build(data)
+    with pytest.raises(TrainingInterrupted, match="pass checkpoint_dir") as info:
+        fit(m2, data, epochs=2, on_epoch_end=_interrupt_at(1))
+    assert info.value.checkpoint is None and info.value.epochs_done == 0
+
+
+def _checkpoint_lr(path):
+    state = torch.load(path, weights_only=True)
+    groups = [g for v in state["optimizer"].values() for g in v["param_groups"]]
+    return state["lr"], {g["lr"] for g in groups}
+
+
+def test_resume_with_a_new_learning_rate_uses_it(data, tmp_path):
+    """The optimiser's lr at resume wins over the checkpoint's: a huge one diverges at the first
+    resumed step, a smaller one is recorded in the checkpoint (moments kept)."""
+    m2, _ = build(data)
+    fit(m2, data, epochs=1, checkpoint_dir=tmp_path)
+    assert _checkpoint_lr(tmp_path / "checkpoint.pt") == (1e-2, {1e-2})
+
+    pyro.clear_param_store()
+    m2, _ = build(data)
+    with pytest.raises(TrainingDivergedError, match="epoch 2") as info:
+        fit(m2, data, epochs=3, lr=1e30, checkpoint_dir=tmp_path, resume=True)
+    assert "--resume --lr" in str(info.value)  # the advice says how to lower it
+    assert load_checkpoint(tmp_path / "checkpoint.pt").epoch == 1  # the good one is kept
+
+    pyro.clear_param_store()
+    m2, _ = build(data)
+    history = fit(m2, data, epochs=2, lr=3e-4, checkpoint_dir=tmp_path, resume=True)
+    assert history["epoch"].tolist() == [1, 2] and np.isfinite(history["loss"]).all()
+    assert _checkpoint_lr(tmp_path / "checkpoint.pt") == (3e-4, {3e-4})
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["optimizer"]
+    steps = {int(v["state"][0]["step"]) for v in state.values()}
+    assert min(steps) > len(history)  # Adam's step counts carried on from the first run
+
+
+def test_resume_with_the_fused_optimiser_and_a_new_learning_rate(data, tmp_path):
+    from pyro_mmt.training.optim import MultiTensorAdam
+
+    def run(epochs, lr, **kwargs):
+        return train(m2.model, m2.guide, data, objective=make_objective(),
+                     optimizer=MultiTensorAdam({"lr": lr}), epochs=epochs, batch_size=16,
+                     seed=3, progress=False, checkpoint_dir=tmp_path, **kwargs)
+
+    m2, _ = build(data)
+    run(1, 1e-2)
+    pyro.clear_param_store()
+    m2, _ = build(data)
+    run(2, 5e-4, resume=True)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["lr"] == 5e-4 and state["optimizer"]["lr"] == 5e-4
+
+
+class _RecordingBar:
+    """Stands in for tqdm: records each bar's arguments and updates."""
+
+    bars = []
+
+    def __init__(self, iterable=None, **kwargs):
+        self.iterable, self.kwargs, self.updates, self.resets = iterable, kwargs, 0, 0
+        self.desc = kwargs.get("desc", "")
+        _RecordingBar.bars.append(self)
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def update(self, n=1):
+        self.updates += n
+
+    def reset(self, total=None):
+        self.resets += 1
+
+    def set_description(self, desc, refresh=True):
+        self.desc = desc
+
+    def set_postfix(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("batch_size, step_bar", [(16, False), (1, True)])
+def test_a_second_bar_counts_the_steps_of_long_epochs(data, monkeypatch, batch_size, step_bar):
+    """Epochs of more than STEP_BAR_MIN_STEPS steps get a bar over the steps as well."""
+    from pyro_mmt.training import svi
+
+    monkeypatch.setattr(svi, "tqdm", _RecordingBar)
+    _RecordingBar.bars = []
+    m2, _ = build(data)
+    train(m2.model, m2.guide, data, objective=make_objective(), epochs=1,
+          batch_size=batch_size, progress=True, desc="init 2/3")
+    epochs_bar, steps_bar = _RecordingBar.bars
+    assert epochs_bar.kwargs["unit"] == "epoch" and epochs_bar.kwargs["desc"] == "init 2/3"
+    assert steps_bar.kwargs["unit"] == "step"
+    assert steps_bar.kwargs["disable"] is (not step_bar)
+    n_steps = -(-32 // batch_size) * 2  # the 32 unlabelled rows, interleaved with labelled ones
+    assert (n_steps > svi.STEP_BAR_MIN_STEPS) is step_bar
+    assert steps_bar.updates == n_steps and steps_bar.desc == "init 2/3: epoch 1"
