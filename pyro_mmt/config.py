@@ -70,7 +70,7 @@ class ModelConfig:
     :param hidden: hidden layer sizes of every network (a non-empty sequence of positive
         integers).
     :param likelihood: the family of p(x_j | y, z): one name for every modality or a mapping
-        modality -> name, from :data:`pyro_mmt.likelihoods.LIKELIHOODS` (``"student_t"``,
+        modality -> name (modalities left out are ``"student_t"``), from :data:`pyro_mmt.likelihoods.LIKELIHOODS` (``"student_t"``,
         ``"gaussian"``, ``"bernoulli"``, ``"poisson"``, ``"categorical"``, or a family
         registered with :func:`~pyro_mmt.likelihoods.register_likelihood`). The Student-t
         modalities form ONE multivariate t with z (the power form of ``docs/derivation.md``
@@ -155,7 +155,11 @@ class ModelConfig:
                 raise ValueError(f"{name}: expected one of {sorted(LIKELIHOODS)}, found {value!r}")
             return value
 
-        put("likelihood", _per_modality(self.likelihood, modalities, "likelihood", family))
+        likelihood = self.likelihood
+        if isinstance(likelihood, Mapping):  # modalities left out are Student-t
+            likelihood = {m: likelihood.get(m, "student_t") for m in modalities} | {
+                m: v for m, v in likelihood.items() if m not in modalities}
+        put("likelihood", _per_modality(likelihood, modalities, "likelihood", family))
         categorical = [m for m in modalities if LIKELIHOODS[self.likelihood[m]].needs_categories]
         if not isinstance(self.num_categories, Mapping):
             raise ValueError(f"num_categories: expected a mapping modality -> C_j, found "

@@ -277,6 +277,9 @@ class DatasetInfo:
         Pooled N.
     num_classes : int
         K.
+    likelihood : dict[str, str] or None
+        Modality -> likelihood family for the data sets with non-continuous modalities (the
+        estimator's ``likelihood=``); None when every modality is continuous.
     """
 
     name: str
@@ -287,6 +290,7 @@ class DatasetInfo:
     dims: dict
     num_rows: int
     num_classes: int
+    likelihood: dict | None = None
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -347,6 +351,7 @@ DATASETS: dict[str, DatasetInfo] = {
             dims={"liver": 4, "panel": 5, "age": 1, "symptoms": 3, "edema": 1},
             num_rows=412,
             num_classes=2,
+            likelihood=PBC_LIKELIHOODS,
         ),
         DatasetInfo(
             name="fmnist",

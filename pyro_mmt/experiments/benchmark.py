@@ -10,6 +10,7 @@ summarise the runs (paired comparisons: :mod:`pyro_mmt.evaluation.paired`).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import time
@@ -19,10 +20,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pyro_mmt.data import DATASETS, SplitSkippedError, load_dataset, long_tailed_split
+from pyro_mmt.data import (
+    DATASETS,
+    MultimodalDataset,
+    SplitSkippedError,
+    load_dataset,
+    long_tailed_split,
+)
 from pyro_mmt.data.split import LongTailedSplit
 from pyro_mmt.distributions import prior_expert_scale
-from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
+from pyro_mmt.estimator import IMBALANCE_OPTIONS, MultimodalSemiSupervisedClassifier
 from pyro_mmt.evaluation.metrics import classification_metrics, summarise
 from pyro_mmt.experiments import baselines
 from pyro_mmt.experiments.baselines import LABELSPREADING_NEIGHBOURS
@@ -55,10 +62,6 @@ DEFAULT_GRID = {
     "fmnist": {"rho": [100], "beta": [0.05, 0.2], "seeds": [0, 1, 2]},
 }
 
-#: The class-imbalance devices of the model: class-balanced
-#: classification term, logit-adjusted classification term, prior shift in the enumeration.
-IMBALANCE_OPTIONS = {"class_weight": "balanced", "logit_adjustment": 1.0,
-                     "unlabelled_prior_shift": 1.0}
 
 
 def entropy_weight_w0(nu: float, obs_dim: int, latent_dim: int, sigma: float = 1.0) -> float:
@@ -79,22 +82,50 @@ class Method:
     description: str
     fit_predict: Callable[..., np.ndarray | None]
     deep: bool = False
+    options: dict | None = None
 
 
-def _deep(options: dict) -> Callable:
+def _deep_method(name: str, description: str, options: dict, view: str | None = None) -> Method:
+    """A registry entry for the estimator with ``options`` (see :func:`_deep`)."""
+    return Method(name, description, _deep(options, view=view), deep=True, options=dict(options))
+
+
+def _concatenate(data: MultimodalDataset) -> MultimodalDataset:
+    """Every modality side by side as ONE modality "all" (the single-encoder M2 input)."""
+    x, y = data.to_numpy()
+    return MultimodalDataset({"all": np.concatenate(list(x.values()), axis=1)}, y,
+                             num_classes=data.num_classes, class_names=data.class_names)
+
+
+def _deep(options: dict, *, view: str | None = None) -> Callable:
+    """A deep method: the estimator with ``options`` (and the benchmark's epochs), on every
+    modality, on their concatenation as one modality (``view="concat"``) or on one modality
+    alone (``view=<name>``). Returns the test predictions and, for a learned class prior, the
+    estimated unlabelled class proportions."""
     def fit_predict(split: LongTailedSplit, seed: int, dataset: str,
-                    epochs: int | None = None) -> np.ndarray:
+                    epochs: int | None = None):
         opts = dict(options)
-        n = sum(split.train.dims.values())
+        train, test = split.train, split.test
+        if view == "concat":
+            train, test = _concatenate(train), _concatenate(test)
+        elif view is not None:
+            if view not in train.modalities:
+                return None  # this data set has no such modality
+            train, test = train.select_modalities([view]), test.select_modalities([view])
+        n = sum(train.dims.values())
         if opts.get("latent_weight") == "w0":
             opts["latent_weight"] = entropy_weight_w0(5.0, n, opts.get("latent_dim", 16))
-        if isinstance(opts.get("gamma"), str) and opts["gamma"].endswith("x auto"):
-            # an explicit γ as a multiple of −2/(ν + n + d) (valid above −ν/(ν + n + d))
-            factor = float(opts["gamma"].split("x")[0])
-            opts["gamma"] = factor * -2.0 / (opts["nu"] + n + opts.get("latent_dim", 16))
-        opts["epochs"] = epochs or TRAINING_EPOCHS.get(dataset, 40)
-        clf = MultimodalSemiSupervisedClassifier(seed=seed, **opts).fit(split.train)
-        return clf.predict(split.test)
+        # the data set's own likelihood families (binary, categorical modalities), unless the
+        # method forces Student-t everywhere; the concatenation is continuous by construction
+        families = DATASETS[dataset].likelihood if dataset in DATASETS else None
+        if opts.pop("mixed_likelihoods", True) and families and view != "concat":
+            opts.setdefault("likelihood", {m: families[m] for m in train.modalities})
+        opts["epochs"] = epochs or opts.get("epochs") or TRAINING_EPOCHS.get(dataset, 40)
+        clf = MultimodalSemiSupervisedClassifier(seed=seed, **opts).fit(train)
+        extras = {}
+        if opts.get("class_prior") == "learned":
+            extras["class_prior"] = clf.class_prior_
+        return clf.predict(test), extras
 
     return fit_predict
 
@@ -104,41 +135,32 @@ _views = baselines.views
 
 
 METHODS: dict[str, Method] = {
-    "t_gamma": Method(
-        "t_gamma", "Student-t model, γ-power objective (auto γ), with the imbalance options",
-        _deep({"objective": "gamma_power", "nu": 5.0, "alpha": 1000.0, **IMBALANCE_OPTIONS}),
-        deep=True),
-    "t_gamma_plain": Method(
-        "t_gamma_plain", "Student-t model, γ-power objective, no imbalance options",
-        _deep({"objective": "gamma_power", "nu": 5.0, "alpha": 1000.0}), deep=True),
-    "gauss_kl": Method(
-        "gauss_kl", "Gaussian model (ν = ∞), KL objective (M2 ELBO, β = 1), imbalance options",
-        _deep({"objective": "kl", "nu": math.inf, "alpha": 1000.0, **IMBALANCE_OPTIONS}),
-        deep=True),
-    "gauss_kl_w0": Method(
-        "gauss_kl_w0", "Gaussian model, KL objective tempered to β = w0, imbalance options",
-        _deep({"objective": "kl", "nu": math.inf, "alpha": 1000.0, "latent_weight": "w0",
-               **IMBALANCE_OPTIONS}), deep=True),
-    "gauss_kl_plain": Method(
-        "gauss_kl_plain", "Gaussian model, KL objective (β = 1), no imbalance options",
-        _deep({"objective": "kl", "nu": math.inf, "alpha": 1000.0}), deep=True),
-    "gauss_kl_w0_plain": Method(
-        "gauss_kl_w0_plain", "Gaussian model, KL objective tempered to β = w0, no imbalance options",
-        _deep({"objective": "kl", "nu": math.inf, "alpha": 1000.0, "latent_weight": "w0"}),
-        deep=True),
-    "t_gamma_2x": Method(
-        "t_gamma_2x", "Student-t model, explicit γ = 2 × (−2/(ν+n+d)) (Monte Carlo cross "
-        "term), imbalance options",
-        _deep({"objective": "gamma_power", "nu": 5.0, "alpha": 1000.0, "gamma": "2x auto",
-               **IMBALANCE_OPTIONS}), deep=True),
-    "t_gamma_ens3": Method(
-        "t_gamma_ens3", "t_gamma with n_init = 3: q(y | x) averaged over three initialisations",
-        _deep({"objective": "gamma_power", "nu": 5.0, "alpha": 1000.0, "n_init": 3,
-               **IMBALANCE_OPTIONS}), deep=True),
-    "gauss_kl_ens3": Method(
-        "gauss_kl_ens3", "gauss_kl with n_init = 3: q(y | x) averaged over three initialisations",
-        _deep({"objective": "kl", "nu": math.inf, "alpha": 1000.0, "n_init": 3,
-               **IMBALANCE_OPTIONS}), deep=True),
+    "t_gamma": _deep_method("t_gamma", "Student-t model, γ-power objective (auto γ), with the imbalance options", {"objective": "gamma_power", "nu": 5.0, "alpha": 1000.0, **IMBALANCE_OPTIONS}),
+    "t_gamma_plain": _deep_method("t_gamma_plain", "Student-t model, γ-power objective, no imbalance options", {"objective": "gamma_power", "nu": 5.0, "alpha": 1000.0}),
+    "gauss_kl": _deep_method("gauss_kl", "Gaussian model (ν = ∞), KL objective (M2 ELBO, β = 1), imbalance options", {"objective": "kl", "nu": math.inf, "alpha": 1000.0, **IMBALANCE_OPTIONS}),
+    "gauss_kl_w0": _deep_method("gauss_kl_w0", "Gaussian model, KL objective tempered to β = w0, imbalance options", {"objective": "kl", "nu": math.inf, "alpha": 1000.0, "latent_weight": "w0",
+               **IMBALANCE_OPTIONS}),
+    "gauss_kl_plain": _deep_method("gauss_kl_plain", "Gaussian model, KL objective (β = 1), no imbalance options", {"objective": "kl", "nu": math.inf, "alpha": 1000.0}),
+    "gauss_kl_w0_plain": _deep_method("gauss_kl_w0_plain", "Gaussian model, KL objective tempered to β = w0, no imbalance options", {"objective": "kl", "nu": math.inf, "alpha": 1000.0, "latent_weight": "w0"}),
+    "t_gamma_2x": _deep_method("t_gamma_2x", "Student-t model, γ = 2 × (−2/(ν+n+d)) per datum (Monte Carlo cross "
+        "term), imbalance options", {"objective": "gamma_power", "nu": 5.0, "alpha": 1000.0, "gamma": "2x auto",
+               **IMBALANCE_OPTIONS}),
+    "t_kl": _deep_method("t_kl", "Student-t model (ν = 5), KL objective (TraceEnum_ELBO), imbalance options", {"objective": "kl", "nu": 5.0, "alpha": 1000.0, **IMBALANCE_OPTIONS}),
+    "t_gamma_learn_nu": _deep_method("t_gamma_learn_nu", "t_gamma with ν learned (one ν for prior, decoder, encoder, τ0)", {"objective": "gamma_power", "nu": 5.0, "learn_nu": True, "alpha": 1000.0,
+               **IMBALANCE_OPTIONS}),
+    "t_gamma_learned_pi": _deep_method("t_gamma_learned_pi", "t_gamma with π estimated from the unlabelled rows (EM, "
+        "Dirichlet(2)); the prior shift uses it", {"objective": "gamma_power", "nu": 5.0, "alpha": 1000.0, "class_prior": "learned",
+               **IMBALANCE_OPTIONS}),
+    "t_gamma_concat": _deep_method("t_gamma_concat", "t_gamma on the concatenated views as ONE modality (a single "
+        "encoder, no product of experts: the ss_vae_M2 design)", {"objective": "gamma_power", "nu": 5.0, "alpha": 1000.0, **IMBALANCE_OPTIONS},
+              view="concat"),
+    "t_gamma_all_t": _deep_method("t_gamma_all_t", "t_gamma with every modality Student-t, also the binary and "
+        "categorical ones (the mixed-type ablation; equals t_gamma on all-continuous data)", {"objective": "gamma_power", "nu": 5.0, "alpha": 1000.0, "mixed_likelihoods":
+               False, **IMBALANCE_OPTIONS}),
+    "t_gamma_ens3": _deep_method("t_gamma_ens3", "t_gamma with n_init = 3: q(y | x) averaged over three initialisations", {"objective": "gamma_power", "nu": 5.0, "alpha": 1000.0, "n_init": 3,
+               **IMBALANCE_OPTIONS}),
+    "gauss_kl_ens3": _deep_method("gauss_kl_ens3", "gauss_kl with n_init = 3: q(y | x) averaged over three initialisations", {"objective": "kl", "nu": math.inf, "alpha": 1000.0, "n_init": 3,
+               **IMBALANCE_OPTIONS}),
     "lr": Method("lr", "logistic regression on labelled rows (class_weight balanced)",
                  baselines.lr),
     "la_lr": Method("la_lr", "logistic regression on labelled rows, logits − log π̂ "
@@ -180,20 +202,31 @@ def run_benchmark(
     betas: Iterable[float] | None = None,
     seeds: Iterable[int] | None = None,
     epochs: int | None = None,
+    unlabelled: str = "same",
+    jobs: int = 1,
     progress: Callable[[str], None] | None = print,
 ) -> pd.DataFrame:
     """Run every (data set, ρ, β, seed, method) of the grid; one row of metrics per run.
 
     Settings that the split rule skips (a class with fewer than 5 training rows) are left out
     and reported through ``progress``. ``epochs`` overrides :data:`TRAINING_EPOCHS` (smoke
-    runs). Each row has the keys dataset, rho, beta, seed, method, n_labelled, num_classes
-    (K), the five metrics of :func:`classification_metrics` (NaN when the method could not run
-    on the split) and seconds.
+    runs). ``unlabelled`` is the class mix of the unlabelled rows (``"same"``, ``"uniform"``,
+    ``"reversed"``; :func:`~pyro_mmt.data.long_tailed_split`). ``jobs`` runs that many fits at
+    once in separate processes (one torch thread each; the rows are the same as with
+    ``jobs=1``, in the same order). Method names of the form ``"alone:<modality>"`` run the
+    default model on that modality only.
+
+    Each row has the keys dataset, rho, beta, seed, unlabelled, method, n_labelled,
+    num_classes (K), the five metrics of :func:`classification_metrics` (NaN when the method
+    could not run on the split), ``prior_tv`` (for a method that estimates the unlabelled class
+    proportions: their total variation distance from the truth, else NaN) and seconds.
     """
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown:
-        raise ValueError(f"methods: unknown {unknown}; expected some of {sorted(METHODS)}")
-    rows = []
+    methods = list(methods)
+    for method in methods:
+        _method(method)  # unknown names fail before any fit
+    if isinstance(jobs, bool) or int(jobs) != jobs or (jobs < 1 and jobs != -1):
+        raise ValueError(f"jobs: expected a positive integer or -1, found {jobs!r}")
+    tasks = []
     for name in datasets:
         data = load_dataset(name)
         grid = DEFAULT_GRID.get(name, DEFAULT_GRID["digits"])
@@ -201,34 +234,82 @@ def run_benchmark(
             for beta in betas or grid["beta"]:
                 for seed in seeds if seeds is not None else grid["seeds"]:
                     try:
-                        split = long_tailed_split(data, rho, beta, seed)
+                        long_tailed_split(data, rho, beta, seed, unlabelled=unlabelled)
                     except SplitSkippedError as error:
                         if progress:
                             progress(f"skip {name} rho={rho}: {error}")
                         break
-                    for method in methods:
-                        rows.append(_run_one(name, split, rho, beta, seed, METHODS[method],
-                                             epochs, progress))
+                    tasks += [(name, rho, beta, seed, unlabelled, method, epochs)
+                              for method in methods]
+    if jobs == 1:
+        rows = []
+        for task in tasks:
+            rows.append(_run_task(*task))
+            if progress:
+                progress(_describe(rows[-1]))
+        return pd.DataFrame(rows)
+    from joblib import Parallel, delayed
+
+    rows = []
+    parallel = Parallel(n_jobs=jobs, backend="loky", return_as="generator")
+    for row in parallel(delayed(_run_task)(*task, single_thread=True) for task in tasks):
+        rows.append(row)
+        if progress:
+            progress(_describe(row))
     return pd.DataFrame(rows)
 
 
-def _run_one(name, split, rho, beta, seed, method, epochs, progress):
+@functools.lru_cache(maxsize=2)
+def _load(name: str) -> MultimodalDataset:
+    return load_dataset(name)
+
+
+def _method(name: str) -> Method:
+    """The registered method ``name``, or the default model on one modality for
+    ``"alone:<modality>"``."""
+    if name in METHODS:
+        return METHODS[name]
+    if name.startswith("alone:") and len(name) > len("alone:"):
+        modality = name.split(":", 1)[1]
+        return Method(name, f"t_gamma on the modality {modality!r} alone",
+                      _deep(dict(METHODS["t_gamma"].options), view=modality), deep=True,
+                      options=dict(METHODS["t_gamma"].options))
+    raise ValueError(f"methods: unknown {name!r}; expected some of {sorted(METHODS)} or "
+                     "'alone:<modality>'")
+
+
+def _run_task(name, rho, beta, seed, unlabelled, method_name, epochs, single_thread=False):
+    """One fit and its row (run in a worker process when ``single_thread``)."""
+    if single_thread:
+        import torch
+
+        torch.set_num_threads(1)
+    split = long_tailed_split(_load(name), rho, beta, seed, unlabelled=unlabelled)
+    method = _method(method_name)
     tic = time.perf_counter()
-    pred = method.fit_predict(split, seed, name, epochs)
-    row = {"dataset": name, "rho": rho, "beta": beta, "seed": seed, "method": method.name,
-           "n_labelled": int(split.labelled_class_counts.sum()),
+    result = method.fit_predict(split, seed, name, epochs)
+    pred, extras = result if isinstance(result, tuple) else (result, {})
+    row = {"dataset": name, "rho": rho, "beta": beta, "seed": seed, "unlabelled": unlabelled,
+           "method": method.name, "n_labelled": int(split.labelled_class_counts.sum()),
            "num_classes": int(split.train.num_classes)}
     if pred is None:
         row.update({m: np.nan for m in ("accuracy", "balanced_accuracy", "macro_f1", "g_mean",
                                          "minority_recall")})
     else:
         row.update(classification_metrics(split.test.y.numpy(), pred, split.train_class_counts))
+    row["prior_tv"] = np.nan
+    if "class_prior" in extras:
+        truth = split.unlabelled_class_counts / split.unlabelled_class_counts.sum()
+        row["prior_tv"] = 0.5 * float(np.abs(np.asarray(extras["class_prior"]) - truth).sum())
     row["seconds"] = time.perf_counter() - tic
-    if progress:
-        progress(f"{name} rho={rho} beta={beta} seed={seed} {method.name}: "
-                 f"bacc={row['balanced_accuracy']:.3f} minority={row['minority_recall']:.3f} "
-                 f"({row['seconds']:.0f}s)")
     return row
+
+
+def _describe(row) -> str:
+    mix = "" if row["unlabelled"] == "same" else f" unlabelled={row['unlabelled']}"
+    return (f"{row['dataset']} rho={row['rho']} beta={row['beta']} seed={row['seed']}{mix} "
+            f"{row['method']}: bacc={row['balanced_accuracy']:.3f} "
+            f"minority={row['minority_recall']:.3f} ({row['seconds']:.0f}s)")
 
 
 def results_table(results: pd.DataFrame, digits: int = 3) -> pd.DataFrame:

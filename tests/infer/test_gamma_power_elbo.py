@@ -682,3 +682,26 @@ def test_model_side_latent_site_raises():
 
     with pytest.raises(ValueError, match="'w'"):
         GammaPowerELBO(-0.1, max_plate_nesting=1).loss(model, guide, torch.zeros(3))
+
+
+@pytest.mark.filterwarnings(NOTHING_TO_ENUMERATE)
+@pytest.mark.parametrize("labelled", [True, False], ids=["labelled", "unlabelled"])
+def test_small_gamma_limit_for_a_mixed_model_with_the_monte_carlo_norm(labelled):
+    """Bernoulli and Poisson modalities beside a Student-t one (the Monte Carlo norm): as γ → 0
+    the loss tends to TraceEnum_ELBO's at the same draws, the gap shrinking like γ (the pure
+    Monte Carlo estimator, whose entropy term uses the same draw as TraceEnum_ELBO)."""
+    m2 = build_model({"a": 3, "b": 4, "c": 2}, NUM_CLASSES, latent_dim=LATENT_DIM, hidden=(8,),
+                     nu=5.0, alpha=0.5, likelihood={"b": "bernoulli", "c": "poisson"})
+    gen = torch.Generator().manual_seed(3)
+    x = {"a": torch.randn(BATCH, 3, generator=gen),
+         "b": torch.randint(0, 2, (BATCH, 4), generator=gen).double(),
+         "c": torch.randint(0, 5, (BATCH, 2), generator=gen).double()}
+    y = torch.randint(0, NUM_CLASSES, (BATCH,), generator=gen) if labelled else None
+    ref = loss_at_seed(TraceEnum_ELBO(max_plate_nesting=1), m2.model, m2.guide, x, None, y)
+    gaps = []
+    for gamma in (-1e-4, -1e-5):
+        ours = loss_at_seed(GammaPowerELBO(gamma, closed_forms=False, max_plate_nesting=1),
+                            m2.model, m2.guide, x, None, y)
+        gaps.append(abs(ours.item() - ref.item()))
+    assert gaps[1] < 1e-3 * abs(ref.item())
+    assert 5 < gaps[0] / gaps[1] < 20  # first order in γ
