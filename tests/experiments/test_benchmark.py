@@ -73,3 +73,36 @@ def test_run_benchmark_records_the_number_of_classes():
     assert results["num_classes"].tolist() == [2, 2]
     assert results["balanced_accuracy"].iloc[0] > 0.5
     assert np.isnan(results["balanced_accuracy"].iloc[1])  # SMOTE: one labelled minority row
+
+
+def test_parallel_runs_give_the_serial_rows():
+    """jobs = 2 runs the fits in worker processes: the same rows in the same order (the
+    seconds aside), deep methods included."""
+    from pyro_mmt.experiments.benchmark import run_benchmark
+
+    kwargs = dict(rhos=[10], betas=[0.2], seeds=[0, 1], epochs=1, progress=None)
+    methods = ["la_lr", "t_gamma"]
+    serial = run_benchmark(["breast"], methods, jobs=1, **kwargs)
+    parallel = run_benchmark(["breast"], methods, jobs=2, **kwargs)
+    pd.testing.assert_frame_equal(serial.drop(columns="seconds"),
+                                  parallel.drop(columns="seconds"))
+    assert serial["unlabelled"].eq("same").all() and serial["prior_tv"].isna().all()
+
+
+def test_ablations_alone_concat_and_the_learned_prior_on_a_reversed_mix():
+    """alone:<modality> fits one modality (NaN rows where the data set lacks it); the
+    concatenated single-encoder model runs; a learned prior reports its total variation from
+    the true unlabelled class proportions of a reversed mix."""
+    from pyro_mmt.experiments.benchmark import run_benchmark
+
+    results = run_benchmark(
+        ["breast"], ["alone:se", "alone:pix", "t_gamma_concat", "t_gamma_learned_pi"],
+        rhos=[10], betas=[0.2], seeds=[0], epochs=1, unlabelled="reversed", progress=None)
+    rows = results.set_index("method")
+    assert 0 <= rows.loc["alone:se", "balanced_accuracy"] <= 1
+    assert np.isnan(rows.loc["alone:pix", "balanced_accuracy"])  # breast has no "pix"
+    assert 0 <= rows.loc["t_gamma_concat", "balanced_accuracy"] <= 1
+    assert 0 <= rows.loc["t_gamma_learned_pi", "prior_tv"] <= 1
+    assert (results["unlabelled"] == "reversed").all()
+    with pytest.raises(ValueError, match="unknown 'alone:'"):
+        run_benchmark(["breast"], ["alone:"], progress=None)
