@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import json
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from numbers import Integral, Real
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,7 +33,7 @@ from pyro_mmt.data import MultimodalDataset, Standardiser, as_modality_mapping, 
 from pyro_mmt.infer import GammaPowerELBO
 from pyro_mmt.likelihoods import LIKELIHOODS
 from pyro_mmt.models import MultimodalM2
-from pyro_mmt.training.svi import load_weights, predict_proba, train
+from pyro_mmt.training.svi import TrainingInterrupted, load_weights, predict_proba, train
 
 __all__ = [
     "PRESETS",
@@ -161,6 +165,9 @@ _PARAMETER_CONSTRAINTS: dict[str, tuple[Callable, str]] = {
                "'cpu', 'cuda' or 'cuda:<index>'"),
     "progress": _BOOLEAN,
     "distributed": _BOOLEAN,
+    "checkpoint_dir": (lambda v: v is None or (isinstance(v, str | os.PathLike) and str(v) != ""),
+                       "None or a folder path"),
+    "resume": _BOOLEAN,
 }
 
 
@@ -244,6 +251,18 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     :param bool progress: show progress bars.
     :param bool distributed: data-parallel training over the processes of a ``torchrun``
         launch (:func:`~pyro_mmt.training.distributed.train_distributed`).
+    :param checkpoint_dir: a folder for checkpoints (None: none): ``checkpoint.pt`` after every
+        epoch (in ``init_<i>/`` for member i = 1..n_init when ``n_init > 1``) and ``fit.json``,
+        the settings and a fingerprint of the data it was fitted on. Training interrupted
+        (Ctrl-C: :class:`~pyro_mmt.training.svi.TrainingInterrupted`) or stopped by a
+        :class:`~pyro_mmt.training.svi.TrainingDivergedError` can then be continued.
+    :param bool resume: with ``checkpoint_dir``, continue from its checkpoints: finished members
+        are loaded, an interrupted one continues from its last complete epoch, and the result
+        equals an uninterrupted fit with the same seed. ``lr`` and ``epochs`` may differ from
+        the checkpointed fit's (a new ``lr`` is used from the first resumed step, e.g. a smaller
+        one after a divergence; more epochs continue training); every other setting and the
+        data must be the same (a ``ValueError`` says which differ). False (default) starts
+        over and replaces the folder's checkpoints.
     """
 
     def __init__(
@@ -280,6 +299,8 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         device: str = "cpu",
         progress: bool = False,
         distributed: bool = False,
+        checkpoint_dir: str | os.PathLike | None = None,
+        resume: bool = False,
     ):
         self.objective = objective
         self.gamma = gamma
@@ -313,6 +334,8 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         self.device = device
         self.progress = progress
         self.distributed = distributed
+        self.checkpoint_dir = checkpoint_dir
+        self.resume = resume
 
     # ------------------------------------------------------------------- parameter checks
     def _check_params(self) -> None:
@@ -330,6 +353,9 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         if self.objective == "kl" and self.gamma != "auto":
             raise ValueError(f"gamma: the kl objective has no gamma; expected 'auto' (unused), "
                              f"found {self.gamma!r}")
+        if self.resume and self.checkpoint_dir is None:
+            raise ValueError("resume: expected checkpoint_dir, the folder to resume from, found "
+                             "checkpoint_dir=None")
         if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device: {self.device!r} asks for CUDA, but torch finds no GPU "
                              "(torch.cuda.is_available() is False); use 'cpu'")
@@ -476,6 +502,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             init_from_env("nccl" if device.type == "cuda" else "gloo")
             fit_fn = train_distributed
         unlabelled = data.unlabelled() if (~data.is_labelled).any() else None
+        self._prepare_checkpoints(data)
         self.members_, self.histories_ = [], []
         for member in range(int(self.n_init)):
             # member 0 uses `seed`, so n_init = 1 is the single model; member i uses seed + 1000 i
@@ -487,7 +514,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
                 def callback(epoch, m2=m2):
                     m2.update_class_prior(_classifier_logits(m2, unlabelled, device))
             desc = "training" if self.n_init == 1 else f"init {member + 1}/{self.n_init}"
-            with pyro.get_param_store().scope():
+            with pyro.get_param_store().scope(), _resume_advice(self, member):
                 history = fit_fn(
                     m2.model, m2.guide, data,
                     objective=make_objective(self.objective, gamma=self.gamma,
@@ -496,6 +523,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
                     epochs=self.epochs, batch_size=self.batch_size,
                     labelled_batch_size=self.labelled_batch_size, seed=seed,
                     device=device, progress=self.progress, on_epoch_end=callback, desc=desc,
+                    checkpoint_dir=self._member_checkpoint_dir(member), resume=self.resume,
                 )
             self.members_.append(m2)
             self.histories_.append(history)
@@ -503,6 +531,55 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         self.history_ = self.histories_[0]
         self.class_prior_ = np.mean([m2.class_prior() for m2 in self.members_], 0)
         return self
+
+    # ------------------------------------------------------------------------ checkpoints
+    #: Settings a resumed fit may change (every other one must equal the checkpointed fit's).
+    _RESUMABLE_CHANGES = ("lr", "epochs", "progress", "n_threads", "checkpoint_dir", "resume",
+                          "decoders", "encoders")
+
+    def _member_checkpoint_dir(self, member: int) -> Path | None:
+        """Member ``member``'s checkpoint folder: ``checkpoint_dir`` itself for a single model,
+        ``checkpoint_dir/init_<member + 1>`` when ``n_init > 1``."""
+        if self.checkpoint_dir is None:
+            return None
+        root = Path(self.checkpoint_dir)
+        return root if self.n_init == 1 else root / f"init_{member + 1}"
+
+    def _prepare_checkpoints(self, data: MultimodalDataset) -> None:
+        """Write ``fit.json`` (the settings and the data's fingerprint) to ``checkpoint_dir``;
+        when resuming, first check that they equal the checkpointed fit's. A fit that does not
+        resume removes the members' old checkpoints (which a later resume would mix in)."""
+        if self.checkpoint_dir is None:
+            return
+        root = Path(self.checkpoint_dir)
+        record = {"settings": {k: _jsonable(v) for k, v in self.get_params(deep=False).items()
+                               if k not in self._RESUMABLE_CHANGES},
+                  "data": _fingerprint(data)}
+        path = root / "fit.json"
+        if self.resume and path.is_file():
+            before = json.loads(path.read_text())
+            if before.get("data") != record["data"]:
+                raise ValueError(
+                    f"resume: the checkpoints in {root} were written by a fit on other data "
+                    f"(fingerprint {before.get('data')!r}, found {record['data']!r}); pass the "
+                    "same X and y, or resume=False to start over")
+            old = before.get("settings", {})
+            differ = sorted(k for k in set(old) | set(record["settings"])
+                            if old.get(k) != record["settings"].get(k))
+            if differ:
+                shown = ", ".join(f"{k}={old.get(k)!r} (found {record['settings'].get(k)!r})"
+                                  for k in differ)
+                raise ValueError(
+                    f"resume: the checkpoints in {root} were written with other settings: "
+                    f"{shown}; only {', '.join(self._RESUMABLE_CHANGES[:2])} may change on "
+                    "resume (or pass resume=False to start over)")
+        if not self.resume:
+            for member in range(int(self.n_init)):
+                (self._member_checkpoint_dir(member) / "checkpoint.pt").unlink(missing_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+        tmp.replace(path)
 
     def _build(self, config: ModelConfig) -> MultimodalM2:
         def networks(given):
@@ -565,6 +642,51 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         return self.history_
 
 
+@contextlib.contextmanager
+def _resume_advice(estimator, member: int):
+    """A TrainingInterrupted of member ``member`` says how to resume the estimator's fit."""
+    try:
+        yield
+    except TrainingInterrupted as error:
+        if error.checkpoint is None:
+            raise
+        which = "" if estimator.n_init == 1 else (
+            f"it is member {member + 1} of n_init={estimator.n_init}; ")
+        raise TrainingInterrupted(
+            error.epochs_done, error.checkpoint,
+            advice=f"{which}fit again with resume=True and the same checkpoint_dir="
+                   f"{os.fspath(estimator.checkpoint_dir)!r} to continue") from error
+
+
+def _jsonable(value):
+    """A parameter as JSON can hold it (tuples as lists, slices and ranges as their bounds,
+    numpy scalars as numbers, anything else as its repr)."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, tuple | list | np.ndarray):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, slice | range):
+        return [value.start, value.stop, value.step]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
+
+
+def _fingerprint(data: MultimodalDataset) -> str:
+    """SHA-256 of the data's values, mask and labels (what a resumed fit must see again)."""
+    digest = hashlib.sha256()
+    for m in data.modalities:
+        digest.update(m.encode())
+        digest.update(np.ascontiguousarray(data.x[m].numpy()).tobytes())
+    digest.update(np.ascontiguousarray(data.mask.numpy()).tobytes())
+    digest.update(np.ascontiguousarray(data.y.numpy()).tobytes())
+    return digest.hexdigest()[:16]
+
+
 @torch.no_grad()
 def _classifier_logits(m2: MultimodalM2, data: MultimodalDataset, device,
                        batch_size: int = 1024) -> torch.Tensor:
@@ -595,6 +717,8 @@ def save_estimator(estimator: MultimodalSemiSupervisedClassifier, path) -> None:
             m: list(range(*c.indices(width))) if isinstance(c, slice) else
             [v.item() if isinstance(v, np.generic) else v for v in c]
             for m, c in params["modalities"].items()}
+    if params["checkpoint_dir"] is not None:
+        params["checkpoint_dir"] = os.fspath(params["checkpoint_dir"])
     params = {k: (list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, Mapping) else v)
               for k, v in params.items()}
     state = {

@@ -359,3 +359,110 @@ def test_gaussian_model_with_auto_gamma_fits(blobs):
     X, y, y_true = blobs
     est = MultimodalSemiSupervisedClassifier(**SMALL, nu=float("inf")).fit(X, y)
     assert np.isfinite(est.history_["loss"]).all() and 0 <= est.score(X, y_true) <= 1
+
+
+# ------------------------------------------------------------------- checkpoints and resume
+def _interrupting_train(monkeypatch, member_desc, epoch):
+    """Make the estimator's training raise KeyboardInterrupt (as Ctrl-C) at the end of
+    ``epoch`` of the member whose progress label is ``member_desc``, once."""
+    import pyro_mmt.estimator
+    from pyro_mmt.training.svi import train
+
+    armed = [True]
+
+    def interrupting(*args, on_epoch_end=None, desc="training", **kwargs):
+        def callback(done):
+            if on_epoch_end is not None:
+                on_epoch_end(done)
+            if armed[0] and desc == member_desc and done == epoch:
+                armed[0] = False
+                raise KeyboardInterrupt
+
+        return train(*args, on_epoch_end=callback, desc=desc, **kwargs)
+
+    monkeypatch.setattr(pyro_mmt.estimator, "train", interrupting)
+
+
+@pytest.mark.parametrize("n_init, member", [(1, "training"), (2, "init 2/2")])
+def test_an_interrupted_fit_resumes_to_the_uninterrupted_result(blobs, tmp_path, monkeypatch,
+                                                                n_init, member):
+    """Ctrl-C in epoch 2 (of member 2 with n_init = 2): the error says how to resume; fit with
+    resume=True gives the weights and predictions of an uninterrupted fit."""
+    from pyro_mmt.training.svi import TrainingInterrupted
+
+    X, y, _ = blobs
+    options = {**SMALL, "epochs": 3, "n_init": n_init, "class_prior": "learned"}
+    straight = MultimodalSemiSupervisedClassifier(**options).fit(X, y)
+
+    _interrupting_train(monkeypatch, member, epoch=2)
+    est = MultimodalSemiSupervisedClassifier(**options, checkpoint_dir=tmp_path)
+    with pytest.raises(TrainingInterrupted, match="after 1 complete epoch.*resume=True"):
+        est.fit(X, y)
+    if n_init == 2:  # one checkpoint folder per member
+        assert (tmp_path / "init_1" / "checkpoint.pt").is_file()
+        assert (tmp_path / "init_2" / "checkpoint.pt").is_file()
+    resumed = est.set_params(resume=True).fit(X, y)
+    assert len(resumed.members_) == n_init
+    for a, b in zip(resumed.members_, straight.members_, strict=True):
+        for (name, u), v in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            torch.testing.assert_close(u, v, rtol=0, atol=1e-6, msg=name)
+    np.testing.assert_allclose(resumed.predict_proba(X), straight.predict_proba(X), atol=1e-6)
+    pd.testing.assert_frame_equal(resumed.history_.drop(columns="seconds"),
+                                  straight.history_.drop(columns="seconds"))
+
+
+def test_a_diverged_fit_resumes_with_a_lower_learning_rate(blobs, tmp_path):
+    """TrainingDivergedError's advice from the estimator: resume=True with a smaller lr."""
+    X, y, _ = blobs
+    MultimodalSemiSupervisedClassifier(**SMALL, checkpoint_dir=tmp_path).fit(X, y)
+    diverging = MultimodalSemiSupervisedClassifier(**{**SMALL, "epochs": 3}, lr=1e30,
+                                                   checkpoint_dir=tmp_path, resume=True)
+    with pytest.raises(TrainingDivergedError, match="epoch 2.*resume=True") as info:
+        diverging.fit(X, y)
+    assert info.value.checkpoint == tmp_path / "checkpoint.pt"
+    est = diverging.set_params(lr=3e-4).fit(X, y)
+    assert est.history_["epoch"].tolist() == [1, 2, 3]
+    assert np.isfinite(est.history_["loss"]).all()
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["lr"] == 3e-4
+
+
+def test_resume_refuses_other_settings_or_data(blobs, tmp_path):
+    X, y, _ = blobs
+    MultimodalSemiSupervisedClassifier(**SMALL, checkpoint_dir=tmp_path).fit(X, y)
+    with pytest.raises(ValueError, match=r"^resume: .*other settings: alpha=1000.0 \(found 10.0\)"):
+        MultimodalSemiSupervisedClassifier(**SMALL, alpha=10.0, checkpoint_dir=tmp_path,
+                                           resume=True).fit(X, y)
+    with pytest.raises(ValueError, match=r"^resume: .*other data"):
+        MultimodalSemiSupervisedClassifier(**SMALL, checkpoint_dir=tmp_path, resume=True).fit(
+            {"a": X["a"] + 1.0, "b": X["b"]}, y)
+    with pytest.raises(ValueError, match=r"^resume: expected checkpoint_dir"):
+        MultimodalSemiSupervisedClassifier(**SMALL, resume=True).fit(X, y)
+    with pytest.raises(ValueError, match=r"^checkpoint_dir: expected"):
+        MultimodalSemiSupervisedClassifier(**SMALL, checkpoint_dir=3).fit(X, y)
+
+
+def test_a_fit_with_checkpoints_saves_and_loads(blobs, tmp_path):
+    X, y, _ = blobs
+    est = MultimodalSemiSupervisedClassifier(**SMALL, checkpoint_dir=tmp_path / "ckpt").fit(X, y)
+    save_estimator(est, tmp_path / "est.pt")
+    loaded = load_estimator(tmp_path / "est.pt")
+    assert loaded.checkpoint_dir == str(tmp_path / "ckpt")
+    np.testing.assert_array_equal(loaded.predict_proba(X), est.predict_proba(X))
+
+
+def test_each_member_has_its_own_progress_bar_label(blobs, monkeypatch):
+    import pyro_mmt.estimator
+    from pyro_mmt.training.svi import train
+
+    X, y, _ = blobs
+    seen = []
+
+    def recording(*args, desc="training", **kwargs):
+        seen.append((desc, kwargs["progress"]))
+        return train(*args, desc=desc, **kwargs)
+
+    monkeypatch.setattr(pyro_mmt.estimator, "train", recording)
+    MultimodalSemiSupervisedClassifier(**SMALL, n_init=3).fit(X, y)
+    MultimodalSemiSupervisedClassifier(**SMALL, progress=True).fit(X, y)
+    assert seen == [("init 1/3", False), ("init 2/3", False), ("init 3/3", False),
+                    ("training", True)]

@@ -86,25 +86,26 @@ class TrainingInterrupted(KeyboardInterrupt):
     raised by a callback).
 
     A ``KeyboardInterrupt`` (so ``except KeyboardInterrupt`` still catches it) that carries
-    ``epochs_done`` (the epochs completed and saved) and ``checkpoint``, the path of the
+    ``epochs_done`` (the epochs completed and saved), ``checkpoint``, the path of the
     checkpoint written after the last complete epoch (None when checkpoints were not requested
-    or no epoch completed). Calling :func:`train` again with the same arguments and
+    or no epoch completed), and ``advice``, how to continue (a caller such as the estimator
+    replaces train's). Calling :func:`train` again with the same arguments and
     ``resume=True`` continues from it: the interrupted epoch is run again from its start, and
     the result equals an uninterrupted run.
     """
 
-    def __init__(self, epochs_done: int, checkpoint: Path | None):
-        self.epochs_done, self.checkpoint = epochs_done, checkpoint
+    def __init__(self, epochs_done: int, checkpoint: Path | None, advice: str | None = None):
+        self.epochs_done, self.checkpoint, self.advice = epochs_done, checkpoint, advice
         if checkpoint is not None:
             how = (f"the checkpoint {checkpoint} holds the {epochs_done} complete epoch(s); "
-                   "call train again with resume=True to continue")
+                   f"{advice or 'call train again with resume=True to continue'}")
         else:
             how = ("no checkpoint was kept (pass checkpoint_dir to keep one), so a new run "
                    "starts from the beginning")
         super().__init__(f"training interrupted after {epochs_done} complete epoch(s): {how}")
 
     def __reduce__(self):
-        return type(self), (self.epochs_done, self.checkpoint)
+        return type(self), (self.epochs_done, self.checkpoint, self.advice)
 
 
 @dataclass
