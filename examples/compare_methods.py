@@ -85,7 +85,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["digits", "breast", "mfeat", "pdspeech"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS),
                         help=f"some of {', '.join(METHODS)} (default: all)")

@@ -87,7 +87,7 @@ def stratified_subset(data, n, seed):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+",
                         default=["t_gamma", "gauss_kl", "gauss_kl_w0", "lr", "labelspread",

@@ -9,6 +9,8 @@ import argparse
 import json
 import math
 import os
+import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,6 +29,30 @@ RUN_FILES = {
     "test": "test.npz",
 }
 
+#: The plots ``pyro-mmt train`` writes to a run folder (the last two with a test split).
+RUN_PLOTS = ("training_curves.png", "recall_vs_frequency.png", "confusion_matrix.png")
+
+#: ``config.json``'s ``status`` of a complete run; an unfinished one has ``running``,
+#: ``interrupted``, ``diverged`` or ``failed`` and lives in the hidden folder of
+#: :func:`partial_dir` until it finishes.
+FINISHED = "finished"
+
+#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+
+RUN_FOLDER_HELP = (
+    "A run folder holds config.json (the settings and \"status\": \"finished\"), train.npz "
+    "(the rows trained on), test.npz (with a data set name: the held-out split), estimator.pt "
+    "(load_estimator; torch.load(weights_only=True)), history.csv, metrics.csv (with a test "
+    "split) and the plots training_curves.png, recall_vs_frequency.png and confusion_matrix.png "
+    "(the last two with a test split). It appears only when the run is complete: the run is "
+    "written to the hidden folder .<name>.partial beside it and renamed into place at the end. "
+    "An interrupted (Ctrl-C) or diverged run stays there with its checkpoints and "
+    "\"status\": \"interrupted\"/\"diverged\"; continue it with --resume (--lr and --epochs "
+    "may change). An existing run folder is replaced only with --overwrite, and only once the "
+    "new run is complete."
+)
+
 
 # --------------------------------------------------------------------------------- helpers
 def _load_data(source: str):
@@ -44,6 +70,115 @@ def _load_data(source: str):
         f"error: DATA: expected a data set name ({', '.join(DATASETS)}) or an .npz path, "
         f"found {source!r}"
     )
+
+
+def partial_dir(out: Path) -> Path:
+    """The hidden sibling folder in which the run for ``out`` is written until it finishes."""
+    out = Path(out)
+    return out.parent / f".{out.name}.partial"
+
+
+def _read_config(folder: Path) -> dict | None:
+    path = Path(folder) / RUN_FILES["config"]
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SystemExit(f"error: {path} is not a readable config.json ({error})") from error
+    if not isinstance(config, dict):
+        raise SystemExit(f"error: {path} is not a run's config.json (expected a JSON object)")
+    return config
+
+
+def _write_json(path: Path, value: dict) -> None:
+    """Write ``value`` as JSON atomically (a temporary file renamed into place)."""
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str))
+    tmp.replace(path)
+
+
+def _set_status(folder: Path, status: str, **extra) -> None:
+    config = _read_config(folder) or {}
+    config.update(status=status, **extra)
+    _write_json(Path(folder) / RUN_FILES["config"], config)
+
+
+def _holds_files(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def _publish(partial: Path, out: Path, overwrite: bool) -> None:
+    """Move the finished run ``partial`` to ``out``. An old run at ``out`` (with
+    ``overwrite``) is first renamed aside and removed afterwards, so ``out`` is at every
+    instant the old run, absent, or the new run, never parts of both."""
+    old = None
+    if out.exists():
+        if _holds_files(out):
+            if not overwrite:
+                raise SystemExit(
+                    f"error: --out: {out} was filled by someone else while this run trained; "
+                    f"the finished run is kept in {partial} (move it yourself, or run again "
+                    "with --overwrite)")
+            old = out.parent / f".{out.name}.replaced-{os.getpid()}"
+            out.rename(old)
+        else:
+            out.rmdir()
+    partial.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _resume_command(args, lr: float | None = None) -> str:
+    """The command line that continues this run: the same arguments with ``--resume`` (and
+    ``--lr lr`` when given)."""
+    argv = list(getattr(args, "argv", None) or [])
+    tokens, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        if lr is not None and token.startswith("--lr="):
+            continue
+        if lr is not None and token == "--lr":
+            skip = True
+            continue
+        tokens.append(token)
+    if lr is not None:
+        tokens += ["--lr", f"{lr:g}"]
+    if "--resume" not in tokens:
+        tokens.append("--resume")
+    return shlex.join(["pyro-mmt", *tokens])
+
+
+#: Options a resumed ``pyro-mmt train`` may change (all others must be those of the run).
+RESUMABLE_OPTIONS = ("lr", "epochs", "progress", "n_threads")
+
+
+def _check_resumable(partial: Path, config: dict, wanted: dict) -> None:
+    """Refuse to resume ``partial`` with other data, split or model options than it was
+    started with."""
+    if config is None:
+        raise SystemExit(f"error: --resume: {partial} holds no config.json; start over with "
+                         "--overwrite")
+    differ = [k for k in ("data", "rho", "beta", "seed") if config.get(k) != wanted[k]]
+    old, new = config.get("estimator", {}), wanted["estimator"]
+    differ += [f"--{k.replace('_', '-')}" if k in new else k
+               for k in sorted(set(old) | set(new))
+               if k not in RESUMABLE_OPTIONS and old.get(k) != new.get(k)]
+    if differ:
+        raise SystemExit(
+            f"error: --resume: the unfinished run in {partial} was started with other "
+            f"{', '.join(map(str, differ))}; resume with the same options (only --lr and --epochs "
+            "may change), or start over with --overwrite")
+
+
+def _barrier(distributed: bool) -> None:
+    if distributed:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
 
 
 def _n_threads(args) -> int | None:
@@ -101,13 +236,22 @@ def _write_plots(out: Path, estimator, test, train_class_counts, label: str) -> 
 # -------------------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
     from pyro_mmt.data import long_tailed_split
-    from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier, save_estimator
-    from pyro_mmt.evaluation.metrics import classification_metrics
+    from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
+    from pyro_mmt.training.svi import TrainingDivergedError, TrainingInterrupted
 
+    options = _estimator_options(args)
+    # every option is checked before anything is read or written
+    MultimodalSemiSupervisedClassifier(**options)._check_params()
     data, named = _load_data(args.data)
+    rank = 0
+    if args.distributed:
+        from pyro_mmt.training.distributed import init_from_env
+
+        rank, _ = init_from_env("nccl" if args.device.startswith("cuda") else "gloo")
     # under torchrun --distributed every process trains; only rank 0 writes the run folder
-    writer = not args.distributed or int(os.environ.get("RANK", "0")) == 0
+    writer = rank == 0
     out = Path(args.out)
+    partial = partial_dir(out)
     test = None
     if named:
         split = long_tailed_split(data, args.rho, args.beta, args.seed)
@@ -116,43 +260,142 @@ def cmd_train(args) -> int:
     else:
         train = data
         train_counts = train.class_counts()
-    options = _estimator_options(args)
+    config = {"data": args.data, "rho": args.rho, "beta": args.beta, "seed": args.seed,
+              "train_class_counts": [int(c) for c in train_counts],
+              "estimator": {k: (list(v) if isinstance(v, tuple) else v)
+                            for k, v in options.items()}}
+    config = json.loads(json.dumps(config, default=str))  # as config.json will hold it
+    _check_run_folders(args, out, partial, config)
+    _barrier(args.distributed)  # every rank has checked the folders before rank 0 writes
     if writer:
-        out.mkdir(parents=True, exist_ok=True)
-        if test is not None:
-            test.to_npz(out / RUN_FILES["test"])
-        train.to_npz(out / RUN_FILES["train"])
-        config = {"data": args.data, "rho": args.rho, "beta": args.beta, "seed": args.seed,
-                  "train_class_counts": [int(c) for c in train_counts],
-                  "estimator": {k: (list(v) if isinstance(v, tuple) else v)
-                                for k, v in options.items()}}
-        (out / RUN_FILES["config"]).write_text(json.dumps(config, indent=2, default=str))
+        if partial.exists() and not args.resume:
+            shutil.rmtree(partial)  # --overwrite: an unfinished run is started over
+        partial.mkdir(parents=True, exist_ok=True)
+        if args.resume:
+            before = _read_config(partial)
+            resumes = before.get("resumes", []) + [
+                {"epochs_done": before.get("epochs_done"), "lr": args.lr, "epochs": args.epochs}]
+            config = dict(before, estimator=config["estimator"], resumes=resumes)
+        else:
+            if test is not None:
+                test.to_npz(partial / RUN_FILES["test"])
+            train.to_npz(partial / RUN_FILES["train"])
+        _write_json(partial / RUN_FILES["config"], dict(config, status="running"))
+    _barrier(args.distributed)
+    est = MultimodalSemiSupervisedClassifier(
+        **options, checkpoint_dir=partial / "checkpoints", resume=args.resume)
     tic = time.perf_counter()
-    est = MultimodalSemiSupervisedClassifier(**options).fit(train)
+    try:
+        est.fit(train)
+    except TrainingInterrupted as error:
+        if writer:
+            _set_status(partial, "interrupted", epochs_done=error.epochs_done)
+            where = (f"the {error.epochs_done} complete epoch(s) are saved in {error.checkpoint}"
+                     if error.checkpoint is not None else "no epoch was complete")
+            print(f"\ninterrupted: {where}; the unfinished run is in {partial}.\n"
+                  f"Continue it with:\n  {_resume_command(args)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except TrainingDivergedError as error:
+        if writer:
+            _set_status(partial, "diverged", epochs_done=error.epoch - 1, error=str(error))
+            print(f"error: {error}\nThe unfinished run is in {partial}. Continue it from the "
+                  f"last good checkpoint with a smaller learning rate, e.g.:\n  "
+                  f"{_resume_command(args, lr=args.lr / 10)}", file=sys.stderr)
+        return 1
+    except BaseException as error:
+        if writer:
+            if not args.resume and not any(partial.glob("checkpoints/**/checkpoint.pt")):
+                shutil.rmtree(partial, ignore_errors=True)  # nothing worth keeping
+            elif partial.is_dir():
+                _set_status(partial, "failed", error=f"{type(error).__name__}: {error}")
+        raise
     seconds = time.perf_counter() - tic
+    _barrier(args.distributed)  # every rank's last checkpoint is written
     if not writer:
         return 0
-    save_estimator(est, out / RUN_FILES["estimator"])
-    est.history_.to_csv(out / RUN_FILES["history"], index=False)
-    if test is not None:
-        metrics = classification_metrics(test.y.numpy(), est.predict(test), train_counts)
-        metrics.to_frame("value").to_csv(out / RUN_FILES["metrics"])
-        print(metrics.round(4).to_string())
-    _write_plots(out, est, test, train_counts, args.objective)
+    _finish_run(est, partial, test, train_counts, args, seconds)
+    _publish(partial, out, args.overwrite)
     print(f"trained in {seconds:.1f} s; run folder: {out}")
     return 0
 
 
+def _check_run_folders(args, out: Path, partial: Path, config: dict) -> None:
+    """Refuse to train into a folder holding another run (without --overwrite), to start over
+    an unfinished run (without --overwrite) or to resume what is not there."""
+    held = _read_config(out) if out.is_dir() else None
+    if args.resume:
+        if not partial.is_dir():
+            finished = held is not None and held.get("status") == FINISHED
+            raise SystemExit(
+                f"error: --resume: there is no unfinished run of {out} to resume (expected the "
+                f"folder {partial})" + ("; the run in it is finished" if finished else ""))
+        _check_resumable(partial, _read_config(partial), config)
+        if _holds_files(out) and not args.overwrite:
+            raise SystemExit(f"error: --out: {out} already holds files; pass --overwrite with "
+                             "--resume to replace them once the resumed run is complete")
+        return
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: --out: {out} is a file, expected a folder for the run")
+    if _holds_files(out) and not args.overwrite:
+        what = (f"a {held.get('status', 'recorded')} run of {held.get('data')}"
+                if held is not None else "files")
+        raise SystemExit(
+            f"error: --out: {out} already holds {what}; pass --overwrite to replace it (the old "
+            "run is replaced only once the new one is complete) or choose another --out")
+    if partial.is_dir() and not args.overwrite:
+        status = (_read_config(partial) or {}).get("status", "unknown")
+        raise SystemExit(
+            f"error: --out: an unfinished run of {out} (status {status}) is in {partial}; "
+            "continue it with --resume (the same options; --lr and --epochs may change) or "
+            "start over with --overwrite")
+
+
+def _finish_run(est, partial: Path, test, train_counts, args, seconds: float) -> None:
+    """Write the estimator, history, metrics and plots to the unfinished run, drop its
+    checkpoints and mark it finished."""
+    from pyro_mmt.estimator import save_estimator
+    from pyro_mmt.evaluation.metrics import classification_metrics
+
+    est.set_params(checkpoint_dir=None, resume=False)  # the run folder moves: no stale path
+    save_estimator(est, partial / RUN_FILES["estimator"])
+    est.history_.to_csv(partial / RUN_FILES["history"], index=False)
+    if test is not None:
+        metrics = classification_metrics(test.y.numpy(), est.predict(test), train_counts)
+        metrics.to_frame("value").to_csv(partial / RUN_FILES["metrics"])
+        print(metrics.round(4).to_string())
+    _write_plots(partial, est, test, train_counts, args.objective)
+    shutil.rmtree(partial / "checkpoints", ignore_errors=True)
+    _set_status(partial, FINISHED, epochs_done=int(len(est.history_)),
+                seconds=round(seconds, 3))
+
+
 def _load_run(args):
     """The run folder ``args.run_dir``, its config and its estimator (which predicts with this
-    command's ``--threads``, not the training run's)."""
+    command's ``--threads``, not the training run's). An unfinished run is refused."""
     from pyro_mmt.estimator import load_estimator
 
     run = Path(args.run_dir)
+    config = _read_config(run) if run.is_dir() else None
+    if config is None:
+        partial = partial_dir(run)
+        if partial.is_dir():
+            status = (_read_config(partial) or {}).get("status", "unknown")
+            raise SystemExit(
+                f"error: RUN_DIR: the run {run} is not finished (status {status}); its "
+                f"unfinished run is in {partial}: continue it with `pyro-mmt train ... --out "
+                f"{run} --resume`")
+        raise SystemExit(f"error: RUN_DIR: {run} is not a run folder (no "
+                         f"{RUN_FILES['config']}; make one with `pyro-mmt train`)")
+    status = config.get("status")
+    if status != FINISHED:
+        found = f"status {status!r}" if status else "no status (written by an older pyro-mmt)"
+        raise SystemExit(
+            f"error: RUN_DIR: {run} does not hold a finished run (config.json: {found}, expected "
+            f"\"status\": \"{FINISHED}\"); its files may not belong together. Train it again "
+            "(`pyro-mmt train ... --overwrite`) or, for an interrupted run, `--resume`")
     if not (run / RUN_FILES["estimator"]).is_file():
         raise SystemExit(f"error: RUN_DIR: {run} holds no {RUN_FILES['estimator']} "
                          "(make one with `pyro-mmt train`)")
-    config = json.loads((run / RUN_FILES["config"]).read_text())
     est = load_estimator(run / RUN_FILES["estimator"])
     est.set_params(n_threads=_n_threads(args))
     return run, config, est
@@ -166,7 +409,8 @@ def cmd_evaluate(args) -> int:
     path = Path(args.test) if args.test else run / RUN_FILES["test"]
     if not path.is_file():
         raise SystemExit(f"error: TEST: no file at {path}")
-    test = MultimodalDataset.from_npz(path)
+    test = MultimodalDataset.from_npz(path, num_classes=est.n_classes_,
+                                      allow_unobserved_modalities=True)
     labelled = test.labelled()
     if len(labelled) == 0:
         raise SystemExit(f"error: TEST: {path} has no labelled rows to evaluate on")
@@ -181,17 +425,34 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from pyro_mmt.data import MultimodalDataset
 
-    _, _, est = _load_run(args)
+    run, _, est = _load_run(args)
     path = Path(args.data)
     if not path.is_file():
         raise SystemExit(f"error: DATA: no file at {path}")
-    data = MultimodalDataset.from_npz(path)
+    # features only (labels, if any, are ignored for prediction), any subset of the modalities
+    data = MultimodalDataset.from_npz(path, labels="optional", num_classes=est.n_classes_,
+                                      class_names=_run_class_names(run),
+                                      allow_unobserved_modalities=True)
     proba = est.predict_proba(data)
     frame = pd.DataFrame(proba, columns=[f"p_{c}" for c in range(proba.shape[1])])
     frame.insert(0, "predicted", proba.argmax(1))
     frame.to_csv(args.out, index_label="row")
     print(f"wrote {len(frame)} rows of class probabilities to {args.out}")
     return 0
+
+
+def _run_class_names(run: Path) -> list[str] | None:
+    """The class names of the run's training data (read from ``train.npz`` alone), if any."""
+    path = run / RUN_FILES["train"]
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            if "class_names" not in arrays.files:
+                return None
+            return [str(c) for c in arrays["class_names"].tolist()]
+    except (OSError, ValueError):
+        return None
 
 
 def cmd_benchmark(args) -> int:
@@ -220,9 +481,27 @@ def cmd_report(args) -> int:
     for path in args.results:
         if not Path(path).is_file():
             raise SystemExit(f"error: RESULTS: no file at {path}")
-        frames.append(pd.read_csv(path))
-    table = headline_table(pd.concat(frames, ignore_index=True), ours=args.ours,
-                           others=args.others)
+        try:
+            frames.append(pd.read_csv(path))
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+            raise SystemExit(f"error: RESULTS: {path} is not a results CSV ({error})") from error
+    results = pd.concat(frames, ignore_index=True)
+    if "method" not in results.columns:
+        raise SystemExit(f"error: RESULTS: expected a 'method' column (results.csv of "
+                         f"`pyro-mmt benchmark`), found columns {list(results.columns)}")
+    found = sorted(str(m) for m in results["method"].dropna().unique())
+    others = args.others
+    if others is None:
+        others = [m for m in ("gauss_kl",) if m in found]
+    for option, names in (("--ours", [args.ours]), ("--others", others)):
+        unknown = [n for n in names if n not in found]
+        if unknown:
+            raise SystemExit(f"error: {option}: no results for {unknown} in "
+                             f"{', '.join(args.results)}; expected methods among {found}")
+    table = headline_table(results, ours=args.ours, others=others)
+    if table.empty:
+        raise SystemExit(f"error: --ours: no setting (data set, rho, beta) has results for "
+                         f"{args.ours!r}")
     print(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False))
     return 0
 
@@ -278,6 +557,33 @@ def cmd_demo(args) -> int:
 
 
 # ---------------------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose ``help_hooks`` run before its help is formatted: help text
+    that is read from a module too slow to import for every command (the demo's methods)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.help_hooks = []
+
+    def format_help(self) -> str:
+        for hook in self.help_hooks:
+            hook(self)
+        return super().format_help()
+
+
+def _demo_help(parser: argparse.ArgumentParser) -> None:
+    """The demo's --help: the methods and epochs it runs, from pyro_mmt.experiments.demo."""
+    from pyro_mmt.experiments.demo import DEMO_EPOCHS, DEMO_METHODS
+
+    for action in parser._actions:
+        if action.dest == "methods":
+            action.help = ("methods of pyro_mmt.experiments.benchmark.METHODS (default: "
+                           f"{' '.join(DEMO_METHODS)})")
+        elif action.dest == "epochs":
+            action.help = (f"override the deep models' epochs (default {DEMO_EPOCHS} on mfeat, "
+                           "the benchmark's on other data sets)")
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and training")
     g.add_argument("--objective", choices=["gamma_power", "kl"], default="gamma_power",
@@ -324,18 +630,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch intra-op threads (default 1: the default networks are small, and on a "
              "2-core machine one thread is faster than two, far faster when the other core is "
              "busy; 0 keeps torch's own choice)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="train on a data set name or an .npz file; writes a run folder",
                        description="Train the model. With a data set name the benchmark's "
                        "long-tailed split (docs/benchmark.md; --rho, --beta, --seed) is made and "
                        "the test part is scored; with an "
-                       ".npz (arrays x_<modality> and y, -1 = unlabelled) every row is used.")
+                       ".npz (arrays x_<modality> and y, -1 = unlabelled) every row is used.",
+                       epilog=RUN_FOLDER_HELP)
     p.add_argument("data", help="digits | breast | mfeat | pdspeech | fmnist | PATH.npz")
     p.add_argument("--rho", type=float, default=10.0, help="imbalance ratio of the split")
     p.add_argument("--beta", type=float, default=0.05, help="labelled fraction per class")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/latest", help="run folder (default runs/latest)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (once the new run is complete), and "
+                        "start over an unfinished one")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the unfinished (interrupted or diverged) run of --out from its "
+                        "last complete epoch, with the same options; --lr and --epochs may "
+                        "change (e.g. --resume --lr 3e-4 after a divergence)")
     _add_model_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -347,7 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="class probabilities for an .npz, written as CSV")
     p.add_argument("run_dir")
-    p.add_argument("data", help=".npz with arrays x_<modality> (NaN rows = missing)")
+    p.add_argument("data", help=".npz with arrays x_<modality> (NaN rows = missing), any "
+                                "subset of the run's modalities; a y array is not needed")
     p.add_argument("--out", default="predictions.csv")
     p.set_defaults(func=cmd_predict)
 
@@ -366,9 +681,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="headline table from benchmark results.csv files: ours "
                        "against the best classical baseline (balanced accuracy / minority recall)")
     p.add_argument("results", nargs="+", help="results.csv files written by `benchmark`")
-    p.add_argument("--ours", default="t_gamma")
-    p.add_argument("--others", nargs="*", default=["gauss_kl"],
-                   help="other deep methods to show beside ours")
+    p.add_argument("--ours", default="t_gamma", help="our method (default t_gamma); it must "
+                   "have results in RESULTS")
+    p.add_argument("--others", nargs="*", default=None,
+                   help="other deep methods with results in RESULTS to show beside ours "
+                        "(default: gauss_kl when present)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("diagnose", help="ArviZ diagnostics of a run: netCDF, summary, plots")
@@ -382,25 +699,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_diagnose)
 
     p = sub.add_parser("demo", help="the README's demo: mfeat, ρ = 10, β = 0.05",
-                       description="Train the t/γ model, the Gaussian model and classical "
-                       "baselines on one long-tailed split, print the metrics table and write "
-                       "the plots (recall against class frequency, confusion matrix).")
+                       description="Train the demo's methods (see --methods) on one long-tailed "
+                       "split, print the metrics table and write the plots (recall against "
+                       "class frequency, confusion matrix of the first method).")
+    p.help_hooks.append(_demo_help)
     p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", default="mfeat", help="data set name (default mfeat)")
     p.add_argument("--rho", type=float, default=10.0, help="imbalance ratio (default 10)")
     p.add_argument("--beta", type=float, default=0.05, help="labelled fraction (default 0.05)")
     p.add_argument("--methods", nargs="+", default=None,
-                   help="methods of pyro_mmt.experiments.benchmark.METHODS (default: t_gamma gauss_kl_w0 "
-                        "selftrain lr)")
+                   help="methods of pyro_mmt.experiments.benchmark.METHODS (default: the "
+                        "demo's, pyro_mmt.experiments.demo.DEMO_METHODS)")
     p.add_argument("--out", default="runs/demo")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``pyro-mmt`` console script."""
+    """Entry point of the ``pyro-mmt`` console script. An invalid value (a ``ValueError``
+    naming the argument) ends the command with ``error: <message>`` and exit status 1 (set the
+    environment variable ``PYRO_MMT_TRACEBACK=1`` to see the traceback instead)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     if args.threads < 0:
         raise SystemExit(f"error: --threads: expected >= 0, found {args.threads}")
     if args.threads:
@@ -412,7 +734,12 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "learn_nu", False) and math.isinf(args.nu):
         raise SystemExit("error: --learn-nu: the Gaussian model (--nu inf) has no ν to learn; "
                          "pass a finite starting --nu > 2")
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as error:
+        if os.environ.get("PYRO_MMT_TRACEBACK"):
+            raise
+        raise SystemExit(f"error: {error}") from error
 
 
 if __name__ == "__main__":

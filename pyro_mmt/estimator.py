@@ -573,13 +573,22 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
                     f"resume: the checkpoints in {root} were written with other settings: "
                     f"{shown}; only {', '.join(self._RESUMABLE_CHANGES[:2])} may change on "
                     "resume (or pass resume=False to start over)")
+        rank = 0
+        if self.distributed:  # each rank checkpoints to <member folder>/rank<r>
+            import torch.distributed as dist
+
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         if not self.resume:
             for member in range(int(self.n_init)):
-                (self._member_checkpoint_dir(member) / "checkpoint.pt").unlink(missing_ok=True)
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-        tmp.replace(path)
+                folder = self._member_checkpoint_dir(member)
+                if self.distributed:
+                    folder = folder / f"rank{rank}"
+                (folder / "checkpoint.pt").unlink(missing_ok=True)
+        if rank == 0:
+            root.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"fit.json.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+            tmp.replace(path)
 
     def _build(self, config: ModelConfig) -> MultimodalM2:
         def networks(given):

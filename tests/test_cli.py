@@ -112,7 +112,7 @@ def test_demo_writes_its_table_and_plots(tmp_path, small_deep_models, capsys):
     (["train", "absent.npz"], "no file at"),
     (["train", "digits", "--nu", "2"], "nu > 2"),
     (["train", "digits", "--nu", "inf", "--learn-nu"], "no ν to learn"),
-    (["evaluate", "no-such-run"], "holds no estimator.pt"),
+    (["evaluate", "no-such-run"], "RUN_DIR: no-such-run is not a run folder"),
 ])
 def test_errors_name_the_argument(argv, message):
     with pytest.raises(SystemExit, match=message):
@@ -201,3 +201,209 @@ def test_distributed_train_under_torchrun(tiny_npz, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run / "estimator.pt").is_file() and (run / "history.csv").is_file()
     assert result.stdout.count("trained in") == 1
+
+
+# ------------------------------------------------------------- run folders, interrupts, resume
+def _fail_in_training(monkeypatch, epoch, error=KeyboardInterrupt):
+    """The estimator's training raises ``error`` (KeyboardInterrupt: as Ctrl-C) at the end of
+    ``epoch``, once."""
+    import pyro_mmt.estimator
+    from pyro_mmt.training.svi import train
+
+    armed = [True]
+
+    def failing(*args, on_epoch_end=None, **kwargs):
+        def callback(done):
+            if on_epoch_end is not None:
+                on_epoch_end(done)
+            if armed[0] and done == epoch:
+                armed[0] = False
+                raise error
+
+        return train(*args, on_epoch_end=callback, **kwargs)
+
+    monkeypatch.setattr(pyro_mmt.estimator, "train", failing)
+
+
+THREE_EPOCHS = [*SMALL[:1], "3", *SMALL[2:]]
+
+
+def _proba(run, tiny_npz, tmp_path, name):
+    out = tmp_path / f"{name}.csv"
+    assert main(["predict", str(run), str(tiny_npz), "--out", str(out)]) == 0
+    return pd.read_csv(out, index_col="row")
+
+
+def test_ctrl_c_leaves_an_unfinished_run_that_resumes_to_the_uninterrupted_one(
+        tiny_npz, tmp_path, monkeypatch, capsys):
+    from pyro_mmt.cli import partial_dir
+
+    straight = tmp_path / "straight"
+    assert main(["train", str(tiny_npz), "--out", str(straight), *THREE_EPOCHS]) == 0
+
+    run = tmp_path / "run"
+    _fail_in_training(monkeypatch, epoch=2)
+    assert main(["train", str(tiny_npz), "--out", str(run), *THREE_EPOCHS]) == 130
+    err = capsys.readouterr().err
+    assert "1 complete epoch(s) are saved" in err and "--resume" in err
+    assert not run.exists()  # nothing that looks like a run
+    partial = partial_dir(run)
+    config = json.loads((partial / "config.json").read_text())
+    assert config["status"] == "interrupted" and config["epochs_done"] == 1
+    assert (partial / "checkpoints" / "checkpoint.pt").is_file()
+    for command in (["evaluate", str(run)], ["predict", str(run), str(tiny_npz)],
+                    ["diagnose", str(run)]):
+        with pytest.raises(SystemExit, match=r"not finished \(status interrupted\).*--resume"):
+            main(command)
+    for command in (["evaluate", str(partial)], ["diagnose", str(partial)]):
+        with pytest.raises(SystemExit, match="does not hold a finished run"):
+            main(command)
+    with pytest.raises(SystemExit, match="unfinished run .* is in .*--resume.*--overwrite"):
+        main(["train", str(tiny_npz), "--out", str(run), *THREE_EPOCHS])
+    with pytest.raises(SystemExit, match="--resume: .*other --alpha"):
+        main(["train", str(tiny_npz), "--out", str(run), *THREE_EPOCHS, "--alpha", "10",
+              "--resume"])
+
+    assert main(["train", str(tiny_npz), "--out", str(run), *THREE_EPOCHS, "--resume"]) == 0
+    assert not partial.exists() and not (run / "checkpoints").exists()
+    config = json.loads((run / "config.json").read_text())
+    assert config["status"] == "finished" and config["epochs_done"] == 3
+    assert len(config["resumes"]) == 1
+    history = pd.read_csv(run / "history.csv")
+    pd.testing.assert_frame_equal(history.drop(columns="seconds"),
+                                  pd.read_csv(straight / "history.csv").drop(columns="seconds"))
+    pd.testing.assert_frame_equal(_proba(run, tiny_npz, tmp_path, "a"),
+                                  _proba(straight, tiny_npz, tmp_path, "b"), atol=1e-6)
+
+
+def test_a_diverged_run_resumes_with_a_lower_learning_rate(tiny_npz, tmp_path, monkeypatch,
+                                                           capsys):
+    """The divergence advice works from the command line: --resume --lr <smaller>."""
+    from pyro_mmt.cli import partial_dir
+
+    run = tmp_path / "run"
+    _fail_in_training(monkeypatch, epoch=2)
+    assert main(["train", str(tiny_npz), "--out", str(run), *THREE_EPOCHS]) == 130
+    capsys.readouterr()
+    assert main(["train", str(tiny_npz), "--out", str(run), *THREE_EPOCHS, "--resume",
+                 "--lr", "1e30"]) == 1
+    err = capsys.readouterr().err
+    assert "training diverged at epoch 2" in err and "--resume --lr 1e+29" in err
+    assert json.loads((partial_dir(run) / "config.json").read_text())["status"] == "diverged"
+    assert not run.exists()
+    assert main(["train", str(tiny_npz), "--out", str(run), *THREE_EPOCHS, "--resume",
+                 "--lr", "3e-4"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["status"] == "finished" and config["estimator"]["lr"] == 3e-4
+    assert [r["lr"] for r in config["resumes"]] == [1e30, 3e-4]
+    assert pd.read_csv(run / "history.csv")["epoch"].tolist() == [1, 2, 3]
+
+
+def test_a_run_folder_is_replaced_only_with_overwrite_and_only_when_complete(
+        tiny_npz, tmp_path, monkeypatch):
+    from pyro_mmt.cli import partial_dir
+
+    run = tmp_path / "run"
+    assert main(["train", str(tiny_npz), "--out", str(run), *SMALL]) == 0
+    (run / "note.txt").write_text("the old run")
+    before = (run / "estimator.pt").read_bytes()
+    with pytest.raises(SystemExit, match="--out: .* already holds a finished run.*--overwrite"):
+        main(["train", str(tiny_npz), "--out", str(run), *SMALL])
+    # a failed new run leaves the old one as it was, and no unfinished run behind
+    _fail_in_training(monkeypatch, epoch=1, error=RuntimeError("disk full"))
+    with pytest.raises(RuntimeError, match="disk full"):
+        main(["train", str(tiny_npz), "--out", str(run), "--seed", "1", "--overwrite", *SMALL])
+    assert (run / "estimator.pt").read_bytes() == before and (run / "note.txt").is_file()
+    assert not partial_dir(run).exists()
+    assert main(["train", str(tiny_npz), "--out", str(run), "--seed", "1", "--overwrite",
+                 *SMALL]) == 0
+    assert not (run / "note.txt").exists()  # nothing of the old run is left
+    assert json.loads((run / "config.json").read_text())["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "tiny.npz"]
+
+
+def test_bad_options_write_nothing(tiny_npz, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit, match=r"lr: expected a finite number > 0, found 0.0"):
+        main(["train", str(tiny_npz), "--out", str(run), "--lr", "0", *SMALL])
+    with pytest.raises(SystemExit, match="--resume: there is no unfinished run"):
+        main(["train", str(tiny_npz), "--out", str(run), "--resume", *SMALL])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.npz"]
+
+
+def test_a_folder_without_a_finished_status_is_refused(tiny_npz, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", str(tiny_npz), "--out", str(run), *SMALL]) == 0
+    config = json.loads((run / "config.json").read_text())
+    del config["status"]  # as written before the status was recorded
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match="no status .*expected \"status\": \"finished\""):
+        main(["evaluate", str(run), str(tiny_npz)])
+
+
+def test_predict_on_features_only_and_on_a_subset_of_the_modalities(tiny_npz, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", str(tiny_npz), "--out", str(run), *SMALL]) == 0
+    x, _ = MultimodalDataset.from_npz(tiny_npz).to_numpy()
+    np.savez(tmp_path / "features.npz", **{f"x_{m}": v for m, v in x.items()})
+    np.savez(tmp_path / "top.npz", x_top=x["top"])
+    full = _proba(run, tiny_npz, tmp_path, "full")
+    features = _proba(run, tmp_path / "features.npz", tmp_path, "features")
+    pd.testing.assert_frame_equal(features, full)
+    top = _proba(run, tmp_path / "top.npz", tmp_path, "top")
+    assert len(top) == 80 and list(top.columns) == list(full.columns)
+    np.savez(tmp_path / "other.npz", x_left=x["top"])
+    with pytest.raises(SystemExit, match=r"unknown modalities \['left'\]"):
+        main(["predict", str(run), str(tmp_path / "other.npz")])
+
+
+def test_report_refuses_methods_without_results(tmp_path, capsys):
+    results = pd.DataFrame({
+        "dataset": "digits", "rho": 10.0, "beta": 0.2, "seed": [0, 0, 0],
+        "method": ["t_gamma", "gauss_kl", "lr"], "balanced_accuracy": [0.8, 0.7, 0.6],
+        "minority_recall": [0.5, 0.4, 0.3], "num_classes": 10})
+    path = tmp_path / "results.csv"
+    results.to_csv(path, index=False)
+    assert main(["report", str(path)]) == 0
+    assert "t_gamma" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"--ours: no results for \['foo'\].*\['gauss_kl', 'lr', "
+                                         r"'t_gamma'\]") as info:
+        main(["report", str(path), "--ours", "foo"])
+    assert info.value.code not in (0, None)
+    with pytest.raises(SystemExit, match=r"--others: no results for \['bar'\]"):
+        main(["report", str(path), "--others", "gauss_kl", "bar"])
+
+
+def test_demo_help_lists_the_methods_it_runs(capsys):
+    from pyro_mmt.experiments.demo import DEMO_EPOCHS, DEMO_METHODS
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {' '.join(DEMO_METHODS)})" in text
+    assert f"default {DEMO_EPOCHS} on mfeat" in text
+
+
+def test_train_help_lists_every_file_of_a_run_folder(capsys):
+    from pyro_mmt.cli import RUN_FILES, RUN_PLOTS
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for name in [*RUN_FILES.values(), *RUN_PLOTS]:
+        assert name in text, name
+    assert "--overwrite" in text and "--resume" in text
+
+
+@pytest.mark.parametrize("script", sorted(Path(__file__).parents[1].glob("examples/*.py")),
+                         ids=lambda p: p.stem)
+def test_example_help_descriptions_are_whole_sentences(script, monkeypatch, capsys):
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", [str(script), "--help"])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(script), run_name="__main__")
+    assert info.value.code == 0
+    help_text = capsys.readouterr().out
+    description = help_text.split("\n\n")[1]  # after the usage
+    assert " ".join(description.split()).endswith("."), description
