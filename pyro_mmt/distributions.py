@@ -3,17 +3,20 @@ r"""Distributions and closed forms of the Student-t power-form model.
 This module holds what the model, the guides and :class:`~pyro_mmt.infer.GammaPowerELBO` share:
 
 - :class:`DiagStudentT`, a multivariate Student t with a diagonal scale and ONE chi-square
-  mixing variable per draw (the latent prior, the decoder and the encoder of DESIGN.md);
-- power integrals :math:`\log\int p^{1+\gamma}` (MATH.md F1, F4) for the t, Gaussian and
-  categorical families: :func:`log_power_integral`, :func:`log_t_power_integral`;
-- the norm :math:`\|p\|_{1+\gamma}` of the power-form joint (MATH.md F2, F3) and of its Gaussian
-  (ν → ∞) analogue: :func:`power_form_log_constant`, :func:`power_form_log_norm`,
-  :func:`gaussian_log_norm`;
+  mixing variable per draw (the latent prior, the decoder and the encoder of the model,
+  ``docs/derivation.md`` §2 and §4), and :class:`IsotropicStudentT`, the decoder's conditional;
+- power integrals :math:`\log\int p^{1+\gamma}` (``docs/derivation.md`` §3 (F1) and §4 (F4))
+  for the t, Gaussian and categorical families: :func:`log_power_integral`,
+  :func:`log_t_power_integral`;
+- the norm :math:`\|p\|_{1+\gamma}` of the power-form joint (``docs/derivation.md`` §2 (F2) and
+  §3 (F3)) and of its Gaussian (ν → ∞) analogue: :func:`power_form_log_constant`,
+  :func:`power_form_log_norm`, :func:`gaussian_log_norm`;
 - the "auto" exponent γ = −2/(ν+n+d) (:func:`auto_gamma`) and the scale τ_0 of the prior expert
-  (:func:`prior_expert_scale`, MATH.md §5–6);
-- precision-weighted product-of-experts fusion (:func:`student_t_poe`, :func:`gaussian_poe`).
+  (:func:`prior_expert_scale`, ``docs/derivation.md`` §4 and §7);
+- precision-weighted product-of-experts fusion (:func:`student_t_poe`, :func:`gaussian_poe`;
+  ``docs/derivation.md`` §4).
 
-Notation (MATH.md): the t density on :math:`\mathbb{R}^D` is
+Notation (as in ``docs/derivation.md``): the t density on :math:`\mathbb{R}^D` is
 
 .. math::
 
@@ -23,7 +26,8 @@ Notation (MATH.md): the t density on :math:`\mathbb{R}^D` is
 
 n is the observed dimension (Σ_j n_j over the modalities present), d the latent dimension and
 Λ = blockdiag(σ_j² I_{n_j}) the decoder's scale, so log|Λ| = Σ_j n_j log σ_j².
-Derivations: ``docs/`` and ``shared/MATH.md``; the model: DESIGN.md.
+Derivations: ``docs/derivation.md`` (the model and its power form §2, the closed forms F1–F4
+§2–§4, what the objective does with them §5–§7).
 """
 
 from __future__ import annotations
@@ -109,9 +113,10 @@ class DiagStudentT(TorchDistribution):
 
     so :math:`z \sim t_D(m, S, \nu)` with :math:`S = \mathrm{diag}(s^2)`. ONE mixing variable
     :math:`w` is shared by all D coordinates of a draw: the coordinates are uncorrelated but
-    dependent (their squares are positively correlated). This is the multivariate t of
-    DESIGN.md (prior, decoder and encoder), whose power integrals MATH.md F1–F4 rely on; it is
-    NOT ``StudentT(df, loc, scale).to_event(1)``, which draws D independent mixing variables.
+    dependent (their squares are positively correlated). This is the multivariate t of the
+    model's prior and decoder and of the encoder (``docs/derivation.md`` §2 and §4), which the
+    closed forms F1–F4 assume; it is NOT ``StudentT(df, loc, scale).to_event(1)``, which draws D
+    independent mixing variables.
     It equals :class:`pyro.distributions.MultivariateStudentT` with
     ``scale_tril = diag(scale)``, without the triangular solve.
 
@@ -124,22 +129,18 @@ class DiagStudentT(TorchDistribution):
             - \tfrac{\nu+D}{2}\log\big(1 + \delta/\nu\big),\qquad
         \delta = \sum_k \big((v_k - m_k)/s_k\big)^2.
 
-    Parameters
-    ----------
-    df : torch.Tensor or float
-        Degrees of freedom ν > 0, broadcastable to the batch shape.
-    loc : torch.Tensor
-        Location m, shape ``[..., D]``.
-    scale : torch.Tensor
-        Diagonal scale s > 0 (square roots of the diagonal of S), shape ``[..., D]``.
-    validate_args : bool, optional
-        As in :mod:`torch.distributions`; by default follows ``pyro.enable_validation``.
-
-    Notes
-    -----
     ``batch_shape`` is the broadcast of ``df.shape``, ``loc.shape[:-1]`` and
     ``scale.shape[:-1]``; ``event_shape`` is ``(D,)``. ``rsample`` is reparameterised in
     ``loc``, ``scale`` and ``df`` (through :class:`torch.distributions.Gamma`).
+
+    :param df: degrees of freedom ν > 0 (a tensor or a float), broadcastable to the batch
+        shape.
+    :param torch.Tensor loc: location m, shape ``[..., D]``.
+    :param torch.Tensor scale: diagonal scale s > 0 (square roots of the diagonal of S), shape
+        ``[..., D]``.
+    :param bool validate_args: as in :mod:`torch.distributions`; by default follows
+        ``pyro.enable_validation``.
+    :raises ValueError: if ``loc`` or ``scale`` is not a tensor with at least one dimension.
     """
 
     arg_constraints = {
@@ -203,27 +204,16 @@ class DiagStudentT(TorchDistribution):
         return log_norm - 0.5 * (self.df + dim) * torch.log1p(delta / self.df)
 
     def log_power_integral(self, gamma):
-        r"""log ∫ p(v)^{1+γ} dv in closed form (MATH.md F1).
+        r"""log ∫ p(v)^{1+γ} dv in closed form (``docs/derivation.md`` §3 (F1)).
 
         .. math::
 
             (1+\gamma)\log C(\nu, D) - \tfrac{\gamma}{2}\log|S| + \tfrac{D}{2}\log(\nu\pi)
                 + \log\Gamma(a - D/2) - \log\Gamma(a),\qquad a = (1+\gamma)(\nu+D)/2.
 
-        Parameters
-        ----------
-        gamma : torch.Tensor or float
-            The exponent γ, broadcastable to the batch shape.
-
-        Returns
-        -------
-        torch.Tensor
-            Shape ``batch_shape`` (broadcast with γ).
-
-        Raises
-        ------
-        ValueError
-            If (1+γ)(ν+D) ≤ D, where the integral diverges.
+        :param gamma: the exponent γ (a tensor or a float), broadcastable to the batch shape.
+        :returns: a tensor of shape ``batch_shape`` (broadcast with γ).
+        :raises ValueError: if (1+γ)(ν+D) ≤ D, where the integral diverges.
         """
         log_det_scale = 2 * self.scale.log().sum(-1)
         return log_t_power_integral(self.df, self.event_shape[0], log_det_scale, gamma)
@@ -309,7 +299,8 @@ class IsotropicStudentT(DiagStudentT):
 
 
 def log_t_power_integral(df, dim, log_det_scale, gamma):
-    r"""log ∫ t_D(v; m, S, ν)^{1+γ} dv for tensor ν, D, log|S| and γ (MATH.md F1).
+    r"""log ∫ t_D(v; m, S, ν)^{1+γ} dv for tensor ν, D, log|S| and γ (``docs/derivation.md``
+    §3 (F1)).
 
     .. math::
 
@@ -318,28 +309,14 @@ def log_t_power_integral(df, dim, log_det_scale, gamma):
 
     with :math:`C(\nu, D) = \Gamma((\nu+D)/2)/(\Gamma(\nu/2)(\nu\pi)^{D/2})`. The integral does
     not depend on m. All arguments broadcast against each other, so the dimension may vary per
-    datum (missing modalities, DESIGN.md "The model").
+    datum (missing modalities, ``docs/derivation.md`` §2).
 
-    Parameters
-    ----------
-    df : torch.Tensor or float
-        Degrees of freedom ν > 0.
-    dim : torch.Tensor or int
-        Dimension D.
-    log_det_scale : torch.Tensor or float
-        log|S|, the log-determinant of the scale matrix.
-    gamma : torch.Tensor or float
-        The exponent γ.
-
-    Returns
-    -------
-    torch.Tensor
-        The broadcast shape of the arguments.
-
-    Raises
-    ------
-    ValueError
-        If (1+γ)(ν+D) ≤ D anywhere: the integral diverges there.
+    :param df: degrees of freedom ν > 0 (a tensor or a float).
+    :param dim: dimension D (a tensor or an int).
+    :param log_det_scale: log|S|, the log-determinant of the scale matrix (a tensor or a float).
+    :param gamma: the exponent γ (a tensor or a float).
+    :returns: a tensor of the broadcast shape of the arguments.
+    :raises ValueError: if (1+γ)(ν+D) ≤ D anywhere: the integral diverges there.
     """
     df, dim, log_det_scale, gamma = _as_tensors(df, dim, log_det_scale, gamma)
     if bool(((1 + gamma) * (df + dim) <= dim).any()):
@@ -362,7 +339,8 @@ def log_power_integral(fn, gamma):
 
     Supported families (dispatch on type):
 
-    - :class:`DiagStudentT` (and :class:`pyro.distributions.MultivariateStudentT`): MATH.md F1;
+    - :class:`DiagStudentT` (and :class:`pyro.distributions.MultivariateStudentT`): F1 of
+      ``docs/derivation.md`` §3;
     - :class:`~pyro.distributions.Normal` (per element) and
       :class:`~pyro.distributions.MultivariateNormal`:
       :math:`-\tfrac{\gamma D}{2}\log 2\pi - \tfrac{\gamma}{2}\log|\Sigma|
@@ -375,24 +353,13 @@ def log_power_integral(fn, gamma):
       where the mask is False (a masked factor contributes ``log p = 0``, i.e. it is dropped);
       ``ExpandedDistribution`` expands its base's value.
 
-    Parameters
-    ----------
-    fn : torch.distributions.Distribution
-        The distribution.
-    gamma : torch.Tensor or float
-        The exponent γ, broadcastable to ``fn.batch_shape``.
-
-    Returns
-    -------
-    torch.Tensor
-        One value per batch element of ``fn`` (shape ``fn.batch_shape``, broadcast with γ).
-
-    Raises
-    ------
-    NotImplementedError
-        For a family without a closed form here (the message names its type).
-    ValueError
-        Where the integral diverges (1+γ ≤ 0, or (1+γ)(ν+D) ≤ D for a t).
+    :param torch.distributions.Distribution fn: the distribution.
+    :param gamma: the exponent γ (a tensor or a float), broadcastable to ``fn.batch_shape``.
+    :returns: one value per batch element of ``fn`` (a tensor of shape ``fn.batch_shape``,
+        broadcast with γ).
+    :raises NotImplementedError: for a family without a closed form here (the message names its
+        type).
+    :raises ValueError: where the integral diverges (1+γ ≤ 0, or (1+γ)(ν+D) ≤ D for a t).
     """
     if isinstance(fn, DiagStudentT):
         return fn.log_power_integral(gamma)
@@ -435,7 +402,8 @@ def log_power_integral(fn, gamma):
 
 
 def second_moment(fn):
-    r"""E‖z‖² under a distribution, in closed form (MATH.md F4 uses it for the encoder).
+    r"""E‖z‖² under a distribution, in closed form (``docs/derivation.md`` §4 (F4) uses it for
+    the encoder).
 
     - :class:`DiagStudentT`: ‖m‖² + ν/(ν−2) Σ_k s_k² (ν > 2, +inf otherwise);
     - :class:`pyro.distributions.MultivariateStudentT`: ‖m‖² + ν/(ν−2) tr S;
@@ -446,20 +414,9 @@ def second_moment(fn):
       ``ExpandedDistribution`` use their base distribution (a mask changes the log-density
       weighting, not the draws).
 
-    Parameters
-    ----------
-    fn : torch.distributions.Distribution
-        The distribution.
-
-    Returns
-    -------
-    torch.Tensor
-        Shape ``fn.batch_shape``.
-
-    Raises
-    ------
-    NotImplementedError
-        For any other family (the message names its type).
+    :param torch.distributions.Distribution fn: the distribution.
+    :returns: a tensor of shape ``fn.batch_shape``.
+    :raises NotImplementedError: for any other family (the message names its type).
     """
     if isinstance(fn, DiagStudentT):
         return fn.second_moment()
@@ -483,42 +440,31 @@ def second_moment(fn):
 
 
 def auto_gamma(nu, obs_dim, latent_dim):
-    r"""The "auto" exponent γ = −2/(ν + n + d) of t3VAE (DESIGN.md "The objective").
+    r"""The "auto" exponent γ = −2/(ν + n + d) of t3VAE (``docs/derivation.md`` §2).
 
-    At this γ, p(x, y, z)^γ is affine in the power form's quadratic Q (MATH.md F2), so every
-    term of the objective has a closed form. ||p||_{1+γ} is then finite only for ν > 2 (F3).
+    At this γ, p(x, y, z)^γ is affine in the power form's quadratic Q (F2 of
+    ``docs/derivation.md`` §2), so every term of the objective has a closed form.
+    ||p||_{1+γ} is then finite only for ν > 2 (F3, §3).
 
-    Parameters
-    ----------
-    nu : torch.Tensor or float
-        Degrees of freedom ν of the prior (> 2).
-    obs_dim : torch.Tensor or int
-        Observed dimension n (may vary per datum).
-    latent_dim : torch.Tensor or int
-        Latent dimension d.
-
-    Returns
-    -------
-    float or torch.Tensor
-        A float when every argument is a Python number, else a tensor of the broadcast shape.
-
-    Raises
-    ------
-    ValueError
-        If ν ≤ 2 (anywhere).
+    :param nu: degrees of freedom ν of the prior, > 2 (a tensor or a float).
+    :param obs_dim: observed dimension n (a tensor or an int; may vary per datum).
+    :param latent_dim: latent dimension d (a tensor or an int).
+    :returns: a float when every argument is a Python number, else a tensor of the broadcast
+        shape.
+    :raises ValueError: if ν ≤ 2 (anywhere).
     """
     if all(isinstance(v, Number) for v in (nu, obs_dim, latent_dim)):
         if not nu > 2:
-            raise ValueError(f"nu: gamma='auto' needs nu > 2 (MATH.md F3), found {nu}")
+            raise ValueError(f"nu: gamma='auto' needs nu > 2 (docs/derivation.md §3, F3), found {nu}")
         return -2.0 / (nu + obs_dim + latent_dim)
     nu, obs_dim, latent_dim = _as_tensors(nu, obs_dim, latent_dim)
     if bool((~(nu > 2)).any()):
-        raise ValueError(f"nu: gamma='auto' needs nu > 2 (MATH.md F3), found {nu}")
+        raise ValueError(f"nu: gamma='auto' needs nu > 2 (docs/derivation.md §3, F3), found {nu}")
     return -2 / (nu + obs_dim + latent_dim)
 
 
 def power_form_log_constant(nu, obs_dim, latent_dim, log_det_obs_scale):
-    r"""log K, the constant of the power-form joint (MATH.md F2).
+    r"""log K, the constant of the power-form joint (``docs/derivation.md`` §2 (F2)).
 
     .. math::
 
@@ -528,21 +474,12 @@ def power_form_log_constant(nu, obs_dim, latent_dim, log_det_obs_scale):
     with :math:`Q_y = \|z\|^2 + \sum_j \|x_j-\mu_j(y,z)\|^2/\sigma_j^2` and
     :math:`\log K = \log C(\nu, n+d) - \tfrac12\log|\Lambda|`.
 
-    Parameters
-    ----------
-    nu : torch.Tensor or float
-        Degrees of freedom ν.
-    obs_dim : torch.Tensor or int
-        Observed dimension n (may vary per datum).
-    latent_dim : torch.Tensor or int
-        Latent dimension d.
-    log_det_obs_scale : torch.Tensor or float
-        log|Λ| = Σ_j n_j log σ_j² over the observed modalities.
-
-    Returns
-    -------
-    torch.Tensor
-        The broadcast shape of the arguments.
+    :param nu: degrees of freedom ν (a tensor or a float).
+    :param obs_dim: observed dimension n (a tensor or an int; may vary per datum).
+    :param latent_dim: latent dimension d (a tensor or an int).
+    :param log_det_obs_scale: log|Λ| = Σ_j n_j log σ_j² over the observed modalities (a tensor
+        or a float).
+    :returns: a tensor of the broadcast shape of the arguments.
     """
     nu, n, d, log_det = _as_tensors(nu, obs_dim, latent_dim, log_det_obs_scale)
     return _log_t_normaliser(nu, n + d) - log_det / 2
@@ -554,7 +491,7 @@ def _class_log_power_sum(class_log_prior, gamma):
 
 
 def power_form_log_norm(nu, obs_dim, latent_dim, log_det_obs_scale, gamma, class_log_prior=None):
-    r"""log ‖p‖_{1+γ} of the power-form joint (MATH.md F3).
+    r"""log ‖p‖_{1+γ} of the power-form joint (``docs/derivation.md`` §3 (F3)).
 
     Shifting x by μ(y, z) (unit Jacobian) removes μ and y from the (x, z)-integral, so
 
@@ -567,26 +504,15 @@ def power_form_log_norm(nu, obs_dim, latent_dim, log_det_obs_scale, gamma, class
     γ = −2/(ν+n+d) it equals :math:`\log\big[\sum_y\pi_y^{1+\gamma}\, K^\gamma
     (\nu+n+d-2)/(\nu-2)\big]/(1+\gamma)`.
 
-    Parameters
-    ----------
-    nu : torch.Tensor or float
-        Degrees of freedom ν.
-    obs_dim : torch.Tensor or int
-        Observed dimension n (may vary per datum).
-    latent_dim : torch.Tensor or int
-        Latent dimension d.
-    log_det_obs_scale : torch.Tensor or float
-        log|Λ| = Σ_j n_j log σ_j².
-    gamma : torch.Tensor or float
-        The exponent γ.
-    class_log_prior : torch.Tensor, optional
-        log π, shape ``[K]``; ``None`` omits the class factor (a model without a label, or
-        ‖p_0‖ of MATH.md).
-
-    Returns
-    -------
-    torch.Tensor
-        The broadcast shape of the arguments.
+    :param nu: degrees of freedom ν (a tensor or a float).
+    :param obs_dim: observed dimension n (a tensor or an int; may vary per datum).
+    :param latent_dim: latent dimension d (a tensor or an int).
+    :param log_det_obs_scale: log|Λ| = Σ_j n_j log σ_j² (a tensor or a float).
+    :param gamma: the exponent γ (a tensor or a float).
+    :param torch.Tensor class_log_prior: log π, shape ``[K]``; ``None`` (the default) omits the
+        class factor (a model without a label, or the norm ‖p_0‖ without the class factor of
+        ``docs/derivation.md`` §3).
+    :returns: a tensor of the broadcast shape of the arguments.
     """
     nu, n, d, log_det, gamma = _as_tensors(nu, obs_dim, latent_dim, log_det_obs_scale, gamma)
     value = log_t_power_integral(nu, n + d, log_det, gamma)
@@ -605,25 +531,18 @@ def gaussian_log_norm(obs_dim, latent_dim, log_det_obs_scale, gamma, class_log_p
 
         \log\|p\|_{1+\gamma} = \frac{1}{1+\gamma}\Big[\log\sum_y \pi_y^{1+\gamma}
             - \tfrac{\gamma (n+d)}{2}\log 2\pi - \tfrac{\gamma}{2}\log|\Lambda|
-            - \tfrac{n+d}{2}\log(1+\gamma)\Big].
+            - \tfrac{n+d}{2}\log(1+\gamma)\Big]
 
-    Parameters
-    ----------
-    obs_dim : torch.Tensor or int
-        Observed dimension n (may vary per datum).
-    latent_dim : torch.Tensor or int
-        Latent dimension d.
-    log_det_obs_scale : torch.Tensor or float
-        log|Λ| = Σ_j n_j log σ_j².
-    gamma : torch.Tensor or float
-        The exponent γ (> −1).
-    class_log_prior : torch.Tensor, optional
-        log π, shape ``[K]``; ``None`` omits the class factor.
+    (the Gaussian analogue in ``docs/derivation.md`` §3).
 
-    Returns
-    -------
-    torch.Tensor
-        The broadcast shape of the arguments.
+    :param obs_dim: observed dimension n (a tensor or an int; may vary per datum).
+    :param latent_dim: latent dimension d (a tensor or an int).
+    :param log_det_obs_scale: log|Λ| = Σ_j n_j log σ_j² (a tensor or a float).
+    :param gamma: the exponent γ > −1 (a tensor or a float).
+    :param torch.Tensor class_log_prior: log π, shape ``[K]``; ``None`` (the default) omits the
+        class factor.
+    :returns: a tensor of the broadcast shape of the arguments.
+    :raises ValueError: if 1 + γ ≤ 0 anywhere.
     """
     n, d, log_det, gamma = _as_tensors(obs_dim, latent_dim, log_det_obs_scale, gamma)
     value = _log_gaussian_power_integral(n + d, log_det, gamma)
@@ -633,10 +552,12 @@ def gaussian_log_norm(obs_dim, latent_dim, log_det_obs_scale, gamma, class_log_p
 
 
 def prior_expert_scale(nu, obs_dim, latent_dim, log_det_obs_scale):
-    r"""τ_0, the scale of the prior expert of :func:`student_t_poe` (MATH.md §5–6).
+    r"""τ_0, the scale of the prior expert of :func:`student_t_poe` (``docs/derivation.md`` §4,
+    "Approximation 3"; its values in §7).
 
     With no data information (one modality, no label, m = 0), the per-datum objective at
-    γ = −2/(ν+n+d) is, by MATH.md F2–F4 (Σ the encoder's Σ, q = t_d(m, ν/(ν+n) Σ, ν+n)),
+    γ = −2/(ν+n+d) is, by F2–F4 of ``docs/derivation.md`` §2–§4 (Σ the encoder's Σ,
+    q = t_d(m, ν/(ν+n) Σ, ν+n)),
 
     .. math::
 
@@ -658,29 +579,17 @@ def prior_expert_scale(nu, obs_dim, latent_dim, log_det_obs_scale):
     the unique minimiser (L is linear minus concave in τ, since dκ < 1). With
     :math:`\|p_0\|^{1+\gamma} = K^\gamma(\nu+n+d-2)/(\nu-2)` (F3),
     :math:`\log c = \tfrac{\gamma}{1+\gamma}[\log K - \log\tfrac{\nu+n+d-2}{\nu-2}]`.
-    σ enters through log|Λ| (τ_0 ∝ σ^{−2n/(ν+n−2)}). Examples (MATH.md §6, σ = 1, d = 16,
-    ν = 5): n = 784 → 9.27, n = 64 → 0.87.
+    σ enters through log|Λ| (τ_0 ∝ σ^{−2n/(ν+n−2)}). Examples (σ = 1, d = 16, ν = 5; the table
+    of ``docs/derivation.md`` §7): n = 784 → 9.27, n = 64 → 0.87.
 
-    Parameters
-    ----------
-    nu : torch.Tensor or float
-        Degrees of freedom ν (> 2).
-    obs_dim : torch.Tensor or int
-        Observed dimension n (may vary per datum: the observed modalities).
-    latent_dim : torch.Tensor or int
-        Latent dimension d.
-    log_det_obs_scale : torch.Tensor or float
-        log|Λ| = Σ_j n_j log σ_j² over the observed modalities.
-
-    Returns
-    -------
-    torch.Tensor
-        τ_0, the broadcast shape of the arguments.
-
-    Raises
-    ------
-    ValueError
-        If ν ≤ 2.
+    :param nu: degrees of freedom ν > 2 (a tensor or a float).
+    :param obs_dim: observed dimension n (a tensor or an int; may vary per datum: the observed
+        modalities).
+    :param latent_dim: latent dimension d (a tensor or an int).
+    :param log_det_obs_scale: log|Λ| = Σ_j n_j log σ_j² over the observed modalities (a tensor
+        or a float).
+    :returns: τ_0, a tensor of the broadcast shape of the arguments.
+    :raises ValueError: if ν ≤ 2.
     """
     nu, n, d, log_det = _as_tensors(nu, obs_dim, latent_dim, log_det_obs_scale)
     gamma = auto_gamma(nu, n, d)
@@ -751,7 +660,8 @@ def _precision_fusion(loc, scale2, mask, prior_precision):
 def student_t_poe(loc, scale2, mask, *, nu, obs_dim, prior_scale):
     r"""Precision-weighted product of Student-t experts with a prior expert (0, τ_0 I).
 
-    DESIGN.md "The model" and MATH.md §5: for experts (m_j, Σ_j) present in the datum,
+    The encoder's fusion rule (``docs/derivation.md`` §4, "Approximation 2"): for experts
+    (m_j, Σ_j) present in the datum,
 
     .. math::
 
@@ -762,33 +672,26 @@ def student_t_poe(loc, scale2, mask, *, nu, obs_dim, prior_scale):
     with n the observed dimension. Σ_j are diagonal, so all of this is elementwise in
     precision space. A missing modality (mask False) drops its expert. τ_0 is the scale at
     which the objective is stationary without data (:func:`prior_expert_scale`); a unit prior
-    expert is wrong for the γ-objective (MATH.md §5). This is an approximation: a product of t
-    densities is not a t (MATH.md §5 measures how close).
+    expert is wrong for the γ-objective (``docs/derivation.md`` §4). This is an approximation: a
+    product of t densities is not a t, and the rule does not aim at the literal product but at
+    the objective's own optimum (``docs/derivation.md`` §4, "Approximation 2").
 
-    Parameters
-    ----------
-    loc : torch.Tensor or list of torch.Tensor
-        Expert locations m_j stacked along dim 0, shape ``[M, *batch, d]``, or a list of M
-        tensors that broadcast among themselves (they are broadcast and stacked).
-    scale2 : torch.Tensor or list of torch.Tensor
-        Expert scales Σ_j > 0 (the diagonals, in "Σ units" before the ν/(ν+n) factor), same
-        layout as ``loc``.
-    mask : torch.Tensor or None
-        Bool ``[*batch, M]``: True where modality j is observed. ``None``: all present. Batch
-        dimensions of ``loc``, ``scale2`` and ``mask`` are right-aligned and broadcast, so
-        experts ``[M, K, B, d]`` (per class) combine with a mask ``[B, M]``.
-    nu : torch.Tensor or float
-        Degrees of freedom ν of the model.
-    obs_dim : torch.Tensor or int
-        Observed dimension n per datum, broadcastable to the batch shape.
-    prior_scale : torch.Tensor or float
-        τ_0 per datum, broadcastable to the batch shape.
-
-    Returns
-    -------
-    DiagStudentT
-        ``DiagStudentT(df=ν+n, loc=m, scale=sqrt(ν/(ν+n) Σ))``, batch shape the broadcast batch
-        shape, event shape ``(d,)``.
+    :param loc: expert locations m_j stacked along dim 0, a tensor of shape
+        ``[M, *batch, d]``, or a list of M tensors that broadcast among themselves (they are
+        broadcast and stacked).
+    :param scale2: expert scales Σ_j > 0 (the diagonals, in "Σ units" before the ν/(ν+n)
+        factor), same layout as ``loc``.
+    :param mask: bool tensor ``[*batch, M]``, True where modality j is observed, or ``None``
+        (all present). Batch dimensions of ``loc``, ``scale2`` and ``mask`` are right-aligned
+        and broadcast, so experts ``[M, K, B, d]`` (per class) combine with a mask ``[B, M]``.
+    :param nu: degrees of freedom ν of the model (a tensor or a float).
+    :param obs_dim: observed dimension n per datum (a tensor or an int), broadcastable to the
+        batch shape.
+    :param prior_scale: τ_0 per datum (a tensor or a float), broadcastable to the batch shape.
+    :returns: the :class:`DiagStudentT` ``DiagStudentT(df=ν+n, loc=m, scale=sqrt(ν/(ν+n) Σ))``,
+        batch shape the broadcast batch shape, event shape ``(d,)``.
+    :raises ValueError: if the experts' shapes, or the mask's, do not match (the message names
+        the argument).
     """
     template = loc if isinstance(loc, torch.Tensor) else loc[0]
     nu, obs_dim, prior_scale = _as_tensors(template, nu, obs_dim, prior_scale)[1:]
@@ -810,12 +713,13 @@ def gaussian_poe(loc, scale2, mask):
         q(z \mid x) = N(m, \Sigma),
 
     the MVAE fusion (Wu & Goodman 2018) and the ν → ∞ limit of :func:`student_t_poe` with
-    τ_0 = 1. Arguments as in :func:`student_t_poe`.
+    τ_0 = 1.
 
-    Returns
-    -------
-    pyro.distributions.Independent
-        ``Normal(m, sqrt(Σ)).to_event(1)``.
+    :param loc: as in :func:`student_t_poe`.
+    :param scale2: as in :func:`student_t_poe`.
+    :param mask: as in :func:`student_t_poe`.
+    :returns: the :class:`pyro.distributions.Independent` ``Normal(m, sqrt(Σ)).to_event(1)``.
+    :raises ValueError: as in :func:`student_t_poe`.
     """
     fused_loc, fused_var = _precision_fusion(loc, scale2, mask, 1.0)
     return dist.Normal(fused_loc, fused_var.sqrt()).to_event(1)

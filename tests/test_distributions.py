@@ -1,9 +1,9 @@
 """Tests of pyro_mmt.distributions against scipy, quadrature, Monte Carlo and explicit formulas.
 
 Closed forms are checked against independent computations: scipy's multivariate t, numerical
-integration in one and two dimensions (MATH.md F1, F3), large Monte Carlo (second moments,
-shared mixing), the prior × decoder product (F2) and a numerical minimisation of the
-no-data objective (τ_0, MATH.md §5–6). Everything runs in float64.
+integration in one and two dimensions (F1, F3 of docs/derivation.md §3), large Monte Carlo
+(second moments, shared mixing), the prior × decoder product (F2, §2) and a numerical
+minimisation of the no-data objective (τ_0, docs/derivation.md §4). Everything runs in float64.
 """
 
 import math
@@ -207,7 +207,7 @@ def test_second_moment_heavy_tail_and_unsupported():
 
 
 # ------------------------------------------------------------------------------------------
-# power integrals (MATH.md F1)
+# power integrals (docs/derivation.md §3 (F1))
 
 
 T_CASES_1D = [(3.0, 0.4), (2.5, -0.2), (1.2, -0.3), (7.0, 1.5)]
@@ -329,7 +329,7 @@ def test_auto_gamma():
 
 
 # ------------------------------------------------------------------------------------------
-# the power-form joint (MATH.md F2, F3)
+# the power-form joint (docs/derivation.md §2 (F2) and §3 (F3))
 
 
 def test_power_form_identity():
@@ -438,7 +438,7 @@ def test_log_norms_per_datum_and_gaussian_limit():
 
 
 # ------------------------------------------------------------------------------------------
-# τ_0 (MATH.md §5–6)
+# τ_0 (docs/derivation.md §4, "Approximation 3")
 
 
 @pytest.mark.parametrize(
@@ -459,7 +459,8 @@ def test_prior_expert_scale_table(n, d, nu, sigma, expected, tol):
 
 
 def no_data_objective(log_sigma, nu, n, d, log_det):
-    """L(Σ) of MATH.md §2 for one modality, no label, m = 0, recon = 0, Σ = diag(exp log_sigma).
+    """L(Σ) of docs/derivation.md §4 for one modality, no label, m = 0, recon = 0,
+    Σ = diag(exp log_sigma).
 
     Built from the general forms (F1 for ∫q^{1+γ}, F3 for ||p_0||), not from τ_0's formula.
     """
@@ -521,7 +522,7 @@ def test_prior_expert_scale_per_datum():
 
 
 # ------------------------------------------------------------------------------------------
-# product of experts (DESIGN.md encoder, MATH.md §5)
+# product of experts (the encoder, docs/derivation.md §4, "Approximation 2")
 
 
 def explicit_poe(locs, scale2s, present, prior_var):

@@ -106,7 +106,7 @@ class PowerNorm:
 
 
 class StudentTPowerNorm(PowerNorm):
-    r"""Norm of the Student-t power-form joint of DESIGN.md (MATH.md F2–F3).
+    r"""Norm of the Student-t power-form joint (``docs/derivation.md`` §2 (F2) and §3 (F3)).
 
     The joint is
 
@@ -221,11 +221,16 @@ class MonteCarloPowerNorm(PowerNorm):
             \approx \sum_s w_s \nabla \log p(x_s, y_s, z_s),\qquad
             w_s \propto p(x_s, y_s, z_s)^\gamma,
 
-    (a score-function form: discrete x need no reparameterisation). The log of a Monte Carlo
-    mean is biased low by about Var/(2 S E²) and has finite variance when ∫p^{1+2γ} is
-    finite; ``docs/derivation.md`` §9 derives both and how S was chosen. The norm depends on a
-    datum only through which modalities it observes: one estimate is made per pattern of the
-    ``observed`` mask, from ``num_draws`` draws of the whole model with that pattern.
+    (a score-function form: discrete x need no reparameterisation). With
+    :math:`\mathrm{CV}^2 = \mathrm{Var}_p(p^\gamma)/\mathbb{E}_p[p^\gamma]^2`, the estimate of
+    log ‖p‖ has standard deviation about :math:`\mathrm{CV}/((1+\gamma)\sqrt S)` and is biased
+    low by about :math:`\mathrm{CV}^2/(2S(1+\gamma))`; both need
+    :math:`\int p^{1+2\gamma} < \infty`, and the self-normalised gradient has an O(1/S) bias.
+    The norm depends on a datum only through which modalities it observes: one estimate is
+    made per pattern of the ``observed`` mask, from ``num_draws`` draws of the whole model with
+    that pattern, and its error is shared by every datum of the batch with that pattern.
+    ``docs/derivation.md`` §9 derives all of this and measures how large S must be
+    (``benchmarks/power_norm_draws.py``).
 
     :param model: the model callable ``model(x, mask, y, batch_size=...)`` whose joint this is
         (it must generate every site when called with ``x=None``).
