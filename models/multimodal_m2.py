@@ -40,18 +40,23 @@ from pyro import poutine
 from torch import nn
 
 from pyro_mmt.config import ModelConfig
-from pyro_mmt.distributions import DiagStudentT
+from pyro_mmt.distributions import (
+    DiagStudentT,
+    auto_gamma,
+    log_t_power_integral,
+)
 from pyro_mmt.guides.poe_t import ModalityEncoder, PoEClassifier, PoETGuide
 from pyro_mmt.infer.power_norm import (
     GaussianPowerNorm,
     MonteCarloPowerNorm,
+    PowerNorm,
     StudentTPowerNorm,
     declare_power_norm,
 )
 from pyro_mmt.likelihoods import Gaussian, Likelihood, StudentT, make_likelihood
 from pyro_mmt.nn import LabelConditionedMLP, observed_dimension
 
-__all__ = ["MultimodalM2"]
+__all__ = ["MultimodalM2", "LatentMonteCarloPowerNorm"]
 
 
 class MultimodalM2(PoETGuide, nn.Module):
@@ -259,12 +264,18 @@ class MultimodalM2(PoETGuide, nn.Module):
 
     def power_norm(self, observed: torch.Tensor):
         """The declaration of ‖p‖_{1+γ} for data whose observed modalities are ``observed``
-        (bool [B, M]): closed form for the all-Student-t (or all-Gaussian) model, else the
-        Monte Carlo norm of ``docs/derivation.md`` §9."""
+        (bool [B, M]): closed form for the all-Student-t (or all-Gaussian) model; for a mixed
+        model whose every family has a closed-form power integral, x summed or integrated
+        exactly and z drawn (:class:`LatentMonteCarloPowerNorm`); otherwise ancestral draws of
+        the whole model (:class:`~pyro_mmt.infer.MonteCarloPowerNorm`); ``docs/derivation.md``
+        §9."""
         obs_dim, log_det = observed_dimension(observed, self._dims, self._log_sigma2)
         if not self.closed_form_norm:
+            nu = None if self.gaussian else self.nu
+            if all(lik.joint_t or lik.has_power_integral for lik in self.likelihoods.values()):
+                return LatentMonteCarloPowerNorm(self, observed, obs_dim, nu=nu)
             return MonteCarloPowerNorm(self.model, observed, obs_dim, self.config.latent_dim,
-                                       nu=None if self.gaussian else self.nu)
+                                       nu=nu)
         if self.gaussian:
             return GaussianPowerNorm(obs_dim, self.config.latent_dim, log_det,
                                      self.class_log_prior)
@@ -299,3 +310,85 @@ class MultimodalM2(PoETGuide, nn.Module):
             log_pi = torch.log(counts / counts.sum())
         self.class_log_prior.copy_(log_pi)
         return self.class_prior()
+
+
+class LatentMonteCarloPowerNorm(PowerNorm):
+    r"""‖p‖_{1+γ} of a mixed :class:`MultimodalM2` with x summed or integrated exactly and only
+    z drawn (a Rao-Blackwellised form of :class:`~pyro_mmt.infer.MonteCarloPowerNorm`).
+
+    Given (y, z) the modalities are independent blocks: the Student-t ones form one
+    t_{n_t}(μ(y, z), s(z)²Λ_t, ν + d), whose power integral depends on z through s(z)² =
+    (ν + ‖z‖²)/(ν + d) only (F1), and every other modality j has a closed-form
+    I_j(y, z) = ∫ p(x_j | y, z)^{1+γ} dx_j (:meth:`~pyro_mmt.likelihoods.Likelihood.log_power_integral`).
+    Hence, with the sum over y exact,
+
+    .. math::
+
+        \|p\|_{1+\gamma}^{1+\gamma} = \sum_y \pi_y^{1+\gamma}\,
+            \mathbb{E}_{z \sim p(z)}\Big[p(z)^{\gamma}\, I_t(z) \prod_{j} I_j(y, z)\Big]
+            \approx \frac1S \sum_{s,y} \pi_y^{1+\gamma} p(z_s)^\gamma I_t(z_s)
+            \prod_j I_j(y, z_s),
+
+    with z_s drawn from the prior by reparameterisation, so the gradient is the autograd
+    gradient of the estimate. Only the d-dimensional z is random: the variance is far below
+    that of ancestral draws of x (``docs/derivation.md`` §9, ``benchmarks/power_norm_draws.py``).
+    Missing modalities drop out of the product (their factor integrates to 1); one estimate is
+    made per pattern of observed modalities, all from the same draws of z.
+
+    :param m2: the model whose norm this is.
+    :param torch.Tensor observed: bool [B, M], the modalities each datum observes.
+    :param torch.Tensor obs_dim: n per datum (for the "auto" γ).
+    :param nu: ν (None for the Gaussian model).
+    :param int num_draws: S, draws of z.
+    """
+
+    power_form = False
+    #: S: draws of z (``docs/derivation.md`` §9).
+    default_num_draws = 64
+
+    def __init__(self, m2: MultimodalM2, observed, obs_dim, *, nu=None, num_draws=None):
+        super().__init__(obs_dim, m2.config.latent_dim, torch.zeros_like(obs_dim),
+                         class_log_prior=m2.class_log_prior)
+        self.m2, self.observed, self.nu = m2, observed, nu
+        self.num_draws = int(num_draws or self.default_num_draws)
+
+    def auto_gamma(self):
+        if self.nu is None:
+            return torch.zeros_like(self.obs_dim)
+        return auto_gamma(self.nu, self.obs_dim, self.latent_dim)
+
+    def log_norm(self, gamma):
+        m2, d = self.m2, self.latent_dim
+        gamma = torch.as_tensor(gamma, dtype=self.obs_dim.dtype, device=self.obs_dim.device)
+        gamma = gamma.expand(self.batch_shape)
+        patterns, which = torch.unique(self.observed, dim=0, return_inverse=True)
+        prior = m2.latent_prior()
+        z = prior.rsample((self.num_draws,))  # [S, d], reparameterised
+        log_pz = prior.log_prob(z)  # [S]
+        labels = torch.arange(m2.config.num_classes, device=z.device).unsqueeze(-1)  # [K, 1]
+        outputs = {m: m2.decoders[m](z, labels) for m, lik in m2.likelihoods.items()
+                   if not (lik.joint_t and not m2.gaussian)}  # [K, S, out_dim]
+        values = []
+        for k, pattern in enumerate(patterns):
+            g = gamma[which == k]
+            if not bool((g == g[0]).all()):
+                raise ValueError("gamma: the power norm needs one gamma per pattern of "
+                                 "observed modalities")
+            g = g[0]
+            total = (1 + g) * self.class_log_prior.to(z).unsqueeze(-1) + g * log_pz  # [K, S]
+            n_t, log_det_t = 0.0, 0.0
+            for j, (m, lik) in enumerate(m2.likelihoods.items()):
+                if not bool(pattern[j]):
+                    continue  # a missing modality integrates to 1
+                if lik.joint_t and not m2.gaussian:
+                    n_t += lik.dim
+                    log_det_t += lik.dim * 2 * math.log(lik.sigma)
+                else:
+                    total = total + lik.log_power_integral(outputs[m], g)
+            if n_t:  # the Student-t block given z: t_{n_t}(μ, s(z)²Λ_t, ν + d), F1
+                s2 = (self.nu + z.pow(2).sum(-1)) / (self.nu + d)
+                total = total + log_t_power_integral(self.nu + d, n_t,
+                                                     n_t * s2.log() + log_det_t, g)
+            log_integral = torch.logsumexp(total.flatten(), 0) - math.log(self.num_draws)
+            values.append(log_integral / (1 + g))
+        return torch.stack(values)[which]

@@ -30,6 +30,7 @@ else is needed, as long as the distribution can draw samples.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import numpy as np
@@ -97,6 +98,21 @@ class Likelihood:
         """Raise a ``ValueError`` naming ``name`` if an observed value is outside the support.
         ``values`` holds the observed rows only ([N_obs, n_j])."""
 
+    def log_power_integral(self, out: torch.Tensor, gamma) -> torch.Tensor:
+        r""":math:`\log \int p(x_j \mid y, z)^{1+\gamma}\, dx_j` (a sum over x_j for a discrete
+        family) for the decoder output ``out`` [..., out_dim]: shape ``out.shape[:-1]``.
+
+        A family that has it lets the model compute its power norm with x summed or integrated
+        exactly and only z drawn (``docs/derivation.md`` §9); without it (the default raises
+        ``NotImplementedError``) the norm falls back to ancestral draws of x.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form power integral")
+
+    @property
+    def has_power_integral(self) -> bool:
+        """Whether :meth:`log_power_integral` is implemented."""
+        return type(self).log_power_integral is not Likelihood.log_power_integral
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(dim={self.dim})"
 
@@ -127,6 +143,13 @@ class StudentT(Likelihood):
     def distribution(self, out):
         return dist.Normal(out, self.sigma).to_event(1)
 
+    def log_power_integral(self, out, gamma):
+        """The Gaussian case (ν = ∞); in the t model the chain's integral is the model's."""
+        gamma = torch.as_tensor(gamma, dtype=out.dtype, device=out.device)
+        value = self.dim * (-gamma / 2 * math.log(2 * math.pi) - gamma * math.log(self.sigma)
+                            - 0.5 * torch.log1p(gamma))
+        return value.expand(torch.broadcast_shapes(out.shape[:-1], value.shape))
+
 
 class Gaussian(Likelihood):
     """N(μ_j, σ_j² I), independent of the other modalities given (y, z)."""
@@ -137,6 +160,13 @@ class Gaussian(Likelihood):
     def distribution(self, out):
         return dist.Normal(out, self.sigma).to_event(1)
 
+    def log_power_integral(self, out, gamma):
+        """n_j [−(γ/2) log 2π − γ log σ_j − ½ log(1 + γ)]: it does not depend on μ."""
+        gamma = torch.as_tensor(gamma, dtype=out.dtype, device=out.device)
+        value = self.dim * (-gamma / 2 * math.log(2 * math.pi) - gamma * math.log(self.sigma)
+                            - 0.5 * torch.log1p(gamma))
+        return value.expand(torch.broadcast_shapes(out.shape[:-1], value.shape))
+
 
 class Bernoulli(Likelihood):
     """Independent Bernoulli columns with the decoder's logits; values 0 or 1."""
@@ -145,6 +175,12 @@ class Bernoulli(Likelihood):
 
     def distribution(self, out):
         return dist.Bernoulli(logits=out).to_event(1)
+
+    def log_power_integral(self, out, gamma):
+        """Σ_i log(p_i^{1+γ} + (1 − p_i)^{1+γ}), p_i = sigmoid(logit_i)."""
+        gamma = torch.as_tensor(gamma, dtype=out.dtype, device=out.device).unsqueeze(-1)
+        both = torch.stack([F.logsigmoid(out), F.logsigmoid(-out)], -1)
+        return torch.logsumexp((1 + gamma.unsqueeze(-1)) * both, -1).sum(-1)
 
     def check_values(self, values, name):
         bad = ~np.isin(values, (0, 1))
@@ -162,6 +198,19 @@ class Poisson(Likelihood):
 
     def distribution(self, out):
         return dist.Poisson(F.softplus(out) + 1e-6).to_event(1)
+
+    def log_power_integral(self, out, gamma):
+        """Σ_i log Σ_{k=0}^{k_max} Poisson(k; λ_i)^{1+γ}, the series cut at
+        k_max = λ_max + 12 √λ_max + 30 (the terms beyond are below e^{-70} of the sum's
+        largest for |γ| < 0.5)."""
+        gamma = torch.as_tensor(gamma, dtype=out.dtype, device=out.device)
+        rate = F.softplus(out) + 1e-6
+        top = float(rate.detach().max())
+        k = torch.arange(int(top + 12 * math.sqrt(top) + 30) + 1, dtype=out.dtype,
+                         device=out.device)
+        log_pmf = k * rate.unsqueeze(-1).log() - rate.unsqueeze(-1) - torch.lgamma(k + 1)
+        scale = (1 + gamma).reshape(gamma.shape + (1, 1))
+        return torch.logsumexp(scale * log_pmf, -1).sum(-1)
 
     def check_values(self, values, name):
         bad = (values < 0) | (values != np.round(values))
@@ -202,6 +251,13 @@ class Categorical(Likelihood):
     def distribution(self, out):
         logits = out.reshape(out.shape[:-1] + (self.dim, self.num_categories))
         return dist.Categorical(logits=logits).to_event(1)
+
+    def log_power_integral(self, out, gamma):
+        """Σ_i log Σ_c p_ic^{1+γ}."""
+        gamma = torch.as_tensor(gamma, dtype=out.dtype, device=out.device)
+        logits = out.reshape(out.shape[:-1] + (self.dim, self.num_categories))
+        scale = (1 + gamma).reshape(gamma.shape + (1, 1))
+        return torch.logsumexp(scale * torch.log_softmax(logits, -1), -1).sum(-1)
 
     def check_values(self, values, name):
         bad = (values < 0) | (values >= self.num_categories) | (values != np.round(values))

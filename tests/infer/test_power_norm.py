@@ -293,13 +293,16 @@ def test_monte_carlo_norm_gradient_matches_the_closed_form_in_nu():
 def test_monte_carlo_norm_of_a_bernoulli_model_equals_the_exact_sum_and_integral():
     """A tiny model with a Bernoulli modality (d = 1, K = 2, three binary features):
     ‖p‖^{1+γ} = Σ_y π_y^{1+γ} ∫ t_1(z; ν)^{1+γ} Π_i (p_i^{1+γ} + (1 − p_i)^{1+γ}) dz, the sum
-    over x exact and the integral over z by quadrature, against the Monte Carlo norm."""
+    over x exact and the integral over z by quadrature, against both Monte Carlo norms (the
+    declared one, x summed exactly, and the ancestral one, x drawn)."""
     nu, gamma = 5.0, -0.2
     m2 = build_model({"b": 3}, 2, latent_dim=1, hidden=(4,), nu=nu, likelihood="bernoulli",
                      class_prior=(0.7, 0.3))
+    from pyro_mmt.models.multimodal_m2 import LatentMonteCarloPowerNorm
+
     mask = torch.ones(1, 1, dtype=torch.bool)
-    norm = declared_norm(m2.model, {"b": torch.zeros(1, 3)}, mask, torch.tensor([0]))
-    assert isinstance(norm, MonteCarloPowerNorm)
+    latent = declared_norm(m2.model, {"b": torch.zeros(1, 3)}, mask, torch.tensor([0]))
+    assert isinstance(latent, LatentMonteCarloPowerNorm)  # the Bernoulli sum is exact
 
     def integrand(z, y):
         with torch.no_grad():
@@ -312,9 +315,74 @@ def test_monte_carlo_norm_of_a_bernoulli_model_equals_the_exact_sum_and_integral
                                                        epsrel=1e-10, limit=200)[0]
                 for y, prior in enumerate((0.7, 0.3)))
     expected = math.log(total) / (1 + gamma)
+    ancestral = MonteCarloPowerNorm(m2.model, mask, latent.obs_dim, 1, nu=m2.nu)
+    for norm in (latent, ancestral):
+        norm.num_draws = 20000
+        with torch.no_grad():
+            estimates = torch.stack([norm.log_norm(torch.tensor([gamma])) for _ in range(6)])
+        se = estimates.std() / math.sqrt(6)
+        assert abs(estimates.mean().item() - expected) < 4 * se.item() + 1e-6, (
+            type(norm).__name__, estimates.mean(), expected, se)
+
+
+# ------------------------------------------------- the latent Monte Carlo norm (x exact, z drawn)
+def test_latent_monte_carlo_norm_equals_the_closed_form_of_the_t_model():
+    """With only Student-t modalities, E_z[p(z)^γ I_t(z)] Σ_y π^{1+γ} is the closed form F3."""
+    from pyro_mmt.models.multimodal_m2 import LatentMonteCarloPowerNorm
+
+    mask = torch.tensor([[True, True], [True, False], [False, True]])
+    m2 = build_model(DIMS, 3, latent_dim=2, hidden=(4,), nu=5.0, sigma=SIGMAS,
+                     class_prior=(0.5, 0.3, 0.2))
+    closed = m2.power_norm(mask)
+    assert isinstance(closed, StudentTPowerNorm)
+    latent = LatentMonteCarloPowerNorm(m2, mask, closed.obs_dim, nu=m2.nu, num_draws=20000)
+    for gamma in (closed.auto_gamma(), torch.full((3,), 0.1)):
+        with torch.no_grad():
+            estimates = torch.stack([latent.log_norm(gamma) for _ in range(5)])
+        se = estimates.std(0) / math.sqrt(5)
+        expected = closed.log_norm(gamma)
+        assert ((estimates.mean(0) - expected).abs() < 4 * se + 1e-5).all(), (
+            estimates.mean(0), expected, se)
+
+
+@pytest.mark.parametrize("families", [
+    {"b": "bernoulli"}, {"b": "poisson"}, {"b": "categorical"}, {"b": "gaussian"}])
+def test_latent_norm_agrees_with_ancestral_draws(families):
+    """For each family with a closed-form power integral, the latent norm (x exact, z drawn)
+    and the ancestral Monte Carlo norm (everything drawn) estimate the same ‖p‖, here with a
+    Student-t modality beside it and a missing-modality pattern."""
+    from pyro_mmt.models.multimodal_m2 import LatentMonteCarloPowerNorm
+
+    kwargs = {"num_categories": {"b": 3}} if families["b"] == "categorical" else {}
+    m2 = build_model({"a": 2, "b": 3}, 2, latent_dim=2, hidden=(4,), nu=5.0,
+                     likelihood=families, **kwargs)
+    mask = torch.tensor([[True, True], [False, True]])
+    norm = m2.power_norm(mask)
+    assert isinstance(norm, LatentMonteCarloPowerNorm)
+    ancestral = MonteCarloPowerNorm(m2.model, mask, norm.obs_dim, 2, nu=m2.nu, num_draws=20000)
+    gamma = torch.full((2,), -0.1)
     norm.num_draws = 20000
     with torch.no_grad():
-        estimates = torch.stack([norm.log_norm(torch.tensor([gamma])) for _ in range(6)])
-    se = estimates.std() / math.sqrt(6)
-    assert abs(estimates.mean().item() - expected) < 4 * se.item() + 1e-6, (
-        estimates.mean(), expected, se)
+        latent_values = torch.stack([norm.log_norm(gamma) for _ in range(4)])
+        ancestral_values = torch.stack([ancestral.log_norm(gamma) for _ in range(4)])
+    diff = latent_values.mean(0) - ancestral_values.mean(0)
+    se = (latent_values.var(0) / 4 + ancestral_values.var(0) / 4).sqrt()
+    assert (diff.abs() < 4 * se + 1e-4).all(), (diff, se)
+
+
+def test_family_power_integrals_against_direct_sums():
+    from pyro_mmt.likelihoods import make_likelihood
+
+    out = torch.randn(5, 6)
+    gamma = torch.tensor(-0.2)
+    bern = make_likelihood("bernoulli", 6).log_power_integral(out, gamma)
+    p = torch.sigmoid(out)
+    torch.testing.assert_close(bern, torch.log(p ** 0.8 + (1 - p) ** 0.8).sum(-1))
+    pois = make_likelihood("poisson", 6).log_power_integral(out, gamma)
+    rate = torch.nn.functional.softplus(out) + 1e-6
+    k = torch.arange(200.0)
+    pmf = torch.distributions.Poisson(rate.unsqueeze(-1)).log_prob(k).exp()
+    torch.testing.assert_close(pois, torch.log((pmf ** 0.8).sum(-1)).sum(-1))
+    cat = make_likelihood("categorical", 2, num_categories=3).log_power_integral(out, gamma)
+    probs = torch.softmax(out.reshape(5, 2, 3), -1)
+    torch.testing.assert_close(cat, torch.log((probs ** 0.8).sum(-1)).sum(-1))

@@ -16,6 +16,8 @@ from pyro.infer import TraceEnum_ELBO
 
 from pyro_mmt.distributions import DiagStudentT
 from pyro_mmt.estimator import build_model
+from pyro_mmt.likelihoods import LIKELIHOODS, Likelihood, register_likelihood
+from pyro_mmt.models.multimodal_m2 import LatentMonteCarloPowerNorm
 from pyro_mmt.infer import (
     GammaPowerELBO,
     GaussianPowerNorm,
@@ -97,10 +99,36 @@ def test_ok_mixed_likelihoods_with_the_monte_carlo_norm(labelled):
     x = {"a": torch.randn(5, 3), "b": torch.randint(0, 2, (5, 2)).double(),
          "c": torch.randint(0, 4, (5, 2)).double()}
     trace = poutine.trace(m2.model).get_trace(x)
-    assert isinstance(trace.nodes["power_norm"]["infer"]["power_norm"], MonteCarloPowerNorm)
+    assert isinstance(trace.nodes["power_norm"]["infer"]["power_norm"],
+                      LatentMonteCarloPowerNorm)
     y = torch.tensor([0, 1, 2, 0, 1]) if labelled else None
     for objective in ("auto", "explicit"):
         assert_ok(m2.model, m2.guide, x, None, y, elbo=OBJECTIVES[objective]())
+
+
+class Laplace(Likelihood):
+    """A family without a closed-form power integral: the model falls back to ancestral
+    draws of the whole model for its norm."""
+
+    name = "test_laplace"
+    continuous = True
+
+    def distribution(self, out):
+        return dist.Laplace(out, self.sigma).to_event(1)
+
+
+def test_ok_a_registered_family_without_a_power_integral_uses_ancestral_draws():
+    register_likelihood(Laplace)
+    try:
+        m2 = build_model({"a": 3, "b": 2}, 2, latent_dim=2, hidden=(4,), alpha=1.0,
+                         likelihood={"b": "test_laplace"})
+        x = {"a": torch.randn(4, 3), "b": torch.randn(4, 2)}
+        trace = poutine.trace(m2.model).get_trace(x)
+        assert isinstance(trace.nodes["power_norm"]["infer"]["power_norm"], MonteCarloPowerNorm)
+        for labels in (torch.tensor([0, 1, 1, 0]), None):
+            assert_ok(m2.model, m2.guide, x, None, labels)
+    finally:
+        LIKELIHOODS.pop("test_laplace")
 
 
 def test_ok_max_plate_nesting_guessed_and_module_interface():
