@@ -525,25 +525,28 @@ IMAGE_SHAPES = {
 def cmd_diagnose(args) -> int:
     from pyro_mmt.data import MultimodalDataset
     from pyro_mmt.evaluation.diagnose import diagnose
+    from pyro_mmt.evaluation.diagnostics import KHAT_MIN_DRAWS
 
     run, config, est = _load_run(args)
     part = args.split or ("test" if (run / RUN_FILES["test"]).is_file() else "train")
     path = run / RUN_FILES[part]
     if not path.is_file():
         raise SystemExit(f"error: --split: {path} does not exist")
-    data = MultimodalDataset.from_npz(path)
-    if est.standardiser_ is not None:
-        data = est.standardiser_.transform(data)
+    data = MultimodalDataset.from_npz(path, num_classes=est.n_classes_)
     out = Path(args.out) if args.out else run / "diagnostics"
-    # the fitted MultimodalM2 holds its guide; held-out rows: hide the labels, so the weights
-    # estimate log p(x) (labels kept for the calibration check)
+    # the estimator standardises the data as predict does, and its model_ holds the guide;
+    # held-out rows: hide the labels, so the weights estimate log p(x) (labels kept for the
+    # calibration check)
     paths, summary = diagnose(
-        est.model_, None, data, out, num_samples=args.num_samples, seed=args.seed,
+        est, data, out_dir=out, num_samples=args.num_samples, seed=args.seed,
         num_predictive=args.num_predictive, condition_on_labels=(part == "train"),
         image_shapes=IMAGE_SHAPES.get(config.get("data")),
         attrs={"run_dir": str(run), "split": part},
     )
     print(summary.to_string())
+    if args.num_samples < KHAT_MIN_DRAWS:
+        print(f"note: Pareto k̂ needs at least {KHAT_MIN_DRAWS} draws per datum; with "
+              f"--num-samples {args.num_samples} it is not estimated (NaN)")
     print(f"wrote {len(paths)} files to {out}: " + ", ".join(sorted(p.name for p in paths.values())))
     return 0
 
@@ -692,7 +695,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--split", choices=["test", "train"],
                    help="which part of the run to diagnose (default: test when the run has one)")
-    p.add_argument("--num-samples", type=int, default=100, help="draws per datum")
+    p.add_argument("--num-samples", type=int, default=100,
+                   help="draws per datum (default 100; Pareto k̂ needs at least 25)")
     p.add_argument("--num-predictive", type=int, help="posterior predictive draws kept")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder (default RUN_DIR/diagnostics)")

@@ -407,3 +407,15 @@ def test_example_help_descriptions_are_whole_sentences(script, monkeypatch, caps
     help_text = capsys.readouterr().out
     description = help_text.split("\n\n")[1]  # after the usage
     assert " ".join(description.split()).endswith("."), description
+
+
+def test_diagnose_with_too_few_draws_says_khat_is_not_estimated(tiny_npz, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(tiny_npz), "--out", str(run), *SMALL]) == 0
+    capsys.readouterr()
+    assert main(["diagnose", str(run), "--num-samples", "10", "--num-predictive", "2",
+                 "--out", str(tmp_path / "diag")]) == 0
+    shown = capsys.readouterr().out
+    assert "not estimated" in shown and "at least 25 draws" in shown
+    summary = pd.read_csv(tmp_path / "diag" / "summary.csv", index_col=0)["value"]
+    assert np.isnan(summary["share_khat_above_0.7"]) and summary["num_data_with_khat"] == 0

@@ -17,6 +17,7 @@ from pyro_mmt.data import MultimodalDataset
 from pyro_mmt.evaluation import diagnostic_plots as plots
 from pyro_mmt.evaluation.diagnostics import (
     _model_and_guide,
+    _resolve_inputs,
     classifier_checks,
     diagnostics_summary,
     importance_diagnostics,
@@ -38,11 +39,12 @@ class DiagnosticsReport(NamedTuple):
 def diagnose(
     model,
     guide=None,
-    dataset: MultimodalDataset | None = None,
+    dataset=None,
     out_dir: str | Path | None = None,
     num_samples: int = 100,
     seed: int = 0,
     *,
+    y=None,
     num_predictive: int | None = None,
     condition_on_labels: bool = True,
     batch_size: int = 256,
@@ -59,12 +61,16 @@ def diagnose(
     :mod:`pyro_mmt.evaluation.diagnostic_plots`: ``ppc.png``, ``khat.png``, ``latent_pca.png``,
     ``reconstructions.png``, ``calibration.png``.
 
-    :param model: e.g. the estimator's ``model_``, a :class:`~pyro_mmt.models.MultimodalM2`
-        (see :func:`to_inference_data`), or a model callable.
+    :param model: the fitted estimator (``diagnose(est, dataset=X, out_dir=out)``: X in any
+        form ``fit`` accepts, standardised as ``predict`` does), its ``model_``, a
+        :class:`~pyro_mmt.models.MultimodalM2` (see :func:`to_inference_data`), or a model
+        callable.
     :param guide: the guide object or callable; default (None) the model's object, which
         holds its guide: ``diagnose(est.model_, dataset=data, out_dir=out)``.
-    :param dataset: data in the model's units (e.g. ``est.standardiser_.transform(test)``);
-        required.
+    :param dataset: with an estimator, X in its own units; with a model, a
+        :class:`~pyro_mmt.data.MultimodalDataset` in the model's units (e.g.
+        ``est.standardiser_.transform(test)``); required.
+    :param y: with an estimator, labels for X (−1 = unknown).
     :param out_dir: folder to write to (created); required.
     :param int num_samples: draws per datum.
     :param int seed: seed of the draws.
@@ -77,17 +83,21 @@ def diagnose(
         as images (e.g. ``{"pix": (16, 15)}`` for mfeat).
     :return: :class:`DiagnosticsReport` ``(paths, summary)``.
     """
-    _model_and_guide(model, guide)  # the arguments' errors before any file is written
+    # the arguments' errors before any file is written
+    model, guide, dataset, threads = _resolve_inputs(model, guide, dataset, y)
+    _model_and_guide(model, guide)
     if not isinstance(dataset, MultimodalDataset):
         raise ValueError(f"dataset: expected a MultimodalDataset, found {type(dataset).__name__}")
     if out_dir is None:
         raise ValueError("out_dir: expected the folder to write the diagnostics to, found None")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = to_inference_data(
-        model, guide, dataset, num_samples=num_samples, num_predictive=num_predictive,
-        condition_on_labels=condition_on_labels, seed=seed, batch_size=batch_size, attrs=attrs,
-    )
+    with threads():
+        data = to_inference_data(
+            model, guide, dataset, num_samples=num_samples, num_predictive=num_predictive,
+            condition_on_labels=condition_on_labels, seed=seed, batch_size=batch_size,
+            attrs=attrs,
+        )
     table = importance_diagnostics(data)
     checks = classifier_checks(data)
     summary = diagnostics_summary(data, table, checks)

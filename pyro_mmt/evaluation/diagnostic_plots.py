@@ -21,9 +21,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 from sklearn.decomposition import PCA
 
 from pyro_mmt.evaluation.diagnostics import (
+    KHAT_MIN_DRAWS,
     KHAT_THRESHOLD,
     ClassifierChecks,
     classifier_checks,
@@ -135,11 +137,17 @@ def plot_khat(data, *, table: pd.DataFrame | None = None, threshold: float = KHA
     the importance-sampling ESS fraction against k̂ (right). Points above the red line are the
     data where q(y, z | x) is not a reliable proposal for the posterior
     (:func:`~pyro_mmt.evaluation.diagnostics.importance_diagnostics`). k̂ = −inf (constant weights) is drawn
-    at the bottom edge."""
+    at the bottom edge. When no k̂ could be estimated (fewer than
+    :data:`~pyro_mmt.evaluation.diagnostics.KHAT_MIN_DRAWS` = 25 draws per datum) the figure says
+    so and shows the ESS fraction per datum alone."""
     table = importance_diagnostics(data) if table is None else table
     cls, known, names = _display_class(data)
     colours = np.array(_class_colours(len(names)))
     khat = table["khat"].to_numpy()
+    stats = get_group(data, "sample_stats")
+    draws = int(stats.sizes["chain"] * stats.sizes["draw"])
+    if np.isnan(khat).all():
+        return _finish(_plot_without_khat(table, cls, known, names, colours, draws), path)
     finite = np.isfinite(khat)
     floor = min(np.nanmin(khat[finite]) if finite.any() else 0.0, 0.0) - 0.1
     shown = np.where(np.isneginf(khat), floor, khat)
@@ -151,10 +159,11 @@ def plot_khat(data, *, table: pd.DataFrame | None = None, threshold: float = KHA
     for level, style in ((0.5, dict(color="0.5", ls=":")), (threshold, dict(color="r", ls="--"))):
         ax.axhline(level, **style)
         ax2.axvline(level, **style)
-    share = float(np.mean(khat > threshold))
-    stats = get_group(data, "sample_stats")
-    draws = int(stats.sizes["chain"] * stats.sizes["draw"])
-    ax.set_title(f"Pareto k̂ per datum: {share:.1%} above {threshold} (S = {draws} draws)")
+    estimated = ~np.isnan(khat)
+    share = float(np.mean(khat[estimated] > threshold))
+    missing = "" if estimated.all() else f"; {int((~estimated).sum())} data without k̂"
+    ax.set_title(f"Pareto k̂ per datum: {share:.1%} above {threshold} (S = {draws} draws"
+                 f"{missing})")
     ax.set_xlabel("datum")
     ax.set_ylabel("k̂")
     fig.legend(handles=_class_handles(cls, known, names, colours), fontsize=8,
@@ -165,6 +174,29 @@ def plot_khat(data, *, table: pd.DataFrame | None = None, threshold: float = KHA
     ax2.set_ylabel("ESS / S")
     ax2.set_title("importance-sampling ESS")
     return _finish(fig, path)
+
+
+def _plot_without_khat(table, cls, known, names, colours, draws) -> Figure:
+    """plot_khat's figure when no k̂ was estimated: the reason, and ESS / S per datum."""
+    fig = Figure(figsize=(11, 4.6), layout="constrained")
+    ax, ax2 = fig.subplots(1, 2, width_ratios=[2, 1])
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, f"Pareto k̂ not estimated: PSIS needs at least {KHAT_MIN_DRAWS} draws per "
+            f"datum,\nfound S = {draws}. Draw more (num_samples, or --num-samples).",
+            ha="center", va="center", fontsize=11, transform=ax.transAxes)
+    ax.set_title(f"Pareto k̂ per datum: not estimated (S = {draws} < {KHAT_MIN_DRAWS} draws)")
+    x = np.arange(len(table))
+    fraction = table["ess_fraction"].to_numpy()
+    ax2.scatter(x[known], fraction[known], c=colours[cls[known]], s=10)
+    ax2.scatter(x[~known], fraction[~known], facecolors="none",
+                edgecolors=colours[cls[~known]], s=10)
+    ax2.set_yscale("log")
+    ax2.set_xlabel("datum")
+    ax2.set_ylabel("ESS / S")
+    ax2.set_title("importance-sampling ESS")
+    fig.legend(handles=_class_handles(cls, known, names, colours), fontsize=8,
+               loc="outside lower center", ncols=min(len(names) + 1, 12), title="class")
+    return fig
 
 
 def plot_latent_pca(data, *, path: str | Path | None = None) -> Figure:
@@ -219,9 +251,11 @@ def plot_reconstructions(data, *, rows: Sequence[int] | None = None, num_data: i
     """Observed data against their posterior predictive draws, one row per datum and one column
     per modality.
 
-    A modality drawn as a curve shows the observed features (black), the mean of the posterior
-    predictive draws (blue) and their 5–95% band; one in ``image_shapes`` is drawn as three
-    images: observed, predictive mean, one predictive draw. A missing modality shows the
+    A tabular modality shows, per feature (integer positions on the x axis; the features are
+    separate variables, so they are drawn as markers, not joined by lines), the observed value
+    (black ×), the mean of the posterior predictive draws (blue dot) and their 5–95% interval
+    (blue bar); one in ``image_shapes`` is drawn as three images: observed, predictive mean,
+    one predictive draw. A missing modality shows the
     prediction alone (an imputation from the other modalities).
 
     :param rows: the data to show (default: ``num_data`` data of different classes).
@@ -261,10 +295,13 @@ def plot_reconstructions(data, *, rows: Sequence[int] | None = None, num_data: i
             else:
                 f = np.arange(mean.size)
                 lo, hi = np.quantile(rep, [0.05, 0.95], axis=0)
-                ax.fill_between(f, lo, hi, color="C0", alpha=0.25, lw=0)
-                ax.plot(f, mean, color="C0", lw=1)
+                size = 4 if mean.size <= 40 else 2
+                ax.vlines(f, lo, hi, color="C0", alpha=0.35, lw=size / 2)
+                ax.plot(f, mean, ls="", marker="o", ms=size, color="C0")
                 if present:
-                    ax.plot(f, x, color="k", lw=0.8)
+                    ax.plot(f, x, ls="", marker="x", ms=size + 1, color="k", mew=0.8)
+                ax.set_xlim(-0.5, mean.size - 0.5)
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 if r == len(rows) - 1:
                     ax.set_xlabel("feature")
             title = m if present else f"{m} (missing: imputed)"
@@ -272,7 +309,10 @@ def plot_reconstructions(data, *, rows: Sequence[int] | None = None, num_data: i
         axes[r, 0].set_ylabel(
             f"datum {i}\n{'class' if known[i] else 'predicted'} {names[cls[i]]}", fontsize=9
         )
-    fig.suptitle("Reconstructions: observed (black), predictive mean (blue), 5–95% band")
+    title = "Reconstructions"
+    if any(m not in image_shapes for m in modalities):
+        title += "\nper feature: observed (black ×), predictive mean (blue ●), 5–95% interval"
+    fig.suptitle(title, fontsize=10)
     return _finish(fig, path)
 
 

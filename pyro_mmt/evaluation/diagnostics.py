@@ -25,6 +25,7 @@ here without touching them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -51,6 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import xarray as xr
 
 __all__ = [
+    "KHAT_MIN_DRAWS",
     "KHAT_THRESHOLD",
     "ClassifierChecks",
     "classifier_checks",
@@ -69,6 +71,9 @@ __all__ = [
 
 #: Pareto k̂ above which a datum's importance weights are flagged (Vehtari et al. 2024).
 KHAT_THRESHOLD = 0.7
+
+#: Draws per datum PSIS needs to fit the tail (at least 5 tail draws, 0.2 S): below, k̂ is NaN.
+KHAT_MIN_DRAWS = 25
 
 #: Log weights whose range is at most this are treated as constant (see :func:`pareto_khat`).
 CONSTANT_LOG_WEIGHT_TOL = 1e-6
@@ -360,11 +365,101 @@ def _module_device_dtype(*objs, default_dtype):
     return torch.device("cpu"), default_dtype
 
 
+def _is_estimator(obj) -> bool:
+    """A :class:`~pyro_mmt.estimator.MultimodalSemiSupervisedClassifier` (fitted or not)."""
+    from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
+
+    return isinstance(obj, MultimodalSemiSupervisedClassifier)
+
+
+def _resolve_inputs(model, guide, dataset, y):
+    """``(model, guide, dataset, threads)``: for a fitted estimator its ``model_`` (which
+    holds its guide), ``dataset`` (X in any form ``fit`` accepts, with labels ``y``) checked,
+    completed and standardised as ``predict`` does, and its thread setting; anything else as
+    given (``y`` is then refused: the dataset holds the labels)."""
+    if _is_estimator(model):
+        est = model
+        est._check_fitted()
+        if dataset is None and guide is not None:  # to_inference_data(est, X)
+            guide, dataset = None, guide
+        if guide is not None:
+            raise ValueError(
+                f"guide: the estimator's model_ holds its guide; expected None with an "
+                f"estimator, found {type(guide).__name__}")
+        if dataset is None:
+            raise ValueError("dataset: expected X (any form fit accepts), found None")
+        if isinstance(dataset, MultimodalDataset) and dataset.num_classes != est.n_classes_:
+            raise ValueError(
+                f"dataset: expected {est.n_classes_} classes (as the estimator), found a "
+                f"MultimodalDataset with {dataset.num_classes}")
+        names = None
+        if isinstance(dataset, MultimodalDataset):
+            names = list(dataset.class_names)
+            y = dataset.y.numpy() if y is None else y
+        with est._threads():
+            data = est._dataset(dataset, y, fitted=True)
+        if names is not None and list(data.class_names) != names:  # a subset of modalities
+            x, labels = data.to_numpy()
+            data = MultimodalDataset(x, labels, num_classes=est.n_classes_, class_names=names,
+                                     allow_unobserved_modalities=True)
+        return est.model_, None, data, est._threads
+    if y is not None:
+        raise ValueError("y: labels are given with an estimator and X; with a model, pass a "
+                         f"MultimodalDataset holding them, found y and a "
+                         f"{type(_owner(model)).__name__}")
+    _model_and_guide(model, guide)  # e.g. the data passed as the guide
+    if dataset is not None and not isinstance(dataset, MultimodalDataset):
+        raise ValueError(
+            f"dataset: expected a MultimodalDataset in the model's units, found "
+            f"{type(dataset).__name__} (pass the fitted estimator instead of its model_ to give "
+            "X in any form fit accepts, standardised as predict does)")
+    if isinstance(dataset, MultimodalDataset):
+        _warn_if_not_in_model_units(_owner(model), dataset)
+    return model, guide, dataset, contextlib.nullcontext
+
+
+#: Continuous data whose pooled mean or standard deviation lies outside these bounds are not in
+#: the standardised units a model fitted by the estimator (standardise=True) was trained in.
+_STANDARDISED_MEAN, _STANDARDISED_SD = 3.0, (0.1, 10.0)
+
+
+def _warn_if_not_in_model_units(owner, dataset: MultimodalDataset) -> None:
+    """Warn when a continuous modality's observed values are far from standardised units: the
+    usual mistake is raw data given to an estimator's ``model_``."""
+    config = getattr(owner, "config", None)
+    families = getattr(config, "likelihood", None)
+    if not isinstance(families, Mapping):
+        return
+    from pyro_mmt.likelihoods import LIKELIHOODS
+
+    found = []
+    for j, m in enumerate(dataset.modalities):
+        family = LIKELIHOODS.get(families.get(m))
+        if family is None or not family.continuous:
+            continue
+        values = dataset.x[m].numpy()[dataset.mask[:, j].numpy()]
+        values = values[np.isfinite(values)]
+        if values.size < 2:
+            continue
+        mean, sd = float(values.mean()), float(values.std())
+        if abs(mean) > _STANDARDISED_MEAN or not _STANDARDISED_SD[0] <= sd <= _STANDARDISED_SD[1]:
+            found.append(f"{m!r} (mean {mean:.3g}, standard deviation {sd:.3g})")
+    if found:
+        warnings.warn(
+            f"dataset: the observed values of modalities {', '.join(found)} are far from the "
+            "standardised units a model fitted with standardise=True was trained in; k̂ and "
+            "log p(x) would then describe other data. Pass the fitted estimator and raw X "
+            "(to_inference_data(est, X)), which standardises as predict does, or "
+            "est.standardiser_.transform(data). (For a model trained in these units, ignore "
+            "this warning.)", UserWarning, stacklevel=4)
+
+
 def to_inference_data(
     model,
     guide=None,
-    dataset: MultimodalDataset | None = None,
+    dataset=None,
     *,
+    y=None,
     num_samples: int = 100,
     num_predictive: int | None = None,
     condition_on_labels: bool = True,
@@ -414,15 +509,28 @@ def to_inference_data(
     Note that ArviZ's ``loo``/``waic`` assume posterior draws; these are draws from q. Use the
     importance weights (:func:`importance_diagnostics`) to compare models.
 
-    :param model: an object with a ``.model(x, mask, y)`` method (e.g. a
-        :class:`~pyro_mmt.models.MultimodalM2`, the estimator's ``model_``) or the model
-        callable itself (e.g. ``m2.model``).
+    From the estimator, in one call: ``to_inference_data(est, X)`` (X as the second argument
+    or as ``dataset=``; labels as ``y=``) takes
+    ``X`` in any form ``fit`` accepts and standardises it as ``predict`` does; the draws are
+    those of ``est.model_`` (the first member when ``n_init > 1``).
+
+    :param model: the fitted :class:`~pyro_mmt.estimator.MultimodalSemiSupervisedClassifier`
+        (then ``dataset`` is raw X, standardised here), an object with a ``.model(x, mask, y)``
+        method (e.g. a :class:`~pyro_mmt.models.MultimodalM2`, the estimator's ``model_``) or
+        the model callable itself (e.g. ``m2.model``).
     :param guide: an object with ``.guide(x, mask, y)`` or the guide callable; default (None)
         the model's object, which holds its guide (``to_inference_data(m2, dataset=data)``).
         q(y | x) comes from ``.predict_proba(x, mask)`` of the guide's object, else of the
-        model's.
-    :param dataset: the data, in the units the model was trained on (for the estimator:
-        ``est.standardiser_.transform(data)``); y = −1 for unknown labels. Required.
+        model's. None with an estimator.
+    :param dataset: with an estimator, X in any form ``fit`` accepts (a mapping, a
+        (modality, feature) DataFrame, a flat array with the estimator's ``modalities=``, a
+        :class:`~pyro_mmt.data.MultimodalDataset`), any subset of its modalities, in the data's
+        own units. With a model, a :class:`~pyro_mmt.data.MultimodalDataset` **in the units
+        the model was trained on** (for an estimator's ``model_``:
+        ``est.standardiser_.transform(data)``; a ``UserWarning`` is raised when a continuous
+        modality looks far from standardised); y = −1 for unknown labels. Required.
+    :param y: with an estimator, labels for X (−1 = unknown; default: all unknown, or the
+        labels of a MultimodalDataset).
     :param int num_samples: S, draws per datum.
     :param num_predictive: draws kept in ``posterior_predictive`` (default min(S, 20)); it holds
         P·N·Σ n_m numbers.
@@ -434,9 +542,17 @@ def to_inference_data(
     :param attrs: extra attributes (e.g. the estimator's ``get_params()``).
     :return: ``arviz.InferenceData``.
     """
+    model, guide, dataset, threads = _resolve_inputs(model, guide, dataset, y)
     model_fn, guide_fn, guide = _model_and_guide(model, guide)
     if not isinstance(dataset, MultimodalDataset):
         raise ValueError(f"dataset: expected a MultimodalDataset, found {type(dataset).__name__}")
+    with threads():
+        return _to_inference_data(model, guide, model_fn, guide_fn, dataset, num_samples,
+                                  num_predictive, condition_on_labels, seed, batch_size, attrs)
+
+
+def _to_inference_data(model, guide, model_fn, guide_fn, dataset, num_samples, num_predictive,
+                       condition_on_labels, seed, batch_size, attrs):
     if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or \
             num_samples < 1:
         raise ValueError(f"num_samples: expected a positive integer, found {num_samples!r}")
@@ -582,7 +698,8 @@ def pareto_khat(log_weights) -> np.ndarray:
     Two cases ArviZ's estimator does not cover are settled here: when a row's log weights are
     equal to within ``CONSTANT_LOG_WEIGHT_TOL`` (q is the posterior for that datum, e.g. a
     conjugate model with its exact posterior) the weights are bounded, the best possible case,
-    and k̂ = −inf; when S is too small for the tail fit (fewer than 5 tail draws, S < 25) or a
+    and k̂ = −inf; when S is too small for the tail fit (S < :data:`KHAT_MIN_DRAWS` = 25: the
+    tail of 0.2 S draws would hold fewer than 5) or a
     row is not finite, k̂ = NaN. See :func:`importance_diagnostics` for how to read k̂.
     """
     lw = np.asarray(log_weights, dtype=np.float64)
@@ -596,7 +713,7 @@ def pareto_khat(log_weights) -> np.ndarray:
     constant = usable & (spread <= CONSTANT_LOG_WEIGHT_TOL)
     khat[constant] = -np.inf
     fit = usable & ~constant
-    if fit.any():
+    if fit.any() and lw.shape[1] >= KHAT_MIN_DRAWS:  # ArviZ would fit 5 tail draws from S = 21
         k = _arviz().pareto_khat(lw[fit])
         khat[fit] = np.where(np.isfinite(k), k, np.nan)
     return khat
@@ -782,9 +899,12 @@ def diagnostics_summary(data, table: pd.DataFrame | None = None,
                         checks: ClassifierChecks | None = None) -> pd.DataFrame:
     """One table of the headline numbers, indexed by ``metric`` with a ``value`` column.
 
-    Importance sampling (from :func:`importance_diagnostics`): ``khat_mean`` (over finite k̂),
-    ``khat_median``, ``share_khat_above_0.7``, ``khat_threshold_for_S`` = min(1 − 1/log10 S, 0.7)
-    and the share above it, ``ess_fraction_mean``, and the per-datum mean of the IWAE estimate
+    Importance sampling (from :func:`importance_diagnostics`): ``num_data_with_khat``,
+    ``khat_mean`` (over finite k̂), ``khat_median``, ``share_khat_above_0.7``,
+    ``khat_threshold_for_S`` = min(1 − 1/log10 S, 0.7) and the share above it, each over the
+    data whose k̂ was estimated, and NaN when none was: k̂ needs at least
+    :data:`KHAT_MIN_DRAWS` = 25 draws per datum (with fewer, the summary does not claim that no
+    datum is flagged); ``ess_fraction_mean``, and the per-datum mean of the IWAE estimate
     and of the ELBO, separately for data whose label was not conditioned on (``log_px``) and was
     (``log_pxy``), also per observed dimension. Classifier (:func:`classifier_checks`): ``ece``,
     ``accuracy`` and ``balanced_accuracy`` on data with a known label, mean normalised entropy
@@ -802,16 +922,19 @@ def diagnostics_summary(data, table: pd.DataFrame | None = None,
         dim_of += mask[:, j] * obs[f"x_{m}"].shape[-1]
     khat = table["khat"].to_numpy()
     finite = khat[np.isfinite(khat)]
+    known = khat[~np.isnan(khat)]  # NaN: not estimated (fewer than KHAT_MIN_DRAWS draws)
     k_s = min(1 - 1 / math.log10(num_draws), KHAT_THRESHOLD) if num_draws > 10 else np.nan
     values = {
         "num_data": len(table),
         "num_draws": num_draws,
+        "num_data_with_khat": int(known.size),
         "khat_mean": float(finite.mean()) if finite.size else np.nan,
-        "khat_median": float(np.median(khat[~np.isnan(khat)])) if not np.isnan(khat).all()
-        else np.nan,
-        f"share_khat_above_{KHAT_THRESHOLD}": float(np.mean(khat > KHAT_THRESHOLD)),
+        "khat_median": float(np.median(known)) if known.size else np.nan,
+        f"share_khat_above_{KHAT_THRESHOLD}": float(np.mean(known > KHAT_THRESHOLD))
+        if known.size else np.nan,
         "khat_threshold_for_S": k_s,
-        "share_khat_above_threshold_for_S": float(np.mean(khat > k_s)),
+        "share_khat_above_threshold_for_S": float(np.mean(known > k_s))
+        if known.size and not np.isnan(k_s) else np.nan,
         "ess_fraction_mean": float(table["ess_fraction"].mean()),
     }
     labelled = table["labelled"].to_numpy().astype(bool)

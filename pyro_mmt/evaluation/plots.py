@@ -67,7 +67,7 @@ def plot_recall_vs_frequency(
     order = np.argsort(-counts, kind="stable")
     k = len(counts)
     names = [str(c) for c in (class_names if class_names is not None else range(k))]
-    fig = Figure(figsize=(max(6, 0.8 * k + 2), 4))
+    fig = Figure(figsize=(max(6, 0.8 * k + 2), 4.4), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / max(len(predictions), 1)
     for i, (label, pred) in enumerate(predictions.items()):
@@ -75,18 +75,19 @@ def plot_recall_vs_frequency(
         ax.bar(np.arange(k) + (i - (len(predictions) - 1) / 2) * width, recall[order], width,
                label=label)
     ax.set(ylim=(0, 1.05), ylabel="test recall", xlabel="class (head → tail)")
-    ax.set_xticks(np.arange(k), [names[j] for j in order], rotation=45 if k > 6 else 0)
+    ax.set_xticks(np.arange(k), [names[j] for j in order], rotation=45 if k > 6 else 0,
+                  ha="right" if k > 6 else "center", rotation_mode="anchor")
     twin = ax.twinx()
     twin.plot(np.arange(k), counts[order], "o--", color="0.4", label="training rows")
     twin.set_yscale("log")
     twin.set_ylabel("training rows per class (log)")
     handles = ax.get_legend_handles_labels()
     extra = twin.get_legend_handles_labels()
-    # below the axes: inside, it would hide the bars it explains
-    ax.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=8, loc="upper center",
-              bbox_to_anchor=(0.5, -0.16), ncol=min(len(predictions) + 1, 5), frameon=False)
+    # outside the axes, below the (rotated) class names: inside, it would hide the bars it
+    # explains, and just below the axes it would cover the class names
+    fig.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=8,
+               loc="outside lower center", ncols=min(len(predictions) + 1, 6), frameon=False)
     ax.set_title("per-class recall against class frequency")
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -112,6 +113,6 @@ def plot_confusion_matrix(
             if cm[i, j] >= 0.005:
                 ax.text(j, i, f"{cm[i, j]:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if cm[i, j] > 0.5 else "black")
-    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class's rows")
     fig.tight_layout()
     return _save(fig, path)

@@ -541,3 +541,97 @@ def test_example_smoke(tmp_path):
     report = example.main(args)
     assert (tmp_path / "reconstructions.png").is_file()
     assert report.summary.loc["num_data", "value"] == 40
+
+
+# ----------------------------------------------------------------------------------------------
+# from the estimator; too few draws for k̂; the plots' drawing
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fitted_estimator():
+    """An estimator fitted on 60 rows of two modalities far from standardised units (mean 50),
+    and its X, labels."""
+    from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
+
+    rng = np.random.default_rng(0)
+    y_true = np.repeat(np.arange(3), 20)
+    x = 3.0 * rng.normal(size=(3, 6))[y_true] + rng.normal(size=(60, 6)) + 50.0
+    X = {"a": x[:, :4], "b": x[:, 4:]}
+    y = np.where(np.arange(60) % 3 == 0, y_true, -1)
+    est = MultimodalSemiSupervisedClassifier(hidden=(8,), latent_dim=2, epochs=2,
+                                             batch_size=16).fit(X, y)
+    return est, X, y_true
+
+
+def _log_weights(idata):
+    return D.get_group(idata, "sample_stats")["log_weight"].values
+
+
+def test_to_inference_data_from_the_estimator_standardises_as_predict(fitted_estimator):
+    """to_inference_data(est, X) with X in each form fit accepts equals the model_ on the
+    standardised data set; a subset of the modalities works as in predict."""
+    est, X, y = fitted_estimator
+    reference = D.to_inference_data(
+        est.model_, dataset=est.standardiser_.transform(MultimodalDataset(X, y)), num_samples=4)
+    frame = pd.concat({m: pd.DataFrame(v) for m, v in X.items()}, axis=1)
+    for form in (X, frame, MultimodalDataset(X, y)):
+        idata = D.to_inference_data(est, form, y=None if isinstance(form, MultimodalDataset)
+                                    else y, num_samples=4)
+        np.testing.assert_allclose(_log_weights(idata), _log_weights(reference), rtol=1e-6)
+        np.testing.assert_array_equal(D.get_group(idata, "constant_data")["label"].values, y)
+    subset = D.to_inference_data(est, {"a": X["a"]}, num_samples=4)
+    assert D.get_group(subset, "constant_data")["modality_mask"].values[:, 1].sum() == 0
+    with pytest.raises(ValueError, match=r"^guide: .*expected None with an estimator"):
+        D.to_inference_data(est, est.model_, X)
+    with pytest.raises(ValueError, match=r"^X\[.a.\]: expected shape \[N, 4\]"):
+        D.to_inference_data(est, {"a": X["a"][:, :3]})
+
+
+def test_raw_data_given_to_the_model_warn(fitted_estimator):
+    est, X, y = fitted_estimator
+    with pytest.warns(UserWarning,
+                      match=r"modalities .a. \(mean \d.*to_inference_data\(est, X\)"):
+        D.to_inference_data(est.model_, dataset=MultimodalDataset(X, y), num_samples=2)
+    with pytest.raises(ValueError, match=r"^dataset: expected a MultimodalDataset in the model's"):
+        D.to_inference_data(est.model_, dataset=X)
+    with pytest.raises(ValueError, match=r"^y: labels are given with an estimator"):
+        D.to_inference_data(est.model_, dataset=MultimodalDataset(X, y), y=y)
+
+
+def test_diagnose_accepts_the_estimator(fitted_estimator, tmp_path):
+    est, X, y = fitted_estimator
+    paths, summary = diagnose(est, X, out_dir=tmp_path, y=y, num_samples=25, num_predictive=2)
+    assert summary.loc["num_data_with_khat", "value"] == 60
+    assert np.isfinite(summary.loc["share_khat_above_0.7", "value"])
+
+
+def test_too_few_draws_for_khat_are_not_reported_as_no_flags(toy_idata):
+    """With S < 25 draws k̂ is NaN: the summary's shares are NaN (not 0%) and the k̂ plot says
+    why instead of drawing nothing under a '0.0% above 0.7' title."""
+    toy = ConjugateToy()
+    idata = D.to_inference_data(toy, ToyGuide(toy, scale=0.8), toy_data(toy, 12),
+                                num_samples=D.KHAT_MIN_DRAWS - 1, num_predictive=2)
+    summary = D.diagnostics_summary(idata)["value"]
+    assert summary["num_data_with_khat"] == 0 and np.isnan(summary["khat_mean"])
+    assert np.isnan(summary["share_khat_above_0.7"])
+    assert np.isnan(summary["share_khat_above_threshold_for_S"])
+    fig = plots.plot_khat(idata)
+    titles = " ".join(ax.get_title() for ax in fig.axes)
+    assert "not estimated" in titles and "above" not in titles
+    texts = " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
+    assert "at least 25 draws" in texts
+    # with enough draws: every datum has a k̂ and the shares are numbers
+    summary = D.diagnostics_summary(toy_idata)["value"]
+    assert summary["num_data_with_khat"] == summary["num_data"]
+    assert 0 <= summary["share_khat_above_0.7"] <= 1
+
+
+def test_reconstructions_draw_tabular_features_as_markers_on_integer_ticks(toy_idata):
+    fig = plots.plot_reconstructions(toy_idata, rows=[0, 2])
+    for ax in fig.axes:
+        assert ax.lines, ax.get_title()
+        assert all(line.get_linestyle() == "None" for line in ax.lines), ax.get_title()
+        ticks = ax.get_xticks()
+        shown = ticks[(ticks >= ax.get_xlim()[0]) & (ticks <= ax.get_xlim()[1])]
+        np.testing.assert_array_equal(shown, np.round(shown))

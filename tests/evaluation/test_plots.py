@@ -74,3 +74,29 @@ def test_no_figure_stays_open(predictions):
     for _ in range(21):  # more than pyplot's 20-figure warning
         plot_confusion_matrix(y, preds["lr"], 5)
     assert Gcf.get_num_fig_managers() == 0
+
+
+def test_confusion_matrix_colour_bar_is_labelled(predictions):
+    y, preds = predictions
+    fig = plot_confusion_matrix(y, preds["t_gamma"], 5)
+    colour_bar = fig.axes[-1]
+    assert "true class" in colour_bar.get_ylabel()
+
+
+def test_recall_legend_does_not_cover_the_class_names(predictions):
+    """Ten long, rotated class names (Fashion-MNIST's): the legend lies below them."""
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(10), 20)
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+             "Sneaker", "Bag", "Ankle boot"]
+    preds = {m: rng.integers(0, 10, y.size) for m in ("t_gamma_ens3", "t_gamma", "gauss_kl",
+                                                       "selftrain", "lr")}
+    fig = plot_recall_vs_frequency(y, preds, np.geomspace(5000, 50, 10).astype(int), names)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    legend = fig.legends[0].get_window_extent(renderer)
+    labels = [t.get_window_extent(renderer) for t in fig.axes[0].get_xticklabels()]
+    assert legend.y1 <= min(b.y0 for b in labels)
+    assert all(not legend.overlaps(b) for b in labels)
