@@ -635,3 +635,17 @@ def test_reconstructions_draw_tabular_features_as_markers_on_integer_ticks(toy_i
         ticks = ax.get_xticks()
         shown = ticks[(ticks >= ax.get_xlim()[0]) & (ticks <= ax.get_xlim()[1])]
         np.testing.assert_array_equal(shown, np.round(shown))
+
+
+def test_the_arviz_requirement_excludes_the_versions_the_adapter_refuses():
+    """pyproject.toml pins arviz < 1, as _arviz() refuses ArviZ >= 1 (no DataTree backend)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    requirements = [Requirement(r) for r in
+                    tomllib.loads(pyproject.read_text())["project"]["dependencies"]]
+    arviz = next(r for r in requirements if r.name == "arviz")
+    assert "0.23.4" in arviz.specifier and "1.0.0" not in arviz.specifier
+    assert "0.22.0" not in arviz.specifier
