@@ -379,16 +379,27 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         its modalities (absent ones missing) and standardised as in fit."""
         if fitted and isinstance(X, MultimodalDataset) and X.modalities != self.modalities_:
             X = X.to_numpy()[0]  # a subset or another order: completed below like a mapping
+        if _is_sparse(X):
+            raise TypeError(f"X: sparse input is not supported; expected dense values, found a "
+                            f"{type(X).__name__} (convert it with X.toarray())")
         if isinstance(X, MultimodalDataset):
             data = X if y is None else X.with_labels(check_labels(y, len(X)))
         else:
+            if not fitted and y is None:
+                raise ValueError(
+                    "y: fit requires y to be passed, but the target y is None; expected one "
+                    "label per row of X (class indices 0..K-1, -1 = unlabelled)")
             X = as_modality_mapping(X, self.modalities)
             if fitted:
                 X = self._complete(X)
             n_rows = len(next(iter(X.values())))
+            num_classes = self.n_classes_ if fitted else None
             if y is not None:
-                y = check_labels(y, n_rows, self.n_classes_ if fitted else None)
-            data = MultimodalDataset(X, y, num_classes=self.n_classes_ if fitted else None,
+                y = check_labels(y, n_rows, num_classes)
+                if not fitted:
+                    _check_training_labels(y)
+                    num_classes = int(y.max()) + 1  # the classes are 0..max(y)
+            data = MultimodalDataset(X, y, num_classes=num_classes,
                                      allow_unobserved_modalities=fitted)
         if fitted:
             if data.modalities != self.modalities_:
@@ -468,6 +479,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
                 values, f"X[{m!r}]")
         self.modalities_ = data.modalities
         self.dims_ = dict(data.dims)
+        self.n_features_in_ = int(sum(self.dims_.values()))
         self.n_classes_ = data.num_classes
         self.classes_ = np.arange(self.n_classes_)
         self.label_counts_ = counts
@@ -651,6 +663,27 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         return self.history_
 
 
+def _is_sparse(X) -> bool:
+    """A scipy sparse matrix or array (or a mapping holding one)."""
+    from scipy import sparse
+
+    if sparse.issparse(X):  # before the Mapping test: a dok matrix is a dict
+        return True
+    return isinstance(X, Mapping) and any(sparse.issparse(v) for v in X.values())
+
+
+def _check_training_labels(y: np.ndarray) -> None:
+    """Labels fit can learn from: some labelled rows, of at least two classes (the classes
+    are 0..max(y), so K = max(y) + 1)."""
+    labelled = y[y >= 0]
+    if labelled.size == 0:
+        raise ValueError(f"y: expected some labelled rows (y >= 0), found none among {y.size} "
+                         "rows (-1 marks an unlabelled row)")
+    if labelled.max() < 1:
+        raise ValueError(f"y: expected labelled rows of at least 2 classes (class indices "
+                         f"0..K-1), found only class {int(labelled.max())}")
+
+
 @contextlib.contextmanager
 def _resume_advice(estimator, member: int):
     """A TrainingInterrupted of member ``member`` says how to resume the estimator's fit."""
@@ -767,6 +800,7 @@ def load_estimator(path, map_location="cpu", *, decoders=None,
     est.config_ = ModelConfig.from_dict(state["config"])
     est.modalities_ = tuple(state["modalities"])
     est.dims_ = dict(est.config_.dims)
+    est.n_features_in_ = int(sum(est.dims_.values()))
     est.n_classes_ = est.config_.num_classes
     est.classes_ = np.arange(est.n_classes_)
     est.label_counts_ = np.asarray(state["label_counts"])
