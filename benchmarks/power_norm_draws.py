@@ -49,6 +49,13 @@ from pyro import poutine
 from benchmarks.timing import interleaved, machine
 from pyro_mmt.estimator import build_model, make_objective
 from pyro_mmt.infer import MonteCarloPowerNorm
+from pyro_mmt.models.multimodal_m2 import LatentMonteCarloPowerNorm
+
+#: The Monte Carlo norm under study (``--norm``): "ancestral" draws x, y and z
+#: (:class:`MonteCarloPowerNorm`); "latent" sums x and y exactly and draws z only
+#: (:class:`LatentMonteCarloPowerNorm`, what the model declares for these families).
+NORMS = {"ancestral": MonteCarloPowerNorm, "latent": LatentMonteCarloPowerNorm}
+NORM = {"class": MonteCarloPowerNorm}
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -61,10 +68,23 @@ DRAWS = (8, 16, 32, 64, 128, 256, 1024, 4096)
 
 # ------------------------------------------------------------------------------- the models
 def build(likelihood, *, hidden, latent_dim, seed):
-    """A model with random networks and ν learned (so that d/dν exists)."""
+    """A model with random networks and ν learned (so that d/dν exists); a mixed model
+    declares the norm under study (``--norm``)."""
     pyro.set_rng_seed(seed)
-    return build_model(DIMS, NUM_CLASSES, likelihood=likelihood, nu=NU, hidden=hidden,
-                       latent_dim=latent_dim, learn_nu=True)
+    m2 = build_model(DIMS, NUM_CLASSES, likelihood=likelihood, nu=NU, hidden=hidden,
+                     latent_dim=latent_dim, learn_nu=True)
+    if likelihood != "student_t":
+        m2.power_norm = lambda observed, m2=m2: make_norm(m2, observed)
+    return m2
+
+
+def make_norm(m2, observed, num_draws=None):
+    """The norm under study for ``observed`` (bool [B, M])."""
+    obs_dim = (observed.to(m2._dims.dtype) @ m2._dims)
+    if NORM["class"] is LatentMonteCarloPowerNorm:
+        return LatentMonteCarloPowerNorm(m2, observed, obs_dim, nu=m2.nu, num_draws=num_draws)
+    return MonteCarloPowerNorm(m2.model, observed, obs_dim, m2.config.latent_dim, nu=m2.nu,
+                               num_draws=num_draws)
 
 
 def reached(m2) -> list[torch.Tensor]:
@@ -112,12 +132,16 @@ def flat(grads) -> torch.Tensor:
     return torch.cat([g.reshape(-1) for g in grads])
 
 
+def gradient(value, params):
+    """d value / d params, zeros for the parameters it does not use (the latent norm never
+    uses the Student-t decoder: its integral does not depend on the mean)."""
+    grads = torch.autograd.grad(value, params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
+
+
 # --------------------------------------------------------------------------- the norm alone
-def monte_carlo_norm(m2, num_draws: int) -> MonteCarloPowerNorm:
-    observed = torch.ones(1, len(DIMS), dtype=torch.bool)
-    declared = m2.power_norm(observed)
-    return MonteCarloPowerNorm(m2.model, observed, declared.obs_dim, m2.config.latent_dim,
-                               nu=m2.nu, num_draws=num_draws)
+def monte_carlo_norm(m2, num_draws: int):
+    return make_norm(m2, torch.ones(1, len(DIMS), dtype=torch.bool), num_draws)
 
 
 def auto_gamma(m2) -> torch.Tensor:
@@ -134,7 +158,7 @@ def norm_draws(m2, num_draws: int, repeats: int, gamma):
     for _ in range(repeats):
         tic = time.perf_counter()
         value = monte_carlo_norm(m2, num_draws).log_norm(gamma).sum()
-        grads = torch.autograd.grad(value, params)
+        grads = gradient(value, params)
         seconds.append(time.perf_counter() - tic)
         values.append(value.item())
         dnu.append(grads[-1].item() / factor)
@@ -151,7 +175,7 @@ def reference_norm(m2, gamma, total_draws: int, chunk: int = 4096):
     for _ in range(max(1, total_draws // chunk)):
         value = monte_carlo_norm(m2, chunk).log_norm(gamma).sum()
         values.append(value.detach())
-        grads.append(flat(torch.autograd.grad(value, params)).detach())
+        grads.append(flat(gradient(value, params)).detach())
     g = float(gamma.reshape(-1)[0])
     scaled = (1 + g) * torch.stack(values)
     weights = torch.softmax(scaled, 0)
@@ -194,21 +218,25 @@ def step_gradients(m2, batches, repeats: int, *, noise_free=None):
     for r in range(repeats):
         x, mask, y = batches(r)
         shift = torch.zeros((), requires_grad=True)
+        previous = m2.__dict__.get("power_norm")  # the norm under study (see build)
         if noise_free is not None:
             value, grad = noise_free
 
             def declared(observed, value=value, grad=grad, shift=shift):
-                like = type(m2).power_norm(m2, observed)
+                like = make_norm(m2, observed)
                 return NoiseFreeNorm(like, value, grad, params, shift)
 
             m2.power_norm = declared
         try:
             loss = elbo.differentiable_loss(m2.model, m2.guide, x, mask, y)
             wrt = params + ([shift] if noise_free is not None else [])
-            grads = torch.autograd.grad(loss, wrt)
+            grads = gradient(loss, wrt)
         finally:
             if noise_free is not None:
-                del m2.power_norm
+                if previous is None:
+                    del m2.power_norm
+                else:
+                    m2.power_norm = previous
         if noise_free is not None:
             c2.append(grads[-1].item() ** 2)
             grads = grads[:-1]
@@ -227,13 +255,13 @@ def svi_step(m2, batch, num_draws=None):
     x, mask, y = batch
 
     def step():
-        saved = MonteCarloPowerNorm.default_num_draws
+        saved = NORM["class"].default_num_draws
         if num_draws is not None:
-            MonteCarloPowerNorm.default_num_draws = num_draws
+            NORM["class"].default_num_draws = num_draws
         try:
             return svi.step(x, mask, y)
         finally:
-            MonteCarloPowerNorm.default_num_draws = saved
+            NORM["class"].default_num_draws = saved
 
     return step
 
@@ -320,13 +348,13 @@ def step_shares(m2, rows, noise_free, pool, args, say, check=False):
             f"{row['loss_sd_from_norm']:.3g}")
     target = next((r for r in rows if r["S"] == args.check_draws), None)
     if check and target is not None:
-        saved = MonteCarloPowerNorm.default_num_draws
-        MonteCarloPowerNorm.default_num_draws = args.check_draws
+        saved = NORM["class"].default_num_draws
+        NORM["class"].default_num_draws = args.check_draws
         try:
             pyro.set_rng_seed(args.seed + 5)
             vs, _, _, _ = step_gradients(m2, fixed, args.step_repeats)
         finally:
-            MonteCarloPowerNorm.default_num_draws = saved
+            NORM["class"].default_num_draws = saved
         var0, _, c2, _ = baselines["fixed"]
         predicted = var0 + c2 * target["grad_total_variance"]
         say(f"  direct check at S={args.check_draws} (fixed batch): gradient variance with the "
@@ -342,8 +370,8 @@ def train(m2, pool, args, say):
                          loss=make_objective("gamma_power"))
     gen = torch.Generator().manual_seed(args.seed + 7)
     losses = []
-    saved = MonteCarloPowerNorm.default_num_draws
-    MonteCarloPowerNorm.default_num_draws = args.train_draws
+    saved = NORM["class"].default_num_draws
+    NORM["class"].default_num_draws = args.train_draws
     try:
         for step in range(args.train_steps):
             rows = torch.randperm(len(pool_mask), generator=gen)[:args.batch_size]
@@ -352,7 +380,7 @@ def train(m2, pool, args, say):
             if y is None:
                 losses.append(loss)
     finally:
-        MonteCarloPowerNorm.default_num_draws = saved
+        NORM["class"].default_num_draws = saved
     k = max(1, len(losses) // 10)
     say(f"trained the mixed model: {args.train_steps} SVI steps (ClippedAdam lr {args.lr}, norm "
         f"at S = {args.train_draws}); unlabelled loss per batch {statistics.fmean(losses[:k]):.1f}"
@@ -366,7 +394,7 @@ def norm_step(m2, num_draws: int):
 
     def step():
         value = monte_carlo_norm(m2, num_draws).log_norm(gamma).sum()
-        return torch.autograd.grad(value, params)
+        return gradient(value, params)
 
     return step
 
@@ -427,6 +455,9 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=6, help="timing rounds (default 6)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--norm", choices=sorted(NORMS), default="ancestral",
+                   help="the Monte Carlo norm: 'ancestral' draws x, y, z; 'latent' sums x and y "
+                   "exactly and draws z (default ancestral)")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, few repeats")
     p.add_argument("--out", type=Path, default=None,
                    help="CSV path (default benchmarks/results/power_norm_draws.csv; with "
@@ -442,6 +473,7 @@ def main(argv=None):
         args.batch_size, args.pool_size, args.hidden, args.latent_dim = 16, 64, 8, 2
         args.train_steps, args.train_draws, args.rounds = 4, 16, 1
     torch.set_num_threads(args.threads)
+    NORM["class"] = NORMS[args.norm]
     lines = []
 
     def say(line=""):
