@@ -85,6 +85,14 @@ def _is_number(value) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool) and not math.isnan(value)
 
 
+#: The model computes in float32: a parameter beyond its range would overflow to inf.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _finite32(value) -> bool:
+    return math.isfinite(value) and abs(value) <= _FLOAT32_MAX
+
+
 def _is_int(value, low=1) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool) and value >= low
 
@@ -96,7 +104,7 @@ def _is_gamma(value) -> bool:
         except ValueError:
             return False
         return True
-    return _is_number(value) and math.isfinite(value) and value > -1 and value != 0
+    return _is_number(value) and _finite32(value) and value > -1 and value != 0
 
 
 def _is_networks(value) -> bool:
@@ -113,16 +121,20 @@ def _is_probabilities(value) -> bool:
 
 
 _BOOLEAN = (lambda v: isinstance(v, bool | np.bool_), "True or False")
-_POSITIVE = (lambda v: _is_number(v) and math.isfinite(v) and v > 0, "a finite number > 0")
-_NON_NEGATIVE = (lambda v: _is_number(v) and math.isfinite(v) and v >= 0,
-                 "a finite number >= 0")
+_POSITIVE = (lambda v: _is_number(v) and _finite32(v) and v > 0,
+             "a finite number > 0 (at most 3.4e38, float32)")
+_NON_NEGATIVE = (lambda v: _is_number(v) and _finite32(v) and v >= 0,
+                 "a finite number >= 0 (at most 3.4e38, float32)")
+#: σ² must be a positive float32 too (the model stores log σ²).
+_SIGMA = (lambda v: _is_number(v) and 1e-18 <= v <= 1e18, "a number in [1e-18, 1e18]")
 _COUNT = (_is_int, "an integer >= 1")
 
 #: Every parameter's constraint: (check, what is expected). One place, one kind of message.
 _PARAMETER_CONSTRAINTS: dict[str, tuple[Callable, str]] = {
     "objective": (lambda v: v in ("gamma_power", "kl"), "'gamma_power' or 'kl'"),
     "gamma": (_is_gamma, "'auto', '<k>x auto' (k > 0) or a finite float > -1 other than 0"),
-    "nu": (lambda v: _is_number(v) and v > 2, "a number > 2, or inf for the Gaussian model"),
+    "nu": (lambda v: _is_number(v) and v > 2 and (math.isinf(v) or v <= _FLOAT32_MAX),
+           "a number > 2 (at most 3.4e38, float32), or inf for the Gaussian model"),
     "learn_nu": _BOOLEAN,
     "likelihood": (lambda v: v in LIKELIHOODS if isinstance(v, str) else isinstance(
         v, Mapping) and all(f in LIKELIHOODS for f in v.values()),
@@ -131,9 +143,9 @@ _PARAMETER_CONSTRAINTS: dict[str, tuple[Callable, str]] = {
     "hidden": (lambda v: isinstance(v, Sequence) and not isinstance(v, str) and len(v) > 0
                and all(_is_int(h) for h in v), "a non-empty sequence of positive integers, "
                "e.g. (128,)"),
-    "sigma": (lambda v: _POSITIVE[0](v) or (isinstance(v, Mapping) and all(
-        _POSITIVE[0](s) for s in v.values())), "a finite number > 0 or a mapping modality -> "
-        "such numbers"),
+    "sigma": (lambda v: _SIGMA[0](v) or (isinstance(v, Mapping) and all(
+        _SIGMA[0](s) for s in v.values())), "a number in [1e-18, 1e18] or a mapping modality "
+        "-> such numbers"),
     "alpha": _NON_NEGATIVE,
     "class_weight": (lambda v: v is None or v == "balanced" or _is_probabilities(v) or (
         isinstance(v, Sequence) and all(_NON_NEGATIVE[0](w) for w in v)),
@@ -142,8 +154,8 @@ _PARAMETER_CONSTRAINTS: dict[str, tuple[Callable, str]] = {
     "unlabelled_prior_shift": _NON_NEGATIVE,
     "class_prior": (lambda v: v in CLASS_PRIORS if isinstance(v, str) else _is_probabilities(v),
                     f"one of {list(CLASS_PRIORS)} or one probability per class"),
-    "prior_concentration": (lambda v: _is_number(v) and math.isfinite(v) and v >= 1,
-                            "a finite number >= 1"),
+    "prior_concentration": (lambda v: _is_number(v) and _finite32(v) and v >= 1,
+                            "a finite number >= 1 (at most 3.4e38, float32)"),
     "joint_head": _BOOLEAN,
     "latent_weight": _POSITIVE,
     "decoders": (_is_networks, "None or a mapping modality -> nn.Module or make(config)"),
@@ -392,6 +404,12 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             X = as_modality_mapping(X, self.modalities)
             if fitted:
                 X = self._complete(X)
+            else:
+                for m, value in X.items():
+                    if value.size and np.isnan(value).all():
+                        raise ValueError(
+                            f"X[{m!r}]: observed in no row (every row is NaN); expected each "
+                            "modality observed in at least one training row (drop it from X)")
             n_rows = len(next(iter(X.values())))
             num_classes = self.n_classes_ if fitted else None
             if y is not None:
@@ -638,16 +656,29 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         """Balanced accuracy (mean per-class recall) on the labelled rows (y ≥ 0) of ``X``;
         unlabelled rows (y = −1) are ignored, so scikit-learn's cross-validation can score
         folds of semi-supervised data."""
-        y = np.asarray(y.numpy() if isinstance(y, torch.Tensor) else y)
+        self._check_fitted()
+        pred = self.predict(X)
+        # class indices 0..K-1 of the fitted classes, -1 = unlabelled (strings, None, NaN,
+        # out-of-range labels and a length other than X's are refused naming y)
+        y = check_labels(y, int(pred.shape[0]), self.n_classes_)
         labelled = y >= 0
         if not labelled.any():
             raise ValueError(f"y: expected some labelled rows (y >= 0) to score, found none "
                              f"among {y.size}")
-        pred = self.predict(X)
-        if pred.shape[0] != y.shape[0]:
-            raise ValueError(f"y: expected {pred.shape[0]} labels (one per row of X), found "
-                             f"{y.shape[0]}")
-        weight = None if sample_weight is None else np.asarray(sample_weight)[labelled]
+        weight = None
+        if sample_weight is not None:
+            try:
+                weight = np.asarray(sample_weight, dtype=float)
+            except (TypeError, ValueError):
+                weight = None
+            if weight is None or weight.shape != y.shape or not np.isfinite(weight).all() \
+                or (weight < 0).any():
+                found = (f"values of dtype {np.asarray(sample_weight).dtype}" if weight is None
+                         else f"shape {weight.shape}, min {np.nanmin(weight, initial=0):.3g}"
+                         if weight.size else f"shape {weight.shape}")
+                raise ValueError(f"sample_weight: expected {y.size} finite weights >= 0 (one "
+                                 f"per row of X), found {found}")
+            weight = weight[labelled]
         return float(balanced_accuracy_score(y[labelled], pred[labelled], sample_weight=weight))
 
     def _check_fitted(self):
