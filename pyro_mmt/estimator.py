@@ -819,6 +819,11 @@ def load_estimator(path, map_location="cpu", *, decoders=None,
     if not isinstance(state, dict) or state.get("format") != _FORMAT:
         raise ValueError(f"path: {path} is not an estimator saved by save_estimator "
                          f"(format {_FORMAT})")
+    missing = sorted({"params", "custom_networks", "config", "modalities", "label_counts",
+                      "standardiser", "members", "histories"} - set(state))
+    if missing:
+        raise ValueError(f"path: {path} is an incomplete estimator file: it lacks {missing} "
+                         "(written by save_estimator, then damaged?)")
     given = {"decoders": decoders, "encoders": encoders}
     for name, modalities in state["custom_networks"].items():
         if sorted(given[name] or {}) != modalities:

@@ -324,7 +324,7 @@ def test_a_run_folder_is_replaced_only_with_overwrite_and_only_when_complete(
 
 def test_bad_options_write_nothing(tiny_npz, tmp_path):
     run = tmp_path / "run"
-    with pytest.raises(SystemExit, match=r"lr: expected a finite number > 0, found 0.0"):
+    with pytest.raises(SystemExit, match=r"error: lr: expected a finite number > 0.*found 0.0"):
         main(["train", str(tiny_npz), "--out", str(run), "--lr", "0", *SMALL])
     with pytest.raises(SystemExit, match="--resume: there is no unfinished run"):
         main(["train", str(tiny_npz), "--out", str(run), "--resume", *SMALL])
@@ -419,3 +419,12 @@ def test_diagnose_with_too_few_draws_says_khat_is_not_estimated(tiny_npz, tmp_pa
     assert "not estimated" in shown and "at least 25 draws" in shown
     summary = pd.read_csv(tmp_path / "diag" / "summary.csv", index_col=0)["value"]
     assert np.isnan(summary["share_khat_above_0.7"]) and summary["num_data_with_khat"] == 0
+
+
+def test_a_damaged_estimator_file_is_an_error_naming_it(tiny_npz, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", str(tiny_npz), "--out", str(run), *SMALL]) == 0
+    whole = (run / "estimator.pt").read_bytes()
+    (run / "estimator.pt").write_bytes(whole[: len(whole) // 3])
+    with pytest.raises(SystemExit, match=r"^error: path: .*estimator.pt is not a readable torch"):
+        main(["predict", str(run), str(tiny_npz)])

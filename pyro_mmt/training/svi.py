@@ -217,14 +217,25 @@ def _state_lr(state: dict) -> float | None:
 def load_weights(path: str | Path, map_location=None):
     """``torch.load(path, weights_only=True)``: tensors, numbers, strings and plain containers
     only. A file holding any other object is refused with a ``ValueError`` (unpickling it could
-    run arbitrary code)."""
+    run arbitrary code), and so is a file torch cannot read (empty, truncated, another format);
+    a missing file raises ``FileNotFoundError``, all naming ``path``."""
+    if isinstance(path, str | Path) and not Path(path).exists():
+        raise FileNotFoundError(f"path: no file at {path}")
+    if isinstance(path, str | Path) and Path(path).is_dir():
+        raise ValueError(f"path: {path} is a folder; expected a file written by torch.save")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         raise ValueError(
             f"path: {path} holds objects other than tensors, numbers, strings and plain "
             "containers; refusing to load it (torch.load(weights_only=True)). Only load files "
-            f"you trust. Details: {str(error).splitlines()[0]}"
+            f"you trust. Details: {(str(error).splitlines() or [''])[0]}"
+        ) from error
+    except (RuntimeError, EOFError, UnicodeDecodeError, KeyError, OSError) as error:
+        detail = (str(error).splitlines() or [""])[0][:200]
+        raise ValueError(
+            f"path: {path} is not a readable torch file (empty, truncated or another format); "
+            f"expected a file written by torch.save. Details: {type(error).__name__}: {detail}"
         ) from error
 
 

@@ -425,3 +425,26 @@ def test_a_second_bar_counts_the_steps_of_long_epochs(data, monkeypatch, batch_s
     n_steps = -(-32 // batch_size) * 2  # the 32 unlabelled rows, interleaved with labelled ones
     assert (n_steps > svi.STEP_BAR_MIN_STEPS) is step_bar
     assert steps_bar.updates == n_steps and steps_bar.desc == "init 2/3: epoch 1"
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "not a readable torch file"),
+    ("hello ünïcode".encode(), "not a readable torch file"),
+    (None, "not a readable torch file"),  # a checkpoint cut in half
+])
+def test_damaged_files_are_refused_naming_the_path(data, tmp_path, content, message):
+    from pyro_mmt.training.svi import load_weights
+
+    path = tmp_path / "file.pt"
+    if content is None:
+        m2, _ = build(data)
+        fit(m2, data, epochs=1, checkpoint_dir=tmp_path)
+        whole = (tmp_path / "checkpoint.pt").read_bytes()
+        content = whole[: len(whole) // 2]
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"^path: .*file.pt is {message}"):
+        load_weights(path)
+    with pytest.raises(ValueError, match=r"^path: .* is a folder"):
+        load_weights(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"^path: no file at"):
+        load_weights(tmp_path / "absent.pt")
