@@ -85,6 +85,14 @@ class Method:
     options: dict | None = None
 
 
+class Predictions(np.ndarray):
+    """Predicted labels (an ordinary array to every caller) that may carry what the method
+    estimated on the way, e.g. ``estimates["class_prior"]``, the unlabelled class proportions
+    of a learned prior."""
+
+    estimates: dict = {}
+
+
 def _deep_method(name: str, description: str, options: dict, view: str | None = None) -> Method:
     """A registry entry for the estimator with ``options`` (see :func:`_deep`)."""
     return Method(name, description, _deep(options, view=view), deep=True, options=dict(options))
@@ -100,8 +108,8 @@ def _concatenate(data: MultimodalDataset) -> MultimodalDataset:
 def _deep(options: dict, *, view: str | None = None) -> Callable:
     """A deep method: the estimator with ``options`` (and the benchmark's epochs), on every
     modality, on their concatenation as one modality (``view="concat"``) or on one modality
-    alone (``view=<name>``). Returns the test predictions and, for a learned class prior, the
-    estimated unlabelled class proportions."""
+    alone (``view=<name>``). Returns the test predictions (:class:`Predictions`, carrying the
+    estimated unlabelled class proportions of a learned class prior)."""
     def fit_predict(split: LongTailedSplit, seed: int, dataset: str,
                     epochs: int | None = None):
         opts = dict(options)
@@ -122,10 +130,10 @@ def _deep(options: dict, *, view: str | None = None) -> Callable:
             opts.setdefault("likelihood", {m: families[m] for m in train.modalities})
         opts["epochs"] = epochs or opts.get("epochs") or TRAINING_EPOCHS.get(dataset, 40)
         clf = MultimodalSemiSupervisedClassifier(seed=seed, **opts).fit(train)
-        extras = {}
+        pred = clf.predict(test).view(Predictions)
         if opts.get("class_prior") == "learned":
-            extras["class_prior"] = clf.class_prior_
-        return clf.predict(test), extras
+            pred.estimates = {"class_prior": clf.class_prior_}
+        return pred
 
     return fit_predict
 
@@ -287,8 +295,8 @@ def _run_task(name, rho, beta, seed, unlabelled, method_name, epochs, single_thr
     split = long_tailed_split(_load(name), rho, beta, seed, unlabelled=unlabelled)
     method = _method(method_name)
     tic = time.perf_counter()
-    result = method.fit_predict(split, seed, name, epochs)
-    pred, extras = result if isinstance(result, tuple) else (result, {})
+    pred = method.fit_predict(split, seed, name, epochs)
+    extras = getattr(pred, "estimates", {})
     row = {"dataset": name, "rho": rho, "beta": beta, "seed": seed, "unlabelled": unlabelled,
            "method": method.name, "n_labelled": int(split.labelled_class_counts.sum()),
            "num_classes": int(split.train.num_classes)}
@@ -296,7 +304,8 @@ def _run_task(name, rho, beta, seed, unlabelled, method_name, epochs, single_thr
         row.update({m: np.nan for m in ("accuracy", "balanced_accuracy", "macro_f1", "g_mean",
                                          "minority_recall")})
     else:
-        row.update(classification_metrics(split.test.y.numpy(), pred, split.train_class_counts))
+        row.update(classification_metrics(split.test.y.numpy(), np.asarray(pred),
+                                          split.train_class_counts))
     row["prior_tv"] = np.nan
     if "class_prior" in extras:
         truth = split.unlabelled_class_counts / split.unlabelled_class_counts.sum()

@@ -48,8 +48,6 @@ def run_demo(out: Path | str = "runs/demo", *, epochs: int | None = None, seed: 
         method = METHODS[name]
         tic = time.perf_counter()
         pred = method.fit_predict(split, seed, dataset, epochs)
-        if isinstance(pred, tuple):  # deep methods also return what they estimated
-            pred = pred[0]
         seconds = time.perf_counter() - tic
         metrics = classification_metrics(y_test, pred, split.train_class_counts)
         rows.append({"method": name, **metrics.to_dict(), "seconds": seconds,
