@@ -243,7 +243,7 @@ class MonteCarloPowerNorm(PowerNorm):
 
     power_form = False
     #: S: draws per pattern (``docs/derivation.md`` §9, ``benchmarks/power_norm_draws.py``).
-    default_num_draws = 64
+    default_num_draws = 1024
 
     def __init__(self, model, observed, obs_dim, latent_dim, *, nu=None, num_draws=None,
                  latent_site="z", class_site="y"):
