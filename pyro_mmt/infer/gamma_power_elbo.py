@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from numbers import Number
 
+import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.torch_distribution import MaskedDistribution
@@ -37,6 +38,9 @@ _PARTICLE_PLATE = "num_particles_vectorized"
 
 class _SampleTraceMessenger(TraceMessenger):
     """A flat trace that records sample sites only (param sites are not copied into it)."""
+
+    #: for :func:`pyro_mmt.models.multimodal_m2.registered_in_this_run`: it ignores params
+    records_params = False
 
     def _pyro_post_param(self, msg) -> None:
         pass
@@ -78,6 +82,94 @@ def _observed_size(site) -> torch.Tensor | float:
     if mask is None:
         return float(size)
     return mask.to(torch.get_default_dtype()) * size
+
+
+def _rng_state() -> dict:
+    """Every random state a step may draw from (Pyro's: torch, ``random``, numpy; and CUDA's
+    when CUDA is in use), to run a step again with the same draws."""
+    state = get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    set_rng_state(state)
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _mask_signature(mask):
+    if mask is None or isinstance(mask, bool):
+        return mask
+    return ("tensor", tuple(mask.shape), mask.dtype)
+
+
+def _fn_signature(fn) -> tuple:
+    """The family of a site's distribution (through its wrappers) and its shapes."""
+    parts = []
+    while fn is not None:
+        batch, event = getattr(fn, "batch_shape", None), getattr(fn, "event_shape", None)
+        part = (type(fn), None if batch is None else tuple(batch),
+                None if event is None else tuple(event))
+        if isinstance(fn, MaskedDistribution):
+            part += (_mask_signature(fn._mask),)
+        elif isinstance(fn, torch.distributions.Independent):
+            part += (fn.reinterpreted_batch_ndims,)
+        parts.append(part)
+        fn = getattr(fn, "base_dist", None)
+    return tuple(parts)
+
+
+def _infer_signature(infer: dict) -> tuple:
+    return tuple(sorted(
+        (key, value if value is None or isinstance(value, str | bool | int | float)
+         else type(value))
+        for key, value in infer.items()))
+
+
+def _input_signature(value):
+    """The arguments of a step as the cache of checks keys them: tensors by shape, dtype and
+    device, containers by their items, numbers and strings by value, other objects by type."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), value.dtype, value.device.type)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, dict):
+        return ("dict", tuple((key, _input_signature(v)) for key, v in value.items()))
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, tuple(_input_signature(v) for v in value))
+    return ("object", type(value))
+
+
+def _trace_signature(model_trace, guide_trace) -> tuple | None:
+    """What the checks of a step depend on, other than the values: per sample site of each
+    trace its name, family (through its wrappers) and shapes, whether it is observed, whether
+    its scale is the data plate's (the power-norm site's), its mask kind, plates and ``infer``
+    settings (a declared norm by its type). None when some site's scale is a tensor (its
+    values would have to be compared: such steps are always checked)."""
+    plate_scale = None
+    for site in model_trace.nodes.values():
+        if site["type"] == "sample" and "power_norm" in site["infer"]:
+            plate_scale = site["scale"]
+    parts = []
+    for trace in (guide_trace, model_trace):
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample":
+                continue
+            scale = site["scale"]
+            if isinstance(scale, torch.Tensor) or isinstance(plate_scale, torch.Tensor):
+                return None
+            value = site["value"]
+            parts.append((
+                name, _fn_signature(site["fn"]),
+                tuple(value.shape) if isinstance(value, torch.Tensor) else type(value),
+                site["is_observed"], scale == plate_scale, _mask_signature(site["mask"]),
+                tuple((f.name, f.dim, f.size) for f in site["cond_indep_stack"]),
+                _infer_signature(site["infer"]),
+            ))
+        parts.append("|")  # end of the guide's sites
+    return tuple(parts)
 
 
 @dataclass
@@ -194,6 +286,24 @@ class GammaPowerELBO(ELBO):
     guide site not enumerated in parallel, a continuous one without ``rsample``, and more than
     one continuous guide site with ``closed_forms=True``.
 
+    **When the checks run.** Pyro's validation checks (distribution arguments and support,
+    the model–guide match, site shapes, NaN log-densities) and the objective's own above
+    depend on the structure of the traces, which is the same at every step of a training run.
+    With ``cache_checks=True`` (default) and validation on, a step whose arguments are new (by
+    shape, dtype and device: the first labelled and the first unlabelled batch, a last smaller
+    batch) runs every check, and the *signature* of its traces (per sample site: name, family
+    through its wrappers, shapes, observed or not, whether its scale is the data plate's, mask
+    kind, plates, ``infer`` settings) is recorded once the step has passed them. A later step
+    with such arguments is traced with the checks off and its signature compared with the
+    recorded one: if it differs (the model or guide changed its structure), the step is traced
+    again from the same random state with every check on, so that a model that becomes invalid
+    is still refused, with the draws and loss of an unchecked step. Checks of *values* run on
+    checked steps only: a parameter that becomes NaN later shows as a NaN loss (which
+    :func:`~pyro_mmt.training.train` reports as a divergence) rather than as a distribution's
+    argument error, and a pattern of missing modalities first seen after its shapes were
+    checked is not checked again. A tensor ``poutine.scale`` makes every step checked.
+    ``cache_checks=False`` checks every step, as Pyro's ELBOs do.
+
     **Assumptions.** Each element of the data plate is one datum (within-datum dimensions are
     events, ``to_event``); the only other plate allowed is the particle plate of
     ``vectorize_particles=True``.
@@ -211,6 +321,8 @@ class GammaPowerELBO(ELBO):
     :param max_plate_nesting: bound on nested plates; guessed from one run of the model and
         guide when not given (as Pyro's ELBOs do).
     :param bool vectorize_particles: draw the particles in one vectorised pass.
+    :param bool cache_checks: with Pyro's validation on, run the checks on the first step of
+        each trace signature only (see "When the checks run"); False runs them at every step.
 
     References:
 
@@ -235,6 +347,7 @@ class GammaPowerELBO(ELBO):
         num_particles: int = 1,
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = False,
+        cache_checks: bool = True,
     ):
         self.gamma_multiple = None  # k of "<k>x auto"; 1.0 for "auto"
         if isinstance(gamma, str):
@@ -268,6 +381,9 @@ class GammaPowerELBO(ELBO):
                              f"inf (guessed), found {max_plate_nesting!r}")
         self.gamma = gamma
         self.closed_forms = bool(closed_forms)
+        self.cache_checks = bool(cache_checks)
+        # arguments' signature -> the signature of the traces checked for them
+        self._checked_signatures: dict[tuple, tuple] = {}
         super().__init__(
             num_particles=int(num_particles),
             max_plate_nesting=max_plate_nesting,
@@ -285,14 +401,40 @@ class GammaPowerELBO(ELBO):
 
     # ---------------------------------------------------------------------------- traces
     def _get_trace(self, model, guide, args, kwargs):
-        """The guide's trace and the model's replayed against it, as Pyro's
-        ``get_importance_trace`` makes them, with two savings per step: the traces hold sample
-        sites only (no ``param`` sites: SVI records those in its own trace), and only the
-        model's log-densities are computed here (the guide's are computed where they are
-        needed, :meth:`_particle_terms`)."""
+        """The guide's and the model's traces of one particle, and how the rest of the step
+        runs: ``(model_trace, guide_trace, validate, checked)``: ``validate`` says whether
+        Pyro's validation stays on for the step's terms, and ``checked`` is the (arguments,
+        traces) signature pair to record once they are computed (None: nothing to record).
+
+        With ``cache_checks`` and validation on: arguments not seen before are traced with
+        every check on; arguments seen before are traced with the checks off, and if the
+        traces' signature is not the one checked for them, traced again from the same random
+        state with every check on."""
         if isinstance(poutine.unwrap(guide), poutine.messenger.Messenger):  # a GuideMessenger
-            return get_importance_trace("flat", self.max_plate_nesting, model, guide, args,
-                                        kwargs)
+            traces = get_importance_trace("flat", self.max_plate_nesting, model, guide, args,
+                                          kwargs)
+            return (*traces, is_validation_enabled(), None)
+        if not (self.cache_checks and is_validation_enabled()):
+            return (*self._trace(model, guide, args, kwargs), is_validation_enabled(), None)
+        key = _input_signature((args, kwargs))
+        expected = self._checked_signatures.get(key)
+        if expected is not None:
+            state = _rng_state()
+            with pyro.validation_enabled(False):
+                model_trace, guide_trace = self._trace(model, guide, args, kwargs)
+            if _trace_signature(model_trace, guide_trace) == expected:
+                return model_trace, guide_trace, False, None
+            _set_rng_state(state)  # the structure changed: the same step again, checked
+        model_trace, guide_trace = self._trace(model, guide, args, kwargs)
+        signature = _trace_signature(model_trace, guide_trace)
+        return model_trace, guide_trace, True, None if signature is None else (key, signature)
+
+    def _trace(self, model, guide, args, kwargs):
+        """The guide's trace and the model's replayed against it, as Pyro's
+        ``get_importance_trace`` makes them (with its checks when validation is on), with two
+        savings per step: the traces hold sample sites only (no ``param`` sites: SVI records
+        those in its own trace), and only the model's log-densities are computed here (the
+        guide's are computed where they are needed, :meth:`_particle_terms`)."""
         guide_trace = _SampleTraceMessenger()(guide).get_trace(*args, **kwargs)
         model_trace = _SampleTraceMessenger()(
             poutine.replay(model, trace=guide_trace)
@@ -546,10 +688,14 @@ class GammaPowerELBO(ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs):
         """The loss as a differentiable tensor (for custom training loops and ``elbo(model,
         guide)`` modules)."""
-        particles = [
-            self._particle_terms(model_trace, guide_trace)
-            for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs)
-        ]
+        particles, checked = [], []
+        for model_trace, guide_trace, validate, signature in self._get_traces(model, guide,
+                                                                               args, kwargs):
+            with pyro.validation_enabled(validate):
+                particles.append(self._particle_terms(model_trace, guide_trace))
+            if signature is not None:
+                checked.append(signature)
+        self._checked_signatures.update(checked)  # once every check of the step has passed
         loss = self._combine(particles)
         warn_if_nan(loss, "loss")
         return loss

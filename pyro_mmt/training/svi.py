@@ -39,6 +39,7 @@ __all__ = [
     "load_weights",
     "predict_proba",
     "batch_to",
+    "default_optimizer",
 ]
 
 
@@ -264,6 +265,24 @@ def predict_proba(module, dataset: MultimodalDataset, *, batch_size: int = 1024,
     return np.concatenate(out).astype(np.float64)
 
 
+#: Gradient clamp of the default optimiser (``pyro.optim.ClippedAdam``'s default ``clip_norm``).
+DEFAULT_CLIP_VALUE = 10.0
+
+
+def default_optimizer(lr: float = 1e-3) -> PyroOptim:
+    """The optimiser :func:`train` uses when given none: one fused Adam over every parameter
+    (:class:`~pyro_mmt.training.optim.MultiTensorAdam`) with each gradient element clamped to
+    ±10, the update of ``pyro.optim.ClippedAdam({"lr": lr})`` (up to where ε enters; see
+    :class:`~pyro_mmt.training.optim.MultiTensorAdam`) in one kernel instead of a Python loop
+    over the tensors.
+
+    :param float lr: the learning rate.
+    """
+    from pyro_mmt.training.optim import MultiTensorAdam
+
+    return MultiTensorAdam({"lr": float(lr), "clip_value": DEFAULT_CLIP_VALUE})
+
+
 def train(
     model: Callable,
     guide: Callable,
@@ -293,7 +312,8 @@ def train(
     :param guide: the guide callable with the same arguments.
     :param dataset: training data (y = −1 for unlabelled rows).
     :param objective: a Pyro ELBO (``GammaPowerELBO``, ``TraceEnum_ELBO``, ...).
-    :param optimizer: a Pyro optimiser; ``pyro.optim.ClippedAdam({"lr": 1e-3})`` when None.
+    :param optimizer: a Pyro optimiser; :func:`default_optimizer` (one fused Adam, learning
+        rate 1e-3, gradients clamped to ±10: ``ClippedAdam``'s update) when None.
     :param int epochs: passes over the unlabelled data (see ``InterleavedLoader``).
     :param int batch_size: rows per unlabelled batch.
     :param labelled_batch_size: rows per labelled batch (default ``batch_size``).
@@ -325,8 +345,11 @@ def train(
     :param bool progress: show a tqdm progress bar over the epochs and, when an epoch has more
         than :data:`STEP_BAR_MIN_STEPS` steps, a second one over the steps of the epoch.
     :param validate: Pyro's argument and shape checks during the steps: None leaves the global
-        setting (``pyro.enable_validation``), False turns them off for this run (0.5–2 ms per
-        step on the CPU, host syncs on a GPU; ``docs/performance.md``).
+        setting (``pyro.enable_validation``), False turns them off for this run. With
+        :class:`~pyro_mmt.infer.GammaPowerELBO` they run on the first step of each trace
+        signature only (the first labelled and the first unlabelled batch; its
+        ``cache_checks``), so turning them off saves little on the CPU; other objectives
+        (``TraceEnum_ELBO``) check every step (``docs/performance.md``).
     :param on_epoch_end: called as ``on_epoch_end(epoch)`` (counted from 1) after every epoch's
         steps and before its validation and checkpoint, e.g. to update an estimate that is not
         a gradient parameter (the learned class prior of
@@ -357,7 +380,7 @@ def train(
             return predict_proba(_owner, data, device=device)
 
     _check_param_store(modules)
-    optimizer = optimizer or pyro.optim.ClippedAdam({"lr": 1e-3})
+    optimizer = optimizer or default_optimizer()
     svi = SVI(model, guide, optimizer, loss=objective)
     loader = InterleavedLoader(
         dataset, batch_size, labelled_batch_size=labelled_batch_size, seed=seed

@@ -705,3 +705,139 @@ def test_small_gamma_limit_for_a_mixed_model_with_the_monte_carlo_norm(labelled)
         gaps.append(abs(ours.item() - ref.item()))
     assert gaps[1] < 1e-3 * abs(ref.item())
     assert 5 < gaps[0] / gaps[1] < 20  # first order in γ
+
+
+# ------------------------------------------------- checks cached by the traces' signature
+def _count_checks(monkeypatch):
+    """Count the calls of Pyro's model–guide check in GammaPowerELBO (one per checked trace)."""
+    import pyro_mmt.infer.gamma_power_elbo as module
+
+    calls = []
+    real = module.check_model_guide_match
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "check_model_guide_match", counting)
+    return calls
+
+
+def test_checks_run_once_per_signature(monkeypatch):
+    """With validation on, the first labelled and the first unlabelled batch are checked, so
+    is a batch of a new size; repeated shapes are not (one trace each), and the guide runs
+    once per step throughout."""
+    m2, _ = make_pair(5.0)
+    x, mask, y = make_data(missing=True)
+    x4, mask4, y4 = make_data(4, seed=7)
+    calls = _count_checks(monkeypatch)
+    guide_runs = []
+
+    def guide(*args):
+        guide_runs.append(1)
+        return m2.guide(*args)
+
+    elbo = GammaPowerELBO("auto", max_plate_nesting=1)
+    steps = [(x, mask, y), (x, mask, None), (x, mask, y), (x, mask, None), (x, mask, y),
+             (x4, None, y4), (x4, None, y4)]
+    for args in steps:
+        elbo.loss(m2.model, guide, *args)
+    assert len(calls) == 3
+    assert len(guide_runs) == len(steps)
+    with pyro.validation_enabled(False):
+        elbo.loss(m2.model, guide, x, mask, y)
+    assert len(calls) == 3
+    no_cache = GammaPowerELBO("auto", max_plate_nesting=1, cache_checks=False)
+    for args in steps[:3]:
+        no_cache.loss(m2.model, guide, *args)
+    assert len(calls) == 6
+
+
+def test_cached_checks_leave_draws_and_gradients_unchanged():
+    """SVI steps with the checks cached give the very parameters of steps checked every time
+    (same seed), also across a change of the model's structure (a step traced twice)."""
+    x, mask, y = make_data(missing=True)
+    results = []
+    for cache in (True, False):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        m2, _ = make_pair(5.0)
+        count = [0]
+
+        def model(*args, _m2=m2, _count=count):
+            _count[0] += 1
+            if _count[0] <= 5:
+                return _m2.model(*args)
+            # from the 6th step on, every site masked (with all True): a new signature
+            with poutine.mask(mask=torch.ones(BATCH, dtype=torch.bool)):
+                return _m2.model(*args)
+
+        svi = pyro.infer.SVI(model, m2.guide, pyro.optim.Adam({"lr": 1e-2}),
+                             GammaPowerELBO("auto", max_plate_nesting=1, cache_checks=cache))
+        pyro.set_rng_seed(1)
+        losses = [svi.step(x, mask, y if step % 2 else None) for step in range(10)]
+        results.append((losses, {k: v.detach().clone() for k, v in m2.state_dict().items()}))
+    (losses, state), (ref_losses, ref_state) = results
+    assert losses == ref_losses
+    for name, value in state.items():
+        assert torch.equal(value, ref_state[name]), name
+
+
+def test_model_that_becomes_invalid_mid_training_is_refused():
+    """Checks are cached per signature, yet a model whose structure turns invalid after some
+    steps (a site outside the data plate; a scaled part of the density) is refused at that
+    step, naming the site."""
+    x, mask, y = make_data()
+    m2, _ = make_pair(5.0)
+
+    class ScaleZ(poutine.messenger.Messenger):
+        def _process_message(self, msg):
+            if msg["name"] == "z":
+                msg["scale"] = 0.5 * msg["scale"]
+
+    def make_model(bad):
+        def model(*args):
+            if step[0] < 4:
+                return m2.model(*args)
+            return bad(*args)
+        return model
+
+    def global_site(*args):  # a site outside the data plate
+        m2.model(*args)
+        pyro.sample("w", dist.Normal(0.0, 1.0), obs=torch.tensor(0.5))
+
+    def scaled_site(*args):  # a β on z
+        with ScaleZ():
+            m2.model(*args)
+
+    for bad, match in ((global_site, "model site 'w'.*data plate"),
+                       (scaled_site, "model site 'z'.*poutine.scale")):
+        pyro.clear_param_store()
+        elbo = GammaPowerELBO("auto", max_plate_nesting=1)
+        svi = pyro.infer.SVI(make_model(bad), m2.guide, pyro.optim.Adam({"lr": 1e-3}), elbo)
+        step = [0]
+        for step[0] in range(4):
+            svi.step(x, mask, y if step[0] % 2 else None)
+        step[0] = 4
+        with pytest.raises(ValueError, match=match):
+            svi.step(x, mask, y)
+
+
+def test_first_step_of_a_signature_checks_distribution_arguments():
+    """Pyro's argument checks still run on a new signature's first step: a guide scale that is
+    negative there is refused, as without the cache."""
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+            ones = torch.ones(x.shape[0])
+            declare_power_norm(GaussianPowerNorm(ones, 1, torch.zeros_like(ones)))
+
+    def guide(x, scale=1.0):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.zeros(x.shape[0]), scale))
+
+    elbo = GammaPowerELBO(-0.1, max_plate_nesting=1)
+    elbo.loss(model, guide, torch.zeros(3))
+    with pytest.raises(ValueError, match="scale"):
+        elbo.loss(model, guide, torch.zeros(4), -1.0)

@@ -448,3 +448,71 @@ def test_damaged_files_are_refused_naming_the_path(data, tmp_path, content, mess
         load_weights(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"^path: no file at"):
         load_weights(tmp_path / "absent.pt")
+
+
+# ------------------------------------------------------------------- issue 14: the hot path
+def test_default_optimizer_is_the_fused_adam(data, tmp_path):
+    """Without an optimiser, train uses default_optimizer(): one fused Adam with ClippedAdam's
+    clamp (its checkpoint state is MultiTensorAdam's), and a run is repeatable."""
+    from pyro_mmt.training.optim import STATE_FORMAT, MultiTensorAdam
+    from pyro_mmt.training.svi import default_optimizer
+
+    optim = default_optimizer(2e-3)
+    assert isinstance(optim, MultiTensorAdam) and optim.clip_value == 10.0
+    assert optim.pt_optim_args["lr"] == 2e-3
+    runs = []
+    for _ in range(2):
+        pyro.clear_param_store()
+        m2, modules = build(data)
+        train(m2.model, m2.guide, data, objective=make_objective(), epochs=2, batch_size=16,
+              seed=3, progress=False, checkpoint_dir=tmp_path)
+        runs.append(weights(modules))
+        state = load_checkpoint(tmp_path / "checkpoint.pt").optimizer
+        assert state["format"] == STATE_FORMAT and state["lr"] == 1e-3
+    for name, value in runs[0].items():
+        assert torch.equal(value, runs[1][name]), name
+
+
+def test_model_registers_its_module_once_per_svi_step(data, monkeypatch):
+    """Under SVI with GammaPowerELBO the guide registers the module and the model does not
+    register it again (registered_in_this_run), yet SVI sees and updates every parameter;
+    anywhere else the model registers as pyro.module does."""
+    from pyro import poutine
+    from pyro.infer import SVI, TraceEnum_ELBO
+
+    from pyro_mmt.training.optim import MultiTensorAdam
+
+    m2, _ = build(data)
+    calls = []
+    real = pyro.module
+
+    def counting(name, module, *args, **kwargs):
+        calls.append(name)
+        return real(name, module, *args, **kwargs)
+
+    monkeypatch.setattr(pyro, "module", counting)
+    batch = data.batch(np.arange(16))
+    args = (batch.x, batch.mask, batch.y)
+    before = {k: v.detach().clone() for k, v in m2.named_parameters()}
+    svi = SVI(m2.model, m2.guide, MultiTensorAdam({"lr": 1e-2}), make_objective())
+    with poutine.trace(param_only=True) as captured:
+        svi.step(*args)
+    assert calls == ["m2"]
+    params = {n for n, site in captured.trace.nodes.items() if site["type"] == "param"}
+    assert params == {f"m2$$${n}" for n, _ in m2.named_parameters()}
+    changed = {n for n, v in m2.named_parameters() if not torch.equal(v, before[n])}
+    assert changed == set(before)
+
+    calls.clear()  # TraceEnum_ELBO traces the model in a trace of its own: two registrations
+    SVI(m2.model, m2.guide, MultiTensorAdam({"lr": 1e-2}),
+        TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False)).step(*args)
+    assert calls == ["m2", "m2"]
+    calls.clear()  # the model alone, under a trace or another handler: it registers
+    trace = poutine.trace(m2.model).get_trace(*args)
+    assert sum(site["type"] == "param" for site in trace.nodes.values()) == len(before)
+    assert calls == ["m2"]
+    calls.clear()
+    with poutine.trace(param_only=True), poutine.block(hide_types=["sample"]):
+        m2.guide(*args)
+        m2.model(*args)
+    assert calls == ["m2", "m2"]

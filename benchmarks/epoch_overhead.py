@@ -1,0 +1,216 @@
+"""One epoch of :func:`pyro_mmt.training.train` against the same epoch in plain PyTorch, at the
+estimator's default sizes.
+
+The issue-14 measurement: UCI mfeat (its six views, standardised), K = 10, 10% of the rows
+labelled (stratified), the estimator's defaults (hidden (128,), d = 16, ν = 5, α = 1000,
+``gamma="auto"``, batch 128, learning rate 1e-3, gradients clamped to ±10), one torch thread.
+An epoch is what the training loop runs: the labelled and unlabelled batches of
+:class:`~pyro_mmt.data.InterleavedLoader` in its order (15 of each here), each scaled by
+``num_data / batch_size``.
+
+- ``plain``: the loader's batches through :func:`benchmarks.plain_step.plain_loss` (checked
+  equal to ``GammaPowerELBO`` in float64, ``tests/test_benchmarks_smoke.py``), one
+  ``torch.optim.Adam(fused=True)`` over the model's parameters, gradients clamped to ±10,
+  ``loss.item()`` per step (the loop needs the number): the reference;
+- ``train``: ``train(m2.model, m2.guide, data, objective=GammaPowerELBO(...), epochs=1)`` with
+  the loop's default optimiser (:func:`pyro_mmt.training.svi.default_optimizer`) and Pyro's
+  validation as the loop leaves it (on: Pyro's default); one optimiser and one objective object
+  for all epochs, as in a run of many epochs;
+- ``train_noval``: the same with ``validate=False``;
+- ``train_clipped``: the same with ``pyro.optim.ClippedAdam`` (the default before issue 14).
+
+Every variant runs whole epochs, interleaved (``benchmarks/timing.py``): the table gives the
+median epoch time, the ratio of medians over ``plain`` with the min–max of the per-round
+ratios, and the ratio of the fastest epochs.
+
+    python -m benchmarks.epoch_overhead                     # ~3 minutes on a loaded 2-core machine
+    python -m benchmarks.epoch_overhead --profile 4         # + cProfile of 4 train epochs
+    python -m benchmarks.epoch_overhead --quick             # smoke run (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+
+from benchmarks.plain_step import PlainStep
+from benchmarks.timing import interleaved, machine, parse_threads
+from pyro_mmt.data import InterleavedLoader, MultimodalDataset, Standardiser
+from pyro_mmt.estimator import build_model
+from pyro_mmt.infer import GammaPowerELBO
+from pyro_mmt.training import svi as svi_module
+from pyro_mmt.training.svi import train
+
+RESULTS = Path(__file__).parent / "results"
+
+#: The estimator's defaults (``MultimodalSemiSupervisedClassifier``).
+DEFAULTS = {"hidden": (128,), "latent_dim": 16, "batch_size": 128, "lr": 1e-3, "alpha": 1000.0,
+            "nu": 5.0}
+
+#: Gradient clamp of ClippedAdam and of the loop's default optimiser.
+CLIP = 10.0
+
+
+def default_data(labelled_fraction: float = 0.1, *, seed: int = 0,
+                 rows: int | None = None) -> MultimodalDataset:
+    """mfeat, standardised, with ``labelled_fraction`` of each class labelled (the rest y = −1);
+    ``rows`` keeps a stratified subset (smoke runs)."""
+    from pyro_mmt.data.loaders import load_mfeat
+
+    data = load_mfeat()
+    rng = np.random.default_rng(seed)
+    y = data.y.numpy().copy()
+    keep = np.arange(len(y))
+    if rows is not None:
+        keep = np.sort(np.concatenate([
+            rng.permutation(np.flatnonzero(y == k))[: max(2, rows // data.num_classes)]
+            for k in range(data.num_classes)]))
+        data, y = data[keep], y[keep]
+    labels = np.full_like(y, -1)
+    for k in range(data.num_classes):
+        rows_k = rng.permutation(np.flatnonzero(y == k))
+        n = max(1, int(round(labelled_fraction * rows_k.size)))
+        labels[rows_k[:n]] = k
+    data = data.with_labels(labels)
+    return Standardiser().fit(data).transform(data)
+
+
+def build_default(data: MultimodalDataset, *, seed: int = 0, hidden=DEFAULTS["hidden"],
+                  latent_dim=DEFAULTS["latent_dim"]):
+    """The estimator's default model for ``data`` (all modalities Student-t, ν = 5, α = 1000)."""
+    pyro.set_rng_seed(seed)
+    return build_model(dict(data.dims), data.num_classes, hidden=tuple(hidden),
+                       latent_dim=latent_dim, alpha=DEFAULTS["alpha"], nu=DEFAULTS["nu"])
+
+
+def plain_epoch(m2, data: MultimodalDataset, *, batch_size: int = DEFAULTS["batch_size"],
+                lr: float = DEFAULTS["lr"], seed: int = 0):
+    """A function running one epoch in plain PyTorch over the loader's batches."""
+    adam = torch.optim.Adam(list(m2.parameters()), lr=lr, fused=True)
+    step = PlainStep(m2, adam)
+    loader = InterleavedLoader(data, batch_size, seed=seed)
+
+    def run():
+        total = 0.0
+        for batch, num_data in loader:
+            total += step(batch.x, batch.mask, batch.y, num_data / batch.size, clip_value=CLIP)
+        return total
+
+    return run
+
+
+def train_epoch(m2, data: MultimodalDataset, *, optimizer: str = "default",
+                validate: bool | None = None, batch_size: int = DEFAULTS["batch_size"],
+                lr: float = DEFAULTS["lr"], seed: int = 0):
+    """A function running one epoch of :func:`~pyro_mmt.training.train` (``epochs=1``), with
+    one optimiser and one objective kept across calls.
+
+    :param str optimizer: ``"default"`` (what ``train`` makes when given none) or
+        ``"clipped_adam"`` (``pyro.optim.ClippedAdam``, the default before issue 14).
+    :param validate: ``train``'s ``validate``.
+    """
+    if optimizer == "default":
+        make = getattr(svi_module, "default_optimizer", None)
+        if make is None:  # the code before issue 14 (to measure it): the same fused optimiser
+            from pyro_mmt.training.optim import MultiTensorAdam
+
+            def make(lr):
+                return MultiTensorAdam({"lr": lr, "clip_value": CLIP})
+        optim = make(lr)
+    elif optimizer == "clipped_adam":
+        optim = pyro.optim.ClippedAdam({"lr": lr, "clip_norm": CLIP})
+    else:
+        raise ValueError(f"optimizer: expected 'default' or 'clipped_adam', found {optimizer!r}")
+    objective = GammaPowerELBO("auto", max_plate_nesting=1)
+
+    def run():
+        return train(m2.model, m2.guide, data, objective=objective, optimizer=optim, epochs=1,
+                     batch_size=batch_size, seed=seed, progress=False, validate=validate)
+
+    return run
+
+
+def measure(data, *, rounds: int, repeats: int, clipped: bool = True, hidden=DEFAULTS["hidden"],
+            latent_dim=DEFAULTS["latent_dim"]) -> dict:
+    """Interleaved epoch times of the variants (module docstring) on one model."""
+    m2 = build_default(data, hidden=hidden, latent_dim=latent_dim)
+    with pyro.get_param_store().scope():
+        epochs = {
+            "plain": plain_epoch(m2, data),
+            "train": train_epoch(m2, data),
+            "train_noval": train_epoch(m2, data, validate=False),
+        }
+        if clipped:
+            epochs["train_clipped"] = train_epoch(m2, data, optimizer="clipped_adam")
+        timings = interleaved(epochs, rounds=rounds, repeats=repeats)
+    loader = InterleavedLoader(data, DEFAULTS["batch_size"])
+    row = {"rows": len(data), "labelled": loader.num_labelled, "steps": len(loader),
+           "hidden": "x".join(map(str, hidden)), "latent_dim": latent_dim}
+    row.update({f"{k}_ms": 1e3 * timings.median(k) for k in epochs})
+    for k in epochs:
+        if k == "plain":
+            continue
+        ratio, low, high = timings.ratio(k, "plain")
+        row[f"ratio_{k}"], row[f"ratio_{k}_min"], row[f"ratio_{k}_max"] = ratio, low, high
+        row[f"ratio_{k}_best"] = min(timings.runs[k]) / min(timings.runs["plain"])
+    return row
+
+
+def profile(data, epochs: int, *, sort: str = "tottime", lines: int = 30) -> str:
+    """cProfile of ``epochs`` epochs of ``train`` (after one warm-up epoch)."""
+    m2 = build_default(data)
+    with pyro.get_param_store().scope():
+        run = train_epoch(m2, data)
+        run()
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(epochs):
+            run()
+        prof.disable()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats(sort).print_stats(lines)
+    return text.getvalue()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--no-clipped", action="store_true", help="skip the ClippedAdam variant")
+    p.add_argument("--profile", type=int, default=0, metavar="EPOCHS",
+                   help="also print a cProfile of this many train epochs")
+    p.add_argument("--quick", action="store_true", help="smoke run: 200 rows, tiny networks")
+    p.add_argument("--out", type=Path, default=RESULTS / "epoch_overhead.csv")
+    args = p.parse_args(argv)
+    threads = parse_threads(args.threads)
+    sizes = {}
+    data = default_data()
+    if args.quick:
+        data = default_data(rows=200)
+        args.rounds, args.repeats = 2, 1
+        sizes = {"hidden": (16,), "latent_dim": 4}
+    info = machine()
+    print(f"machine: {info}")
+    row = {"threads": threads, **measure(data, rounds=args.rounds, repeats=args.repeats,
+                                         clipped=not args.no_clipped, **sizes)}
+    row["loadavg_1min"] = machine()["loadavg_1min"]
+    table = pd.DataFrame([row])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False, float_format="%.4g")
+    print(table.T.to_markdown(floatfmt=".3f"))
+    print(f"wrote {args.out}")
+    if args.profile:
+        print(profile(data, args.profile))
+
+
+if __name__ == "__main__":
+    main()
