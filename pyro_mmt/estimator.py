@@ -33,9 +33,11 @@ from pyro_mmt.data import MultimodalDataset, Standardiser, as_modality_mapping, 
 from pyro_mmt.infer import GammaPowerELBO
 from pyro_mmt.likelihoods import LIKELIHOODS
 from pyro_mmt.models import MultimodalM2
+from pyro_mmt.training.averaging import ParameterAverage
 from pyro_mmt.training.svi import TrainingInterrupted, load_weights, predict_proba, train
 
 __all__ = [
+    "AUTO_STEPS",
     "PRESETS",
     "IMBALANCE_OPTIONS",
     "build_model",
@@ -49,6 +51,10 @@ __all__ = [
 #: classification term, logit-adjusted classification term, prior shift in the enumeration.
 IMBALANCE_OPTIONS = {"class_weight": "balanced", "logit_adjustment": 1.0,
                      "unlabelled_prior_shift": 1.0}
+
+#: With ``epochs="auto"``: the number of unlabelled mini-batches to aim for (between 10 and
+#: 500 epochs).
+AUTO_STEPS = 300
 
 #: Named settings of the estimator: ``MultimodalSemiSupervisedClassifier(**PRESETS[name])``.
 PRESETS: dict[str, dict] = {
@@ -162,7 +168,8 @@ _PARAMETER_CONSTRAINTS: dict[str, tuple[Callable, str]] = {
     "encoders": (_is_networks, "None or a mapping modality -> nn.Module or make(config)"),
     "modalities": (lambda v: v is None or (isinstance(v, Mapping) and len(v) > 0),
                    "None or a mapping modality -> its columns of a flat X"),
-    "epochs": _COUNT,
+    "epochs": (lambda v: v == "auto" or _is_int(v), "'auto' or an integer >= 1"),
+    "averaging": (lambda v: _is_number(v) and 0 <= v < 1, "a fraction in [0, 1)"),
     "batch_size": _COUNT,
     "labelled_batch_size": (lambda v: v is None or _is_int(v), "None or an integer >= 1"),
     "lr": _POSITIVE,
@@ -245,7 +252,12 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
 
     Training:
 
-    :param int epochs: training epochs (passes over the unlabelled data).
+    :param epochs: training epochs (passes over the unlabelled data), or ``"auto"``: enough
+        passes for about :data:`AUTO_STEPS` unlabelled mini-batches, at least 10 and at most
+        500 (small data sets get more passes, large ones fewer; ``epochs_`` is the number run).
+    :param float averaging: average the parameters over the end-of-epoch states of the last
+        ``averaging`` fraction of the epochs and predict with the mean (stochastic weight
+        averaging, :class:`~pyro_mmt.training.averaging.ParameterAverage`); 0 turns it off.
     :param int batch_size: unlabelled batch size.
     :param labelled_batch_size: labelled batch size (default ``batch_size``).
     :param float lr: Adam learning rate.
@@ -298,7 +310,8 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         decoders: Mapping[str, nn.Module | Callable] | None = None,
         encoders: Mapping[str, nn.Module | Callable] | None = None,
         modalities: Mapping[str, Sequence] | None = None,
-        epochs: int = 50,
+        epochs: int | str = 50,
+        averaging: float = 0.0,
         batch_size: int = 128,
         labelled_batch_size: int | None = None,
         lr: float = 1e-3,
@@ -334,6 +347,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         self.encoders = encoders
         self.modalities = modalities
         self.epochs = epochs
+        self.averaging = averaging
         self.batch_size = batch_size
         self.labelled_batch_size = labelled_batch_size
         self.lr = lr
@@ -532,6 +546,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             init_from_env("nccl" if device.type == "cuda" else "gloo")
             fit_fn = train_distributed
         unlabelled = data.unlabelled() if (~data.is_labelled).any() else None
+        self.epochs_ = epochs = self._number_of_epochs(data)
         self._prepare_checkpoints(data)
         self.members_, self.histories_ = [], []
         for member in range(int(self.n_init)):
@@ -539,10 +554,19 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             seed = self.seed + 1000 * member
             pyro.set_rng_seed(seed)  # the networks' initial weights too, so fit is repeatable
             m2 = self._build(self.config_).to(device)
-            callback = None
-            if self.config_.class_prior == "learned" and unlabelled is not None:
-                def callback(epoch, m2=m2):
+            modules = {"model": m2}
+            if self.averaging > 0:
+                modules["average"] = ParameterAverage(
+                    m2, start=epochs - math.ceil(self.averaging * epochs)).to(device)
+            learn_prior = self.config_.class_prior == "learned" and unlabelled is not None
+            average = modules.get("average")
+
+            def callback(epoch, m2=m2, average=average, learn_prior=learn_prior):
+                if learn_prior:  # the EM update of π from the unlabelled rows
                     m2.update_class_prior(_classifier_logits(m2, unlabelled, device))
+                if average is not None:
+                    average.update(m2, epoch)
+
             desc = "training" if self.n_init == 1 else f"init {member + 1}/{self.n_init}"
             with pyro.get_param_store().scope(), _resume_advice(self, member):
                 history = fit_fn(
@@ -550,11 +574,14 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
                     objective=make_objective(self.objective, gamma=self.gamma,
                                              num_particles=self.num_particles),
                     optimizer=self._make_optimizer(),
-                    epochs=self.epochs, batch_size=self.batch_size,
+                    epochs=epochs, batch_size=self.batch_size,
                     labelled_batch_size=self.labelled_batch_size, seed=seed,
                     device=device, progress=self.progress, on_epoch_end=callback, desc=desc,
                     checkpoint_dir=self._member_checkpoint_dir(member), resume=self.resume,
+                    modules=modules,
                 )
+            if "average" in modules:
+                modules["average"].apply(m2)
             self.members_.append(m2)
             self.histories_.append(history)
         self.model_ = self.members_[0]
@@ -619,6 +646,14 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             tmp = path.with_name(f"fit.json.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
             tmp.replace(path)
+
+    def _number_of_epochs(self, data: MultimodalDataset) -> int:
+        """``epochs``, or for ``"auto"`` about :data:`AUTO_STEPS` unlabelled mini-batches."""
+        if self.epochs != "auto":
+            return int(self.epochs)
+        rows = int((~data.is_labelled).sum()) or len(data)
+        per_epoch = math.ceil(rows / self.batch_size)
+        return int(min(max(math.ceil(AUTO_STEPS / per_epoch), 10), 500))
 
     def _build(self, config: ModelConfig) -> MultimodalM2:
         def networks(given):

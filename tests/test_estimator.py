@@ -2,6 +2,7 @@
 clear errors, save/load. Tiny networks on 60 rows of three Gaussian blobs in two modalities."""
 
 import itertools
+import math
 
 import numpy as np
 import pandas as pd
@@ -558,3 +559,58 @@ def test_unusable_training_data_name_the_argument(blobs, case, error, message):
         **SMALL, modalities=None if isinstance(X_fit, dict) else {"all": slice(None)})
     with pytest.raises(error, match=message):
         est.fit(X_fit, y_fit)
+
+
+def test_epochs_auto_aims_at_a_number_of_steps(blobs):
+    from pyro_mmt.estimator import AUTO_STEPS
+
+    X, y, _ = blobs
+    est = MultimodalSemiSupervisedClassifier(**{**SMALL, "epochs": "auto"})
+    data = est._dataset(X, y)
+    # 30 unlabelled rows in batches of 16: 2 per epoch -> AUTO_STEPS / 2 epochs, at most 500
+    assert est._number_of_epochs(data) == min(max(AUTO_STEPS // 2, 10), 500)
+    big = MultimodalSemiSupervisedClassifier(**{**SMALL, "epochs": "auto", "batch_size": 1})
+    assert big._number_of_epochs(data) == max(math.ceil(AUTO_STEPS / 30), 10)
+
+
+def test_parameter_averaging_is_the_mean_of_the_last_epochs(blobs):
+    """averaging = 0.5 over 4 epochs: the parameters are the mean of the states after epochs
+    3 and 4 (recorded here through a spy on the average's update)."""
+    from pyro_mmt.training.averaging import ParameterAverage
+
+    X, y, _ = blobs
+    states = []
+    original = ParameterAverage.update
+
+    def spy(self, module, epoch):
+        states.append([p.detach().clone() for p in module.parameters()])
+        original(self, module, epoch)
+
+    ParameterAverage.update = spy
+    try:
+        est = MultimodalSemiSupervisedClassifier(**{**SMALL, "epochs": 4},
+                                                 averaging=0.5).fit(X, y)
+    finally:
+        ParameterAverage.update = original
+    assert len(states) == 4
+    for p, last, before in zip(est.model_.parameters(), states[3], states[2], strict=True):
+        torch.testing.assert_close(p.detach(), (last + before) / 2)
+
+
+def test_an_interrupted_fit_with_averaging_resumes_to_the_uninterrupted_result(
+        blobs, tmp_path, monkeypatch):
+    """The parameter average lives in the checkpoint: interrupted in epoch 3 of 4 (one epoch
+    already averaged), the resumed fit ends with the uninterrupted fit's averaged weights."""
+    from pyro_mmt.training.svi import TrainingInterrupted
+
+    X, y, _ = blobs
+    options = {**SMALL, "epochs": 4, "averaging": 0.75}
+    straight = MultimodalSemiSupervisedClassifier(**options).fit(X, y)
+    _interrupting_train(monkeypatch, "training", epoch=3)
+    est = MultimodalSemiSupervisedClassifier(**options, checkpoint_dir=tmp_path)
+    with pytest.raises(TrainingInterrupted):
+        est.fit(X, y)
+    resumed = est.set_params(resume=True).fit(X, y)
+    for (name, u), v in zip(resumed.model_.state_dict().items(),
+                            straight.model_.state_dict().values(), strict=True):
+        torch.testing.assert_close(u, v, rtol=0, atol=1e-6, msg=name)
