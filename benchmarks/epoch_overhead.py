@@ -19,11 +19,14 @@ An epoch is what the training loop runs: the labelled and unlabelled batches of
 - ``train_noval``: the same with ``validate=False``;
 - ``train_clipped``: the same with ``pyro.optim.ClippedAdam`` (the default before issue 14).
 
-Every variant runs whole epochs, interleaved (``benchmarks/timing.py``): the table gives the
-median epoch time, the ratio of medians over ``plain`` with the min–max of the per-round
-ratios, and the ratio of the fastest epochs.
+Every variant runs whole epochs, interleaved (``benchmarks/timing.py``): each round runs every
+variant once (``--repeats``), in an order rotated per round. The table gives the median epoch
+time of each; ``ratio_<variant>`` is the median over the rounds of the round's ratio to
+``plain`` (the two epochs ran seconds apart), with its quartiles (``_q1``, ``_q3``) and
+min–max; ``_of_medians`` is the ratio of the median epoch times and ``_best`` the ratio of
+the fastest epochs.
 
-    python -m benchmarks.epoch_overhead                     # ~3 minutes on a loaded 2-core machine
+    python -m benchmarks.epoch_overhead                     # ~4 minutes on a loaded 2-core machine
     python -m benchmarks.epoch_overhead --profile 4         # + cProfile of 4 train epochs
     python -m benchmarks.epoch_overhead --quick             # smoke run (seconds)
 """
@@ -159,7 +162,10 @@ def measure(data, *, rounds: int, repeats: int, clipped: bool = True, hidden=DEF
         if k == "plain":
             continue
         ratio, low, high = timings.ratio(k, "plain")
-        row[f"ratio_{k}"], row[f"ratio_{k}_min"], row[f"ratio_{k}_max"] = ratio, low, high
+        median, q1, q3 = timings.round_ratio_quartiles(k, "plain")
+        row[f"ratio_{k}"], row[f"ratio_{k}_q1"], row[f"ratio_{k}_q3"] = median, q1, q3
+        row[f"ratio_{k}_of_medians"] = ratio
+        row[f"ratio_{k}_min"], row[f"ratio_{k}_max"] = low, high
         row[f"ratio_{k}_best"] = min(timings.runs[k]) / min(timings.runs["plain"])
     return row
 
@@ -182,7 +188,7 @@ def profile(data, epochs: int, *, sort: str = "tottime", lines: int = 30) -> str
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--rounds", type=int, default=21)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--no-clipped", action="store_true", help="skip the ClippedAdam variant")

@@ -36,8 +36,22 @@ class Timings:
     def ratio(self, name: str, reference: str) -> tuple[float, float, float]:
         """(ratio of medians, min and max of the per-round ratios) of ``name`` over
         ``reference``."""
-        per_round = [a / b for a, b in zip(self.rounds[name], self.rounds[reference], strict=True)]
+        per_round = self.round_ratios(name, reference)
         return self.median(name) / self.median(reference), min(per_round), max(per_round)
+
+    def round_ratios(self, name: str, reference: str) -> list[float]:
+        """The per-round ratios of ``name`` over ``reference`` (each round's median over the
+        reference's in the same round: the two ran next to each other in time)."""
+        return [a / b for a, b in zip(self.rounds[name], self.rounds[reference], strict=True)]
+
+    def round_ratio_quartiles(self, name: str, reference: str) -> tuple[float, float, float]:
+        """(median, first and third quartile) of the per-round ratios: under load that changes
+        from second to second, steadier than the ratio of the overall medians."""
+        per_round = self.round_ratios(name, reference)
+        if len(per_round) < 2:
+            return per_round[0], per_round[0], per_round[0]
+        q1, q2, q3 = statistics.quantiles(per_round, n=4, method="inclusive")
+        return q2, q1, q3
 
 
 def interleaved(functions: Mapping[str, Callable[[], object]], *, rounds: int = 5,

@@ -37,14 +37,6 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.poutine.enum_messenger import EnumMessenger
-from pyro.poutine.indep_messenger import IndepMessenger
-from pyro.poutine.mask_messenger import MaskMessenger
-from pyro.poutine.replay_messenger import ReplayMessenger
-from pyro.poutine.runtime import _MODULE_NAMESPACE_DIVIDER, _PYRO_STACK
-from pyro.poutine.scale_messenger import ScaleMessenger
-from pyro.poutine.subsample_messenger import SubsampleMessenger
-from pyro.poutine.trace_messenger import TraceMessenger
 from torch import nn
 
 from pyro_mmt.config import ModelConfig
@@ -53,7 +45,12 @@ from pyro_mmt.distributions import (
     auto_gamma,
     log_t_power_integral,
 )
-from pyro_mmt.guides.poe_t import ModalityEncoder, PoEClassifier, PoETGuide
+from pyro_mmt.guides.poe_t import (
+    ModalityEncoder,
+    PoEClassifier,
+    PoETGuide,
+    register_module,
+)
 from pyro_mmt.infer.power_norm import (
     GaussianPowerNorm,
     MonteCarloPowerNorm,
@@ -232,8 +229,7 @@ class MultimodalM2(PoETGuide, nn.Module):
             it).
         :param batch_size: B, needed only when neither ``x`` nor ``y`` is given.
         """
-        if not registered_in_this_run("m2", self):  # by the guide, under the same handlers
-            pyro.module("m2", self)
+        register_module("m2", self)
         cfg = self.config
         x, mask, batch = self.check_inputs(x, mask, y, batch_size)
         labelled = y is not None
@@ -319,45 +315,6 @@ class MultimodalM2(PoETGuide, nn.Module):
             log_pi = torch.log(counts / counts.sum())
         self.class_log_prior.copy_(log_pi)
         return self.class_prior()
-
-
-#: Handlers that do nothing with a ``param`` message that any later step depends on.
-_PARAM_NEUTRAL_HANDLERS = (ScaleMessenger, MaskMessenger, EnumMessenger, IndepMessenger,
-                           SubsampleMessenger)
-
-
-def registered_in_this_run(name: str, module: nn.Module) -> bool:
-    """Whether ``pyro.module(name, module)`` now would change nothing, because it was already
-    made in this run under the same handlers: a Pyro trace on the stack holds the module's
-    parameters (the guide registered them, e.g. in SVI's trace of the step) and every other
-    handler is one that ignores parameters (scale, mask, plates, enumeration, a replay of
-    sample sites, a trace of sample sites only). Under any other handler, or with no trace
-    that holds them, the answer is False and the caller registers as usual.
-
-    Registering 84 parameters through Pyro's handler stack costs about 1.5 ms per call at the
-    estimator's default sizes, once in the guide and once more in the model at every SVI step
-    (``docs/performance.md``); the model's second registration is the one skipped.
-
-    :param str name: the name given to ``pyro.module``.
-    :param nn.Module module: the module.
-    """
-    first = next((n for n, p in module.named_parameters() if p.requires_grad), None)
-    if first is None or not _PYRO_STACK:
-        return False
-    full_name = f"{name}{_MODULE_NAMESPACE_DIVIDER}{first}"
-    recorded = False
-    for handler in _PYRO_STACK:
-        if isinstance(handler, TraceMessenger) and getattr(handler, "records_params", True):
-            node = handler.trace.nodes.get(full_name)
-            if node is None or node["type"] != "param":
-                return False
-            recorded = True
-        elif isinstance(handler, ReplayMessenger):
-            if handler.params is not None:
-                return False
-        elif not isinstance(handler, _PARAM_NEUTRAL_HANDLERS + (TraceMessenger,)):
-            return False
-    return recorded
 
 
 class LatentMonteCarloPowerNorm(PowerNorm):

@@ -23,7 +23,10 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer import SVI
+from pyro.infer.util import torch_item, zero_grads
 from pyro.optim import PyroOptim
+from pyro.poutine.runtime import _MODULE_NAMESPACE_DIVIDER
+from pyro.poutine.trace_messenger import TraceMessenger
 from tqdm.auto import tqdm
 
 from pyro_mmt.data import Batch, InterleavedLoader, MultimodalDataset
@@ -78,8 +81,10 @@ class TrainingDivergedError(FloatingPointError):
             f"training diverged at epoch {epoch}, step {step}: {what}; {where}. {advice}"
         )
 
-    def __reduce__(self):  # picklable, e.g. back from a worker process
-        return type(self), (self.epoch, self.step, self.loss, self.checkpoint, self.cause)
+    def __reduce__(self):  # picklable, e.g. back from a worker process (with any attribute
+        # set later, such as the ``member`` of pyro_mmt.training.parallel.fit_members)
+        return (type(self), (self.epoch, self.step, self.loss, self.checkpoint, self.cause),
+                self.__dict__)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -106,7 +111,7 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(f"training interrupted after {epochs_done} complete epoch(s): {how}")
 
     def __reduce__(self):
-        return type(self), (self.epochs_done, self.checkpoint, self.advice)
+        return type(self), (self.epochs_done, self.checkpoint, self.advice), self.__dict__
 
 
 @dataclass
@@ -381,7 +386,7 @@ def train(
 
     _check_param_store(modules)
     optimizer = optimizer or default_optimizer()
-    svi = SVI(model, guide, optimizer, loss=objective)
+    svi = _SVI(model, guide, optimizer, loss=objective)
     loader = InterleavedLoader(
         dataset, batch_size, labelled_batch_size=labelled_batch_size, seed=seed
     )
@@ -493,6 +498,86 @@ def _resumed_optimizer_state(ckpt: Checkpoint, optimizer) -> dict:
                                                                 abs_tol=0.0):
         state = _with_lr(state, new)
     return state
+
+
+class _ParamTrace(TraceMessenger):
+    """SVI's trace of the parameters a step registers, with one addition: a module that
+    registers through :func:`~pyro_mmt.guides.poe_t.register_module` may *claim* the sites its
+    registration recorded in an earlier step of the run (``templates``, shared by the steps)
+    instead of sending its parameters through Pyro's handlers again. A claim is granted only
+    when those sites still hold the module's trainable parameters, by name and identity, in
+    order, and the param store still knows them; the trace then holds exactly what the
+    registration would have put there."""
+
+    records_params = True
+
+    def __init__(self, templates: dict):
+        super().__init__(param_only=True)
+        self.templates = templates
+        self._learn: list[str] = []
+
+    def claim_module(self, name: str, module: torch.nn.Module) -> bool:
+        """Add the sites of ``pyro.module(name, module)`` from the template; False (and learn
+        the template at the end of this step) when there is none or it is out of date."""
+        template = self.templates.get(name)
+        if template is not None:
+            nodes, params = template
+            current = _trainable_parameters(module)
+            if (nodes and len(current) == len(params)
+                    and all(a is b for a, b in zip(current, params, strict=True))
+                    and next(iter(nodes)) in pyro.get_param_store()):
+                self.trace.nodes.update(nodes)  # the recorded sites (nothing mutates them)
+                return True
+        self._learn.append(name)
+        return False
+
+    def __exit__(self, *args, **kwargs):
+        for name in self._learn:  # registered for real in this step: keep its sites
+            prefix = f"{name}{_MODULE_NAMESPACE_DIVIDER}"
+            nodes = {full: node for full, node in self.trace.nodes.items()
+                     if full.startswith(prefix) and node["type"] == "param"}
+            self.templates[name] = (nodes, [node["value"] for node in nodes.values()])
+        return super().__exit__(*args, **kwargs)
+
+
+def _trainable_parameters(module: torch.nn.Module) -> list[torch.Tensor]:
+    """``[p for p in module.parameters() if p.requires_grad]``, in the same order (each
+    module's own parameters, then its children's, depth first; shared ones once), by a plain
+    walk of the modules' dictionaries: a third of the time of ``named_parameters``."""
+    out, seen, stack = [], set(), [module]
+    while stack:
+        mod = stack.pop()
+        if id(mod) in seen:
+            continue
+        seen.add(id(mod))
+        for p in mod._parameters.values():
+            if p is not None and id(p) not in seen:
+                seen.add(id(p))
+                if p.requires_grad:
+                    out.append(p)
+        stack.extend(child for child in reversed(mod._modules.values()) if child is not None)
+    return out
+
+
+class _SVI(SVI):
+    """Pyro's SVI with the step of :func:`train`: the parameters are traced by
+    :class:`_ParamTrace`, so a module registered in an earlier step is claimed rather than
+    registered again; the rest is ``SVI.step``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._templates: dict = {}
+
+    def step(self, *args, **kwargs):
+        with _ParamTrace(self._templates) as param_capture:
+            loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
+        params = set(site["value"].unconstrained()
+                     for site in param_capture.trace.nodes.values())
+        self.optim(params)
+        zero_grads(params)
+        if isinstance(loss, tuple):  # as SVI.step: e.g. ReweightedWakeSleep's pair
+            return type(loss)(map(torch_item, loss))
+        return torch_item(loss)
 
 
 def _checked_step(svi, batch, scale, modules, epoch, step, ckpt_path, validate=None) -> float:

@@ -516,3 +516,45 @@ def test_model_registers_its_module_once_per_svi_step(data, monkeypatch):
         m2.guide(*args)
         m2.model(*args)
     assert calls == ["m2", "m2"]
+
+
+@pytest.mark.filterwarnings("ignore:.*was not registered in the param store")
+def test_train_claims_the_registration_of_earlier_steps(data, monkeypatch):
+    """In train, the module is registered through Pyro's handlers at the first step only (later
+    steps claim the sites it recorded), with the very parameters of Pyro's own SVI; a
+    parameter frozen between epochs (requires_grad=False) makes the claim fail, is registered
+    no more and stays as it is, as with Pyro's SVI."""
+    from pyro_mmt.training import svi as svi_module
+
+    calls = []
+    real = pyro.module
+
+    def counting(name, module, *args, **kwargs):
+        calls.append(name)
+        return real(name, module, *args, **kwargs)
+
+    def freeze(m2):
+        def on_epoch_end(epoch):
+            if epoch == 1:
+                m2.decoders["top"].input.weight.requires_grad_(False)
+                frozen.append(m2.decoders["top"].input.weight.detach().clone())
+        return on_epoch_end
+
+    monkeypatch.setattr(pyro, "module", counting)
+    runs = []
+    for svi_class in (svi_module._SVI, pyro.infer.SVI):
+        monkeypatch.setattr(svi_module, "_SVI", svi_class)
+        pyro.clear_param_store()
+        m2, modules = build(data)
+        calls.clear()
+        frozen = []
+        train(m2.model, m2.guide, data, objective=make_objective(), epochs=3, batch_size=16,
+              seed=3, progress=False, on_epoch_end=freeze(m2))
+        runs.append((weights(modules), len(calls)))
+        assert torch.equal(m2.decoders["top"].input.weight, frozen[0])
+    (claimed, n_claimed), (stock, n_stock) = runs
+    steps = 3 * 4  # 3 epochs of 2 labelled + 2 unlabelled batches
+    assert n_stock == steps  # the guide registers, the model finds it registered
+    assert n_claimed == 2  # the first step, and the first step after the freeze
+    for name, value in stock.items():
+        assert torch.equal(value, claimed[name]), name
