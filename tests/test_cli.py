@@ -86,7 +86,8 @@ def test_train_on_a_named_data_set_writes_the_run_folder(tmp_path, capsys):
 def test_benchmark_writes_results_and_tables(tmp_path, small_deep_models):
     out = tmp_path / "bench"
     assert main(["benchmark", "--datasets", "digits", "--seeds", "0", "--rho", "10", "--beta",
-                 "0.2", "--methods", "lr", "t_gamma", "--epochs", "1", "--out", str(out)]) == 0
+                 "0.2", "--methods", "lr", "t_gamma", "--epochs", "1", "--jobs", "1",
+                 "--out", str(out)]) == 0
     results = pd.read_csv(out / "results.csv")
     assert sorted(results["method"]) == ["lr", "t_gamma"] and len(results) == 2
     table = pd.read_csv(out / "table.csv")
@@ -428,3 +429,30 @@ def test_a_damaged_estimator_file_is_an_error_naming_it(tiny_npz, tmp_path):
     (run / "estimator.pt").write_bytes(whole[: len(whole) // 3])
     with pytest.raises(SystemExit, match=r"^error: path: .*estimator.pt is not a readable torch"):
         main(["predict", str(run), str(tiny_npz)])
+
+
+def test_benchmark_jobs_give_the_rows_of_a_serial_run(tmp_path):
+    """``--jobs 2`` (two worker processes, one torch thread each) writes the rows of
+    ``--jobs 1``, in the same order, apart from the seconds."""
+    common = ["benchmark", "--datasets", "breast", "--seeds", "0", "1", "--rho", "10",
+              "--beta", "0.2", "--methods", "t_gamma", "lr", "--epochs", "2"]
+    tables = []
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}"
+        assert main([*common, "--jobs", jobs, "--out", str(out)]) == 0
+        tables.append(pd.read_csv(out / "results.csv"))
+    serial, parallel = (t.drop(columns="seconds") for t in tables)
+    assert len(serial) == 4
+    pd.testing.assert_frame_equal(serial, parallel)
+
+
+def test_defaults_of_the_command_line():
+    """The fused optimiser by default (issue 14); --jobs from the cores available."""
+    from pyro_mmt.cli import _available_cores, build_parser
+
+    args = build_parser().parse_args(["train", "digits"])
+    assert args.optimizer == "fused_adam"
+    args = build_parser().parse_args(["benchmark"])
+    assert args.jobs == _available_cores() >= 1
+    with pytest.raises(SystemExit, match="--jobs"):
+        main(["benchmark", "--jobs", "0", "--datasets", "breast"])
