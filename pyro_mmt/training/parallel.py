@@ -26,7 +26,7 @@ from torch import nn
 
 from pyro_mmt.data import MultimodalDataset
 
-__all__ = ["FittedMember", "available_cores", "fit_members"]
+__all__ = ["FittedMember", "MemberHooks", "available_cores", "fit_members"]
 
 
 @dataclass
@@ -39,6 +39,24 @@ class FittedMember:
     module: nn.Module
     state_dict: dict[str, torch.Tensor]
     history: pd.DataFrame
+
+
+@dataclass
+class MemberHooks:
+    """What a member needs beside its module, made where it trains (by ``hooks(module)`` of
+    :func:`fit_members`).
+
+    :param on_epoch_end: :func:`~pyro_mmt.training.train`'s ``on_epoch_end`` (e.g. the update
+        of a learned class prior, or of a running average of the parameters).
+    :param modules: ``train``'s ``modules`` (the weights checkpointed and restored, e.g.
+        ``{"model": m2, "average": average}``); None: the module behind ``model``/``guide``.
+    :param finish: called once training is over, before the member's state is taken (e.g.
+        replacing the parameters by their average).
+    """
+
+    on_epoch_end: Callable[[int], None] | None = None
+    modules: dict[str, nn.Module] | None = None
+    finish: Callable[[], None] | None = None
 
 
 def available_cores() -> int:
@@ -58,16 +76,17 @@ def fit_members(
     optimizer: Callable[[], pyro.optim.PyroOptim] | None = None,
     jobs: int = 1,
     threads: int = 1,
-    callbacks: Callable[[nn.Module], Callable[[int], None] | None] | None = None,
+    hooks: Callable[[nn.Module], MemberHooks | Callable[[int], None] | None] | None = None,
     checkpoint_dirs: Sequence | None = None,
     descs: Sequence[str] | None = None,
     **train_kwargs,
 ) -> list[FittedMember]:
     """Train one model per seed, in this process or in ``jobs`` parallel processes.
 
-    For each seed: ``pyro.set_rng_seed(seed)``, ``module = build()``, then
-    ``train(module.model, module.guide, data, objective=objective(), optimizer=optimizer(),
-    seed=seed, on_epoch_end=callbacks(module), ...)`` in a fresh param-store scope. With
+    For each seed: ``pyro.set_rng_seed(seed)``, ``module = build()``, ``h = hooks(module)``,
+    then ``train(module.model, module.guide, data, objective=objective(),
+    optimizer=optimizer(), seed=seed, on_epoch_end=h.on_epoch_end, modules=h.modules, ...)``
+    in a fresh param-store scope, and ``h.finish()``. With
     ``jobs > 1`` each member runs in a worker process (joblib ``loky``; the callables and
     ``data`` are pickled with cloudpickle, so lambdas and closures are fine) with ``threads``
     torch threads and this process's default dtype, without progress bars; the module is
@@ -86,8 +105,8 @@ def fit_members(
         this process, with its thread settings; -1 uses one process per available core
         (:func:`available_cores`); never more processes than members.
     :param int threads: torch threads per worker process (default 1).
-    :param callbacks: ``callbacks(module)`` returns the member's ``on_epoch_end`` (or None),
-        e.g. the update of a learned class prior; it runs where the member trains.
+    :param hooks: ``hooks(module)`` returns the member's :class:`MemberHooks` (or just its
+        ``on_epoch_end``, or None); it is called, and the hooks run, where the member trains.
     :param checkpoint_dirs: one checkpoint folder per member (or None).
     :param descs: one progress-bar label per member.
     :param train_kwargs: passed on to :func:`~pyro_mmt.training.train` (``epochs``,
@@ -115,7 +134,7 @@ def fit_members(
     jobs = min(available_cores() if jobs == -1 else jobs, max(len(seeds), 1))
     tasks = [
         dict(build=build, data=data, seed=seed, objective=objective, optimizer=optimizer,
-             callbacks=callbacks, checkpoint_dir=folder, desc=desc, train_kwargs=train_kwargs)
+             hooks=hooks, checkpoint_dir=folder, desc=desc, train_kwargs=train_kwargs)
         for seed, folder, desc in zip(seeds, checkpoint_dirs, descs, strict=True)
     ]
     if jobs == 1:
@@ -140,7 +159,7 @@ def fit_members(
     return members
 
 
-def _fit(index, build, data, seed, objective, optimizer, callbacks, checkpoint_dir, desc,
+def _fit(index, build, data, seed, objective, optimizer, hooks, checkpoint_dir, desc,
          train_kwargs) -> tuple[nn.Module, pd.DataFrame]:
     """Build and train member ``index`` (in this process). A
     :class:`~pyro_mmt.training.svi.TrainingDivergedError` or
@@ -150,18 +169,22 @@ def _fit(index, build, data, seed, objective, optimizer, callbacks, checkpoint_d
 
     pyro.set_rng_seed(seed)  # the initial weights too
     module = build()
+    made = None if hooks is None else hooks(module)
+    if not isinstance(made, MemberHooks):
+        made = MemberHooks(on_epoch_end=made)
     kwargs = dict(train_kwargs)
     if desc is not None:
         kwargs["desc"] = desc
     try:
         with pyro.get_param_store().scope():
             history = train(module.model, module.guide, data, objective=objective(),
-                            optimizer=optimizer(), seed=seed,
-                            on_epoch_end=None if callbacks is None else callbacks(module),
-                            checkpoint_dir=checkpoint_dir, **kwargs)
+                            optimizer=optimizer(), seed=seed, on_epoch_end=made.on_epoch_end,
+                            modules=made.modules, checkpoint_dir=checkpoint_dir, **kwargs)
     except (TrainingDivergedError, TrainingInterrupted) as error:
         error.member = index
         raise
+    if made.finish is not None:
+        made.finish()
     return module, history
 
 

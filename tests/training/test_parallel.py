@@ -32,7 +32,7 @@ def make_builder(data, **settings):
 def fit(data, jobs, **kwargs):
     return fit_members(make_builder(data, class_prior="learned"), data, [0, 1000], jobs=jobs,
                        objective=make_objective, epochs=2, batch_size=16, progress=False,
-                       callbacks=lambda m2: (lambda epoch: m2.update_class_prior(
+                       hooks=lambda m2: (lambda epoch: m2.update_class_prior(
                            m2.classifier_logits(data.x, data.mask))), **kwargs)
 
 
@@ -73,7 +73,7 @@ def test_fit_members_checks_its_arguments(data):
 def test_a_member_that_fails_says_which_it_is(data):
     """An interruption or a divergence of member i carries ``member = i``, also after a trip
     through pickle (how an error comes back from a worker process)."""
-    def callbacks(m2):
+    def stopper(m2):
         def stop(epoch):
             if m2.config.latent_dim == 2 and stop.calls == 1:
                 raise KeyboardInterrupt
@@ -84,14 +84,48 @@ def test_a_member_that_fails_says_which_it_is(data):
     seeds = iter([0, 1])
 
     def interrupt_second(m2):
-        return callbacks(m2) if next(seeds) == 1 else None
+        return stopper(m2) if next(seeds) == 1 else None
 
     with pytest.raises(TrainingInterrupted) as info:
         fit_members(make_builder(data), data, [0, 1], objective=make_objective, epochs=3,
-                    batch_size=16, progress=False, callbacks=interrupt_second)
+                    batch_size=16, progress=False, hooks=interrupt_second)
     assert info.value.member == 1
     assert pickle.loads(pickle.dumps(info.value)).member == 1
     error = TrainingDivergedError(2, 3, float("nan"), None)
     error.member = 4
     assert pickle.loads(pickle.dumps(error)).member == 4
     pyro.clear_param_store()
+
+
+def test_member_hooks_run_where_the_member_trains(data, tmp_path):
+    """MemberHooks: extra checkpointed modules (a running average of the parameters) and a
+    finishing step (the average applied) give the same members with and without workers; the
+    checkpoints hold the extra module."""
+    from pyro_mmt.training.averaging import ParameterAverage
+    from pyro_mmt.training.parallel import MemberHooks
+
+    def hooks(m2):
+        average = ParameterAverage(m2, start=1)
+        return MemberHooks(on_epoch_end=lambda epoch: average.update(m2, epoch),
+                           modules={"model": m2, "average": average},
+                           finish=lambda: average.apply(m2))
+
+    runs = []
+    for jobs in (1, 2):
+        folders = [tmp_path / f"j{jobs}_{i}" for i in range(2)]
+        members = fit_members(make_builder(data), data, [0, 1000], jobs=jobs,
+                              objective=make_objective, epochs=3, batch_size=16,
+                              progress=False, hooks=hooks, checkpoint_dirs=folders)
+        runs.append(members)
+        for member, folder in zip(members, folders, strict=True):
+            saved = torch.load(folder / "checkpoint.pt", weights_only=True)["modules"]
+            assert set(saved) == {"model", "average"} and int(saved["average"]["count"]) == 2
+            # the member's weights are the average of epochs 2 and 3 (finish ran), not the
+            # weights of the last epoch that the checkpoint's model holds
+            first = saved["average"]["mean_0"]
+            name = next(n for n, _ in member.module.named_parameters())
+            assert torch.equal(member.state_dict[name], first)
+            assert not torch.equal(saved["model"][name], first)
+    for a, b in zip(*runs, strict=True):
+        for name, value in a.state_dict.items():
+            assert torch.equal(value, b.state_dict[name]), name
