@@ -9,7 +9,11 @@ same networks take interleaved steps (``benchmarks/timing.py``) with
   the training loop steps it, Pyro validation on (its default);
 - ``pyro_noval``: the same with ``pyro.enable_validation(False)``;
 - ``pyro_stock``: the same with ``pyro.optim.ClippedAdam`` (one Adam per tensor), the training
-  loop's default optimiser until now.
+  loop's default optimiser before issue 14.
+
+These are single steps at the sizes of issue 7 (hidden 256, d = 32, batch 64–1024), through
+Pyro's own ``SVI``. The overhead of whole epochs of :func:`pyro_mmt.training.train` at the
+estimator's default sizes (issue 14) is ``--defaults`` (``benchmarks/epoch_overhead.py``).
 
 All clamp gradients to ±10. The table gives median step times (ms), the ratio of medians over
 ``plain`` with the min–max of the per-round ratios (the CSV also has the ratio of the fastest
@@ -21,12 +25,14 @@ model, batch 256.
 
     python -m benchmarks.overhead                  # the full grid (about 10 minutes)
     python -m benchmarks.overhead --quick          # a smoke run (seconds)
+    python -m benchmarks.overhead --defaults       # = python -m benchmarks.epoch_overhead
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -119,6 +125,12 @@ def plot(table: pd.DataFrame, path: Path) -> None:
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--defaults" in argv:  # whole epochs of train at the estimator's defaults
+        from benchmarks import epoch_overhead
+
+        argv.remove("--defaults")
+        return epoch_overhead.main(argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=list(DIMS), choices=list(DIMS))
     p.add_argument("--classes", type=int, nargs="+", default=[2, 10])
@@ -136,6 +148,9 @@ def main(argv=None):
                    help="tune glibc malloc first (benchmarks.timing.keep_freed_memory)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: one cell of tiny networks (hidden 16, d = 4, batch 16)")
+    p.add_argument("--defaults", action="store_true",
+                   help="instead: whole epochs of train at the estimator's defaults "
+                        "(benchmarks/epoch_overhead.py, which takes the other options)")
     p.add_argument("--out", type=Path, default=RESULTS / "overhead.csv")
     args = p.parse_args(argv)
     if args.quick:

@@ -84,3 +84,36 @@ def test_end_to_end_smoke(tmp_path):
     end_to_end.main(["--quick", "--no-demo", "--out", str(tmp_path / "e.csv")])
     row = pd.read_csv(tmp_path / "e.csv").iloc[0]
     assert row["samples_per_s"] > 0 and row["peak_rss_mib"] > 0
+
+
+def test_epoch_overhead_smoke(tmp_path, capsys):
+    """Whole epochs of train against plain epochs (issue 14), via overhead --defaults."""
+    overhead.main(["--defaults", "--quick", "--out", str(tmp_path / "e.csv")])
+    row = pd.read_csv(tmp_path / "e.csv").iloc[0]
+    assert row["steps"] > 0 and row["ratio_train"] > 0 and row["ratio_train_q1"] > 0
+    assert "ratio_train" in capsys.readouterr().out
+
+
+def test_profile_step_smoke(tmp_path):
+    from benchmarks import profile_step
+
+    profile_step.main(["--quick", "--out", str(tmp_path / "p.csv")])
+    row = pd.read_csv(tmp_path / "p.csv").iloc[0]
+    assert row["registration_ms"] > 0 and row["registration_claim_ms"] > 0
+
+
+def test_parallel_speedup_smoke(tmp_path):
+    from benchmarks import parallel_speedup
+
+    parallel_speedup.main(["--quick", "--workload", "members", "--out", str(tmp_path / "p.csv")])
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert sorted(table["jobs"]) == [1, 2] and table["same_as_serial"].all()
+
+
+def test_compiled_loss_smoke(tmp_path):
+    from benchmarks import compiled_loss
+
+    compiled_loss.main(["--variants", "plain", "eager", "--steps", "1",
+                        "--out", str(tmp_path / "c.csv")])
+    table = pd.read_csv(tmp_path / "c.csv")
+    assert list(table["variant"]) == ["plain", "eager"] and (table["labelled_ms"] > 0).all()
