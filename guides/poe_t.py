@@ -258,6 +258,8 @@ class PoETGuide:
 
     def present(self, x: Mapping[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         """Bool [B, M]: modality j observed in this datum (given in ``x`` and not masked)."""
+        if all(m in x for m in self.modalities):
+            return mask
         given = torch.tensor([m in x for m in self.modalities], device=mask.device)
         return mask & given
 

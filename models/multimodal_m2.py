@@ -234,8 +234,9 @@ class MultimodalM2(PoETGuide, nn.Module):
         x, mask, batch = self.check_inputs(x, mask, y, batch_size)
         labelled = y is not None
         # a modality given in x is observed where mask says so; one left out is sampled
-        in_chain = torch.stack([mask[:, j] if m in x else torch.ones_like(mask[:, j])
-                                for j, m in enumerate(self.modalities)], -1)
+        in_chain = mask if all(m in x for m in self.modalities) else torch.stack(
+            [mask[:, j] if m in x else torch.ones_like(mask[:, j])
+             for j, m in enumerate(self.modalities)], -1)
         nu = self.nu
         with pyro.plate("data", batch):
             y = pyro.sample("y", dist.Categorical(logits=self.class_log_prior), obs=y)
