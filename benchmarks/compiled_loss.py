@@ -2,49 +2,50 @@
 networks only, against eager PyTorch (issue 14: keep a compiled path only if it is faster).
 
 At the estimator's default sizes (``benchmarks/epoch_overhead.py``: mfeat, K = 10, hidden 128,
-d = 16, batch 128), one labelled and one unlabelled batch, validation off, one torch thread:
+d = 16, batch 128), one labelled and one unlabelled batch, validation off, one torch thread,
+forward and backward of:
 
-- ``eager``: ``GammaPowerELBO.differentiable_loss`` + backward, as the training loop runs it;
-- ``plain``: :func:`benchmarks.plain_step.plain_loss` + backward (hand-written PyTorch);
+- ``eager``: ``GammaPowerELBO.differentiable_loss``, as the training loop runs it;
+- ``plain``: :func:`benchmarks.plain_step.plain_loss` (hand-written PyTorch);
 - ``compiled_loss``: ``torch.compile`` of the eager loss function (Dynamo traces through
   Pyro's handlers; ``--backend`` ``aot_eager`` (no code generation) or ``inductor`` (C++
   kernels, needs a C compiler));
-- ``compiled_networks``: the plain loss with every decoder, encoder and classifier expert
-  compiled (``module.compile()``, inductor), the most a compiled tensor part could give.
+- ``compiled_networks``: the plain loss on a copy of the model whose decoders, encoders and
+  classifier experts are compiled (``module.compile()``): the most a compiled tensor part
+  could give.
 
-Each variant runs in its own fresh process (compilation caches are per process); the table
-gives the first call's seconds (compilation) and the median step of ``--steps`` steps after
-three warm-up steps. The steps are not interleaved across processes: read the ratios to ±0.2
-on a loaded machine.
+All variants live in one process and their steps are interleaved (``benchmarks/timing.py``)
+after the compilations; the table gives each one's compilation time (its first labelled and
+unlabelled calls), the median step and the median of the per-round ratios to ``eager``.
 
-    python -m benchmarks.compiled_loss                       # aot_eager; ~2 minutes
-    python -m benchmarks.compiled_loss --backend inductor    # ~5 minutes (2 compilations)
+    python -m benchmarks.compiled_loss                       # aot_eager; ~3 minutes here
+    python -m benchmarks.compiled_loss --backend inductor    # ~5 minutes
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.timing import machine
+
 RESULTS = Path(__file__).parent / "results"
 
 
-def one_variant(variant: str, backend: str, steps: int) -> dict:
-    """Run in a child process: compile (if asked), time ``steps`` labelled and unlabelled
-    steps; returns the first-call seconds and the median step times (ms)."""
+def measure(variants, backend: str, rounds: int) -> list[dict]:
+    """Compile what ``variants`` need, then time them interleaved; one row per variant."""
+    import copy
+
     import pyro
     import torch
     from pyro import poutine
 
     from benchmarks.epoch_overhead import build_default, default_data
     from benchmarks.plain_step import plain_loss
+    from benchmarks.timing import interleaved
     from pyro_mmt.data import InterleavedLoader
     from pyro_mmt.infer import GammaPowerELBO
 
@@ -52,6 +53,11 @@ def one_variant(variant: str, backend: str, steps: int) -> dict:
     pyro.enable_validation(False)
     data = default_data()
     m2 = build_default(data)
+    compiled_m2 = copy.deepcopy(m2)
+    for net in (list(compiled_m2.decoders.values())
+                + [e.net for e in compiled_m2.encoders.values()]
+                + list(compiled_m2.classifier.experts.values())):
+        net.compile(backend=backend)
     loader = iter(InterleavedLoader(data, 128))
     batches = {"labelled": next(loader), "unlabelled": next(loader)}
     elbo = GammaPowerELBO("auto", max_plate_nesting=1)
@@ -60,71 +66,49 @@ def one_variant(variant: str, backend: str, steps: int) -> dict:
         with poutine.scale(scale=scale):
             return elbo.differentiable_loss(m2.model, m2.guide, x, mask, y)
 
-    def plain(x, mask, y, scale):
-        return plain_loss(m2, x, mask, y, scale)
+    losses = {
+        "plain": (m2, lambda x, mask, y, scale: plain_loss(m2, x, mask, y, scale)),
+        "eager": (m2, eager),
+        "compiled_loss": (m2, torch.compile(eager, backend=backend)),
+        "compiled_networks": (compiled_m2, lambda x, mask, y, scale: plain_loss(
+            compiled_m2, x, mask, y, scale)),
+    }
 
-    if variant == "eager":
-        loss = eager
-    elif variant == "plain":
-        loss = plain
-    elif variant == "compiled_loss":
-        loss = torch.compile(eager, backend=backend)
-    elif variant == "compiled_networks":
-        nets = (list(m2.decoders.values()) + [e.net for e in m2.encoders.values()]
-                + list(m2.classifier.experts.values()))
-        for net in nets:
-            net.compile(backend=backend)
-        loss = plain
-    else:
-        raise ValueError(variant)
-
-    def step(batch, num_data):
+    def step(name, batch, num_data):
+        module, loss = losses[name]
         value = loss(batch.x, batch.mask, batch.y, num_data / batch.size)
         value.backward()
-        for p in m2.parameters():
+        for p in module.parameters():
             p.grad = None
 
-    tic = time.perf_counter()
-    for batch, num_data in batches.values():
-        step(batch, num_data)
-    row = {"variant": variant, "backend": backend if "compiled" in variant else "",
-           "first_calls_s": time.perf_counter() - tic}
-    for name, (batch, num_data) in batches.items():
-        for _ in range(3):
-            step(batch, num_data)
-        times = []
-        for _ in range(steps):
-            tic = time.perf_counter()
-            step(batch, num_data)
-            times.append(time.perf_counter() - tic)
-        row[f"{name}_ms"] = 1e3 * statistics.median(times)
-    return row
+    rows = {}
+    for name in variants:
+        tic = time.perf_counter()
+        for batch, num_data in batches.values():
+            step(name, batch, num_data)
+        rows[name] = {"variant": name, "backend": backend if "compiled" in name else "",
+                      "first_calls_s": time.perf_counter() - tic}
+    for kind, (batch, num_data) in batches.items():
+        timings = interleaved({name: (lambda n=name, b=batch, k=num_data: step(n, b, k))
+                               for name in variants}, rounds=rounds, repeats=3)
+        for name in variants:
+            rows[name][f"{kind}_ms"] = 1e3 * timings.median(name)
+            if "eager" in variants:
+                rows[name][f"{kind}_over_eager"] = timings.round_ratio_quartiles(
+                    name, "eager")[0]
+    return list(rows.values())
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backend", default="aot_eager", choices=["aot_eager", "inductor"])
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--variants", nargs="+",
                    default=["plain", "eager", "compiled_loss", "compiled_networks"])
-    p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    if args.child:
-        print(json.dumps(one_variant(args.child, args.backend, args.steps)))
-        return
-    rows = []
-    for variant in args.variants:
-        done = subprocess.run([sys.executable, "-m", "benchmarks.compiled_loss", "--child",
-                               variant, "--backend", args.backend, "--steps", str(args.steps)],
-                              capture_output=True, text=True, check=True)
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        print(rows[-1], flush=True)
-    table = pd.DataFrame(rows)
-    eager = table.set_index("variant").loc["eager"] if "eager" in set(table["variant"]) else None
-    if eager is not None:
-        for name in ("labelled", "unlabelled"):
-            table[f"{name}_over_eager"] = table[f"{name}_ms"] / eager[f"{name}_ms"]
+    print(f"machine: {machine()}", flush=True)
+    table = pd.DataFrame(measure(args.variants, args.backend, args.rounds))
     out = args.out or RESULTS / f"compiled_loss_{args.backend}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False, float_format="%.4g")

@@ -113,7 +113,7 @@ def test_parallel_speedup_smoke(tmp_path):
 def test_compiled_loss_smoke(tmp_path):
     from benchmarks import compiled_loss
 
-    compiled_loss.main(["--variants", "plain", "eager", "--steps", "1",
+    compiled_loss.main(["--variants", "plain", "eager", "--rounds", "1",
                         "--out", str(tmp_path / "c.csv")])
     table = pd.read_csv(tmp_path / "c.csv")
     assert list(table["variant"]) == ["plain", "eager"] and (table["labelled_ms"] > 0).all()
