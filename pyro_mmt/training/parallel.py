@@ -79,12 +79,13 @@ def fit_members(
     hooks: Callable[[nn.Module], MemberHooks | Callable[[int], None] | None] | None = None,
     checkpoint_dirs: Sequence | None = None,
     descs: Sequence[str] | None = None,
+    train_fn: Callable | None = None,
     **train_kwargs,
 ) -> list[FittedMember]:
     """Train one model per seed, in this process or in ``jobs`` parallel processes.
 
     For each seed: ``pyro.set_rng_seed(seed)``, ``module = build()``, ``h = hooks(module)``,
-    then ``train(module.model, module.guide, data, objective=objective(),
+    then ``train_fn(module.model, module.guide, data, objective=objective(),
     optimizer=optimizer(), seed=seed, on_epoch_end=h.on_epoch_end, modules=h.modules, ...)``
     in a fresh param-store scope, and ``h.finish()``. With
     ``jobs > 1`` each member runs in a worker process (joblib ``loky``; the callables and
@@ -109,6 +110,9 @@ def fit_members(
         ``on_epoch_end``, or None); it is called, and the hooks run, where the member trains.
     :param checkpoint_dirs: one checkpoint folder per member (or None).
     :param descs: one progress-bar label per member.
+    :param train_fn: the training function (default :func:`~pyro_mmt.training.svi.train`;
+        e.g. :func:`~pyro_mmt.training.distributed.train_distributed`, with ``jobs=1``); with
+        ``jobs > 1`` it must be picklable (a module-level function).
     :param train_kwargs: passed on to :func:`~pyro_mmt.training.train` (``epochs``,
         ``batch_size``, ``labelled_batch_size``, ``device``, ``progress``, ``resume``, ...).
     :return: the members, in the order of ``seeds``.
@@ -134,7 +138,8 @@ def fit_members(
     jobs = min(available_cores() if jobs == -1 else jobs, max(len(seeds), 1))
     tasks = [
         dict(build=build, data=data, seed=seed, objective=objective, optimizer=optimizer,
-             hooks=hooks, checkpoint_dir=folder, desc=desc, train_kwargs=train_kwargs)
+             hooks=hooks, checkpoint_dir=folder, desc=desc, train_fn=train_fn,
+             train_kwargs=train_kwargs)
         for seed, folder, desc in zip(seeds, checkpoint_dirs, descs, strict=True)
     ]
     if jobs == 1:
@@ -159,13 +164,15 @@ def fit_members(
     return members
 
 
-def _fit(index, build, data, seed, objective, optimizer, hooks, checkpoint_dir, desc,
+def _fit(index, build, data, seed, objective, optimizer, hooks, checkpoint_dir, desc, train_fn,
          train_kwargs) -> tuple[nn.Module, pd.DataFrame]:
     """Build and train member ``index`` (in this process). A
     :class:`~pyro_mmt.training.svi.TrainingDivergedError` or
     :class:`~pyro_mmt.training.svi.TrainingInterrupted` says which member it was (its
     ``member`` attribute, counted from 0)."""
     from pyro_mmt.training.svi import TrainingDivergedError, TrainingInterrupted, train
+
+    train_fn = train if train_fn is None else train_fn
 
     pyro.set_rng_seed(seed)  # the initial weights too
     module = build()
@@ -177,9 +184,9 @@ def _fit(index, build, data, seed, objective, optimizer, hooks, checkpoint_dir, 
         kwargs["desc"] = desc
     try:
         with pyro.get_param_store().scope():
-            history = train(module.model, module.guide, data, objective=objective(),
-                            optimizer=optimizer(), seed=seed, on_epoch_end=made.on_epoch_end,
-                            modules=made.modules, checkpoint_dir=checkpoint_dir, **kwargs)
+            history = train_fn(module.model, module.guide, data, objective=objective(),
+                               optimizer=optimizer(), seed=seed, on_epoch_end=made.on_epoch_end,
+                               modules=made.modules, checkpoint_dir=checkpoint_dir, **kwargs)
     except (TrainingDivergedError, TrainingInterrupted) as error:
         error.member = index
         raise

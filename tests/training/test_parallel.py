@@ -129,3 +129,19 @@ def test_member_hooks_run_where_the_member_trains(data, tmp_path):
     for a, b in zip(*runs, strict=True):
         for name, value in a.state_dict.items():
             assert torch.equal(value, b.state_dict[name]), name
+
+
+def test_train_fn_is_the_training_function(data):
+    """``train_fn`` replaces train (e.g. train_distributed, or a wrapper), with train's
+    arguments."""
+    from pyro_mmt.training.svi import train
+
+    seen = []
+
+    def wrapped(*args, **kwargs):
+        seen.append(kwargs["seed"])
+        return train(*args, **kwargs)
+
+    members = fit_members(make_builder(data), data, [3, 4], objective=make_objective,
+                          epochs=1, batch_size=16, progress=False, train_fn=wrapped)
+    assert seen == [3, 4] and [m.seed for m in members] == [3, 4]
