@@ -51,7 +51,8 @@ __all__ = [
 
 #: Training epochs of the deep models per data set (an epoch is one pass over the unlabelled
 #: rows): small data sets get more passes so that every method sees a few hundred SVI steps.
-TRAINING_EPOCHS = {"digits": 40, "breast": 150, "mfeat": 30, "pdspeech": 150, "fmnist": 8}
+TRAINING_EPOCHS = {"digits": 40, "breast": 150, "mfeat": 30, "pdspeech": 150, "pbc": 150,
+                   "fmnist": 8}
 
 #: The benchmark's grid: ρ, β and seeds per data set.
 DEFAULT_GRID = {
@@ -59,6 +60,7 @@ DEFAULT_GRID = {
     "breast": {"rho": [10, 50, 100], "beta": [0.05, 0.2], "seeds": [0, 1, 2, 3, 4]},
     "mfeat": {"rho": [10, 50, 100], "beta": [0.05, 0.2], "seeds": [0, 1, 2, 3, 4]},
     "pdspeech": {"rho": [10, 50, 100], "beta": [0.05, 0.2], "seeds": [0, 1, 2, 3, 4]},
+    "pbc": {"rho": [10, 50, 100], "beta": [0.05, 0.2], "seeds": [0, 1, 2, 3, 4]},
     "fmnist": {"rho": [100], "beta": [0.05, 0.2], "seeds": [0, 1, 2]},
 }
 
@@ -98,11 +100,19 @@ def _deep_method(name: str, description: str, options: dict, view: str | None = 
     return Method(name, description, _deep(options, view=view), deep=True, options=dict(options))
 
 
-def _concatenate(data: MultimodalDataset) -> MultimodalDataset:
-    """Every modality side by side as ONE modality "all" (the single-encoder M2 input)."""
-    x, y = data.to_numpy()
-    return MultimodalDataset({"all": np.concatenate(list(x.values()), axis=1)}, y,
-                             num_classes=data.num_classes, class_names=data.class_names)
+def _concatenate(train: MultimodalDataset,
+                 test: MultimodalDataset) -> tuple[MultimodalDataset, MultimodalDataset]:
+    """Every modality side by side as ONE modality "all" (the single-encoder M2 input); the
+    entries of a missing modality are the training mean (one encoder cannot drop a part of its
+    input), as the classical baselines' views do."""
+    x_train, x_test = train.concatenated(), test.concatenated()
+    mean = np.nanmean(x_train, axis=0)
+    out = []
+    for data, x in ((train, x_train), (test, x_test)):
+        x = np.where(np.isnan(x), mean, x)
+        out.append(MultimodalDataset({"all": x}, data.y.numpy(), num_classes=data.num_classes,
+                                     class_names=data.class_names))
+    return out[0], out[1]
 
 
 def _deep(options: dict, *, view: str | None = None) -> Callable:
@@ -115,7 +125,7 @@ def _deep(options: dict, *, view: str | None = None) -> Callable:
         opts = dict(options)
         train, test = split.train, split.test
         if view == "concat":
-            train, test = _concatenate(train), _concatenate(test)
+            train, test = _concatenate(train, test)
         elif view is not None:
             if view not in train.modalities:
                 return None  # this data set has no such modality
