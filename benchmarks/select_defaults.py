@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pyro_mmt.data import load_dataset, long_tailed_split
+from pyro_mmt.data import DATASETS, load_dataset, long_tailed_split, validation_folds
 from pyro_mmt.estimator import IMBALANCE_OPTIONS, MultimodalSemiSupervisedClassifier
 from pyro_mmt.evaluation.paired import paired_comparison
 from pyro_mmt.experiments.benchmark import TRAINING_EPOCHS
@@ -42,6 +42,15 @@ CANDIDATES: dict[str, dict] = {
     "gamma_2x": {"alpha": 1000.0, "gamma": "2x auto", **IMBALANCE_OPTIONS},
     "learned_pi": {"alpha": 1000.0, "class_prior": "learned", **IMBALANCE_OPTIONS},
     "learn_nu": {"alpha": 1000.0, "learn_nu": True, **IMBALANCE_OPTIONS},
+    "swa": {"alpha": 1000.0, "averaging": 0.5, **IMBALANCE_OPTIONS},
+    "alpha_100_swa": {"alpha": 100.0, "averaging": 0.5, **IMBALANCE_OPTIONS},
+    "epochs_auto": {"alpha": 1000.0, "epochs": "auto", **IMBALANCE_OPTIONS},
+    "ens3": {"alpha": 1000.0, "n_init": 3, **IMBALANCE_OPTIONS},
+    "la_only": {"alpha": 1000.0, "logit_adjustment": 1.0, "unlabelled_prior_shift": 1.0},
+    "la_only_swa": {"alpha": 1000.0, "logit_adjustment": 1.0, "unlabelled_prior_shift": 1.0,
+                    "averaging": 0.5},
+    "gauss_kl_alpha_100": {"objective": "kl", "nu": float("inf"), "alpha": 100.0,
+                           **IMBALANCE_OPTIONS},
 }
 
 #: Named rounds: the settings and candidates of one comparison.
@@ -51,9 +60,15 @@ ROUNDS = {
                      "mfeat:10:0.05", "pdspeech:10:0.05"],
         "candidates": ["base", "alpha_10", "alpha_100", "alpha_10000"],
     },
+    "stability": {
+        "settings": ["digits:10:0.05", "digits:10:0.2", "breast:10:0.2", "mfeat:10:0.05",
+                     "mfeat:10:0.2", "pdspeech:10:0.2", "pbc:10:0.2"],
+        "candidates": ["base", "alpha_100", "swa", "alpha_100_swa", "epochs_auto",
+                       "gauss_kl_alpha_100", "la_only", "la_only_swa", "plain"],
+    },
     "levers": {
-        "settings": ["digits:10:0.05", "digits:10:0.2", "breast:10:0.05", "breast:50:0.2",
-                     "mfeat:10:0.05", "pdspeech:10:0.05"],
+        "settings": ["digits:10:0.05", "digits:10:0.2", "breast:10:0.2", "breast:50:0.2",
+                     "mfeat:10:0.05", "pdspeech:10:0.2"],
         "candidates": ["base", "plain", "gauss_kl", "t_kl", "alpha_10", "alpha_100",
                        "alpha_10000", "gamma_2x", "learned_pi", "learn_nu"],
     },
@@ -98,8 +113,17 @@ def main(args) -> pd.DataFrame:
                 continue
             split = long_tailed_split(data, rho, beta, seed)
             epochs = args.epochs or TRAINING_EPOCHS.get(name, 40)
-            candidates = {c: {"epochs": epochs, "seed": seed, **CANDIDATES[c]} for c in todo}
+            families = DATASETS[name].likelihood  # e.g. PBC's binary and categorical modalities
+            extra = {"likelihood": dict(families)} if families else {}
+            candidates = {c: {"epochs": epochs, "seed": seed, **extra, **CANDIDATES[c]}
+                          for c in todo}
+            # a candidate's own epochs rule (e.g. "auto") wins over the per-data-set epochs
             tic = time.perf_counter()
+            try:
+                validation_folds(split.train, n_splits=args.folds, seed=seed)
+            except ValueError as error:  # e.g. a single labelled row in the minority class
+                print(f"skip {name} rho={rho} beta={beta} seed={seed}: {error}", flush=True)
+                continue
             scores = validation_scores(
                 MultimodalSemiSupervisedClassifier(), candidates, split.train,
                 n_splits=args.folds, seed=seed, n_jobs=args.jobs,
