@@ -51,6 +51,10 @@ def measure(variants, backend: str, rounds: int) -> list[dict]:
 
     torch.set_num_threads(1)
     pyro.enable_validation(False)
+    # one guard per module instance, parameter name and batch shape: far above Dynamo's default
+    # limit of 8 recompilations per function, beyond which it silently runs the function eagerly
+    torch._dynamo.config.recompile_limit = 1024
+    torch._dynamo.config.accumulated_recompile_limit = 1 << 16
     data = default_data()
     m2 = build_default(data)
     compiled_m2 = copy.deepcopy(m2)

@@ -298,9 +298,9 @@ class GammaPowerELBO(ELBO):
     kind, plates, ``infer`` settings) is recorded once the step has passed them. A later step
     with such arguments is traced with the checks off and its signature compared with the
     recorded one: if it differs (the model or guide changed its structure), the step is traced
-    again from the same (torch) random state with every check on, so that a model that becomes invalid
-    is still refused, with the draws and loss of an unchecked step. Checks of *values* run on
-    checked steps only: a parameter that becomes NaN later shows as a NaN loss (which
+    again from the same torch random state with every check on, so that a model that becomes
+    invalid is still refused, with the draws and loss of an unchecked step. Checks of *values*
+    run on checked steps only: a parameter that becomes NaN later shows as a NaN loss (which
     :func:`~pyro_mmt.training.train` reports as a divergence) rather than as a distribution's
     argument error, and a pattern of missing modalities first seen after its shapes were
     checked is not checked again. A tensor ``poutine.scale`` makes every step checked.
