@@ -2,9 +2,12 @@
 
 Two views, at the overhead benchmark's sizes (hidden 256, d = 32, K = 10, batch 256):
 
-- **ablation** (interleaved medians, ms): the plain step; the Pyro step as the training loop
-  runs it (validation on, Pyro's default) and with validation off; the forward pass alone of
-  each (``plain_loss`` against ``GammaPowerELBO.differentiable_loss``); and the parameter
+- **ablation** (interleaved medians, ms): the plain step; the step of Pyro's own ``SVI``
+  (validation on, Pyro's default, and off); the step of :func:`pyro_mmt.training.train`
+  (``train_step``: its SVI, whose later steps claim the registration; validation on); the
+  forward pass alone of the plain step and of ``train``'s (``plain_loss`` against
+  ``GammaPowerELBO.differentiable_loss`` under ``train``'s trace of parameters, validation
+  off); and the parameter
   registration alone, under the handlers of a step (SVI's param trace, the loop's
   ``poutine.scale``, the objective's trace): ``registration`` is one ``pyro.module("m2", m2)``
   (every parameter of the one module sent through the handlers: what the guide does at every
@@ -37,7 +40,7 @@ from benchmarks.timing import interleaved, machine, parse_threads
 from pyro_mmt.estimator import make_objective
 from pyro_mmt.guides.poe_t import register_module
 from pyro_mmt.infer.gamma_power_elbo import _SampleTraceMessenger as _SampleTrace
-from pyro_mmt.training.svi import _ParamTrace
+from pyro_mmt.training.svi import _SVI, _checked_step, _ParamTrace, default_optimizer
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -75,12 +78,16 @@ def ablation(name, labelled, *, batch_size, hidden, latent_dim, rounds, repeats)
     scale = NUM_DATA / batch_size
     elbo = make_objective()
     plain, pyro_, pyro_noval = (plain_step(m2), pyro_step(m2), pyro_step(m2, validation=False))
+    svi = _SVI(m2.model, m2.guide, default_optimizer(), loss=make_objective())
+    templates = {}
+    _pyro_forward(elbo, m2, batch, scale, templates)  # learns the module's registration
     steps = {
         "plain_step": lambda: plain(batch),
         "pyro_step": lambda: pyro_(batch),
         "pyro_step_noval": lambda: pyro_noval(batch),
+        "train_step": lambda: _checked_step(svi, batch, scale, {"model": m2}, 0, 0, None),
         "plain_forward": lambda: plain_loss(m2, batch.x, batch.mask, batch.y, scale),
-        "pyro_forward_noval": lambda: _pyro_forward(elbo, m2, batch, scale),
+        "pyro_forward_noval": lambda: _pyro_forward(elbo, m2, batch, scale, templates),
         "registration": registration(m2),
         "registration_claim": registration_claim(m2),
     }
@@ -91,8 +98,8 @@ def ablation(name, labelled, *, batch_size, hidden, latent_dim, rounds, repeats)
     return row
 
 
-def _pyro_forward(elbo, m2, batch, scale):
-    with pyro.validation_enabled(False), poutine.scale(scale=scale):
+def _pyro_forward(elbo, m2, batch, scale, templates):
+    with pyro.validation_enabled(False), _ParamTrace(templates), poutine.scale(scale=scale):
         return elbo.differentiable_loss(m2.model, m2.guide, batch.x, batch.mask, batch.y)
 
 
