@@ -14,12 +14,15 @@ Two workloads, each run with ``jobs = 1`` and with ``jobs = 2`` (or ``--jobs``),
     python -m benchmarks.parallel_speedup --workload members --epochs 3
     python -m benchmarks.parallel_speedup --quick                # smoke run
 
-Results: ``benchmarks/results/parallel_speedup.csv`` (one row per run) and a summary printed.
+Results: ``benchmarks/results/parallel_speedup.csv`` (one row per run; for ``cli`` also the CPU
+seconds of the command and its workers, and ``cores_used`` = CPU seconds / wall seconds, which
+says whether the parallel run found a second core to use) and a summary printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import subprocess
 import sys
 import tempfile
@@ -37,13 +40,18 @@ GRID = ["--datasets", "digits", "breast", "--rho", "10", "--beta", "0.05", "0.2"
         "--seeds", "0", "1", "--methods", "t_gamma", "lr", "selftrain"]
 
 
-def run_cli(jobs: int, out: Path, extra: list[str]) -> float:
-    """Wall seconds of ``pyro-mmt benchmark ... --jobs jobs`` in a fresh process."""
+def run_cli(jobs: int, out: Path, extra: list[str]) -> tuple[float, float]:
+    """Wall seconds of ``pyro-mmt benchmark ... --jobs jobs`` in a fresh process, and the CPU
+    seconds (user + system) it and its worker processes used."""
     argv = [sys.executable, "-m", "pyro_mmt.cli", "benchmark", *GRID, *extra, "--jobs",
             str(jobs), "--out", str(out)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     tic = time.perf_counter()
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - tic
+    seconds = time.perf_counter() - tic
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, cpu
 
 
 def cli_rows_equal(a: Path, b: Path) -> bool:
@@ -101,12 +109,14 @@ def main(argv=None):
                 outs = {}
                 for jobs in (1, args.jobs):
                     outs[jobs] = Path(tmp) / f"r{repeat}_j{jobs}"
-                    seconds = run_cli(jobs, outs[jobs], extra)
+                    seconds, cpu = run_cli(jobs, outs[jobs], extra)
                     rows.append({"workload": "cli", "repeat": repeat, "jobs": jobs,
-                                 "seconds": seconds,
+                                 "seconds": seconds, "cpu_seconds": cpu,
+                                 "cores_used": cpu / seconds,
                                  "fits": len(pd.read_csv(outs[jobs] / "results.csv")),
                                  "loadavg_1min": machine()["loadavg_1min"]})
-                    print(f"  cli jobs={jobs}: {seconds:.1f} s", flush=True)
+                    print(f"  cli jobs={jobs}: {seconds:.1f} s, {cpu:.1f} CPU s "
+                          f"({cpu / seconds:.2f} cores)", flush=True)
                 same = cli_rows_equal(outs[1], outs[args.jobs])
                 rows[-1]["same_as_serial"] = rows[-2]["same_as_serial"] = same
                 print(f"  rows equal apart from seconds: {same}", flush=True)
