@@ -16,7 +16,8 @@ Two workloads, each run with ``jobs = 1`` and with ``jobs = 2`` (or ``--jobs``),
 
 Results: ``benchmarks/results/parallel_speedup.csv`` (one row per run; for ``cli`` also the CPU
 seconds of the command and its workers, and ``cores_used`` = CPU seconds / wall seconds, which
-says whether the parallel run found a second core to use) and a summary printed.
+says whether the parallel run found a second core to use; ``fit_seconds``, the fits' own
+seconds summed, says how much each fit slowed down) and a summary printed.
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ def main(argv=None):
                                  "seconds": seconds, "cpu_seconds": cpu,
                                  "cores_used": cpu / seconds,
                                  "fits": len(pd.read_csv(outs[jobs] / "results.csv")),
+                                 "fit_seconds": pd.read_csv(outs[jobs] / "results.csv")[
+                                     "seconds"].sum(),
                                  "loadavg_1min": machine()["loadavg_1min"]})
                     print(f"  cli jobs={jobs}: {seconds:.1f} s, {cpu:.1f} CPU s "
                           f"({cpu / seconds:.2f} cores)", flush=True)
