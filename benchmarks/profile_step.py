@@ -72,6 +72,7 @@ def registration_claim(m2):
 
 
 def ablation(name, labelled, *, batch_size, hidden, latent_dim, rounds, repeats):
+    pyro.clear_param_store()  # the previous cell's model registered the same names
     dims = DIMS[name]
     m2 = build(dims, 10, hidden=hidden, latent_dim=latent_dim)
     batch = random_batch(dims, batch_size, 10, labelled=labelled)
@@ -105,6 +106,7 @@ def _pyro_forward(elbo, m2, batch, scale, templates):
 
 def python_profile(name, labelled, *, batch_size, hidden, latent_dim, steps) -> tuple[dict, str]:
     """cProfile of ``steps`` Pyro steps: own time by package and the top functions."""
+    pyro.clear_param_store()
     dims = DIMS[name]
     m2 = build(dims, 10, hidden=hidden, latent_dim=latent_dim)
     batch = random_batch(dims, batch_size, 10, labelled=labelled)
