@@ -36,6 +36,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pyro
 
 from benchmarks.steps import DIMS, build, plain_step, pyro_step, random_batch, step_flops
 from benchmarks.timing import interleaved, keep_freed_memory, machine, parse_threads
@@ -46,6 +47,7 @@ RESULTS = Path(__file__).parent / "results"
 def overhead_cell(dims, num_classes, labelled, batch_size, *, rounds, repeats, stock=True,
                   hidden=(256,), latent_dim=32):
     """Timings of one cell: a dict of medians (ms), ratios and GFLOP/s."""
+    pyro.clear_param_store()  # a previous cell's model registered the same names
     m2 = build(dims, num_classes, hidden=hidden, latent_dim=latent_dim)
     batch = random_batch(dims, batch_size, num_classes, labelled=labelled)
     steps = {
@@ -80,6 +82,7 @@ def overhead_cell(dims, num_classes, labelled, batch_size, *, rounds, repeats, s
 
 def gamma_vs_enum_cell(dims, num_classes, labelled, batch_size, *, gamma, rounds, repeats,
                        hidden=(256,), latent_dim=32):
+    pyro.clear_param_store()
     m2 = build(dims, num_classes, hidden=hidden, latent_dim=latent_dim)
     batch = random_batch(dims, batch_size, num_classes, labelled=labelled)
     steps = {
