@@ -81,7 +81,8 @@ class MultimodalM2(PoETGuide, nn.Module):
     α Σ_labelled w_y log q(y | x), written as ``pyro.factor("classification", ...)``: a factor
     site is auxiliary, so :class:`~pyro_mmt.infer.GammaPowerELBO` adds it to the loss as it is
     rather than raising it to the power γ, and ``TraceEnum_ELBO`` adds it like any log-factor.
-    With ``logit_adjustment`` τ the term uses logits f(x) + τ log π̂ (``docs/imbalance.md``).
+    With ``logit_adjustment`` τ the term uses logits f(x) + τ log π̂ (``docs/imbalance.md``);
+    with ``alpha_unit="dimension"`` datum i's weight is α n_i w_y, n_i its observed dimension.
 
     **Your own networks** (the extension points): ``decoders={"image": net}`` replaces that
     modality's decoder, ``net(z, y) -> [..., B, out_dim]`` (out_dim = n_j, or n_j × C_j for a
@@ -248,7 +249,7 @@ class MultimodalM2(PoETGuide, nn.Module):
 
             # the decoder chain: x_j | y, z (and the Student-t modalities before j)
             quad = z.pow(2).sum(-1)  # ‖z‖² + Σ_{k<j} R_k
-            dof = nu + cfg.latent_dim  # ν + d + Σ_{k<j} n_k
+            dof = (nu + cfg.latent_dim).expand(batch)  # ν + d + Σ_{k<j} n_k, per datum
             for j, m in enumerate(self.modalities):
                 likelihood, present = self.likelihoods[m], in_chain[:, j]
                 out = self.decoders[m](z, y)
@@ -273,7 +274,11 @@ class MultimodalM2(PoETGuide, nn.Module):
                 logits = (self.classifier(self.network_inputs(x), self.present(x, mask))
                           + cfg.logit_adjustment * self.label_log_freq)
                 log_q = dist.Categorical(logits=logits).log_prob(y)
-                pyro.factor("classification", cfg.alpha * self.class_weights[y] * log_q)
+                weight = cfg.alpha * self.class_weights[y]
+                if cfg.alpha_unit == "dimension":  # α per observed dimension of the datum
+                    weight = weight * observed_dimension(self.present(x, mask), self._dims,
+                                                         self._log_sigma2)[0]
+                pyro.factor("classification", weight * log_q)
 
     def power_norm(self, observed: torch.Tensor):
         """The declaration of ‖p‖_{1+γ} for data whose observed modalities are ``observed``
