@@ -15,12 +15,15 @@ from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Any
 
-__all__ = ["ModelConfig", "CLASS_PRIORS"]
+__all__ = ["ModelConfig", "CLASS_PRIORS", "ALPHA_UNITS"]
 
 #: What ``class_prior`` may name: a uniform π, or π estimated from the unlabelled rows
 #: (the class proportions of the unlabelled data, by the EM update of
 #: :meth:`~pyro_mmt.models.MultimodalM2.update_class_prior`).
 CLASS_PRIORS = ("uniform", "learned")
+
+#: What the classification weight α is counted per (``ModelConfig.alpha_unit``).
+ALPHA_UNITS = ("datum", "dimension")
 
 
 def _positive_int(value, name, minimum=1) -> int:
@@ -94,7 +97,12 @@ class ModelConfig:
         estimate of π stays away from 0 (with a = 1, the maximum-likelihood estimate, a class
         the classifier never predicts gets π = 0 and log π = −∞).
     :param float alpha: weight α >= 0 of the classification term α Σ_labelled w_y log q(y|x),
-        in the units of the loss (per labelled datum).
+        in the units of the loss.
+    :param str alpha_unit: what α is counted per: ``"datum"`` (α per labelled datum) or
+        ``"dimension"`` (α per observed dimension of a labelled datum: the term of datum i is
+        α n_i w_y log q(y|x), n_i its observed dimension). The generative part of the loss
+        grows with n_i, so per dimension the balance between the two parts carries over from
+        data of a few features to data of hundreds.
     :param class_weight: ``None``, ``"balanced"`` (w_y = N_L/(K n_y)) or K weights >= 0.
     :param float logit_adjustment: τ >= 0: the classification term uses logits
         f(x) + τ log π̂ (π̂ the labelled class frequencies).
@@ -120,6 +128,7 @@ class ModelConfig:
     class_prior: str | Sequence[float] = "uniform"
     prior_concentration: float = 2.0
     alpha: float = 0.0
+    alpha_unit: str = "datum"
     class_weight: str | Sequence[float] | None = None
     logit_adjustment: float = 0.0
     unlabelled_prior_shift: float = 0.0
@@ -200,6 +209,9 @@ class ModelConfig:
             put("class_prior", values)
         put("prior_concentration", _real(self.prior_concentration, "prior_concentration", low=1.0))
         put("alpha", _real(self.alpha, "alpha", low=0.0))
+        if self.alpha_unit not in ALPHA_UNITS:
+            raise ValueError(f"alpha_unit: expected one of {list(ALPHA_UNITS)}, found "
+                             f"{self.alpha_unit!r}")
         if self.label_counts is not None:
             counts = tuple(_positive_int(c, "label_counts", minimum=0) for c in self.label_counts)
             if len(counts) != self.num_classes:

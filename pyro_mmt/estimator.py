@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -28,13 +29,20 @@ from sklearn.exceptions import NotFittedError
 from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 
-from pyro_mmt.config import CLASS_PRIORS, ModelConfig
+from pyro_mmt.config import ALPHA_UNITS, CLASS_PRIORS, ModelConfig
 from pyro_mmt.data import MultimodalDataset, Standardiser, as_modality_mapping, check_labels
 from pyro_mmt.infer import GammaPowerELBO
 from pyro_mmt.likelihoods import LIKELIHOODS
 from pyro_mmt.models import MultimodalM2
 from pyro_mmt.training.averaging import ParameterAverage
-from pyro_mmt.training.svi import TrainingInterrupted, load_weights, predict_proba, train
+from pyro_mmt.training.parallel import MemberHooks, fit_members
+from pyro_mmt.training.svi import (
+    TrainingInterrupted,
+    default_optimizer,
+    load_weights,
+    predict_proba,
+    train,
+)
 
 __all__ = [
     "AUTO_STEPS",
@@ -153,6 +161,7 @@ _PARAMETER_CONSTRAINTS: dict[str, tuple[Callable, str]] = {
         _SIGMA[0](s) for s in v.values())), "a number in [1e-18, 1e18] or a mapping modality "
         "-> such numbers"),
     "alpha": _NON_NEGATIVE,
+    "alpha_unit": (lambda v: v in ALPHA_UNITS, f"one of {list(ALPHA_UNITS)}"),
     "class_weight": (lambda v: v is None or v == "balanced" or _is_probabilities(v) or (
         isinstance(v, Sequence) and all(_NON_NEGATIVE[0](w) for w in v)),
         "None, 'balanced' or one weight >= 0 per class"),
@@ -178,6 +187,7 @@ _PARAMETER_CONSTRAINTS: dict[str, tuple[Callable, str]] = {
                   "'clipped_adam' or 'fused_adam'"),
     "standardise": _BOOLEAN,
     "n_init": _COUNT,
+    "n_jobs": (lambda v: v == -1 or _is_int(v), "an integer >= 1, or -1 (one per core)"),
     "n_threads": (lambda v: v is None or _is_int(v), "None or an integer >= 1"),
     "seed": (lambda v: _is_int(v, low=0), "an integer >= 0"),
     "device": (lambda v: isinstance(v, str) and v.split(":")[0] in ("cpu", "cuda"),
@@ -230,7 +240,10 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     :param hidden: hidden layer sizes of every network.
     :param sigma: decoder scale σ_j of the continuous modalities (standardised data: 1 is the
         natural unit).
-    :param float alpha: weight α of the classification term α log q(y | x), per labelled datum.
+    :param float alpha: weight α of the classification term α log q(y | x), per labelled datum
+        or per observed dimension of one (``alpha_unit``).
+    :param str alpha_unit: ``"datum"`` or ``"dimension"`` (see
+        :class:`~pyro_mmt.config.ModelConfig`).
     :param class_weight: None or "balanced" (weights of the classification term).
     :param float logit_adjustment: τ of the logit-adjusted classification term.
     :param float unlabelled_prior_shift: τ' for the unlabelled enumeration.
@@ -262,11 +275,15 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     :param labelled_batch_size: labelled batch size (default ``batch_size``).
     :param float lr: Adam learning rate.
     :param int num_particles: particles per step.
-    :param str optimizer: ``"clipped_adam"`` (Pyro's ``ClippedAdam``) or ``"fused_adam"``
-        (:class:`~pyro_mmt.training.MultiTensorAdam`: the same update as one fused Adam).
+    :param str optimizer: ``"fused_adam"`` (default; :func:`~pyro_mmt.training.svi.default_optimizer`,
+        one fused Adam with ``ClippedAdam``'s clamp of ±10) or ``"clipped_adam"`` (Pyro's
+        ``ClippedAdam``, one Adam per tensor; the default before issue 14).
     :param bool standardise: standardise each continuous modality on the training rows.
     :param int n_init: independent initialisations (seeds ``seed + 1000 i``), each a full
         model; ``predict_proba`` averages their q(y | x).
+    :param int n_jobs: members of ``n_init`` trained at once, each in its own process with
+        ``n_threads`` torch threads (:func:`~pyro_mmt.training.parallel.fit_members`; -1: one
+        per core). The fitted members do not depend on it (with ``n_threads=1``).
     :param n_threads: torch threads while fitting and predicting (restored afterwards); None
         leaves torch's setting. Default 1: for networks this small one thread per process is
         fastest (``docs/performance.md``).
@@ -300,6 +317,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         hidden: Sequence[int] = (128,),
         sigma: float = 1.0,
         alpha: float = 1000.0,
+        alpha_unit: str = "datum",
         class_weight: str | None = None,
         logit_adjustment: float = 0.0,
         unlabelled_prior_shift: float = 0.0,
@@ -316,9 +334,10 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         labelled_batch_size: int | None = None,
         lr: float = 1e-3,
         num_particles: int = 1,
-        optimizer: str = "clipped_adam",
+        optimizer: str = "fused_adam",
         standardise: bool = True,
         n_init: int = 1,
+        n_jobs: int = 1,
         n_threads: int | None = 1,
         seed: int = 0,
         device: str = "cpu",
@@ -336,6 +355,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         self.hidden = hidden
         self.sigma = sigma
         self.alpha = alpha
+        self.alpha_unit = alpha_unit
         self.class_weight = class_weight
         self.logit_adjustment = logit_adjustment
         self.unlabelled_prior_shift = unlabelled_prior_shift
@@ -355,6 +375,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         self.optimizer = optimizer
         self.standardise = standardise
         self.n_init = n_init
+        self.n_jobs = n_jobs
         self.n_threads = n_threads
         self.seed = seed
         self.device = device
@@ -379,6 +400,9 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         if self.objective == "kl" and self.gamma != "auto":
             raise ValueError(f"gamma: the kl objective has no gamma; expected 'auto' (unused), "
                              f"found {self.gamma!r}")
+        if self.distributed and self.n_jobs != 1:
+            raise ValueError(f"n_jobs: distributed training runs one member at a time over "
+                             f"torchrun's processes; expected 1, found {self.n_jobs}")
         if self.resume and self.checkpoint_dir is None:
             raise ValueError("resume: expected checkpoint_dir, the folder to resume from, found "
                              "checkpoint_dir=None")
@@ -530,6 +554,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             class_prior=self.class_prior if isinstance(self.class_prior, str)
             else tuple(self.class_prior),
             prior_concentration=self.prior_concentration, alpha=self.alpha,
+            alpha_unit=self.alpha_unit,
             class_weight=self.class_weight if self.class_weight is None
             or isinstance(self.class_weight, str) else tuple(self.class_weight),
             logit_adjustment=self.logit_adjustment,
@@ -548,42 +573,42 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         unlabelled = data.unlabelled() if (~data.is_labelled).any() else None
         self.epochs_ = epochs = self._number_of_epochs(data)
         self._prepare_checkpoints(data)
-        self.members_, self.histories_ = [], []
-        for member in range(int(self.n_init)):
-            # member 0 uses `seed`, so n_init = 1 is the single model; member i uses seed + 1000 i
-            seed = self.seed + 1000 * member
-            pyro.set_rng_seed(seed)  # the networks' initial weights too, so fit is repeatable
-            m2 = self._build(self.config_).to(device)
-            modules = {"model": m2}
-            if self.averaging > 0:
-                modules["average"] = ParameterAverage(
-                    m2, start=epochs - math.ceil(self.averaging * epochs)).to(device)
-            learn_prior = self.config_.class_prior == "learned" and unlabelled is not None
-            average = modules.get("average")
+        learn_prior = self.config_.class_prior == "learned" and unlabelled is not None
+        first_averaged = epochs - math.ceil(self.averaging * epochs)
 
-            def callback(epoch, m2=m2, average=average, learn_prior=learn_prior):
+        def hooks(m2):  # made, and run, where the member trains (maybe another process)
+            average = (ParameterAverage(m2, start=first_averaged).to(device)
+                       if self.averaging > 0 else None)
+
+            def on_epoch_end(epoch):
                 if learn_prior:  # the EM update of π from the unlabelled rows
                     m2.update_class_prior(_classifier_logits(m2, unlabelled, device))
                 if average is not None:
                     average.update(m2, epoch)
 
-            desc = "training" if self.n_init == 1 else f"init {member + 1}/{self.n_init}"
-            with pyro.get_param_store().scope(), _resume_advice(self, member):
-                history = fit_fn(
-                    m2.model, m2.guide, data,
-                    objective=make_objective(self.objective, gamma=self.gamma,
-                                             num_particles=self.num_particles),
-                    optimizer=self._make_optimizer(),
-                    epochs=epochs, batch_size=self.batch_size,
-                    labelled_batch_size=self.labelled_batch_size, seed=seed,
-                    device=device, progress=self.progress, on_epoch_end=callback, desc=desc,
-                    checkpoint_dir=self._member_checkpoint_dir(member), resume=self.resume,
-                    modules=modules,
-                )
-            if "average" in modules:
-                modules["average"].apply(m2)
-            self.members_.append(m2)
-            self.histories_.append(history)
+            if average is None:
+                return MemberHooks(on_epoch_end=on_epoch_end)
+            return MemberHooks(on_epoch_end=on_epoch_end,
+                               modules={"model": m2, "average": average},
+                               finish=lambda: average.apply(m2))
+
+        members = range(int(self.n_init))
+        # member 0 uses `seed`, so n_init = 1 is the single model; member i uses seed + 1000 i
+        seeds = [self.seed + 1000 * member for member in members]
+        objective = functools.partial(make_objective, self.objective, gamma=self.gamma,
+                                      num_particles=self.num_particles)
+        train_options = dict(epochs=epochs, batch_size=self.batch_size,
+                             labelled_batch_size=self.labelled_batch_size, device=device,
+                             progress=self.progress, resume=self.resume)
+        with _resume_advice(self):
+            fitted = fit_members(
+                lambda: self._build(self.config_).to(device), data, seeds,
+                objective=objective, optimizer=self._make_optimizer, hooks=hooks,
+                jobs=int(self.n_jobs), threads=int(self.n_threads or 1), train_fn=fit_fn,
+                checkpoint_dirs=[self._member_checkpoint_dir(m) for m in members],
+                descs=[self._member_desc(m) for m in members], **train_options)
+        self.members_ = [member.module for member in fitted]
+        self.histories_ = [member.history for member in fitted]
         self.model_ = self.members_[0]
         self.history_ = self.histories_[0]
         self.class_prior_ = np.mean([m2.class_prior() for m2 in self.members_], 0)
@@ -591,8 +616,12 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------------ checkpoints
     #: Settings a resumed fit may change (every other one must equal the checkpointed fit's).
-    _RESUMABLE_CHANGES = ("lr", "epochs", "progress", "n_threads", "checkpoint_dir", "resume",
-                          "decoders", "encoders")
+    _RESUMABLE_CHANGES = ("lr", "epochs", "progress", "n_threads", "n_jobs", "checkpoint_dir",
+                          "resume", "decoders", "encoders")
+
+    def _member_desc(self, member: int) -> str:
+        """The progress-bar label of member ``member``."""
+        return "training" if self.n_init == 1 else f"init {member + 1}/{self.n_init}"
 
     def _member_checkpoint_dir(self, member: int) -> Path | None:
         """Member ``member``'s checkpoint folder: ``checkpoint_dir`` itself for a single model,
@@ -668,9 +697,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     def _make_optimizer(self):
         if self.optimizer == "clipped_adam":
             return pyro.optim.ClippedAdam({"lr": self.lr})
-        from pyro_mmt.training.optim import MultiTensorAdam
-
-        return MultiTensorAdam({"lr": self.lr, "clip_value": 10.0})
+        return default_optimizer(self.lr)
 
     # ---------------------------------------------------------------------------- predict
     def predict_proba(self, X) -> np.ndarray:
@@ -751,13 +778,15 @@ def _check_training_labels(y: np.ndarray) -> None:
 
 
 @contextlib.contextmanager
-def _resume_advice(estimator, member: int):
-    """A TrainingInterrupted of member ``member`` says how to resume the estimator's fit."""
+def _resume_advice(estimator):
+    """A TrainingInterrupted of a member (its ``member``, set by fit_members; 0 for one
+    model) says how to resume the estimator's fit."""
     try:
         yield
     except TrainingInterrupted as error:
         if error.checkpoint is None:
             raise
+        member = getattr(error, "member", 0)
         which = "" if estimator.n_init == 1 else (
             f"it is member {member + 1} of n_init={estimator.n_init}; ")
         raise TrainingInterrupted(

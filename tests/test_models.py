@@ -392,3 +392,17 @@ def test_categorical_modality_uses_one_hot_inputs_and_generates_codes():
     assert proba.shape == (5, K)
     draws = poutine.trace(m2.model).get_trace(batch_size=50).nodes["x_codes"]["value"]
     assert draws.shape == (50, 2) and set(draws.unique().tolist()) <= {0, 1, 2, 3}
+
+
+def test_alpha_per_observed_dimension(float64):
+    """alpha_unit="dimension": datum i's classification factor is α n_i w_y log q(y | x), n_i
+    its observed dimension (missing modalities left out)."""
+    per_datum = build_model(DIMS, K, latent_dim=D, hidden=(5,), alpha=2.0)
+    per_dim = build_model(DIMS, K, latent_dim=D, hidden=(5,), alpha=2.0, alpha_unit="dimension")
+    per_dim.load_state_dict(per_datum.state_dict())
+    x, mask, y = _data()
+    sites = [poutine.trace(m.model).get_trace(x, mask, y).nodes["classification"]
+             for m in (per_datum, per_dim)]
+    values = [s["fn"].log_prob(s["value"]) for s in sites]
+    n = (mask.double() * torch.tensor([float(d) for d in DIMS.values()])).sum(-1)
+    torch.testing.assert_close(values[1], values[0] * n)
