@@ -13,7 +13,7 @@ Two views, at the overhead benchmark's sizes (hidden 256, d = 32, K = 10, batch 
   (every parameter of the one module sent through the handlers: what the guide does at every
   step of Pyro's own ``SVI``, the model then finding it registered), ``registration_claim``
   what :func:`pyro_mmt.training.train` does after its first step (the module claims the sites
-  its first registration recorded, ``pyro_mmt.guides.poe_t.register_module``);
+  its first registration recorded, ``pyro_mmt.nn.register_module``);
 - **cprofile**: the Python time of the Pyro step, by package (``pyro``, torch's Python code,
   torch's C++ calls, pyro-mmt) and the top functions by own time.
 
@@ -38,7 +38,7 @@ from benchmarks.plain_step import plain_loss
 from benchmarks.steps import DIMS, NUM_DATA, build, plain_step, pyro_step, random_batch
 from benchmarks.timing import interleaved, machine, parse_threads
 from pyro_mmt.estimator import make_objective
-from pyro_mmt.guides.poe_t import register_module
+from pyro_mmt.nn import register_module
 from pyro_mmt.infer.gamma_power_elbo import _SampleTraceMessenger as _SampleTrace
 from pyro_mmt.training.svi import _SVI, _checked_step, _ParamTrace, default_optimizer
 

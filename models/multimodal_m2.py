@@ -45,12 +45,7 @@ from pyro_mmt.distributions import (
     auto_gamma,
     log_t_power_integral,
 )
-from pyro_mmt.guides.poe_t import (
-    ModalityEncoder,
-    PoEClassifier,
-    PoETGuide,
-    register_module,
-)
+from pyro_mmt.guides.poe_t import ModalityEncoder, PoEClassifier, PoETGuide
 from pyro_mmt.infer.power_norm import (
     GaussianPowerNorm,
     MonteCarloPowerNorm,
@@ -59,7 +54,7 @@ from pyro_mmt.infer.power_norm import (
     declare_power_norm,
 )
 from pyro_mmt.likelihoods import Gaussian, Likelihood, StudentT, make_likelihood
-from pyro_mmt.nn import LabelConditionedMLP, observed_dimension
+from pyro_mmt.nn import LabelConditionedMLP, observed_dimension, register_module
 
 __all__ = ["MultimodalM2", "LatentMonteCarloPowerNorm"]
 

@@ -39,7 +39,7 @@ _PARTICLE_PLATE = "num_particles_vectorized"
 class _SampleTraceMessenger(TraceMessenger):
     """A flat trace that records sample sites only (param sites are not copied into it)."""
 
-    #: for :func:`pyro_mmt.guides.poe_t.register_module`: this trace ignores parameters
+    #: for :func:`pyro_mmt.nn.register_module`: this trace ignores parameters
     records_params = False
 
     def _pyro_post_param(self, msg) -> None:

@@ -502,7 +502,7 @@ def _resumed_optimizer_state(ckpt: Checkpoint, optimizer) -> dict:
 
 class _ParamTrace(TraceMessenger):
     """SVI's trace of the parameters a step registers, with one addition: a module that
-    registers through :func:`~pyro_mmt.guides.poe_t.register_module` may *claim* the sites its
+    registers through :func:`~pyro_mmt.nn.register_module` may *claim* the sites its
     registration recorded in an earlier step of the run (``templates``, shared by the steps)
     instead of sending its parameters through Pyro's handlers again. A claim is granted only
     when those sites still hold the module's trainable parameters, by name and identity, in
