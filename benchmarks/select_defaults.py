@@ -49,6 +49,16 @@ CANDIDATES: dict[str, dict] = {
     "la_only": {"alpha": 1000.0, "logit_adjustment": 1.0, "unlabelled_prior_shift": 1.0},
     "la_only_swa": {"alpha": 1000.0, "logit_adjustment": 1.0, "unlabelled_prior_shift": 1.0,
                     "averaging": 0.5},
+    "dim_0.5_swa": {"alpha": 0.5, "alpha_unit": "dimension", "averaging": 0.5,
+                    **IMBALANCE_OPTIONS},
+    "dim_1.5_swa": {"alpha": 1.5, "alpha_unit": "dimension", "averaging": 0.5,
+                    **IMBALANCE_OPTIONS},
+    "dim_5_swa": {"alpha": 5.0, "alpha_unit": "dimension", "averaging": 0.5,
+                  **IMBALANCE_OPTIONS},
+    "la_dim_1.5_swa": {"alpha": 1.5, "alpha_unit": "dimension", "averaging": 0.5,
+                       "logit_adjustment": 1.0, "unlabelled_prior_shift": 1.0},
+    "dim_1.5_swa_ens3": {"alpha": 1.5, "alpha_unit": "dimension", "averaging": 0.5,
+                         "n_init": 3, **IMBALANCE_OPTIONS},
     "gauss_kl_alpha_100": {"objective": "kl", "nu": float("inf"), "alpha": 100.0,
                            **IMBALANCE_OPTIONS},
 }
@@ -65,6 +75,11 @@ ROUNDS = {
                      "mfeat:10:0.2", "pdspeech:10:0.2", "pbc:10:0.2"],
         "candidates": ["base", "alpha_100", "swa", "alpha_100_swa", "epochs_auto",
                        "gauss_kl_alpha_100", "la_only", "la_only_swa", "plain"],
+    },
+    "units": {
+        "settings": ["digits:10:0.05", "digits:10:0.2", "breast:10:0.2", "mfeat:10:0.05",
+                     "mfeat:10:0.2", "pdspeech:10:0.2", "pbc:10:0.2"],
+        "candidates": ["swa", "dim_0.5_swa", "dim_1.5_swa", "dim_5_swa", "la_dim_1.5_swa"],
     },
     "levers": {
         "settings": ["digits:10:0.05", "digits:10:0.2", "breast:10:0.2", "breast:50:0.2",

@@ -188,31 +188,32 @@ def _n_threads(args) -> int | None:
 
 
 def _estimator_options(args) -> dict:
+    """The estimator's parameters given on the command line (the others keep the estimator's
+    defaults), plus the run's seed, threads and progress bar."""
     from pyro_mmt.estimator import IMBALANCE_OPTIONS
 
-    options = {
-        "objective": args.objective,
-        "gamma": args.gamma if args.gamma == "auto" else float(args.gamma),
-        "nu": float(args.nu),
-        "learn_nu": args.learn_nu,
-        "class_prior": args.class_prior,
-        "latent_dim": args.latent_dim,
-        "hidden": tuple(args.hidden),
-        "sigma": args.sigma,
-        "alpha": args.alpha,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "num_particles": args.num_particles,
-        "seed": args.seed,
-        "device": args.device,
-        "optimizer": args.optimizer,
-        "distributed": args.distributed,
-        "progress": not args.quiet,
-        "n_threads": _n_threads(args),
-    }
-    if args.imbalance:
+    options = {}
+    if args.imbalance is True:
         options.update(IMBALANCE_OPTIONS)
+    elif args.imbalance is False:
+        options.update(class_weight=None, logit_adjustment=0.0, unlabelled_prior_shift=0.0)
+    for name, _, _ in MODEL_OPTIONS.values():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if name == "hidden":
+            value = tuple(value)
+        elif name == "gamma" and value != "auto" and "auto" not in value:
+            value = float(value)
+        elif name == "epochs" and value != "auto":
+            value = int(value)
+        elif name == "class_weight" and value == "none":
+            value = None
+        options[name] = value
+    if args.learn_nu:
+        options["learn_nu"] = True
+    options.update(seed=args.seed, distributed=args.distributed, progress=not args.quiet,
+                   n_threads=_n_threads(args))
     return options
 
 
@@ -247,7 +248,8 @@ def cmd_train(args) -> int:
     if args.distributed:
         from pyro_mmt.training.distributed import init_from_env
 
-        rank, _ = init_from_env("nccl" if args.device.startswith("cuda") else "gloo")
+        device = options.get("device") or _estimator_default("device")
+        rank, _ = init_from_env("nccl" if device.startswith("cuda") else "gloo")
     # under torchrun --distributed every process trains; only rank 0 writes the run folder
     writer = rank == 0
     out = Path(args.out)
@@ -300,7 +302,7 @@ def cmd_train(args) -> int:
             _set_status(partial, "diverged", epochs_done=error.epoch - 1, error=str(error))
             print(f"error: {error}\nThe unfinished run is in {partial}. Continue it from the "
                   f"last good checkpoint with a smaller learning rate, e.g.:\n  "
-                  f"{_resume_command(args, lr=args.lr / 10)}", file=sys.stderr)
+                  f"{_resume_command(args, lr=est.lr / 10)}", file=sys.stderr)
         return 1
     except BaseException as error:
         if writer:
@@ -590,33 +592,58 @@ def _demo_help(parser: argparse.ArgumentParser) -> None:
                            "the benchmark's on other data sets)")
 
 
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model and training")
-    g.add_argument("--objective", choices=["gamma_power", "kl"], default="gamma_power",
-                   help="γ-power divergence (default) or the M2 ELBO (KL)")
-    g.add_argument("--gamma", default="auto", help="γ of the γ-power objective (default auto)")
-    g.add_argument("--nu", type=float, default=5.0,
-                   help="degrees of freedom ν > 2; inf = Gaussian (the start with --learn-nu)")
-    g.add_argument("--learn-nu", action="store_true",
-                   help="learn ν with the other parameters (from the --nu value)")
-    g.add_argument("--class-prior", choices=["uniform", "learned"], default="uniform",
-                   help="π of p(y): uniform (default) or estimated from the unlabelled rows")
-    g.add_argument("--latent-dim", type=int, default=16)
-    g.add_argument("--hidden", type=int, nargs="+", default=[128], help="hidden layer sizes")
-    g.add_argument("--sigma", type=float, default=1.0, help="decoder scale σ (standardised data)")
-    g.add_argument("--alpha", type=float, default=1000.0,
-                   help="weight of the classification term per labelled datum")
-    g.add_argument("--imbalance", action=argparse.BooleanOptionalAction, default=True,
-                   help="class-balanced, logit-adjusted classification term and prior shift "
-                        "in the enumeration (default on)")
-    g.add_argument("--epochs", type=int, default=40)
-    g.add_argument("--batch-size", type=int, default=128)
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--num-particles", type=int, default=1)
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--optimizer", choices=["clipped_adam", "fused_adam"], default="fused_adam",
-                   help="one fused Adam over all parameters with ClippedAdam's clamp (default; "
-                        "docs/performance.md) or Pyro's ClippedAdam (one Adam per tensor)")
+#: The estimator's options on the command line: flag -> (parameter, type, help). Every flag
+#: defaults to None, meaning the estimator's own default, so ``pyro-mmt train`` runs what
+#: ``MultimodalSemiSupervisedClassifier()`` runs (``--help`` shows those defaults).
+MODEL_OPTIONS = {
+    "--objective": ("objective", str, "gamma_power (the γ-power divergence) or kl (the M2 ELBO)"),
+    "--gamma": ("gamma", str, "γ: auto, '<k>x auto' or a number"),
+    "--nu": ("nu", float, "degrees of freedom ν > 2; inf = Gaussian (the start with --learn-nu)"),
+    "--latent-dim": ("latent_dim", int, "d"),
+    "--hidden": ("hidden", int, "hidden layer sizes (one or more)"),
+    "--sigma": ("sigma", float, "decoder scale σ of the continuous modalities"),
+    "--alpha": ("alpha", float, "weight of the classification term (see --alpha-unit)"),
+    "--alpha-unit": ("alpha_unit", str, "datum or dimension: what --alpha is counted per"),
+    "--class-weight": ("class_weight", str, "balanced, or none"),
+    "--logit-adjustment": ("logit_adjustment", float, "τ of the logit-adjusted classification "
+                           "term"),
+    "--prior-shift": ("unlabelled_prior_shift", float, "τ' of the prior shift in the "
+                      "enumeration of unlabelled data"),
+    "--class-prior": ("class_prior", str, "uniform, or learned from the unlabelled rows"),
+    "--epochs": ("epochs", str, "epochs, or auto"),
+    "--averaging": ("averaging", float, "fraction of the last epochs whose parameters are "
+                    "averaged (0: off)"),
+    "--n-init": ("n_init", int, "initialisations fitted and averaged"),
+    "--n-jobs": ("n_jobs", int, "processes fitting the initialisations at once (-1: a core each)"),
+    "--batch-size": ("batch_size", int, "unlabelled batch size"),
+    "--lr": ("lr", float, "Adam's learning rate"),
+    "--num-particles": ("num_particles", int, "particles per step"),
+    "--optimizer": ("optimizer", str, "fused_adam (one fused Adam with ClippedAdam's clamp) or "
+                    "clipped_adam (Pyro's ClippedAdam)"),
+    "--device": ("device", str, "cpu or cuda"),
+}
+
+
+def _estimator_default(name: str):
+    import inspect
+
+    from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
+
+    return inspect.signature(MultimodalSemiSupervisedClassifier).parameters[name].default
+
+
+def _add_model_options(p: argparse.ArgumentParser, *, with_help_defaults: bool = True) -> None:
+    g = p.add_argument_group("model and training (default: the estimator's defaults)")
+    for flag, (name, kind, text) in MODEL_OPTIONS.items():
+        kwargs = {"nargs": "+"} if name == "hidden" else {}
+        default = f" (default {_estimator_default(name)!r})" if with_help_defaults else ""
+        g.add_argument(flag, dest=name, type=kind, default=None, help=text + default, **kwargs)
+    g.add_argument("--learn-nu", dest="learn_nu", action="store_const", const=True,
+                   default=None, help="learn ν with the other parameters (from the --nu value)")
+    g.add_argument("--imbalance", action=argparse.BooleanOptionalAction, default=None,
+                   help="--imbalance: class-balanced weights, logit adjustment τ = 1 and prior "
+                        "shift τ' = 1 (IMBALANCE_OPTIONS); --no-imbalance: none of them; "
+                        "default: the estimator's")
     g.add_argument("--distributed", action="store_true",
                    help="data-parallel over torchrun's processes (gloo on CPU, nccl on GPUs); "
                         "--batch-size is the global batch. Launch with: torchrun "
@@ -752,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if getattr(args, "nu", None) is not None and not (math.isinf(args.nu) or args.nu > 2):
         raise SystemExit(f"error: --nu: expected nu > 2 or inf, found {args.nu}")
-    if getattr(args, "learn_nu", False) and math.isinf(args.nu):
+    if getattr(args, "learn_nu", False) and math.isinf(getattr(args, "nu", None) or 5.0):
         raise SystemExit("error: --learn-nu: the Gaussian model (--nu inf) has no ν to learn; "
                          "pass a finite starting --nu > 2")
     try:

@@ -142,7 +142,7 @@ def test_console_script():
 def test_diagnose_writes_netcdf_summary_and_plots(tmp_path, capsys):
     run = tmp_path / "digits"
     assert main(["train", "digits", "--rho", "10", "--beta", "0.2", "--out", str(run),
-                 *SMALL]) == 0
+                 "--imbalance", *SMALL]) == 0
     capsys.readouterr()
     out = tmp_path / "diag"
     assert main(["diagnose", str(run), "--num-samples", "30", "--num-predictive", "2",
@@ -450,8 +450,18 @@ def test_defaults_of_the_command_line():
     """The fused optimiser by default (issue 14); --jobs from the cores available."""
     from pyro_mmt.cli import _available_cores, build_parser
 
+    from pyro_mmt.cli import _estimator_options
+    from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
+
     args = build_parser().parse_args(["train", "digits"])
-    assert args.optimizer == "fused_adam"
+    assert args.optimizer is None  # None: the estimator's own default
+    given = _estimator_options(args)
+    assert "optimizer" not in given and "alpha" not in given
+    built = MultimodalSemiSupervisedClassifier(**given).get_params()
+    default = MultimodalSemiSupervisedClassifier().get_params()
+    differing = {k for k in default if built[k] != default[k]}
+    assert differing <= {"seed", "progress", "n_threads", "distributed"}, differing
+    assert built["optimizer"] == "fused_adam"
     args = build_parser().parse_args(["benchmark"])
     assert args.jobs == _available_cores() >= 1
     with pytest.raises(SystemExit, match="--jobs"):
