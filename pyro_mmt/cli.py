@@ -1,4 +1,5 @@
-"""The ``pyro-mmt`` command line: train, evaluate, predict, benchmark, diagnose, demo.
+"""The ``pyro-mmt`` command line: train, evaluate, predict, tune, benchmark, report, diagnose,
+demo.
 
 Run ``pyro-mmt COMMAND --help`` for each command's options.
 """
@@ -479,6 +480,134 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def _parse_grid(texts: list[str]) -> dict[str, list]:
+    """``--grid NAME=V1,V2,...`` (repeatable) -> {parameter: [values]}, each value converted
+    as the matching command-line option converts it (``none`` -> None; ``hidden`` values are
+    sizes joined by ``x``, e.g. ``256x128``)."""
+    from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
+
+    kinds = {name: kind for name, kind, _ in MODEL_OPTIONS.values()}
+    known = MultimodalSemiSupervisedClassifier().get_params()
+    grid: dict[str, list] = {}
+    for text in texts:
+        name, sep, values = text.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not values.strip():
+            raise SystemExit(f"error: --grid: expected NAME=V1,V2,..., found {text!r}")
+        if name not in kinds and name != "learn_nu":
+            raise SystemExit(f"error: --grid: expected one of the estimator's options "
+                             f"{sorted([*kinds, 'learn_nu'])}; found {name!r}")
+        if name in grid:
+            raise SystemExit(f"error: --grid: {name!r} given twice")
+        converted = []
+        for value in (v.strip() for v in values.split(",")):
+            try:
+                if value.lower() == "none":
+                    converted.append(None)
+                elif name == "hidden":
+                    converted.append(tuple(int(h) for h in value.split("x")))
+                elif value in ("true", "false"):
+                    converted.append(value == "true")
+                elif name in ("gamma", "epochs") and "auto" in value:
+                    converted.append(value)
+                else:
+                    kind = kinds.get(name) or type(known[name])
+                    kind = float if name in ("gamma", "latent_weight") else kind
+                    kind = int if name == "epochs" else kind
+                    converted.append(kind(value) if kind in (int, float, str) else float(value))
+            except ValueError as error:
+                raise SystemExit(f"error: --grid: {name}: cannot read {value!r} ({error})") \
+                    from error
+        grid[name] = converted
+    if not grid:
+        raise SystemExit("error: --grid: give at least one NAME=V1,V2,...")
+    return grid
+
+
+def _option_flags(params: dict) -> list[str]:
+    """``pyro-mmt train`` flags that set the estimator parameters ``params``."""
+    flags = {name: flag for flag, (name, _, _) in MODEL_OPTIONS.items()}
+    out = []
+    for name, value in params.items():
+        if name == "learn_nu":
+            out += ["--learn-nu"] if value else []
+            continue
+        if name not in flags:
+            raise SystemExit(f"error: {name!r} has no command-line option")
+        if isinstance(value, tuple | list):
+            out.append(f"{flags[name]} {' '.join(map(str, value))}")
+        else:
+            out.append(f"{flags[name]} {'none' if value is None else shlex.quote(str(value))}")
+    return out
+
+
+def cmd_tune(args) -> int:
+    from sklearn.model_selection import ParameterGrid
+
+    from pyro_mmt.data import long_tailed_split
+    from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
+    from pyro_mmt.model_selection import select_best, validation_scores
+
+    grid = _parse_grid(args.grid)
+    options = _estimator_options(args)
+    fixed = sorted(set(grid) & set(options) - {"seed", "progress", "n_threads"})
+    if fixed:
+        raise SystemExit(f"error: --grid: {fixed} also given as an option; give each once")
+    options["progress"] = False  # one bar over the fits instead
+    estimator = MultimodalSemiSupervisedClassifier(**options)
+    estimator._check_params()
+    candidates = {",".join(f"{k}={v}" for k, v in params.items()): params
+                  for params in ParameterGrid(grid)}
+    for params in candidates.values():
+        estimator.set_params(**params)._check_params()
+    estimator.set_params(**{k: options.get(k, _estimator_default(k)) for k in grid})
+    out = Path(args.out)
+    partial = partial_dir(out)
+    if _holds_files(out) and not args.overwrite:
+        raise SystemExit(f"error: --out: {out} already holds files; give --overwrite to "
+                         "replace them once the new results are complete, or another --out")
+    data, named = _load_data(args.data)
+    train_counts = None
+    if named:  # only the training split is read; its test split plays no part
+        split = long_tailed_split(data, args.rho, args.beta, args.seed)
+        data, train_counts = split.train, split.train_class_counts
+    if args.jobs < 1 and args.jobs != -1:
+        raise SystemExit(f"error: --jobs: expected a positive number of processes or -1 (one "
+                         f"per core), found {args.jobs}")
+    tic = time.perf_counter()
+    try:
+        scores = validation_scores(
+            estimator, candidates, data, n_splits=args.folds, n_repeats=args.repeats,
+            seed=args.seed, n_jobs=args.jobs, train_class_counts=train_counts,
+            progress=not args.quiet)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from error
+    best, summary = select_best(scores, by=args.by)
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    scores.assign(params=scores["params"].map(json.dumps)).to_csv(
+        partial / "scores.csv", index=False)
+    summary.assign(params=summary["params"].map(json.dumps)).to_csv(partial / "summary.csv")
+    fixed = {k: v for k, v in options.items()
+             if k not in ("seed", "progress", "n_threads", "distributed")}
+    flags = _option_flags({**fixed, **best})
+    train = (f"pyro-mmt train {shlex.quote(args.data)} --rho {args.rho} --beta {args.beta} "
+             f"--seed {args.seed} " + " ".join(flags)).rstrip()
+    _write_json(partial / "best.json", {
+        "data": args.data, "rho": args.rho, "beta": args.beta, "seed": args.seed,
+        "folds": args.folds, "repeats": args.repeats, "by": args.by,
+        "fixed": fixed,
+        "best": best, "train_command": train, "status": FINISHED})
+    _publish(partial, out, args.overwrite)
+    shown = summary[["rank", "n_folds", "balanced_accuracy", "minority_recall"]]
+    print(shown.to_string())
+    print(f"{len(scores)} fits in {time.perf_counter() - tic:.0f} s; wrote {out}/scores.csv, "
+          f"summary.csv, best.json\nbest: {best}\nfit it on the whole training split with:\n"
+          f"  {train}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from pyro_mmt.experiments.benchmark import headline_table
 
@@ -724,6 +853,32 @@ def build_parser() -> argparse.ArgumentParser:
                         "on it, only the seconds column does")
     p.add_argument("--out", default="runs/benchmark")
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser(
+        "tune", help="choose settings on validation folds of the training data",
+        description="Fit every combination of the --grid values on stratified validation folds "
+        "of the training data (with a data set name: the training part of the long-tailed "
+        "split; its test part is never read), rank them by mean validation score and write "
+        "scores.csv (one row per candidate and fold), summary.csv (best first) and best.json "
+        "(the winner and the `pyro-mmt train` command that fits it) to --out. Options not in "
+        "--grid keep their value (or the estimator's default) for every candidate.")
+    p.add_argument("data", help="digits | breast | mfeat | pdspeech | pbc | fmnist | PATH.npz")
+    p.add_argument("--grid", action="append", required=True, metavar="NAME=V1,V2",
+                   help="an estimator parameter and its candidate values (repeat for a grid), "
+                        "e.g. --grid alpha=100,1000 --grid averaging=0,0.5")
+    p.add_argument("--rho", type=float, default=10.0, help="imbalance ratio of the split")
+    p.add_argument("--beta", type=float, default=0.05, help="labelled fraction per class")
+    p.add_argument("--seed", type=int, default=0, help="split, folds and fits")
+    p.add_argument("--folds", type=int, default=3, help="validation folds per repeat")
+    p.add_argument("--repeats", type=int, default=1, help="repeats of the K-fold split")
+    p.add_argument("--by", default="balanced_accuracy",
+                   choices=["balanced_accuracy", "minority_recall"], help="score to maximise")
+    p.add_argument("--jobs", type=int, default=1, help="fits at once (processes; -1: a core "
+                   "each)")
+    p.add_argument("--out", default="runs/tune")
+    p.add_argument("--overwrite", action="store_true", help="replace the results in --out")
+    _add_model_options(p)
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("report", help="headline table from benchmark results.csv files: ours "
                        "against the best classical baseline (balanced accuracy / minority recall)")

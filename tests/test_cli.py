@@ -4,6 +4,7 @@ writes its files; ``--help`` works for each. Commands run in-process through ``m
 import functools
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -466,3 +467,52 @@ def test_defaults_of_the_command_line():
     assert args.jobs == _available_cores() >= 1
     with pytest.raises(SystemExit, match="--jobs"):
         main(["benchmark", "--jobs", "0", "--datasets", "breast"])
+
+
+def test_tune_writes_scores_summary_and_the_winner(tmp_path):
+    """`pyro-mmt tune`: every grid point on every fold, the winner is the best mean, and the
+    printed train command parses back to the winner's options."""
+    from pyro_mmt.cli import _estimator_options, build_parser
+
+    out = tmp_path / "tune"
+    argv = ["tune", "digits", "--grid", "alpha=100,1000", "--grid", "latent-dim=4,8",
+            "--epochs", "1", "--folds", "2", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    scores = pd.read_csv(out / "scores.csv")
+    summary = pd.read_csv(out / "summary.csv", index_col=0)
+    best = json.loads((out / "best.json").read_text())
+    assert len(scores) == 4 * 2 and scores["candidate"].nunique() == 4
+    means = scores.groupby("candidate")["balanced_accuracy"].mean()
+    assert summary.index[0] == means.idxmax() or means.max() == means[summary.index[0]]
+    assert best["status"] == "finished" and set(best["best"]) == {"alpha", "latent_dim"}
+    assert best["fixed"] == {"epochs": 1}
+    train_args = build_parser().parse_args(shlex.split(best["train_command"])[1:])
+    options = _estimator_options(train_args)
+    assert options["alpha"] == best["best"]["alpha"]
+    assert options["latent_dim"] == best["best"]["latent_dim"] and options["epochs"] == 1
+    # the results are not replaced without --overwrite, nor left half-written
+    with pytest.raises(SystemExit, match="--overwrite"):
+        main(argv)
+    assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("grid, match", [
+    (["alpha=1,x"], "alpha: cannot read 'x'"),
+    (["alpha"], "NAME=V1,V2"),
+    (["beta=1,2"], "expected one of the estimator's options"),
+    (["alpha=1", "alpha=2"], "given twice"),
+    (["alpha=-1,10"], "alpha"),
+])
+def test_tune_refuses_bad_grids(tmp_path, grid, match):
+    argv = ["tune", "digits", "--epochs", "1", "--out", str(tmp_path / "t")]
+    for g in grid:
+        argv += ["--grid", g]
+    with pytest.raises((SystemExit, ValueError), match=match):
+        main(argv)
+    assert not (tmp_path / "t").exists()
+
+
+def test_tune_refuses_an_option_also_in_the_grid(tmp_path):
+    with pytest.raises(SystemExit, match="also given as an option"):
+        main(["tune", "digits", "--grid", "alpha=1,10", "--alpha", "5", "--out",
+              str(tmp_path / "t")])
