@@ -449,9 +449,7 @@ def test_benchmark_jobs_give_the_rows_of_a_serial_run(tmp_path):
 
 def test_defaults_of_the_command_line():
     """The fused optimiser by default (issue 14); --jobs from the cores available."""
-    from pyro_mmt.cli import _available_cores, build_parser
-
-    from pyro_mmt.cli import _estimator_options
+    from pyro_mmt.cli import _available_cores, _estimator_options, build_parser
     from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
 
     args = build_parser().parse_args(["train", "digits"])
