@@ -710,15 +710,15 @@ class _Parser(argparse.ArgumentParser):
 
 def _demo_help(parser: argparse.ArgumentParser) -> None:
     """The demo's --help: the methods and epochs it runs, from pyro_mmt.experiments.demo."""
-    from pyro_mmt.experiments.demo import DEMO_EPOCHS, DEMO_METHODS
+    from pyro_mmt.experiments.demo import DEMO_METHODS
 
     for action in parser._actions:
         if action.dest == "methods":
             action.help = ("methods of pyro_mmt.experiments.benchmark.METHODS (default: "
                            f"{' '.join(DEMO_METHODS)})")
         elif action.dest == "epochs":
-            action.help = (f"override the deep models' epochs (default {DEMO_EPOCHS} on mfeat, "
-                           "the benchmark's on other data sets)")
+            action.help = ("override the deep models' epochs (default: the estimator's, "
+                           f"{_estimator_default('epochs')!r})")
 
 
 #: The estimator's options on the command line: flag -> (parameter, type, help). Every flag

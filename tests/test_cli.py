@@ -377,13 +377,15 @@ def test_report_refuses_methods_without_results(tmp_path, capsys):
 
 
 def test_demo_help_lists_the_methods_it_runs(capsys):
-    from pyro_mmt.experiments.demo import DEMO_EPOCHS, DEMO_METHODS
+    from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
+    from pyro_mmt.experiments.demo import DEMO_METHODS
 
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert f"(default: {' '.join(DEMO_METHODS)})" in text
-    assert f"default {DEMO_EPOCHS} on mfeat" in text
+    epochs = MultimodalSemiSupervisedClassifier().epochs
+    assert f"(default: the estimator's, {epochs!r})" in text
 
 
 def test_train_help_lists_every_file_of_a_run_folder(capsys):

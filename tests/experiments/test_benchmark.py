@@ -106,3 +106,29 @@ def test_ablations_alone_concat_and_the_learned_prior_on_a_reversed_mix():
     assert (results["unlabelled"] == "reversed").all()
     with pytest.raises(ValueError, match="unknown 'alone:'"):
         run_benchmark(["breast"], ["alone:"], progress=None)
+
+
+def test_the_headline_method_is_the_estimators_defaults(monkeypatch):
+    """t_gamma fits exactly MultimodalSemiSupervisedClassifier() (with the split's seed and the
+    data set's likelihood families), and each ablation changes only the options it names."""
+    import pyro_mmt.experiments.benchmark as bench
+    from pyro_mmt.data import load_dataset, long_tailed_split
+    from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
+
+    built = {}
+
+    class Spy(MultimodalSemiSupervisedClassifier):
+        def fit(self, X, y=None):
+            built[self.objective, self.nu] = self.get_params()
+            raise StopIteration
+
+    monkeypatch.setattr(bench, "MultimodalSemiSupervisedClassifier", Spy)
+    split = long_tailed_split(load_dataset("digits"), 10, 0.2, 0)
+    for name in ("t_gamma", "gauss_kl"):
+        with pytest.raises(StopIteration):
+            bench.METHODS[name].fit_predict(split, 3, "digits")
+    default = MultimodalSemiSupervisedClassifier(seed=3).get_params()
+    t_gamma = built["gamma_power", default["nu"]]
+    assert t_gamma == default
+    gauss = built["kl", float("inf")]
+    assert {k for k in default if gauss[k] != default[k]} == {"objective", "nu"}
