@@ -14,9 +14,9 @@ from pyro.infer.enum import get_importance_trace
 from pyro.poutine.enum_messenger import EnumMessenger
 from scipy import stats
 
+from pyro_mmt.config import ModelConfig
 from pyro_mmt.data import Standardiser, load_digits, long_tailed_split
 from pyro_mmt.distributions import power_form_log_constant
-from pyro_mmt.config import ModelConfig
 from pyro_mmt.estimator import build_model
 from pyro_mmt.evaluation.metrics import classification_metrics
 from pyro_mmt.training.svi import predict_proba, train

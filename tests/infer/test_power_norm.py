@@ -15,6 +15,7 @@ from pyro import poutine
 from scipy import integrate, special, stats
 
 from pyro_mmt.distributions import DiagStudentT
+from pyro_mmt.estimator import build_model
 from pyro_mmt.infer import (
     GaussianPowerNorm,
     MonteCarloPowerNorm,
@@ -23,7 +24,6 @@ from pyro_mmt.infer import (
     declare_power_norm,
     find_power_norm,
 )
-from pyro_mmt.estimator import build_model
 
 CLASS_PRIOR = (0.7, 0.3)
 NU, SIGMA = 4.0, 0.6

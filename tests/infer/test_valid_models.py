@@ -16,8 +16,6 @@ from pyro.infer import TraceEnum_ELBO
 
 from pyro_mmt.distributions import DiagStudentT
 from pyro_mmt.estimator import build_model
-from pyro_mmt.likelihoods import LIKELIHOODS, Likelihood, register_likelihood
-from pyro_mmt.models.multimodal_m2 import LatentMonteCarloPowerNorm
 from pyro_mmt.infer import (
     GammaPowerELBO,
     GaussianPowerNorm,
@@ -25,6 +23,8 @@ from pyro_mmt.infer import (
     StudentTPowerNorm,
     declare_power_norm,
 )
+from pyro_mmt.likelihoods import LIKELIHOODS, Likelihood, register_likelihood
+from pyro_mmt.models.multimodal_m2 import LatentMonteCarloPowerNorm
 
 OBJECTIVES = {
     "auto": lambda: GammaPowerELBO("auto"),
