@@ -38,8 +38,8 @@ from benchmarks.plain_step import plain_loss
 from benchmarks.steps import DIMS, NUM_DATA, build, plain_step, pyro_step, random_batch
 from benchmarks.timing import interleaved, machine, parse_threads
 from pyro_mmt.estimator import make_objective
-from pyro_mmt.nn import register_module
 from pyro_mmt.infer.gamma_power_elbo import _SampleTraceMessenger as _SampleTrace
+from pyro_mmt.nn import register_module
 from pyro_mmt.training.svi import _SVI, _checked_step, _ParamTrace, default_optimizer
 
 RESULTS = Path(__file__).parent / "results"
