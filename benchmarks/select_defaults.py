@@ -59,6 +59,11 @@ CANDIDATES: dict[str, dict] = {
                        "logit_adjustment": 1.0, "unlabelled_prior_shift": 1.0},
     "dim_1.5_swa_ens3": {"alpha": 1.5, "alpha_unit": "dimension", "averaging": 0.5,
                          "n_init": 3, **IMBALANCE_OPTIONS},
+    "la_100_swa_auto": {"alpha": 100.0, "averaging": 0.5, "epochs": "auto",
+                        "logit_adjustment": 1.0, "unlabelled_prior_shift": 1.0},
+    "la_dim_1.5_swa_auto": {"alpha": 1.5, "alpha_unit": "dimension", "averaging": 0.5,
+                            "epochs": "auto", "logit_adjustment": 1.0,
+                            "unlabelled_prior_shift": 1.0},
     "gauss_kl_alpha_100": {"objective": "kl", "nu": float("inf"), "alpha": 100.0,
                            **IMBALANCE_OPTIONS},
 }
@@ -80,6 +85,11 @@ ROUNDS = {
         "settings": ["digits:10:0.05", "digits:10:0.2", "breast:10:0.2", "mfeat:10:0.05",
                      "mfeat:10:0.2", "pdspeech:10:0.2", "pbc:10:0.2"],
         "candidates": ["swa", "dim_0.5_swa", "dim_1.5_swa", "dim_5_swa", "la_dim_1.5_swa"],
+    },
+    "final": {
+        "settings": ["digits:10:0.05", "digits:10:0.2", "breast:10:0.2", "mfeat:10:0.05",
+                     "mfeat:10:0.2", "pdspeech:10:0.2", "pbc:10:0.2"],
+        "candidates": ["la_100_swa_auto", "la_dim_1.5_swa_auto"],
     },
     "levers": {
         "settings": ["digits:10:0.05", "digits:10:0.2", "breast:10:0.2", "breast:50:0.2",
