@@ -609,6 +609,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from pyro_mmt.evaluation.paired import win_table
     from pyro_mmt.experiments.benchmark import headline_table
 
     frames = []
@@ -636,8 +637,30 @@ def cmd_report(args) -> int:
     if table.empty:
         raise SystemExit(f"error: --ours: no setting (data set, rho, beta) has results for "
                          f"{args.ours!r}")
-    print(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False))
+    compared = [m for m in found if m != args.ours]
+    wins = win_table(results, args.ours, compared) if compared else None
+    markdown = _markdown(table)
+    print(markdown)
+    if wins is not None:
+        wins = wins.sort_values("balanced_accuracy wins", ascending=True, kind="mergesort")
+        print(f"\n{args.ours} against each method, paired split by split over every shared "
+              "split (wins / ties / losses; p: two-sided Wilcoxon signed-rank test):\n")
+        print(_markdown(wins.round(4)))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out / "headline.csv", index=False)
+        (out / "headline.md").write_text(markdown + "\n")
+        if wins is not None:
+            wins.to_csv(out / "wins.csv", index=False)
+            (out / "wins.md").write_text(_markdown(wins.round(4)) + "\n")
+        print(f"\nwrote {out}/headline.csv, headline.md" +
+              (", wins.csv, wins.md" if wins is not None else ""))
     return 0
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    return table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False)
 
 
 def _has_tabulate() -> bool:
@@ -888,6 +911,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--others", nargs="*", default=None,
                    help="other deep methods with results in RESULTS to show beside ours "
                         "(default: gauss_kl when present)")
+    p.add_argument("--out", help="also write headline.csv/.md and wins.csv/.md to this folder")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("diagnose", help="ArviZ diagnostics of a run: netCDF, summary, plots")

@@ -516,3 +516,22 @@ def test_tune_refuses_an_option_also_in_the_grid(tmp_path):
     with pytest.raises(SystemExit, match="also given as an option"):
         main(["tune", "digits", "--grid", "alpha=1,10", "--alpha", "5", "--out",
               str(tmp_path / "t")])
+
+
+def test_report_counts_paired_wins_and_writes_them(tmp_path, capsys):
+    """Two seeds: t_gamma beats lr on both and ties gauss_kl on one; the counts say so."""
+    results = pd.DataFrame({
+        "dataset": "digits", "rho": 10.0, "beta": 0.2, "seed": [0, 0, 0, 1, 1, 1],
+        "method": ["t_gamma", "gauss_kl", "lr"] * 2,
+        "balanced_accuracy": [0.8, 0.7, 0.6, 0.9, 0.9, 0.5],
+        "minority_recall": [0.5, 0.6, 0.3, 0.7, 0.8, 0.2], "num_classes": 10})
+    path = tmp_path / "results.csv"
+    results.to_csv(path, index=False)
+    assert main(["report", str(path), "--out", str(tmp_path / "rep")]) == 0
+    assert "paired split by split" in capsys.readouterr().out
+    wins = pd.read_csv(tmp_path / "rep" / "wins.csv").set_index("method")
+    assert wins.loc["lr", ["balanced_accuracy wins", "balanced_accuracy losses"]].tolist() == [2, 0]
+    assert wins.loc["gauss_kl", ["balanced_accuracy wins", "balanced_accuracy ties"]].tolist() \
+        == [1, 1]
+    assert wins.loc["gauss_kl", "minority_recall losses"] == 2
+    assert (tmp_path / "rep" / "headline.md").read_text().count("digits") == 1
