@@ -1,0 +1,94 @@
+"""How much one fit swings with its own seed on a FIXED split (networks' initialisation and the
+order of the mini-batches), for the estimator's defaults and the previous release's setting.
+
+The split (its labelled, unlabelled and test rows) is drawn once with ``--split-seed``; each
+configuration is then fitted with the estimator seeds ``--fit-seeds`` and scored on the test
+rows. Nothing is chosen here: the spread is the measurement (docs/benchmark.md reports it).
+
+    python -m benchmarks.fit_stability --out benchmarks/results/fit_stability.csv
+    python -m benchmarks.fit_stability --configs default --fit-seeds 0 1 --epochs 2 \\
+        --out /tmp/stability.csv                                                    # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from pyro_mmt.data import DATASETS, load_dataset, long_tailed_split
+from pyro_mmt.estimator import IMBALANCE_OPTIONS, MultimodalSemiSupervisedClassifier
+from pyro_mmt.evaluation.metrics import classification_metrics
+from pyro_mmt.experiments.benchmark import TRAINING_EPOCHS
+
+#: The configurations compared: estimator options ("per_dataset" epochs: the previous
+#: release's per-data-set epochs).
+CONFIGS = {
+    "default": {},
+    "default_ens3": {"n_init": 3},
+    "v1": {"alpha": 1000.0, "alpha_unit": "datum", "averaging": 0.0, "epochs": "per_dataset",
+           **IMBALANCE_OPTIONS},
+}
+
+
+def fit_once(dataset: str, rho: float, beta: float, split_seed: int, config: str, seed: int,
+             epochs: int | None) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    split = long_tailed_split(load_dataset(dataset), rho, beta, split_seed)
+    options = dict(CONFIGS[config])
+    if options.get("epochs") == "per_dataset":
+        options["epochs"] = TRAINING_EPOCHS.get(dataset, 40)
+    if epochs is not None:
+        options["epochs"] = epochs
+    families = DATASETS[dataset].likelihood
+    if families:
+        options["likelihood"] = dict(families)
+    tic = time.perf_counter()
+    clf = MultimodalSemiSupervisedClassifier(seed=seed, **options).fit(split.train)
+    metrics = classification_metrics(split.test.y.numpy(), clf.predict(split.test),
+                                     split.train_class_counts)
+    return {"dataset": dataset, "rho": rho, "beta": beta, "split_seed": split_seed,
+            "config": config, "fit_seed": seed, **metrics.to_dict(),
+            "seconds": time.perf_counter() - tic}
+
+
+def main(args) -> pd.DataFrame:
+    unknown = sorted(set(args.configs) - set(CONFIGS))
+    if unknown:
+        raise SystemExit(f"error: --configs: unknown {unknown}; known: {sorted(CONFIGS)}")
+    from joblib import Parallel, delayed
+
+    tasks = [(args.dataset, args.rho, args.beta, args.split_seed, c, s, args.epochs)
+             for c in args.configs for s in args.fit_seeds]
+    rows = Parallel(n_jobs=args.jobs)(delayed(fit_once)(*t) for t in tasks)
+    results = pd.DataFrame(rows)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    results.to_csv(tmp, index=False)
+    tmp.replace(out)
+    summary = results.groupby("config", sort=False)[["balanced_accuracy", "minority_recall"]]
+    table = summary.agg(["mean", "std", "min", "max"]).round(3)  # std: ddof = 1
+    print(f"{args.dataset} rho={args.rho} beta={args.beta} split seed {args.split_seed}, "
+          f"fit seeds {args.fit_seeds}:")
+    print(table.to_string())
+    print(f"wrote {out}")
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="mfeat")
+    parser.add_argument("--rho", type=float, default=10.0)
+    parser.add_argument("--beta", type=float, default=0.05)
+    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--fit-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS))
+    parser.add_argument("--epochs", type=int, help="override the epochs (smoke runs)")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", default="benchmarks/results/fit_stability.csv")
+    main(parser.parse_args())
