@@ -468,7 +468,8 @@ def cmd_benchmark(args) -> int:
         raise SystemExit(f"error: --jobs: expected a positive number of processes or -1 (one "
                          f"per core), found {args.jobs}")
     results = run_benchmark(args.datasets, args.methods, rhos=args.rho, betas=args.beta,
-                            seeds=args.seeds, epochs=args.epochs, jobs=args.jobs)
+                            seeds=args.seeds, epochs=args.epochs, jobs=args.jobs,
+                            unlabelled=args.unlabelled)
     results.to_csv(out / "results.csv", index=False)
     table = results_table(results)
     table.to_csv(out / "table.csv", index=False)
@@ -869,6 +870,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, nargs="+", help="override the grid's β values")
     p.add_argument("--seeds", type=int, nargs="+", help="override the grid's seeds")
     p.add_argument("--epochs", type=int, help="override the deep models' epochs (smoke runs)")
+    p.add_argument("--unlabelled", default="same", choices=["same", "uniform", "reversed"],
+                   help="class mix of the unlabelled rows: the labelled rows' long tail "
+                        "(same), class-balanced (uniform) or the tail reversed (reversed)")
     p.add_argument("--jobs", type=int, default=_available_cores(),
                    help="fits run at once, each in its own process with one torch thread "
                         "(default: the cores available, here %(default)s; 1 runs them in this "

@@ -535,3 +535,12 @@ def test_report_counts_paired_wins_and_writes_them(tmp_path, capsys):
         == [1, 1]
     assert wins.loc["gauss_kl", "minority_recall losses"] == 2
     assert (tmp_path / "rep" / "headline.md").read_text().count("digits") == 1
+
+
+def test_benchmark_with_a_class_balanced_unlabelled_mix(tmp_path, small_deep_models):
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--datasets", "digits", "--seeds", "0", "--rho", "10", "--beta",
+                 "0.2", "--methods", "lr", "--unlabelled", "uniform", "--jobs", "1",
+                 "--out", str(out)]) == 0
+    results = pd.read_csv(out / "results.csv")
+    assert results["unlabelled"].tolist() == ["uniform"]

@@ -360,11 +360,13 @@ def _describe(row) -> str:
 
 
 def results_table(results: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """Mean ± std over seeds per (data set, ρ, β, method)."""
+    """Mean ± std over seeds per (data set, ρ, β, method), and per class mix of the unlabelled
+    rows when the results hold more than one."""
     metrics = ["balanced_accuracy", "macro_f1", "g_mean", "minority_recall"]
-    table = summarise(results, by=["dataset", "rho", "beta", "method"], metrics=metrics,
-                      digits=digits)
-    keep = ["dataset", "rho", "beta", "method", "n_runs", *metrics]
+    mixes = results["unlabelled"].nunique() if "unlabelled" in results.columns else 1
+    by = ["dataset", "rho", "beta", *(["unlabelled"] if mixes > 1 else []), "method"]
+    table = summarise(results, by=by, metrics=metrics, digits=digits)
+    keep = [*by, "n_runs", *metrics]
     return table.reset_index()[[c for c in keep if c in table.reset_index().columns]]
 
 
