@@ -25,7 +25,6 @@ from torch import nn
 
 from pyro_mmt import ModelConfig, MultimodalSemiSupervisedClassifier
 from pyro_mmt.data import load_dataset, long_tailed_split
-from pyro_mmt.estimator import IMBALANCE_OPTIONS
 from pyro_mmt.evaluation.metrics import classification_metrics
 from pyro_mmt.nn import LabelConcat
 
@@ -49,7 +48,7 @@ def main(args):
 
     sigma = {m: args.sigma if m == args.modality else 1.0 for m in train.modalities}
     common = dict(nu=args.nu, sigma=sigma, epochs=args.epochs, hidden=tuple(args.hidden),
-                  latent_dim=args.latent_dim, seed=args.seed, **IMBALANCE_OPTIONS)
+                  latent_dim=args.latent_dim, seed=args.seed)
     rows = {}
     for name, decoders in (("library decoders", None),
                            (f"linear decoder for {args.modality!r}",

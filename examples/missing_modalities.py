@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pyro_mmt.data import load_dataset, long_tailed_split
-from pyro_mmt.estimator import IMBALANCE_OPTIONS, MultimodalSemiSupervisedClassifier
+from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
 from pyro_mmt.evaluation.metrics import classification_metrics
 
 
@@ -48,7 +48,7 @@ def main(args):
 
     clf = MultimodalSemiSupervisedClassifier(
         epochs=args.epochs, hidden=tuple(args.hidden), latent_dim=args.latent_dim,
-        batch_size=args.batch_size, seed=args.seed, progress=not args.quiet, **IMBALANCE_OPTIONS,
+        batch_size=args.batch_size, seed=args.seed, progress=not args.quiet,
     ).fit(X, y)
 
     rows = []

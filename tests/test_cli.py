@@ -159,7 +159,9 @@ def test_diagnose_writes_netcdf_summary_and_plots(tmp_path, capsys):
     assert get_group(data, "posterior")["z"].shape[:3] == (1, 30, len(test))
     # the attributes are the fitted model's settings
     attrs = run_attrs(data)
-    assert attrs["model"] == "MultimodalM2" and attrs["alpha"] == 1000.0
+    default = MultimodalSemiSupervisedClassifier()
+    assert attrs["model"] == "MultimodalM2" and attrs["alpha"] == default.alpha
+    assert attrs["alpha_unit"] == default.alpha_unit
     assert attrs["class_weight"] == "balanced" and attrs["latent_dim"] == 2
     assert attrs["split"] == "test" and attrs["sigma_top"] == 1.0
 

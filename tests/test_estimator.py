@@ -55,7 +55,8 @@ def test_fit_returns_self_with_the_fitted_pyro_pieces(blobs):
     assert est.label_counts_.tolist() == [10, 10, 10]
     assert len(est.history_) == 1 and np.isfinite(est.history_["loss"]).all()
     assert callable(est.model_.model) and callable(est.model_.guide)
-    assert est.config_ is est.model_.config and est.config_.alpha == 1000.0
+    assert est.config_ is est.model_.config
+    assert (est.config_.alpha, est.config_.alpha_unit) == (est.alpha, est.alpha_unit)
     assert est.history is est.history_
 
 
@@ -431,7 +432,7 @@ def test_a_diverged_fit_resumes_with_a_lower_learning_rate(blobs, tmp_path):
 def test_resume_refuses_other_settings_or_data(blobs, tmp_path):
     X, y, _ = blobs
     MultimodalSemiSupervisedClassifier(**SMALL, checkpoint_dir=tmp_path).fit(X, y)
-    with pytest.raises(ValueError, match=r"^resume: .*other settings: alpha=1000.0 \(found 10.0\)"):
+    with pytest.raises(ValueError, match=r"^resume: .*other settings: alpha=1.5 \(found 10.0\)"):
         MultimodalSemiSupervisedClassifier(**SMALL, alpha=10.0, checkpoint_dir=tmp_path,
                                            resume=True).fit(X, y)
     with pytest.raises(ValueError, match=r"^resume: .*other data"):
