@@ -38,12 +38,13 @@ def main(args):
     print(train)
 
     # one object holds the model, the guide and the classifier q(y | x) they share; alpha
-    # weighs M2's classification term α log q(y | x) per labelled datum; the class-imbalance
-    # options need the labelled counts
+    # weighs M2's classification term α log q(y | x), here per observed dimension of a
+    # labelled datum (as the estimator's default); the logit adjustment and the prior shift
+    # (the estimator's default class-imbalance devices) need the labelled counts
     m2 = build_model(
         train.dims, train.num_classes, latent_dim=args.latent_dim, hidden=args.hidden,
-        nu=args.nu, alpha=args.alpha, label_counts=train.class_counts(),
-        class_weight="balanced", logit_adjustment=1.0, unlabelled_prior_shift=1.0,
+        nu=args.nu, alpha=args.alpha, alpha_unit="dimension", label_counts=train.class_counts(),
+        logit_adjustment=1.0, unlabelled_prior_shift=1.0,
     )
 
     # SVI with the γ-power objective (γ = -2/(ν + n + d) per datum by default)
@@ -73,8 +74,9 @@ if __name__ == "__main__":
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--nu", type=float, default=5.0, help="degrees of freedom ν > 2")
-    parser.add_argument("--alpha", type=float, default=1000.0,
-                        help="weight of the classification term per labelled datum")
+    parser.add_argument("--alpha", type=float, default=1.5,
+                        help="weight of the classification term per observed dimension of a "
+                             "labelled datum")
     parser.add_argument("--latent-dim", type=int, default=16)
     parser.add_argument("--hidden", type=int, nargs="+", default=[128])
     parser.add_argument("--subset", type=int, default=None,
