@@ -57,7 +57,7 @@ def _joint_log_prob(model, x, mask, y, z):
 
 def test_decoder_chain_is_the_power_form(float64):
     """Σ of the chain's log-densities = log π_y + log K − (ν+n+d)/2 log(1 + Q/ν), n the observed
-    dimension of each datum (MATH.md F2), for random networks and missing modalities."""
+    dimension of each datum (docs/derivation.md §2, F2), for random networks and missing modalities."""
     model = build_model(DIMS, K, latent_dim=D, hidden=(5,), nu=NU, sigma=SIGMA,
                         class_prior=[0.5, 0.3, 0.2])
     x, mask, y = _data()

@@ -1,4 +1,4 @@
-"""The benchmark's test-set metrics (PROTOCOL.md, "Metrics"), computed with scikit-learn.
+"""The benchmark's test-set metrics (docs/protocol.md, "Metrics"), computed with scikit-learn.
 
 For a classifier's predictions on a test set with K classes and per-class recalls
 R_k = TP_k / (number of test rows of class k):
