@@ -25,7 +25,7 @@ from pyro_mmt.infer import GammaPowerELBO
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 OURS = ["quickstart", "custom_model", "missing_modalities", "compare_methods", "fashion_mnist",
-        "imputation"]
+        "imputation", "mixed_types"]
 SMALL = ["--epochs", "1", "--hidden", "8", "--latent-dim", "2"]
 
 
@@ -115,6 +115,14 @@ def test_imputation(monkeypatch, capsys, tmp_path):
     mse, baseline = map(float, found.groups())
     assert 0 < mse < 3 * baseline and 0.01 < baseline < 1
     assert (tmp_path / "imputation.png").stat().st_size > 10_000
+
+
+def test_mixed_types(monkeypatch, capsys):
+    run_example("mixed_types", ["--epochs", "1", "--seeds", "0"], monkeypatch)
+    out = capsys.readouterr().out
+    for name in ("mixed likelihoods", "every modality Student-t", "logistic regression"):
+        assert name in out
+    assert "'symptoms': 'bernoulli'" in out and "'edema': 'categorical'" in out
 
 
 def test_missing_modalities(monkeypatch, capsys, tmp_path):
