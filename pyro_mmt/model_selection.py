@@ -12,8 +12,8 @@ refits the best candidate on all the training data.
 Typical use with a long-tailed split::
 
     split = long_tailed_split(dataset, rho=10, beta=0.05, seed=0)
-    model = tune(MultimodalSemiSupervisedClassifier(epochs=50),
-                 {"alpha=100": {"alpha": 100.0}, "alpha=1000": {"alpha": 1000.0}},
+    model = tune(MultimodalSemiSupervisedClassifier(),
+                 {"alpha=0.5": {"alpha": 0.5}, "alpha=1.5": {"alpha": 1.5}},
                  split.train, n_splits=5, n_jobs=4)
     model.best_params_, model.tuning_summary_        # chosen on split.train only
     model.score(split.test, split.test.y)            # the test set is used once, at the end
