@@ -188,6 +188,19 @@ def _n_threads(args) -> int | None:
     return int(threads) if threads else None
 
 
+def _option_value(name: str, value):
+    """The estimator's value of the option ``name`` as argparse (or ``--grid``) gives it:
+    ``gamma`` and ``epochs`` are numbers unless they say ``auto``, ``class_weight`` ``none`` is
+    None."""
+    if not isinstance(value, str):
+        return value
+    if name in ("gamma", "epochs"):
+        return value if "auto" in value else (float if name == "gamma" else int)(value)
+    if name == "class_weight" and value.lower() == "none":
+        return None
+    return value
+
+
 def _estimator_options(args) -> dict:
     """The estimator's parameters given on the command line (the others keep the estimator's
     defaults), plus the run's seed, threads and progress bar."""
@@ -200,17 +213,8 @@ def _estimator_options(args) -> dict:
         options.update(class_weight=None, logit_adjustment=0.0, unlabelled_prior_shift=0.0)
     for name, _, _ in MODEL_OPTIONS.values():
         value = getattr(args, name)
-        if value is None:
-            continue
-        if name == "hidden":
-            value = tuple(value)
-        elif name == "gamma" and value != "auto" and "auto" not in value:
-            value = float(value)
-        elif name == "epochs" and value != "auto":
-            value = int(value)
-        elif name == "class_weight" and value == "none":
-            value = None
-        options[name] = value
+        if value is not None:
+            options[name] = tuple(value) if name == "hidden" else _option_value(name, value)
     if args.learn_nu:
         options["learn_nu"] = True
     options.update(seed=args.seed, distributed=args.distributed, progress=not args.quiet,
@@ -484,11 +488,8 @@ def cmd_benchmark(args) -> int:
 def _parse_grid(texts: list[str]) -> dict[str, list]:
     """``--grid NAME=V1,V2,...`` (repeatable) -> {parameter: [values]}, each value converted
     as the matching command-line option converts it (``none`` -> None; ``hidden`` values are
-    sizes joined by ``x``, e.g. ``256x128``)."""
-    from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
-
+    sizes joined by ``x``, e.g. ``256x128``; ``learn_nu`` true or false)."""
     kinds = {name: kind for name, kind, _ in MODEL_OPTIONS.values()}
-    known = MultimodalSemiSupervisedClassifier().get_params()
     grid: dict[str, list] = {}
     for text in texts:
         name, sep, values = text.partition("=")
@@ -503,20 +504,13 @@ def _parse_grid(texts: list[str]) -> dict[str, list]:
         converted = []
         for value in (v.strip() for v in values.split(",")):
             try:
-                if value.lower() == "none":
-                    converted.append(None)
-                elif name == "hidden":
+                if name == "hidden":
                     converted.append(tuple(int(h) for h in value.split("x")))
-                elif value in ("true", "false"):
-                    converted.append(value == "true")
-                elif name in ("gamma", "epochs") and "auto" in value:
-                    converted.append(value)
+                elif name == "learn_nu":
+                    converted.append({"true": True, "false": False}[value.lower()])
                 else:
-                    kind = kinds.get(name) or type(known[name])
-                    kind = float if name in ("gamma", "latent_weight") else kind
-                    kind = int if name == "epochs" else kind
-                    converted.append(kind(value) if kind in (int, float, str) else float(value))
-            except ValueError as error:
+                    converted.append(_option_value(name, kinds[name](value)))
+            except (KeyError, ValueError) as error:
                 raise SystemExit(f"error: --grid: {name}: cannot read {value!r} ({error})") \
                     from error
         grid[name] = converted
