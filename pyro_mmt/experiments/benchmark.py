@@ -120,7 +120,9 @@ def _deep(options: dict, *, view: str | None = None) -> Callable:
     """A deep method: the estimator with ``options`` (and the benchmark's epochs), on every
     modality, on their concatenation as one modality (``view="concat"``) or on one modality
     alone (``view=<name>``). Returns the test predictions (:class:`Predictions`, carrying the
-    estimated unlabelled class proportions of a learned class prior)."""
+    estimated unlabelled class proportions of a learned class prior). A view of one modality
+    that some training or test row does not observe gives None (a row of NaN), as the
+    ablation "that modality alone" has nothing to say about those rows."""
     def fit_predict(split: LongTailedSplit, seed: int, dataset: str,
                     epochs: int | None = None):
         opts = dict(options)
@@ -130,6 +132,11 @@ def _deep(options: dict, *, view: str | None = None) -> Callable:
         elif view is not None:
             if view not in train.modalities:
                 return None  # this data set has no such modality
+            j = train.modalities.index(view)
+            if not (train.mask[:, j].all() and test.mask[:, j].all()):
+                # a row without this modality has nothing to train on or predict from: the
+                # ablation is not run on such a data set (PBC's incomplete modalities)
+                return None
             train, test = train.select_modalities([view]), test.select_modalities([view])
         n = sum(train.dims.values())
         if opts.get("latent_weight") == "w0":
