@@ -18,19 +18,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from pyro_mmt.data import DATASETS, load_dataset, long_tailed_split
-from pyro_mmt.estimator import IMBALANCE_OPTIONS, MultimodalSemiSupervisedClassifier
+from pyro_mmt.data import load_dataset, long_tailed_split
 from pyro_mmt.evaluation.metrics import classification_metrics
-from pyro_mmt.experiments.benchmark import TRAINING_EPOCHS
+from pyro_mmt.experiments.benchmark import METHODS
 
-#: The configurations compared: estimator options ("per_dataset" epochs: the previous
-#: release's per-data-set epochs).
-CONFIGS = {
-    "default": {},
-    "default_ens3": {"n_init": 3},
-    "v1": {"alpha": 1000.0, "alpha_unit": "datum", "averaging": 0.0, "epochs": "per_dataset",
-           **IMBALANCE_OPTIONS},
-}
+#: The configurations compared: name -> the benchmark method that fits it (the method's
+#: ``fit_predict(split, seed, ...)`` takes the fit seed apart from the split).
+CONFIGS = {"default": "t_gamma", "default_ens3": "t_gamma_ens3", "v1": "t_gamma_v1"}
 
 
 def fit_once(dataset: str, rho: float, beta: float, split_seed: int, config: str, seed: int,
@@ -39,18 +33,9 @@ def fit_once(dataset: str, rho: float, beta: float, split_seed: int, config: str
 
     torch.set_num_threads(1)
     split = long_tailed_split(load_dataset(dataset), rho, beta, split_seed)
-    options = dict(CONFIGS[config])
-    if options.get("epochs") == "per_dataset":
-        options["epochs"] = TRAINING_EPOCHS.get(dataset, 40)
-    if epochs is not None:
-        options["epochs"] = epochs
-    families = DATASETS[dataset].likelihood
-    if families:
-        options["likelihood"] = dict(families)
     tic = time.perf_counter()
-    clf = MultimodalSemiSupervisedClassifier(seed=seed, **options).fit(split.train)
-    metrics = classification_metrics(split.test.y.numpy(), clf.predict(split.test),
-                                     split.train_class_counts)
+    pred = METHODS[CONFIGS[config]].fit_predict(split, seed, dataset, epochs)
+    metrics = classification_metrics(split.test.y.numpy(), pred, split.train_class_counts)
     return {"dataset": dataset, "rho": rho, "beta": beta, "split_seed": split_seed,
             "config": config, "fit_seed": seed, **metrics.to_dict(),
             "seconds": time.perf_counter() - tic}

@@ -7,19 +7,9 @@ import pyro
 import pytest
 import torch
 
-from pyro_mmt.data import Standardiser, load_digits
 from pyro_mmt.estimator import build_model, make_objective
 from pyro_mmt.training.parallel import available_cores, fit_members
 from pyro_mmt.training.svi import TrainingDivergedError, TrainingInterrupted, predict_proba
-
-
-@pytest.fixture(scope="module")
-def data():
-    """48 standardised digits (two 32-pixel halves), the first 16 labelled."""
-    digits = load_digits()[:48]
-    y = digits.y.numpy().copy()
-    y[16:] = -1
-    return Standardiser().fit_transform(digits.with_labels(y))
 
 
 def make_builder(data, **settings):

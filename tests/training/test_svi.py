@@ -22,15 +22,6 @@ from pyro_mmt.training.svi import (
 )
 
 
-@pytest.fixture(scope="module")
-def data():
-    """48 standardised digits (two 32-pixel halves), the first 16 labelled."""
-    digits = load_digits()[:48]
-    y = digits.y.numpy().copy()
-    y[16:] = -1
-    return Standardiser().fit_transform(digits.with_labels(y))
-
-
 def build(data, seed=0, model_class=MultimodalM2):
     """The model (with its guide) and the modules train() checkpoints, initialised from
     ``seed``."""
