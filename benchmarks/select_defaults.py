@@ -73,6 +73,16 @@ CANDIDATES: dict[str, dict] = {
     "gauss_kl_alpha_100": {"objective": "kl", "nu": float("inf"), "alpha": 100.0,
                            **IMBALANCE_OPTIONS},
 }
+#: The defaults the "final" round chose; the "minority" round changes one thing at a time.
+CHOSEN = CANDIDATES["la_dim_1.5_swa_auto"]
+CANDIDATES.update({
+    "chosen": CHOSEN,
+    "chosen_gauss_kl": {**CHOSEN, "objective": "kl", "nu": float("inf")},
+    "chosen_t_kl": {**CHOSEN, "objective": "kl"},
+    "chosen_gamma_half": {**CHOSEN, "gamma": "0.5x auto"},
+    "chosen_shift_0.5": {**CHOSEN, "unlabelled_prior_shift": 0.5},
+    "chosen_la_1.5": {**CHOSEN, "logit_adjustment": 1.5},
+})
 
 #: Named rounds: the settings and candidates of one comparison.
 ROUNDS = {
@@ -96,6 +106,12 @@ ROUNDS = {
         "settings": ["digits:10:0.05", "digits:10:0.2", "breast:10:0.2", "mfeat:10:0.05",
                      "mfeat:10:0.2", "pdspeech:10:0.2", "pbc:10:0.2"],
         "candidates": ["la_100_swa_auto", "la_dim_1.5_swa_auto"],
+    },
+    "minority": {
+        "settings": ["digits:10:0.05", "digits:10:0.2", "breast:10:0.2", "mfeat:10:0.05",
+                     "mfeat:10:0.2", "pdspeech:10:0.2", "pbc:10:0.2"],
+        "candidates": ["chosen", "chosen_gauss_kl", "chosen_gamma_half", "chosen_shift_0.5",
+                       "chosen_la_1.5", "chosen_t_kl"],
     },
     "levers": {
         "settings": ["digits:10:0.05", "digits:10:0.2", "breast:10:0.2", "breast:50:0.2",
