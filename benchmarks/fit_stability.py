@@ -24,7 +24,8 @@ from pyro_mmt.experiments.benchmark import METHODS
 
 #: The configurations compared: name -> the benchmark method that fits it (the method's
 #: ``fit_predict(split, seed, ...)`` takes the fit seed apart from the split).
-CONFIGS = {"default": "t_gamma", "default_ens3": "t_gamma_ens3", "v1": "t_gamma_v1"}
+CONFIGS = {"default": "t_gamma", "default_ens3": "t_gamma_ens3",
+           "default_warmup": "t_gamma_warmup", "v1": "t_gamma_v1"}
 
 
 def fit_once(dataset: str, rho: float, beta: float, split_seed: int, config: str, seed: int,
@@ -71,7 +72,7 @@ if __name__ == "__main__":
     parser.add_argument("--rho", type=float, default=10.0)
     parser.add_argument("--beta", type=float, default=0.05)
     parser.add_argument("--split-seed", type=int, default=0)
-    parser.add_argument("--fit-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--fit-seeds", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS))
     parser.add_argument("--epochs", type=int, help="override the epochs (smoke runs)")
     parser.add_argument("--jobs", type=int, default=2)

@@ -82,6 +82,7 @@ CANDIDATES.update({
     "chosen_gamma_half": {**CHOSEN, "gamma": "0.5x auto"},
     "chosen_shift_0.5": {**CHOSEN, "unlabelled_prior_shift": 0.5},
     "chosen_la_1.5": {**CHOSEN, "logit_adjustment": 1.5},
+    "chosen_warmup": {**CHOSEN, "unlabelled_warmup": 0.5},
 })
 
 #: Named rounds: the settings and candidates of one comparison.
@@ -112,6 +113,11 @@ ROUNDS = {
                      "mfeat:10:0.2", "pdspeech:10:0.2", "pbc:10:0.2"],
         "candidates": ["chosen", "chosen_gauss_kl", "chosen_gamma_half", "chosen_shift_0.5",
                        "chosen_la_1.5", "chosen_t_kl"],
+    },
+    "warmup": {
+        "settings": ["digits:10:0.05", "digits:10:0.2", "breast:10:0.2", "mfeat:10:0.05",
+                     "mfeat:10:0.2", "pdspeech:10:0.2", "pbc:10:0.2"],
+        "candidates": ["chosen", "chosen_warmup"],
     },
     "levers": {
         "settings": ["digits:10:0.05", "digits:10:0.2", "breast:10:0.2", "breast:50:0.2",

@@ -760,6 +760,8 @@ MODEL_OPTIONS = {
     "--epochs": ("epochs", str, "epochs, or auto"),
     "--averaging": ("averaging", float, "fraction of the last epochs whose parameters are "
                     "averaged (0: off)"),
+    "--unlabelled-warmup": ("unlabelled_warmup", float, "fraction of the epochs over which the "
+                            "unlabelled term is ramped up (0: off)"),
     "--n-init": ("n_init", int, "initialisations fitted and averaged"),
     "--n-jobs": ("n_jobs", int, "processes fitting the initialisations at once (-1: a core each)"),
     "--batch-size": ("batch_size", int, "unlabelled batch size"),

@@ -219,7 +219,7 @@ def test_save_and_load_round_trip_every_setting(blobs, tmp_path):
     est = MultimodalSemiSupervisedClassifier(
         **SMALL, alpha=37.5, learn_nu=True, nu=7.0, class_prior="learned",
         unlabelled_prior_shift=1.0, class_weight="balanced", logit_adjustment=0.5,
-        sigma=0.8, gamma="2x auto").fit(X, y)
+        sigma=0.8, gamma="2x auto", unlabelled_warmup=0.5).fit(X, y)
     save_estimator(est, tmp_path / "est.pt")
     loaded = load_estimator(tmp_path / "est.pt")
     assert loaded.get_params() == est.get_params()
@@ -327,6 +327,7 @@ def test_learned_class_prior_is_reported(blobs):
     ("nu", "abc"), ("gamma", -0.5 - 1.0), ("gamma", "3 auto"), ("n_init", 0),
     ("objective", "renyi"), ("class_prior", "balanced"), ("n_threads", 0),
     ("batch_size", True), ("device", "tpu"), ("likelihood", "beta"),
+    ("unlabelled_warmup", 1.5), ("unlabelled_warmup", float("nan")),
 ])
 def test_bad_parameters_name_the_argument(blobs, name, value):
     X, y, _ = blobs
@@ -615,3 +616,24 @@ def test_an_interrupted_fit_with_averaging_resumes_to_the_uninterrupted_result(
     for (name, u), v in zip(resumed.model_.state_dict().items(),
                             straight.model_.state_dict().values(), strict=True):
         torch.testing.assert_close(u, v, rtol=0, atol=1e-6, msg=name)
+
+
+def test_unlabelled_warmup_is_a_fraction_of_the_epochs_run(blobs, monkeypatch):
+    """unlabelled_warmup = 0.25 with 8 epochs ramps the unlabelled term over 2 epochs of
+    train(); 0 (the default) passes no ramp; the ramp changes the fit."""
+    import pyro_mmt.estimator as estimator_module
+
+    X, y, _ = blobs
+    seen = []
+    original = estimator_module.train
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["unlabelled_warmup"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(estimator_module, "train", spy)
+    plain = MultimodalSemiSupervisedClassifier(**{**SMALL, "epochs": 8}).fit(X, y)
+    warmed = MultimodalSemiSupervisedClassifier(**{**SMALL, "epochs": 8},
+                                                unlabelled_warmup=0.25).fit(X, y)
+    assert seen == [0.0, 2.0]
+    assert not np.allclose(plain.predict_proba(X), warmed.predict_proba(X))

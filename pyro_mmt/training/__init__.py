@@ -13,6 +13,7 @@ from pyro_mmt.training.svi import (
     predict_proba,
     save_checkpoint,
     train,
+    warmup_weight,
 )
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "fit_members",
     "MemberHooks",
     "FittedMember",
+    "warmup_weight",
 ]

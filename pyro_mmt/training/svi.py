@@ -43,6 +43,7 @@ __all__ = [
     "predict_proba",
     "batch_to",
     "default_optimizer",
+    "warmup_weight",
 ]
 
 
@@ -274,6 +275,13 @@ def predict_proba(module, dataset: MultimodalDataset, *, batch_size: int = 1024,
 DEFAULT_CLIP_VALUE = 10.0
 
 
+def warmup_weight(progress: float) -> float:
+    """The ramp-up exp(−5 (1 − p)²) at ``progress`` p (clipped to [0, 1]): exp(−5) ≈ 0.0067
+    at the start, 1 from p = 1 on (Laine & Aila, ICLR 2017)."""
+    p = min(max(float(progress), 0.0), 1.0)
+    return math.exp(-5.0 * (1.0 - p) ** 2)
+
+
 def default_optimizer(lr: float = 1e-3) -> PyroOptim:
     """The optimiser :func:`train` uses when given none: one fused Adam over every parameter
     (:class:`~pyro_mmt.training.optim.MultiTensorAdam`) with each gradient element clamped to
@@ -309,6 +317,7 @@ def train(
     progress: bool = True,
     validate: bool | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
+    unlabelled_warmup: float = 0.0,
     desc: str = "training",
 ) -> pd.DataFrame:
     """Train ``model``/``guide`` with SVI and return the per-epoch history.
@@ -359,6 +368,13 @@ def train(
         steps and before its validation and checkpoint, e.g. to update an estimate that is not
         a gradient parameter (the learned class prior of
         :meth:`~pyro_mmt.models.MultimodalM2.update_class_prior`).
+    :param float unlabelled_warmup: epochs over which the unlabelled term is ramped up: an
+        unlabelled batch at training time t (in epochs, the step's position within its epoch
+        counted as a fraction) is scaled by :func:`warmup_weight` (t / ``unlabelled_warmup``),
+        which rises from exp(−5) to 1, the ramp-up of Laine & Aila (*Temporal ensembling for
+        semi-supervised learning*, ICLR 2017). Labelled batches are never scaled. 0 (default):
+        no ramp. The weight depends on the epoch and step only, so a resumed run ramps as an
+        uninterrupted one.
     :param str desc: the progress bar's label.
     :return: a DataFrame with one row per epoch: ``epoch``, ``loss`` (per datum),
         ``loss_labelled``, ``loss_unlabelled``, ``seconds`` and validation metrics.
@@ -372,6 +388,11 @@ def train(
         raise ValueError(f"epochs: expected >= 0, found {epochs}")
     if patience is not None and validation is None:
         raise ValueError("patience: early stopping needs a validation data set, found None")
+    if isinstance(unlabelled_warmup, bool) or not (
+            isinstance(unlabelled_warmup, int | float) and math.isfinite(unlabelled_warmup)
+            and unlabelled_warmup >= 0):
+        raise ValueError(f"unlabelled_warmup: expected a finite number of epochs >= 0, found "
+                         f"{unlabelled_warmup!r}")
     if modules is None:
         modules = _default_modules(model, guide)
     if (checkpoint_dir is not None or patience is not None) and not modules:
@@ -413,7 +434,7 @@ def train(
             best, stop = _train_epoch(
                 svi, loader, epoch, start_epoch, desc, steps_bar, bar, modules, ckpt_path,
                 validate, device, on_epoch_end, validation, predictor, history, optimizer, best,
-                patience)
+                patience, float(unlabelled_warmup))
             if stop:
                 break
     except KeyboardInterrupt as error:
@@ -438,7 +459,7 @@ def train(
 
 def _train_epoch(svi, loader, epoch, start_epoch, desc, steps_bar, bar, modules, ckpt_path,
                  validate, device, on_epoch_end, validation, predictor, history, optimizer, best,
-                 patience) -> tuple[dict | None, bool]:
+                 patience, unlabelled_warmup=0.0) -> tuple[dict | None, bool]:
     """One epoch of :func:`train`: its steps, callback, validation, history row and
     checkpoint. Returns the best epoch so far (early stopping) and whether to stop."""
     loader.set_epoch(epoch)
@@ -446,9 +467,12 @@ def _train_epoch(svi, loader, epoch, start_epoch, desc, steps_bar, bar, modules,
     totals = {"labelled": [0.0, 0], "unlabelled": [0.0, 0]}
     steps_bar.reset(total=len(loader))
     steps_bar.set_description(f"{desc}: epoch {epoch + 1}", refresh=False)
+    n_steps = len(loader)
     for step, (batch, num_data) in enumerate(loader):
         batch = batch_to(batch, device)
         scale = num_data / batch.size
+        if unlabelled_warmup > 0 and batch.y is None:
+            scale *= warmup_weight((epoch + step / n_steps) / unlabelled_warmup)
         loss = _checked_step(svi, batch, scale, modules, epoch, step, ckpt_path, validate)
         if ckpt_path is not None and epoch == start_epoch and step == 0:
             _check_state_is_in_modules(modules)  # now that the step registered them

@@ -549,3 +549,57 @@ def test_train_claims_the_registration_of_earlier_steps(data, monkeypatch):
     assert n_claimed == 2  # the first step, and the first step after the freeze
     for name, value in stock.items():
         assert torch.equal(value, claimed[name]), name
+
+
+def test_warmup_weight_is_the_laine_aila_ramp():
+    from pyro_mmt.training.svi import warmup_weight
+
+    assert warmup_weight(0.0) == pytest.approx(math.exp(-5.0), rel=1e-15)
+    assert warmup_weight(0.5) == pytest.approx(math.exp(-1.25), rel=1e-15)
+    assert warmup_weight(1.0) == 1.0 and warmup_weight(7.0) == 1.0
+    assert warmup_weight(-1.0) == warmup_weight(0.0)
+    grid = [warmup_weight(p) for p in np.linspace(0, 1, 101)]
+    assert all(b > a for a, b in zip(grid, grid[1:], strict=False))
+
+
+@pytest.mark.parametrize("ramp_epochs", [1e9, 2.0])
+def test_unlabelled_warmup_scales_the_unlabelled_batches_only(data, ramp_epochs):
+    """With a zero learning rate every step sees the same parameters, so the warmed-up run's
+    per-group losses are the plain run's times each unlabelled batch's weight: labelled ones
+    unchanged, unlabelled ones by exp(-5 (1 - t / T)^2) at the batch's time t (in epochs)."""
+    from pyro_mmt.data import InterleavedLoader
+    from pyro_mmt.training.svi import warmup_weight
+
+    def per_batch(warmup):
+        pyro.clear_param_store()
+        m2, _ = build(data)
+        losses = []
+        original = train.__globals__["_checked_step"]
+
+        def record(svi, batch, scale, *args, **kwargs):
+            loss = original(svi, batch, scale, *args, **kwargs)
+            losses.append((batch.y is None, loss))
+            return loss
+
+        train.__globals__["_checked_step"] = record
+        try:
+            fit(m2, data, epochs=2, lr=0.0, unlabelled_warmup=warmup)
+        finally:
+            train.__globals__["_checked_step"] = original
+        return losses
+
+    plain, warmed = per_batch(0.0), per_batch(ramp_epochs)
+    n_steps = len(InterleavedLoader(data, 16, seed=3))
+    assert len(plain) == len(warmed) == 2 * n_steps
+    for i, ((unlabelled, a), (_, b)) in enumerate(zip(plain, warmed, strict=True)):
+        epoch, step = divmod(i, n_steps)
+        weight = warmup_weight((epoch + step / n_steps) / ramp_epochs) if unlabelled else 1.0
+        assert b == pytest.approx(a * weight, rel=1e-5), (i, unlabelled)
+    assert any(u for u, _ in plain) and not all(u for u, _ in plain)
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), True, "1"])
+def test_unlabelled_warmup_errors(data, bad):
+    m2, _ = build(data)
+    with pytest.raises(ValueError, match="unlabelled_warmup"):
+        fit(m2, data, epochs=1, unlabelled_warmup=bad)
