@@ -85,6 +85,10 @@ CANDIDATES.update({
     "chosen_warmup": {**CHOSEN, "unlabelled_warmup": 0.5},
 })
 
+#: The settings (data set:ρ:β) of every round from "stability" on.
+SEVEN_SETTINGS = ["digits:10:0.05", "digits:10:0.2", "breast:10:0.2", "mfeat:10:0.05",
+                  "mfeat:10:0.2", "pdspeech:10:0.2", "pbc:10:0.2"]
+
 #: Named rounds: the settings and candidates of one comparison.
 ROUNDS = {
     "alpha": {
@@ -93,30 +97,25 @@ ROUNDS = {
         "candidates": ["base", "alpha_10", "alpha_100", "alpha_10000"],
     },
     "stability": {
-        "settings": ["digits:10:0.05", "digits:10:0.2", "breast:10:0.2", "mfeat:10:0.05",
-                     "mfeat:10:0.2", "pdspeech:10:0.2", "pbc:10:0.2"],
+        "settings": SEVEN_SETTINGS,
         "candidates": ["base", "alpha_100", "swa", "alpha_100_swa", "epochs_auto",
                        "gauss_kl_alpha_100", "la_only", "la_only_swa", "plain"],
     },
     "units": {
-        "settings": ["digits:10:0.05", "digits:10:0.2", "breast:10:0.2", "mfeat:10:0.05",
-                     "mfeat:10:0.2", "pdspeech:10:0.2", "pbc:10:0.2"],
+        "settings": SEVEN_SETTINGS,
         "candidates": ["swa", "dim_0.5_swa", "dim_1.5_swa", "dim_5_swa", "la_dim_1.5_swa"],
     },
     "final": {
-        "settings": ["digits:10:0.05", "digits:10:0.2", "breast:10:0.2", "mfeat:10:0.05",
-                     "mfeat:10:0.2", "pdspeech:10:0.2", "pbc:10:0.2"],
+        "settings": SEVEN_SETTINGS,
         "candidates": ["la_100_swa_auto", "la_dim_1.5_swa_auto"],
     },
     "minority": {
-        "settings": ["digits:10:0.05", "digits:10:0.2", "breast:10:0.2", "mfeat:10:0.05",
-                     "mfeat:10:0.2", "pdspeech:10:0.2", "pbc:10:0.2"],
+        "settings": SEVEN_SETTINGS,
         "candidates": ["chosen", "chosen_gauss_kl", "chosen_gamma_half", "chosen_shift_0.5",
                        "chosen_la_1.5", "chosen_t_kl"],
     },
     "warmup": {
-        "settings": ["digits:10:0.05", "digits:10:0.2", "breast:10:0.2", "mfeat:10:0.05",
-                     "mfeat:10:0.2", "pdspeech:10:0.2", "pbc:10:0.2"],
+        "settings": SEVEN_SETTINGS,
         "candidates": ["chosen", "chosen_warmup"],
     },
     "levers": {

@@ -563,29 +563,28 @@ def test_warmup_weight_is_the_laine_aila_ramp():
 
 
 @pytest.mark.parametrize("ramp_epochs", [1e9, 2.0])
-def test_unlabelled_warmup_scales_the_unlabelled_batches_only(data, ramp_epochs):
+def test_unlabelled_warmup_scales_the_unlabelled_batches_only(data, ramp_epochs, monkeypatch):
     """With a zero learning rate every step sees the same parameters, so the warmed-up run's
-    per-group losses are the plain run's times each unlabelled batch's weight: labelled ones
+    per-batch losses are the plain run's times each unlabelled batch's weight: labelled ones
     unchanged, unlabelled ones by exp(-5 (1 - t / T)^2) at the batch's time t (in epochs)."""
+    import pyro_mmt.training.svi as svi_module
     from pyro_mmt.data import InterleavedLoader
     from pyro_mmt.training.svi import warmup_weight
+
+    original = svi_module._checked_step
 
     def per_batch(warmup):
         pyro.clear_param_store()
         m2, _ = build(data)
         losses = []
-        original = train.__globals__["_checked_step"]
 
         def record(svi, batch, scale, *args, **kwargs):
             loss = original(svi, batch, scale, *args, **kwargs)
             losses.append((batch.y is None, loss))
             return loss
 
-        train.__globals__["_checked_step"] = record
-        try:
-            fit(m2, data, epochs=2, lr=0.0, unlabelled_warmup=warmup)
-        finally:
-            train.__globals__["_checked_step"] = original
+        monkeypatch.setattr(svi_module, "_checked_step", record)
+        fit(m2, data, epochs=2, lr=0.0, unlabelled_warmup=warmup)
         return losses
 
     plain, warmed = per_batch(0.0), per_batch(ramp_epochs)
