@@ -25,7 +25,8 @@ from pyro_mmt.experiments.benchmark import METHODS
 #: The configurations compared: name -> the benchmark method that fits it (the method's
 #: ``fit_predict(split, seed, ...)`` takes the fit seed apart from the split).
 CONFIGS = {"default": "t_gamma", "default_ens3": "t_gamma_ens3",
-           "default_warmup": "t_gamma_warmup", "v1": "t_gamma_v1"}
+           "default_warmup": "t_gamma_warmup", "v1": "t_gamma_v1",
+           "default_ens5": "t_gamma_ens5", "default_warmup_ens3": "t_gamma_warmup_ens3"}
 
 
 def fit_once(dataset: str, rho: float, beta: float, split_seed: int, config: str, seed: int,

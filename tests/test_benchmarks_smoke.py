@@ -117,3 +117,37 @@ def test_compiled_loss_smoke(tmp_path):
                         "--out", str(tmp_path / "c.csv")])
     table = pd.read_csv(tmp_path / "c.csv")
     assert list(table["variant"]) == ["plain", "eager"] and (table["labelled_ms"] > 0).all()
+
+
+def test_fit_stability_smoke(tmp_path):
+    """One split, two fit seeds per configuration; the warm-up configuration is its own
+    registered method, and the rows say which configuration and seed they are."""
+    import argparse
+
+    from benchmarks import fit_stability
+
+    out = tmp_path / "f.csv"
+    fit_stability.main(argparse.Namespace(
+        dataset="digits", rho=10.0, beta=0.2, split_seed=0, fit_seeds=[0, 1],
+        configs=["default", "default_warmup"], epochs=1, jobs=1, out=str(out)))
+    table = pd.read_csv(out)
+    assert list(zip(table["config"], table["fit_seed"], strict=True)) == [
+        ("default", 0), ("default", 1), ("default_warmup", 0), ("default_warmup", 1)]
+    assert table["balanced_accuracy"].between(0, 1).all()
+
+
+def test_select_defaults_smoke(tmp_path, capsys):
+    """Two candidates on one setting's validation folds: one row per candidate and fold,
+    and the paired summary against the reference."""
+    import argparse
+
+    from benchmarks import select_defaults
+
+    out = tmp_path / "s.csv"
+    select_defaults.main(argparse.Namespace(
+        round=None, settings=["digits:10:0.2"], candidates=["base", "plain"], seeds=[0],
+        folds=2, epochs=1, jobs=1, reference="base", resume=False, out=str(out)))
+    table = pd.read_csv(out)
+    assert sorted(set(table["candidate"])) == ["base", "plain"]
+    assert len(table) == 4 and table["n_validation"].gt(0).all()
+    assert "plain vs base (balanced_accuracy)" in capsys.readouterr().out

@@ -210,6 +210,9 @@ METHODS: dict[str, Method] = {
     "t_gamma_warmup": _deep_method("t_gamma_warmup", "the defaults with the unlabelled term "
                                    "ramped up over the first half of the epochs",
                                    {"unlabelled_warmup": 0.5}),
+    "t_gamma_ens5": _deep_method("t_gamma_ens5", "the defaults with n_init = 5", {"n_init": 5}),
+    "t_gamma_warmup_ens3": _deep_method("t_gamma_warmup_ens3", "t_gamma_warmup with n_init = 3",
+                                        {"unlabelled_warmup": 0.5, "n_init": 3}),
     "gauss_kl_ens3": _deep_method("gauss_kl_ens3", "gauss_kl with n_init = 3",
                                   {**GAUSSIAN_KL, "n_init": 3}),
     "t_gamma_v1": _deep_method("t_gamma_v1", "the previous release's t_gamma: α = 1000 per "
