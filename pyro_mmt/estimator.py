@@ -296,7 +296,9 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         ``ClippedAdam``, one Adam per tensor; the default before issue 14).
     :param bool standardise: standardise each continuous modality on the training rows.
     :param int n_init: independent initialisations (seeds ``seed + 1000 i``), each a full
-        model; ``predict_proba`` averages their q(y | x).
+        model; ``predict_proba`` averages their q(y | x). With few labels per class one fit
+        depends on its seed; on one mfeat split five members brought the spread of balanced
+        accuracy over seeds from 0.043 to 0.013 (``docs/benchmark.md``), three did little.
     :param int n_jobs: members of ``n_init`` trained at once, each in its own process with
         ``n_threads`` torch threads (:func:`~pyro_mmt.training.parallel.fit_members`; -1: one
         per core). The fitted members do not depend on it (with ``n_threads=1``).
