@@ -83,6 +83,7 @@ CANDIDATES.update({
     "chosen_shift_0.5": {**CHOSEN, "unlabelled_prior_shift": 0.5},
     "chosen_la_1.5": {**CHOSEN, "logit_adjustment": 1.5},
     "chosen_warmup": {**CHOSEN, "unlabelled_warmup": 0.5},
+    "chosen_ens5": {**CHOSEN, "n_init": 5},
 })
 
 #: The settings (data set:ρ:β) of every round from "stability" on.
@@ -118,6 +119,7 @@ ROUNDS = {
         "settings": SEVEN_SETTINGS,
         "candidates": ["chosen", "chosen_warmup"],
     },
+    "ensemble": {"settings": SEVEN_SETTINGS, "candidates": ["chosen", "chosen_ens5"]},
     "levers": {
         "settings": ["digits:10:0.05", "digits:10:0.2", "breast:10:0.2", "breast:50:0.2",
                      "mfeat:10:0.05", "pdspeech:10:0.2"],
