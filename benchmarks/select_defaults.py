@@ -73,7 +73,8 @@ CANDIDATES: dict[str, dict] = {
     "gauss_kl_alpha_100": {"objective": "kl", "nu": float("inf"), "alpha": 100.0,
                            **IMBALANCE_OPTIONS},
 }
-#: The defaults the "final" round chose; the "minority" round changes one thing at a time.
+#: The defaults the "final" round chose; the rounds "minority", "warmup" and "ensemble" change
+#: one thing at a time from them.
 CHOSEN = CANDIDATES["la_dim_1.5_swa_auto"]
 CANDIDATES.update({
     "chosen": CHOSEN,

@@ -374,7 +374,7 @@ def train(
         which rises from exp(−5) to 1, the ramp-up of Laine & Aila (*Temporal ensembling for
         semi-supervised learning*, ICLR 2017). Labelled batches are never scaled. 0 (default):
         no ramp. The weight depends on the epoch and step only, so a resumed run ramps as an
-        uninterrupted one.
+        uninterrupted one. The history's losses are those of the data, without the ramp.
     :param str desc: the progress bar's label.
     :return: a DataFrame with one row per epoch: ``epoch``, ``loss`` (per datum),
         ``loss_labelled``, ``loss_unlabelled``, ``seconds`` and validation metrics.
@@ -465,19 +465,22 @@ def _train_epoch(svi, loader, epoch, start_epoch, desc, steps_bar, bar, modules,
     loader.set_epoch(epoch)
     tic = time.perf_counter()
     totals = {"labelled": [0.0, 0], "unlabelled": [0.0, 0]}
-    steps_bar.reset(total=len(loader))
-    steps_bar.set_description(f"{desc}: epoch {epoch + 1}", refresh=False)
     n_steps = len(loader)
+    steps_bar.reset(total=n_steps)
+    steps_bar.set_description(f"{desc}: epoch {epoch + 1}", refresh=False)
     for step, (batch, num_data) in enumerate(loader):
         batch = batch_to(batch, device)
-        scale = num_data / batch.size
+        weight = 1.0
         if unlabelled_warmup > 0 and batch.y is None:
-            scale *= warmup_weight((epoch + step / n_steps) / unlabelled_warmup)
-        loss = _checked_step(svi, batch, scale, modules, epoch, step, ckpt_path, validate)
+            weight = warmup_weight((epoch + step / n_steps) / unlabelled_warmup)
+        loss = _checked_step(svi, batch, weight * num_data / batch.size, modules, epoch, step,
+                             ckpt_path, validate)
         if ckpt_path is not None and epoch == start_epoch and step == 0:
             _check_state_is_in_modules(modules)  # now that the step registered them
         group = "labelled" if batch.y is not None else "unlabelled"
-        totals[group][0] += loss / num_data  # per-datum estimate of the group's loss
+        # per-datum estimate of the group's loss, without the ramp (the history stays the
+        # objective of the data, comparable across epochs)
+        totals[group][0] += loss / (num_data * weight)
         totals[group][1] += 1
         steps_bar.update()
     if on_epoch_end is not None:

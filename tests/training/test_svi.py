@@ -584,10 +584,13 @@ def test_unlabelled_warmup_scales_the_unlabelled_batches_only(data, ramp_epochs,
             return loss
 
         monkeypatch.setattr(svi_module, "_checked_step", record)
-        fit(m2, data, epochs=2, lr=0.0, unlabelled_warmup=warmup)
-        return losses
+        history = fit(m2, data, epochs=2, lr=0.0, unlabelled_warmup=warmup)
+        return losses, history
 
-    plain, warmed = per_batch(0.0), per_batch(ramp_epochs)
+    (plain, plain_history), (warmed, warmed_history) = per_batch(0.0), per_batch(ramp_epochs)
+    # the history reports the data's objective, not the ramped one
+    for column in ("loss", "loss_labelled", "loss_unlabelled"):
+        np.testing.assert_allclose(warmed_history[column], plain_history[column], rtol=1e-5)
     n_steps = len(InterleavedLoader(data, 16, seed=3))
     assert len(plain) == len(warmed) == 2 * n_steps
     for i, ((unlabelled, a), (_, b)) in enumerate(zip(plain, warmed, strict=True)):
