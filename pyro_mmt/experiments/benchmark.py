@@ -30,7 +30,7 @@ from pyro_mmt.data import (
 from pyro_mmt.data.split import LongTailedSplit
 from pyro_mmt.distributions import prior_expert_scale
 from pyro_mmt.estimator import IMBALANCE_OPTIONS, MultimodalSemiSupervisedClassifier
-from pyro_mmt.evaluation.metrics import classification_metrics, summarise
+from pyro_mmt.evaluation.metrics import classification_metrics, minority_classes, summarise
 from pyro_mmt.experiments import baselines
 from pyro_mmt.experiments.baselines import LABELSPREADING_NEIGHBOURS
 
@@ -153,8 +153,12 @@ def _deep(options: dict, *, view: str | None = None) -> Callable:
             opts["epochs"] = epochs
         clf = MultimodalSemiSupervisedClassifier(seed=seed, **opts).fit(train)
         pred = clf.predict(test).view(Predictions)
+        pred.estimates = {}
         if opts.get("class_prior") == "learned":
-            pred.estimates = {"class_prior": clf.class_prior_}
+            pred.estimates["class_prior"] = clf.class_prior_
+        unlabelled = ~train.is_labelled.numpy()
+        if unlabelled.any():  # q(y | x) on the unlabelled training rows: the pseudo-labels
+            pred.estimates["unlabelled_proba"] = clf.predict_proba(train[unlabelled])
         return pred
 
     return fit_predict
@@ -358,11 +362,50 @@ def _run_task(name, rho, beta, seed, unlabelled, method_name, epochs, single_thr
         row.update(classification_metrics(split.test.y.numpy(), np.asarray(pred),
                                           split.train_class_counts))
     row["prior_tv"] = np.nan
+    truth = split.unlabelled_class_counts / max(split.unlabelled_class_counts.sum(), 1)
     if "class_prior" in extras:
-        truth = split.unlabelled_class_counts / split.unlabelled_class_counts.sum()
         row["prior_tv"] = 0.5 * float(np.abs(np.asarray(extras["class_prior"]) - truth).sum())
+    row.update(pseudo_label_summary(extras.get("unlabelled_proba"),
+                                    split.train_labels[~split.train.is_labelled.numpy()],
+                                    split.train_class_counts))
     row["seconds"] = time.perf_counter() - tic
     return row
+
+
+#: The columns of :func:`pseudo_label_summary`.
+PSEUDO_LABEL_COLUMNS = ("pseudo_tv", "pseudo_entropy", "pseudo_minority_share",
+                        "pseudo_minority_recall", "pseudo_balanced_accuracy")
+
+
+def pseudo_label_summary(proba, true_labels, train_class_counts) -> dict:
+    """What a fitted model's q(y | x) does on the unlabelled training rows (for analysis only:
+    it reads their true labels, which no method sees).
+
+    ``pseudo_tv`` is the total variation distance between the class shares of
+    argmax q(y | x) and the true class shares; ``pseudo_entropy`` the mean entropy of q(y | x)
+    in nats; ``pseudo_minority_share`` the predicted share of the minority classes divided by
+    their true share (1 = unbiased, < 1 = pulled to the majority);
+    ``pseudo_minority_recall`` and ``pseudo_balanced_accuracy`` the protocol's metrics on
+    those rows. All NaN for a method that gives no q(y | x) or a split with no unlabelled row.
+    """
+    out = dict.fromkeys(PSEUDO_LABEL_COLUMNS, np.nan)
+    if proba is None or len(true_labels) == 0:
+        return out
+    proba = np.asarray(proba, dtype=float)
+    k = proba.shape[1]
+    pred = proba.argmax(1)
+    predicted_share = np.bincount(pred, minlength=k) / pred.size
+    true_share = np.bincount(true_labels, minlength=k) / true_labels.size
+    out["pseudo_tv"] = 0.5 * float(np.abs(predicted_share - true_share).sum())
+    out["pseudo_entropy"] = float(-(proba * np.log(np.clip(proba, 1e-300, None))).sum(1).mean())
+    minority = minority_classes(train_class_counts)
+    if true_share[minority].sum() > 0:
+        out["pseudo_minority_share"] = float(predicted_share[minority].sum()
+                                             / true_share[minority].sum())
+    metrics = classification_metrics(true_labels, pred, train_class_counts)
+    out["pseudo_minority_recall"] = float(metrics["minority_recall"])
+    out["pseudo_balanced_accuracy"] = float(metrics["balanced_accuracy"])
+    return out
 
 
 def _describe(row) -> str:
