@@ -91,7 +91,8 @@ def build_default(data: MultimodalDataset, *, seed: int = 0, hidden=DEFAULTS["hi
     """The estimator's default model for ``data`` (all modalities Student-t, ν = 5, α = 1000)."""
     pyro.set_rng_seed(seed)
     return build_model(dict(data.dims), data.num_classes, hidden=tuple(hidden),
-                       latent_dim=latent_dim, alpha=DEFAULTS["alpha"], nu=DEFAULTS["nu"])
+                       latent_dim=latent_dim, alpha=DEFAULTS["alpha"], alpha_unit="datum",
+                       nu=DEFAULTS["nu"], logit_adjustment=0.0, unlabelled_prior_shift=0.0)
 
 
 def plain_epoch(m2, data: MultimodalDataset, *, batch_size: int = DEFAULTS["batch_size"],

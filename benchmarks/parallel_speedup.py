@@ -75,7 +75,8 @@ def run_members(jobs: int, epochs: int, members: int):
     data = Standardiser().fit_transform(split.train)
 
     def build():
-        return build_model(data.dims, data.num_classes, alpha=1000.0)
+        return build_model(data.dims, data.num_classes, alpha=1000.0, alpha_unit="datum",
+                           logit_adjustment=0.0, unlabelled_prior_shift=0.0)
 
     tic = time.perf_counter()
     fitted = fit_members(build, data, [1000 * i for i in range(members)], jobs=jobs,

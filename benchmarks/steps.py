@@ -55,7 +55,8 @@ def build(dims: Mapping[str, int], num_classes: int, *, hidden=(256,), latent_di
     """The default :class:`~pyro_mmt.models.MultimodalM2` (α = 40, ν = 5; it holds the model,
     the guide and the classifier) at the given sizes, on ``device``."""
     pyro.set_rng_seed(seed)
-    m2 = build_model(dims, num_classes, hidden=tuple(hidden), latent_dim=latent_dim, alpha=40.0)
+    m2 = build_model(dims, num_classes, hidden=tuple(hidden), latent_dim=latent_dim, alpha=40.0,
+                     alpha_unit="datum", logit_adjustment=0.0, unlabelled_prior_shift=0.0)
     return m2.to(device)
 
 

@@ -21,8 +21,8 @@ import pyro
 import torch
 from torch import distributed as dist
 
+from pyro_mmt import ModelConfig, MultimodalM2
 from pyro_mmt.data import Standardiser, load_dataset, long_tailed_split
-from pyro_mmt.estimator import build_model
 from pyro_mmt.evaluation.metrics import classification_metrics
 from pyro_mmt.infer import GammaPowerELBO
 from pyro_mmt.training.distributed import init_from_env, train_distributed
@@ -44,8 +44,11 @@ def main(args):
         train = train[np.sort(rows)]
     scaler = Standardiser().fit(train)
     train, test = scaler.transform(train), scaler.transform(test)
-    m2 = build_model(train.dims, train.num_classes, hidden=args.hidden,
-                     latent_dim=args.latent_dim, alpha=args.alpha).to(device)
+    # the estimator's model (ModelConfig's defaults), with the network sizes when given
+    sizes = {k: v for k, v in (("latent_dim", args.latent_dim), ("hidden", args.hidden))
+             if v is not None}
+    m2 = MultimodalM2(ModelConfig(train.dims, train.num_classes,
+                                  label_counts=train.class_counts(), **sizes)).to(device)
     if rank == 0:
         print(f"{world} process(es); {train}")
 
@@ -72,9 +75,9 @@ if __name__ == "__main__":
     parser.add_argument("--beta", type=float, default=0.05, help="labelled fraction")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=128, help="global batch size")
-    parser.add_argument("--hidden", type=int, nargs="+", default=[128])
-    parser.add_argument("--latent-dim", type=int, default=16)
-    parser.add_argument("--alpha", type=float, default=40.0)
+    parser.add_argument("--hidden", type=int, nargs="+", default=None,
+                        help="hidden layer sizes (default: ModelConfig's)")
+    parser.add_argument("--latent-dim", type=int, default=None, help="d (default: ModelConfig's)")
     parser.add_argument("--subset", type=int, default=0, help="train on this many rows (smoke)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")

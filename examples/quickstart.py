@@ -16,11 +16,11 @@ import pyro
 from pyro import poutine
 from pyro.infer import SVI
 
+from pyro_mmt import ModelConfig, MultimodalM2
 from pyro_mmt.data import InterleavedLoader, Standardiser, load_dataset, long_tailed_split
-from pyro_mmt.estimator import build_model
 from pyro_mmt.evaluation.metrics import classification_metrics
 from pyro_mmt.infer import GammaPowerELBO
-from pyro_mmt.training.svi import predict_proba
+from pyro_mmt.training import default_optimizer, predict_proba
 
 
 def main(args):
@@ -37,20 +37,20 @@ def main(args):
     train, test = scaler.transform(train), scaler.transform(test)
     print(train)
 
-    # one object holds the model, the guide and the classifier q(y | x) they share; alpha
-    # weighs M2's classification term α log q(y | x), here per observed dimension of a
-    # labelled datum (as the estimator's default); the logit adjustment and the prior shift
-    # (the estimator's default class-imbalance devices) need the labelled counts
-    m2 = build_model(
-        train.dims, train.num_classes, latent_dim=args.latent_dim, hidden=args.hidden,
-        nu=args.nu, alpha=args.alpha, alpha_unit="dimension", label_counts=train.class_counts(),
-        logit_adjustment=1.0, unlabelled_prior_shift=1.0,
-    )
+    # one object holds the model, the guide and the classifier q(y | x) they share, built from
+    # one ModelConfig whose defaults are the estimator's (α = 1.5 per observed dimension of a
+    # labelled datum, logit adjustment and prior shift, which read the labelled counts); only
+    # the network sizes are changed here, and only when given (smoke runs)
+    sizes = {k: v for k, v in (("latent_dim", args.latent_dim), ("hidden", args.hidden))
+             if v is not None}
+    m2 = MultimodalM2(ModelConfig(train.dims, train.num_classes,
+                                  label_counts=train.class_counts(), **sizes))
 
-    # SVI with the γ-power objective (γ = -2/(ν + n + d) per datum by default)
-    svi = SVI(m2.model, m2.guide, pyro.optim.ClippedAdam({"lr": args.lr}),
-              loss=GammaPowerELBO(gamma="auto", max_plate_nesting=1))
-    loader = InterleavedLoader(train, batch_size=args.batch_size, seed=args.seed)
+    # SVI with the γ-power objective (γ = -2/(ν + n + d) per datum by default) and the
+    # estimator's optimiser (Adam, lr 1e-3, gradients clamped to ±10)
+    svi = SVI(m2.model, m2.guide, default_optimizer(),
+              loss=GammaPowerELBO(max_plate_nesting=1))
+    loader = InterleavedLoader(train, seed=args.seed)
     for epoch in range(args.epochs):
         total = 0.0
         for batch, num_data in loader:  # a labelled batch, then an unlabelled one, ...
@@ -71,14 +71,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--nu", type=float, default=5.0, help="degrees of freedom ν > 2")
-    parser.add_argument("--alpha", type=float, default=1.5,
-                        help="weight of the classification term per observed dimension of a "
-                             "labelled datum")
-    parser.add_argument("--latent-dim", type=int, default=16)
-    parser.add_argument("--hidden", type=int, nargs="+", default=[128])
+    parser.add_argument("--latent-dim", type=int, default=None,
+                        help="d (default: ModelConfig's)")
+    parser.add_argument("--hidden", type=int, nargs="+", default=None,
+                        help="hidden layer sizes (default: ModelConfig's)")
     parser.add_argument("--subset", type=int, default=None,
                         help="use at most N training and N test rows (smoke runs)")
     main(parser.parse_args())

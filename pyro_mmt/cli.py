@@ -7,17 +7,20 @@ Run ``pyro-mmt COMMAND --help`` for each command's options.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import math
 import os
 import shlex
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from pyro_mmt.config import default, resumable_settings
 
 __all__ = ["main", "build_parser"]
 
@@ -152,10 +155,6 @@ def _resume_command(args, lr: float | None = None) -> str:
     return shlex.join(["pyro-mmt", *tokens])
 
 
-#: Options a resumed ``pyro-mmt train`` may change (all others must be those of the run).
-RESUMABLE_OPTIONS = ("lr", "epochs", "progress", "n_threads")
-
-
 def _check_resumable(partial: Path, config: dict, wanted: dict) -> None:
     """Refuse to resume ``partial`` with other data, split or model options than it was
     started with."""
@@ -166,7 +165,7 @@ def _check_resumable(partial: Path, config: dict, wanted: dict) -> None:
     old, new = config.get("estimator", {}), wanted["estimator"]
     differ += [f"--{k.replace('_', '-')}" if k in new else k
                for k in sorted(set(old) | set(new))
-               if k not in RESUMABLE_OPTIONS and old.get(k) != new.get(k)]
+               if k not in resumable_settings() and old.get(k) != new.get(k)]
     if differ:
         raise SystemExit(
             f"error: --resume: the unfinished run in {partial} was started with other "
@@ -188,37 +187,66 @@ def _n_threads(args) -> int | None:
     return int(threads) if threads else None
 
 
-def _option_value(name: str, value):
-    """The estimator's value of the option ``name`` as argparse (or ``--grid``) gives it:
-    ``gamma`` and ``epochs`` are numbers unless they say ``auto``, ``class_weight`` ``none`` is
-    None."""
-    if not isinstance(value, str):
-        return value
-    if name in ("gamma", "epochs"):
-        return value if "auto" in value else (float if name == "gamma" else int)(value)
-    if name == "class_weight" and value.lower() == "none":
-        return None
-    return value
-
-
 def _estimator_options(args) -> dict:
-    """The estimator's parameters given on the command line (the others keep the estimator's
-    defaults), plus the run's seed, threads and progress bar."""
-    from pyro_mmt.estimator import IMBALANCE_OPTIONS
+    """The estimator's parameters given on the command line (the others keep their declared
+    defaults), plus the run's seed, threads and progress bar. A per-modality option
+    (``--likelihood``, ``--sigma``) stays a list of (modality or None, value) until
+    :func:`_resolve_per_modality` knows the data's modalities."""
+    from pyro_mmt.estimator import PRESETS
 
     options = {}
-    if args.imbalance is True:
-        options.update(IMBALANCE_OPTIONS)
-    elif args.imbalance is False:
-        options.update(class_weight=None, logit_adjustment=0.0, unlabelled_prior_shift=0.0)
-    for name, _, _ in MODEL_OPTIONS.values():
-        value = getattr(args, name)
+    if args.imbalance is not None:
+        options.update(PRESETS["imbalanced" if args.imbalance else "plain"])
+    for name in _declared_options():
+        value = getattr(args, name, None)
         if value is not None:
-            options[name] = tuple(value) if name == "hidden" else _option_value(name, value)
-    if args.learn_nu:
-        options["learn_nu"] = True
+            options[name] = tuple(value) if name == "hidden" else value
     options.update(seed=args.seed, distributed=args.distributed, progress=not args.quiet,
                    n_threads=_n_threads(args))
+    return options
+
+
+def _check_options(options: dict) -> None:
+    """Every option against its declaration, before anything is read or written (the
+    per-modality values one by one)."""
+    from pyro_mmt.config import check_setting
+    from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
+
+    declared = _declared_options()
+    plain = {k: v for k, v in options.items() if k not in PER_MODALITY}
+    for name in PER_MODALITY:
+        for _, value in options.get(name, []):
+            check_setting(name, value, declared[name].metadata["constraint"])
+    MultimodalSemiSupervisedClassifier(**plain)._check_params()
+
+
+def _resolve_per_modality(options: dict, modalities, families: dict | None) -> dict:
+    """``--likelihood`` and ``--sigma`` as the estimator takes them, now that the data's
+    ``modalities`` are known: a value without a modality applies to every modality, then
+    ``MODALITY=VALUE`` overrides one. The likelihood starts from ``families`` (a named data
+    set's own families, :data:`~pyro_mmt.data.DATASETS`) when no value without a modality
+    is given."""
+    options = dict(options)
+    for name in PER_MODALITY:
+        given = options.pop(name, None)
+        base = families if name == "likelihood" else None
+        if not given:
+            if base:
+                options[name] = {m: base.get(m, "student_t") for m in modalities}
+            continue
+        overall = [v for m, v in given if m is None]
+        named = {m: v for m, v in given if m is not None}
+        unknown = sorted(set(named) - set(modalities))
+        if unknown:
+            raise SystemExit(f"error: --{name}: unknown modalities {unknown}; the data have "
+                             f"{list(modalities)}")
+        if overall:
+            base = {m: overall[-1] for m in modalities}
+        if not named:
+            options[name] = overall[-1] if overall else base
+            continue
+        start = base or {m: _declared_default(name) for m in modalities}
+        options[name] = {m: named.get(m, start[m]) for m in modalities}
     return options
 
 
@@ -246,14 +274,14 @@ def cmd_train(args) -> int:
     from pyro_mmt.training.svi import TrainingDivergedError, TrainingInterrupted
 
     options = _estimator_options(args)
-    # every option is checked before anything is read or written
-    MultimodalSemiSupervisedClassifier(**options)._check_params()
+    _check_options(options)  # every option is checked before anything is read or written
     data, named = _load_data(args.data)
+    options = _resolve_per_modality(options, data.modalities, _dataset_families(args.data))
     rank = 0
     if args.distributed:
         from pyro_mmt.training.distributed import init_from_env
 
-        device = options.get("device") or _estimator_default("device")
+        device = options.get("device") or _declared_default("device")
         rank, _ = init_from_env("nccl" if device.startswith("cuda") else "gloo")
     # under torchrun --distributed every process trains; only rank 0 writes the run folder
     writer = rank == 0
@@ -370,7 +398,7 @@ def _finish_run(est, partial: Path, test, train_counts, args, seconds: float) ->
         metrics = classification_metrics(test.y.numpy(), est.predict(test), train_counts)
         metrics.to_frame("value").to_csv(partial / RUN_FILES["metrics"])
         print(metrics.round(4).to_string())
-    _write_plots(partial, est, test, train_counts, args.objective)
+    _write_plots(partial, est, test, train_counts, est.objective)
     shutil.rmtree(partial / "checkpoints", ignore_errors=True)
     _set_status(partial, FINISHED, epochs_done=int(len(est.history_)),
                 seconds=round(seconds, 3))
@@ -486,30 +514,26 @@ def cmd_benchmark(args) -> int:
 
 
 def _parse_grid(texts: list[str]) -> dict[str, list]:
-    """``--grid NAME=V1,V2,...`` (repeatable) -> {parameter: [values]}, each value converted
-    as the matching command-line option converts it (``none`` -> None; ``hidden`` values are
-    sizes joined by ``x``, e.g. ``256x128``; ``learn_nu`` true or false)."""
-    kinds = {name: kind for name, kind, _ in MODEL_OPTIONS.values()}
+    """``--grid NAME=V1,V2,...`` (repeatable) -> {parameter: [values]}, each value read as the
+    matching command-line option reads it (``none`` -> None; ``hidden`` values are sizes joined
+    by ``x``, e.g. ``256x128``; a yes/no option true or false)."""
+    declared = _declared_options()
     grid: dict[str, list] = {}
     for text in texts:
         name, sep, values = text.partition("=")
         name = name.strip().replace("-", "_")
         if not sep or not values.strip():
             raise SystemExit(f"error: --grid: expected NAME=V1,V2,..., found {text!r}")
-        if name not in kinds and name != "learn_nu":
+        if name not in declared or name in PER_MODALITY:
+            choices = sorted(set(declared) - set(PER_MODALITY))
             raise SystemExit(f"error: --grid: expected one of the estimator's options "
-                             f"{sorted([*kinds, 'learn_nu'])}; found {name!r}")
+                             f"{choices}; found {name!r}")
         if name in grid:
             raise SystemExit(f"error: --grid: {name!r} given twice")
         converted = []
         for value in (v.strip() for v in values.split(",")):
             try:
-                if name == "hidden":
-                    converted.append(tuple(int(h) for h in value.split("x")))
-                elif name == "learn_nu":
-                    converted.append({"true": True, "false": False}[value.lower()])
-                else:
-                    converted.append(_option_value(name, kinds[name](value)))
+                converted.append(_read_value(name, declared[name], value))
             except (KeyError, ValueError) as error:
                 raise SystemExit(f"error: --grid: {name}: cannot read {value!r} ({error})") \
                     from error
@@ -521,18 +545,20 @@ def _parse_grid(texts: list[str]) -> dict[str, list]:
 
 def _option_flags(params: dict) -> list[str]:
     """``pyro-mmt train`` flags that set the estimator parameters ``params``."""
-    flags = {name: flag for flag, (name, _, _) in MODEL_OPTIONS.items()}
+    declared = _declared_options()
     out = []
     for name, value in params.items():
-        if name == "learn_nu":
-            out += ["--learn-nu"] if value else []
-            continue
-        if name not in flags:
+        if name not in declared:
             raise SystemExit(f"error: {name!r} has no command-line option")
-        if isinstance(value, tuple | list):
-            out.append(f"{flags[name]} {' '.join(map(str, value))}")
+        flag = _flag(name)
+        if isinstance(default(declared[name]), bool):
+            out.append(flag if value else f"--no-{flag[2:]}")
+        elif isinstance(value, Mapping):
+            out += [f"{flag} {shlex.quote(f'{m}={v}')}" for m, v in value.items()]
+        elif isinstance(value, tuple | list):
+            out.append(f"{flag} {' '.join(map(str, value))}")
         else:
-            out.append(f"{flags[name]} {'none' if value is None else shlex.quote(str(value))}")
+            out.append(f"{flag} {'none' if value is None else shlex.quote(str(value))}")
     return out
 
 
@@ -545,17 +571,18 @@ def cmd_tune(args) -> int:
 
     grid = _parse_grid(args.grid)
     options = _estimator_options(args)
-    fixed = sorted(set(grid) & set(options) - {"seed", "progress", "n_threads"})
+    _check_options(options)
+    fixed = sorted(set(grid) & set(options) - {"seed", "progress", "n_threads", "distributed"})
     if fixed:
         raise SystemExit(f"error: --grid: {fixed} also given as an option; give each once")
     options["progress"] = False  # one bar over the fits instead
-    estimator = MultimodalSemiSupervisedClassifier(**options)
-    estimator._check_params()
+    estimator = MultimodalSemiSupervisedClassifier(
+        **{k: v for k, v in options.items() if k not in PER_MODALITY})
     candidates = {",".join(f"{k}={v}" for k, v in params.items()): params
                   for params in ParameterGrid(grid)}
     for params in candidates.values():
         estimator.set_params(**params)._check_params()
-    estimator.set_params(**{k: options.get(k, _estimator_default(k)) for k in grid})
+    estimator.set_params(**{k: options.get(k, _declared_default(k)) for k in grid})
     out = Path(args.out)
     partial = partial_dir(out)
     if _holds_files(out) and not args.overwrite:
@@ -566,6 +593,8 @@ def cmd_tune(args) -> int:
     if named:  # only the training split is read; its test split plays no part
         split = long_tailed_split(data, args.rho, args.beta, args.seed)
         data, train_counts = split.train, split.train_class_counts
+    options = _resolve_per_modality(options, data.modalities, _dataset_families(args.data))
+    estimator.set_params(**{k: options[k] for k in PER_MODALITY if k in options})
     if args.jobs < 1 and args.jobs != -1:
         raise SystemExit(f"error: --jobs: expected a positive number of processes or -1 (one "
                          f"per core), found {args.jobs}")
@@ -736,68 +765,95 @@ def _demo_help(parser: argparse.ArgumentParser) -> None:
                            f"{' '.join(DEMO_METHODS)})")
         elif action.dest == "epochs":
             action.help = ("override the deep models' epochs (default: the estimator's, "
-                           f"{_estimator_default('epochs')!r})")
+                           f"{_declared_default('epochs')!r})")
 
 
-#: The estimator's options on the command line: flag -> (parameter, type, help). Every flag
-#: defaults to None, meaning the estimator's own default, so ``pyro-mmt train`` runs what
-#: ``MultimodalSemiSupervisedClassifier()`` runs (``--help`` shows those defaults).
-MODEL_OPTIONS = {
-    "--objective": ("objective", str, "gamma_power (the γ-power divergence) or kl (the M2 ELBO)"),
-    "--gamma": ("gamma", str, "γ: auto, '<k>x auto' or a number"),
-    "--nu": ("nu", float, "degrees of freedom ν > 2; inf = Gaussian (the start with --learn-nu)"),
-    "--latent-dim": ("latent_dim", int, "d"),
-    "--hidden": ("hidden", int, "hidden layer sizes (one or more)"),
-    "--sigma": ("sigma", float, "decoder scale σ of the continuous modalities"),
-    "--alpha": ("alpha", float, "weight of the classification term (see --alpha-unit)"),
-    "--alpha-unit": ("alpha_unit", str, "datum or dimension: what --alpha is counted per"),
-    "--class-weight": ("class_weight", str, "balanced, or none"),
-    "--logit-adjustment": ("logit_adjustment", float, "τ of the logit-adjusted classification "
-                           "term"),
-    "--prior-shift": ("unlabelled_prior_shift", float, "τ' of the prior shift in the "
-                      "enumeration of unlabelled data"),
-    "--class-prior": ("class_prior", str, "uniform, or learned from the unlabelled rows"),
-    "--epochs": ("epochs", str, "epochs, or auto"),
-    "--averaging": ("averaging", float, "fraction of the last epochs whose parameters are "
-                    "averaged (0: off)"),
-    "--unlabelled-warmup": ("unlabelled_warmup", float, "fraction of the epochs over which the "
-                            "unlabelled term is ramped up (0: off)"),
-    "--n-init": ("n_init", int, "initialisations fitted and averaged"),
-    "--n-jobs": ("n_jobs", int, "processes fitting the initialisations at once (-1: a core each)"),
-    "--batch-size": ("batch_size", int, "unlabelled batch size"),
-    "--lr": ("lr", float, "Adam's learning rate"),
-    "--num-particles": ("num_particles", int, "particles per step"),
-    "--optimizer": ("optimizer", str, "fused_adam (one fused Adam with ClippedAdam's clamp) or "
-                    "clipped_adam (Pyro's ClippedAdam)"),
-    "--device": ("device", str, "cpu or cuda"),
-}
+#: The options that take one value per modality: ``--likelihood FAMILY`` for every modality,
+#: ``--likelihood MODALITY=FAMILY`` for one (repeatable).
+PER_MODALITY = ("likelihood", "sigma")
 
 
-def _estimator_default(name: str):
-    import inspect
+def _declared_options() -> dict:
+    """The estimator's settings that ``pyro-mmt train`` offers as ``--<name>`` options, each
+    with its declaration (:func:`pyro_mmt.config.estimator_settings`)."""
+    from pyro_mmt.config import estimator_settings
 
-    from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
+    return {name: f for name, f in estimator_settings().items()
+            if f.metadata["cli"] == "option"}
 
-    return inspect.signature(MultimodalSemiSupervisedClassifier).parameters[name].default
+
+def _declared_default(name: str):
+    from pyro_mmt.config import estimator_settings
+
+    return default(estimator_settings()[name])
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _read_value(name: str, declared, text: str):
+    """An option's value from its text, as its declaration reads it (its ``parse``, else the
+    type of its default)."""
+    parse = declared.metadata["parse"]
+    if parse is not None:
+        return parse(text)
+    kind = type(default(declared))
+    if kind is bool:
+        return {"true": True, "false": False}[text.lower()]
+    return kind(text)
+
+
+def _per_modality_value(name: str, declared):
+    """argparse's type of a per-modality option: ``VALUE`` or ``MODALITY=VALUE``."""
+    def read(text: str):
+        modality, sep, value = text.rpartition("=")
+        return (modality if sep else None), _read_value(name, declared, value)
+    read.__name__ = name
+    return read
+
+
+def _dataset_families(source: str) -> dict | None:
+    """A named data set's own likelihood families (:data:`~pyro_mmt.data.DATASETS`)."""
+    from pyro_mmt.data import DATASETS
+
+    info = DATASETS.get(source)
+    return dict(info.likelihood) if info is not None and info.likelihood else None
 
 
 def _add_model_options(p: argparse.ArgumentParser, *, with_help_defaults: bool = True) -> None:
+    """The estimator's options, generated from their declarations: each ``--<name>`` with its
+    help text and default (None here means the declared default)."""
     g = p.add_argument_group("model and training (default: the estimator's defaults)")
-    for flag, (name, kind, text) in MODEL_OPTIONS.items():
-        kwargs = {"nargs": "+"} if name == "hidden" else {}
-        default = f" (default {_estimator_default(name)!r})" if with_help_defaults else ""
-        g.add_argument(flag, dest=name, type=kind, default=None, help=text + default, **kwargs)
-    g.add_argument("--learn-nu", dest="learn_nu", action="store_const", const=True,
-                   default=None, help="learn ν with the other parameters (from the --nu value)")
+    for name, declared in _declared_options().items():
+        value = default(declared)
+        text = declared.metadata["help"]
+        if with_help_defaults:
+            text += f" (default {value!r})"
+        flags = [_flag(name), *declared.metadata["aliases"]]
+        if isinstance(value, bool):
+            g.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction,
+                           default=None, help=text)
+        elif name in PER_MODALITY:
+            g.add_argument(*flags, dest=name, action="append", default=None,
+                           type=_per_modality_value(name, declared),
+                           metavar=f"[MODALITY=]{name.upper()}", help=text)
+        elif name == "hidden":
+            g.add_argument(*flags, dest=name, type=int, nargs="+", default=None, help=text)
+        else:
+            g.add_argument(*flags, dest=name, default=None, help=text,
+                           type=functools.partial(_read_value, name, declared))
     g.add_argument("--imbalance", action=argparse.BooleanOptionalAction, default=None,
                    help="--imbalance: class-balanced weights, logit adjustment τ = 1 and prior "
-                        "shift τ' = 1 (IMBALANCE_OPTIONS); --no-imbalance: none of them; "
-                        "default: the estimator's")
+                        "shift τ' = 1 (PRESETS['imbalanced']); --no-imbalance: none of them "
+                        "(PRESETS['plain']); default: the estimator's")
     g.add_argument("--distributed", action="store_true",
                    help="data-parallel over torchrun's processes (gloo on CPU, nccl on GPUs); "
                         "--batch-size is the global batch. Launch with: torchrun "
                         "--nproc_per_node=P -m pyro_mmt.cli train ... --distributed")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--quiet", action="store_true", help="no progress bar (progress=False)")
+    g.add_argument("--threads", type=int, default=argparse.SUPPRESS,
+                   help="torch threads (n_threads; as pyro-mmt --threads, which it overrides)")
 
 
 def _available_cores() -> int:
@@ -956,11 +1012,6 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    if getattr(args, "nu", None) is not None and not (math.isinf(args.nu) or args.nu > 2):
-        raise SystemExit(f"error: --nu: expected nu > 2 or inf, found {args.nu}")
-    if getattr(args, "learn_nu", False) and math.isinf(getattr(args, "nu", None) or 5.0):
-        raise SystemExit("error: --learn-nu: the Gaussian model (--nu inf) has no ν to learn; "
-                         "pass a finite starting --nu > 2")
     try:
         return int(args.func(args) or 0)
     except ValueError as error:

@@ -1,21 +1,51 @@
-"""Every setting of the model and its guide, held once and checked once: :class:`ModelConfig`.
+"""Every setting, declared once: its default, its constraint and its help text.
 
-:class:`~pyro_mmt.models.MultimodalM2` is built from one :class:`ModelConfig`; its model, its
-guide, its networks, the objective's power norm and the saved estimator all read the settings
-from there, so they cannot disagree. The config is immutable and round-trips through plain
-JSON (:meth:`ModelConfig.to_dict`, :meth:`ModelConfig.from_dict`).
+- :class:`ModelConfig`: the model p(x, y, z) and its guide q(y, z | x) (families, ν, σ, α, the
+  class-imbalance devices); :class:`~pyro_mmt.models.MultimodalM2` is built from one.
+- :class:`TrainingConfig`: how they are trained (objective, epochs, batch sizes, learning rate,
+  optimiser, averaging, warm-up, initialisations, seed).
+- :class:`EstimatorOptions`: what only the estimator has (how a flat X is read, your own
+  networks, and where and how it runs: device, threads, jobs, checkpoints).
+
+Each field is declared with :func:`setting`, which records its default, its
+:class:`Constraint` and its help text in the field's metadata. Everything else is derived from
+these declarations: the defaults of ``ModelConfig(dims, K)`` are the estimator's (so a model
+built and trained by hand with SVI is the estimator's model), the parameters of
+:class:`~pyro_mmt.estimator.MultimodalSemiSupervisedClassifier` and their documentation
+(:func:`estimator_settings`), its checks (:func:`check_setting`, one kind of message, in the
+spirit of scikit-learn's ``_parameter_constraints``), the options of ``pyro-mmt train`` and
+the list of settings a resumed fit may change (:func:`resumable_settings`). Adding a setting
+is one declaration plus its use.
+
+The configs are immutable and round-trip through plain JSON (``to_dict``/``from_dict``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field
 from numbers import Integral, Real
 from typing import Any
 
-__all__ = ["ModelConfig", "CLASS_PRIORS", "ALPHA_UNITS"]
+import numpy as np
+
+__all__ = [
+    "ModelConfig",
+    "TrainingConfig",
+    "EstimatorOptions",
+    "Constraint",
+    "setting",
+    "check_setting",
+    "estimator_settings",
+    "resumable_settings",
+    "CLASS_PRIORS",
+    "ALPHA_UNITS",
+    "OBJECTIVES",
+    "OPTIMIZERS",
+]
 
 #: What ``class_prior`` may name: a uniform π, or π estimated from the unlabelled rows
 #: (the class proportions of the unlabelled data, by the EM update of
@@ -25,25 +55,151 @@ CLASS_PRIORS = ("uniform", "learned")
 #: What the classification weight α is counted per (``ModelConfig.alpha_unit``).
 ALPHA_UNITS = ("datum", "dimension")
 
+#: ``TrainingConfig.objective``: the γ-power divergence or the M2 ELBO (KL).
+OBJECTIVES = ("gamma_power", "kl")
 
+#: ``TrainingConfig.optimizer``.
+OPTIMIZERS = ("fused_adam", "clipped_adam")
+
+
+# ----------------------------------------------------------------------------- constraints
+@dataclass(frozen=True)
+class Constraint:
+    """What a setting may be: ``check(value)`` is True for a valid value; ``expected`` says
+    what is expected (a string, or a function returning one when it depends on a registry)."""
+
+    check: Callable[[Any], bool]
+    expected: str | Callable[[], str]
+
+    def __call__(self, value) -> bool:
+        try:
+            return bool(self.check(value))
+        except (TypeError, ValueError):
+            return False
+
+    def describe(self) -> str:
+        return self.expected() if callable(self.expected) else self.expected
+
+
+#: The model computes in float32: a setting beyond its range would overflow to inf.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _finite32(value) -> bool:
+    return math.isfinite(value) and abs(value) <= _FLOAT32_MAX
+
+
+def _is_int(value, low=1) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool) and value >= low
+
+
+def _is_probabilities(value) -> bool:
+    if isinstance(value, str | bytes | Mapping):
+        return False
+    p = np.asarray(value, dtype=float)
+    return p.ndim == 1 and p.size >= 2 and bool(np.isfinite(p).all() and (p > 0).all())
+
+
+def _is_gamma(value) -> bool:
+    if isinstance(value, str):
+        from pyro_mmt.infer import GammaPowerELBO
+
+        GammaPowerELBO(value)  # a ValueError: not a form of "auto"
+        return True
+    return _is_number(value) and _finite32(value) and value > -1 and value != 0
+
+
+def _is_family(value) -> bool:
+    from pyro_mmt.likelihoods import LIKELIHOODS
+
+    return isinstance(value, str) and value in LIKELIHOODS
+
+
+def _families() -> str:
+    from pyro_mmt.likelihoods import LIKELIHOODS
+
+    return f"one of {sorted(LIKELIHOODS)}, or a mapping modality -> one of them"
+
+
+def _is_networks(value) -> bool:
+    from torch import nn
+
+    return value is None or (isinstance(value, Mapping) and all(
+        isinstance(v, nn.Module) or callable(v) for v in value.values()))
+
+
+def one_of(*values) -> Constraint:
+    """One of ``values``."""
+    return Constraint(lambda v: isinstance(v, str | type(None)) and v in values,
+                      f"one of {list(values)}")
+
+
+BOOLEAN = Constraint(lambda v: isinstance(v, bool | np.bool_), "True or False")
+COUNT = Constraint(_is_int, "an integer >= 1")
+POSITIVE = Constraint(lambda v: _is_number(v) and _finite32(v) and v > 0,
+                      "a finite number > 0 (at most 3.4e38, float32)")
+NON_NEGATIVE = Constraint(lambda v: _is_number(v) and _finite32(v) and v >= 0,
+                          "a finite number >= 0 (at most 3.4e38, float32)")
+#: σ² must be a positive float32 too (the model stores log σ²).
+_SIGMA = Constraint(lambda v: _is_number(v) and 1e-18 <= v <= 1e18, "a number in [1e-18, 1e18]")
+
+
+def check_setting(name: str, value, constraint: Constraint | None) -> None:
+    """Raise ``ValueError("<name>: expected <what>, found <value>")`` unless ``value`` meets
+    ``constraint`` (None: anything goes). The one check of every declared setting."""
+    if constraint is not None and not constraint(value):
+        raise ValueError(f"{name}: expected {constraint.describe()}, found {value!r}")
+
+
+# ---------------------------------------------------------------------------- declarations
+def setting(default=MISSING, constraint: Constraint | None = None, help: str = "", *,
+            default_factory=MISSING, cli: str | None = "option", parse=None,
+            aliases: Sequence[str] = (), resumable: bool = False, data: bool = False):
+    """Declare a setting: a dataclass field whose metadata holds its constraint and help.
+
+    :param default: the default (the one place it is written).
+    :param constraint: what the value may be (:class:`Constraint`), checked by
+        :func:`check_setting`.
+    :param str help: one sentence for ``--help`` and the estimator's documentation.
+    :param cli: ``"option"``: ``pyro-mmt train`` gets the option ``--<name-with-dashes>``;
+        a flag such as ``"--quiet"``: the command sets it through that (hand-written) flag;
+        None: a Python object that no command line can give (e.g. a network).
+    :param parse: ``parse(text)``: the value of the option's text (default: the default's
+        type).
+    :param aliases: other flags of the same option (kept for older command lines).
+    :param bool resumable: a resumed fit may change it (every other setting must be the
+        checkpointed fit's).
+    :param bool data: read from the data by ``fit`` (dimensions, classes, counts), not a
+        parameter of the estimator.
+    """
+    metadata = {"constraint": constraint, "help": help, "cli": cli, "parse": parse,
+                "aliases": tuple(aliases), "resumable": resumable, "data": data}
+    return field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def _number_or_auto(text: str):
+    return text if "auto" in text else float(text)
+
+
+def _int_or_auto(text: str):
+    return text if text == "auto" else int(text)
+
+
+def _none_or(convert):
+    def parse(text: str):
+        return None if text.lower() == "none" else convert(text)
+    return parse
+
+
+# ------------------------------------------------------------------------- model and guide
 def _positive_int(value, name, minimum=1) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, found {value!r}")
     return int(value)
-
-
-def _real(value, name, *, low=None, high=None, low_open=False, allow_inf=False) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise ValueError(f"{name}: expected a real number, found {value!r}")
-    value = float(value)
-    if math.isnan(value) or (math.isinf(value) and not allow_inf):
-        raise ValueError(f"{name}: expected a finite number, found {value}")
-    if low is not None and (value < low or (low_open and value == low)):
-        bound = ">" if low_open else ">="
-        raise ValueError(f"{name}: expected a number {bound} {low}, found {value}")
-    if high is not None and value > high:
-        raise ValueError(f"{name}: expected a number <= {high}, found {value}")
-    return value
 
 
 def _per_modality(value, modalities, name, convert) -> dict:
@@ -60,81 +216,103 @@ def _per_modality(value, modalities, name, convert) -> dict:
     return {m: convert(value, name) for m in modalities}
 
 
+def _hidden(text: str) -> tuple[int, ...]:
+    return tuple(int(h) for h in text.replace("x", " ").split())
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    r"""The settings of the multimodal M2 model and its product-of-experts guide.
+    r"""The settings of the multimodal M2 model and its product-of-experts guide, with the
+    estimator's validated defaults (``docs/benchmark.md``): ``ModelConfig(dims, K,
+    label_counts=counts)`` is the model that ``MultimodalSemiSupervisedClassifier()`` fits.
 
-    Shapes and families:
+    ``dims``, ``num_classes``, ``num_categories`` and ``label_counts`` describe the data (the
+    estimator reads them from ``X`` and ``y``); every other field is a setting, declared with
+    its default, constraint and help below (``docs/imbalance.md`` for the class-imbalance
+    terms). The Student-t modalities form ONE multivariate t with z (the power form of
+    ``docs/derivation.md`` §2); every other modality is independent given (y, z).
 
     :param dims: modality name -> n_j, in the order of the data's modalities (at least one,
         each n_j >= 1).
     :param int num_classes: K >= 2.
-    :param int latent_dim: d >= 1.
-    :param hidden: hidden layer sizes of every network (a non-empty sequence of positive
-        integers).
-    :param likelihood: the family of p(x_j | y, z): one name for every modality or a mapping
-        modality -> name (modalities left out are ``"student_t"``), from :data:`pyro_mmt.likelihoods.LIKELIHOODS` (``"student_t"``,
-        ``"gaussian"``, ``"bernoulli"``, ``"poisson"``, ``"categorical"``, or a family
-        registered with :func:`~pyro_mmt.likelihoods.register_likelihood`). The Student-t
-        modalities form ONE multivariate t with z (the power form of ``docs/derivation.md``
-        §2); every other modality is independent given (y, z).
     :param num_categories: modality -> number of categories C_j, for the categorical
         modalities (each of their n_j columns holds a code in 0..C_j − 1).
-    :param nu: degrees of freedom ν > 2 of the t prior, decoder and encoder, or ``inf`` for the
-        Gaussian model (then ``"student_t"`` modalities are Gaussian).
-    :param bool learn_nu: learn ν with the other parameters (ν = 2 + softplus(θ) > 2, starting
-        at ``nu``); one ν is shared by the prior, the decoder, the encoder and τ_0.
-    :param sigma: the decoder scales σ_j > 0 of the continuous modalities (one value or a
-        mapping modality -> σ_j; ignored for the discrete families).
-
-    The semi-supervised and class-imbalance terms (``docs/imbalance.md``):
-
-    :param class_prior: π of p(y): ``"uniform"``, ``"learned"`` (the class proportions of the
-        unlabelled rows, estimated during training by an EM update with a Dirichlet prior of
-        concentration ``prior_concentration``) or K positive probabilities summing to 1.
-    :param float prior_concentration: a >= 1, the Dirichlet(a, ..., a) prior of a learned π
-        (a − 1 pseudo-counts per class). The default 2 adds one pseudo-count per class: the
-        estimate of π stays away from 0 (with a = 1, the maximum-likelihood estimate, a class
-        the classifier never predicts gets π = 0 and log π = −∞).
-    :param float alpha: weight α >= 0 of the classification term α Σ_labelled w_y log q(y|x),
-        in the units of the loss.
-    :param str alpha_unit: what α is counted per: ``"datum"`` (α per labelled datum) or
-        ``"dimension"`` (α per observed dimension of a labelled datum: the term of datum i is
-        α n_i w_y log q(y|x), n_i its observed dimension). The generative part of the loss
-        grows with n_i, so per dimension the balance between the two parts carries over from
-        data of a few features to data of hundreds.
-    :param class_weight: ``None``, ``"balanced"`` (w_y = N_L/(K n_y)) or K weights >= 0.
-    :param float logit_adjustment: τ >= 0: the classification term uses logits
-        f(x) + τ log π̂ (π̂ the labelled class frequencies).
-    :param float unlabelled_prior_shift: τ' >= 0: for unlabelled data the enumerated q(y | x)
-        uses logits f(x) + τ' log π_u, π_u the learned π when ``class_prior="learned"``, else
-        the labelled class frequencies.
-    :param label_counts: labelled rows per class (K positive integers); needed by
-        ``class_weight="balanced"``, ``logit_adjustment`` and ``unlabelled_prior_shift``.
-    :param bool joint_head: add a head on the concatenated modalities to the classifier.
-    :param float latent_weight: β > 0 scaling the z sites' log-densities (a β-VAE under
-        ``TraceEnum_ELBO``; :class:`~pyro_mmt.infer.GammaPowerELBO` refuses β ≠ 1).
+    :param label_counts: labelled rows per class (K positive integers): π̂ of the logit
+        adjustment and the prior shift, and the counts of ``class_weight="balanced"``.
+        Without them (None) π̂ is uniform, so those two devices have no effect, and
+        ``class_weight="balanced"`` is refused.
     """
 
-    dims: Mapping[str, int]
-    num_classes: int
-    latent_dim: int = 16
-    hidden: Sequence[int] = (128,)
-    likelihood: str | Mapping[str, str] = "student_t"
-    num_categories: Mapping[str, int] = field(default_factory=dict)
-    nu: float = 5.0
-    learn_nu: bool = False
-    sigma: float | Mapping[str, float] = 1.0
-    class_prior: str | Sequence[float] = "uniform"
-    prior_concentration: float = 2.0
-    alpha: float = 0.0
-    alpha_unit: str = "datum"
-    class_weight: str | Sequence[float] | None = None
-    logit_adjustment: float = 0.0
-    unlabelled_prior_shift: float = 0.0
-    label_counts: Sequence[int] | None = None
-    joint_head: bool = False
-    latent_weight: float = 1.0
+    dims: Mapping[str, int] = setting(data=True, help="modality name -> n_j")
+    num_classes: int = setting(data=True, help="K >= 2")
+    latent_dim: int = setting(16, COUNT, "dimension d of the latent z")
+    hidden: Sequence[int] = setting(
+        (128,), Constraint(lambda v: isinstance(v, Sequence) and not isinstance(v, str)
+                           and len(v) > 0 and all(_is_int(h) for h in v),
+                           "a non-empty sequence of positive integers, e.g. (128,)"),
+        "hidden layer sizes of every network (on the command line: one or more sizes)",
+        parse=_hidden)
+    likelihood: str | Mapping[str, str] = setting(
+        "student_t", Constraint(lambda v: _is_family(v) or (isinstance(v, Mapping) and all(
+            _is_family(f) for f in v.values())), _families),
+        "the family of p(x_j | y, z): one name for every modality or a mapping modality -> "
+        "name (modalities left out are student_t): student_t, gaussian, bernoulli, poisson, "
+        "categorical or a family registered with pyro_mmt.likelihoods.register_likelihood "
+        "(on the command line: FAMILY for every modality, MODALITY=FAMILY for one; repeat)")
+    num_categories: Mapping[str, int] = setting(default_factory=dict, data=True,
+                                                help="modality -> C_j (categorical)")
+    nu: float = setting(
+        5.0, Constraint(lambda v: _is_number(v) and v > 2 and (math.isinf(v) or v <= _FLOAT32_MAX),
+                        "a number > 2 (at most 3.4e38, float32), or inf for the Gaussian model"),
+        "degrees of freedom ν > 2 of the t prior, decoder and encoder (the start when "
+        "learn_nu), or inf for the Gaussian model")
+    learn_nu: bool = setting(
+        False, BOOLEAN, "learn ν with the other parameters (ν = 2 + softplus(θ) > 2, from nu); "
+        "one ν for the prior, the decoder, the encoder and τ_0")
+    sigma: float | Mapping[str, float] = setting(
+        1.0, Constraint(lambda v: _SIGMA(v) or (isinstance(v, Mapping) and all(
+            _SIGMA(s) for s in v.values())), "a number in [1e-18, 1e18] or a mapping modality "
+            "-> such numbers"),
+        "decoder scale σ_j of the continuous modalities (one value or a mapping modality -> "
+        "σ_j; standardised data: 1 is the natural unit)")
+    class_prior: str | Sequence[float] = setting(
+        "uniform", Constraint(lambda v: v in CLASS_PRIORS if isinstance(v, str)
+                              else _is_probabilities(v),
+                              f"one of {list(CLASS_PRIORS)} or one probability per class"),
+        "π of p(y): uniform, learned (the class proportions of the unlabelled rows, by an EM "
+        "update with a Dirichlet prior) or K probabilities summing to 1")
+    prior_concentration: float = setting(
+        2.0, Constraint(lambda v: _is_number(v) and _finite32(v) and v >= 1,
+                        "a finite number >= 1 (at most 3.4e38, float32)"),
+        "Dirichlet concentration a >= 1 of a learned π (a − 1 pseudo-counts per class; 2 keeps "
+        "every π_k > 0)")
+    alpha: float = setting(
+        1.5, NON_NEGATIVE, "weight α >= 0 of the classification term α Σ_labelled w_y log "
+        "q(y | x), per labelled datum or per observed dimension of one (alpha_unit)")
+    alpha_unit: str = setting(
+        "dimension", one_of(*ALPHA_UNITS),
+        "what alpha is counted per: datum, or dimension (α n_i per labelled datum, n_i its "
+        "observed dimension, so the balance with the generative part carries over from a few "
+        "features to hundreds)")
+    class_weight: str | Sequence[float] | None = setting(
+        None, Constraint(lambda v: v is None or v == "balanced" or (
+            isinstance(v, Sequence) and not isinstance(v, str) and len(v) > 0
+            and all(NON_NEGATIVE(w) for w in v)), "None, 'balanced' or one weight >= 0 per class"),
+        "weights w_y of the classification term: none, balanced (N_L/(K n_y)) or K weights",
+        parse=_none_or(str))
+    logit_adjustment: float = setting(
+        1.0, NON_NEGATIVE, "τ >= 0: the classification term uses the logits f(x) + τ log π̂ "
+        "(π̂ the labelled class frequencies)")
+    unlabelled_prior_shift: float = setting(
+        1.0, NON_NEGATIVE, "τ' >= 0: the enumerated q(y | x) of unlabelled rows uses the logits "
+        "f(x) + τ' log π_u (π_u the learned π, else the labelled class frequencies)",
+        aliases=("--prior-shift",))
+    label_counts: Sequence[int] | None = setting(None, data=True, help="labelled rows per class")
+    joint_head: bool = setting(False, BOOLEAN, "add a head on the concatenated modalities to "
+                               "the classifier")
+    latent_weight: float = setting(
+        1.0, POSITIVE, "β > 0 scaling the z sites' log-densities (a β-VAE; the kl objective "
+        "only: gamma_power refuses β ≠ 1)")
 
     def __post_init__(self):
         from pyro_mmt.likelihoods import LIKELIHOODS
@@ -142,6 +320,9 @@ class ModelConfig:
         def put(name, value):
             object.__setattr__(self, name, value)
 
+        for f in dataclasses.fields(self):  # every setting's own constraint
+            check_setting(f.name, getattr(self, f.name), f.metadata.get("constraint"))
+        # the data's shapes
         if not isinstance(self.dims, Mapping) or not self.dims:
             raise ValueError(f"dims: expected a non-empty mapping modality -> n_j, found {self.dims!r}")
         for m in self.dims:
@@ -150,25 +331,15 @@ class ModelConfig:
         put("dims", {m: _positive_int(n, f"dims[{m!r}]") for m, n in self.dims.items()})
         modalities = tuple(self.dims)
         put("num_classes", _positive_int(self.num_classes, "num_classes", minimum=2))
-        put("latent_dim", _positive_int(self.latent_dim, "latent_dim"))
-        if isinstance(self.hidden, str | bytes) or not isinstance(self.hidden, Sequence) \
-                or not self.hidden:
-            raise ValueError(
-                f"hidden: expected a non-empty sequence of layer sizes, e.g. (128,), found "
-                f"{self.hidden!r}"
-            )
-        put("hidden", tuple(_positive_int(h, "hidden") for h in self.hidden))
+        put("latent_dim", int(self.latent_dim))
+        put("hidden", tuple(int(h) for h in self.hidden))
 
-        def family(value, name):
-            if value not in LIKELIHOODS:
-                raise ValueError(f"{name}: expected one of {sorted(LIKELIHOODS)}, found {value!r}")
-            return value
-
+        # one family, σ per modality
         likelihood = self.likelihood
         if isinstance(likelihood, Mapping):  # modalities left out are Student-t
             likelihood = {m: likelihood.get(m, "student_t") for m in modalities} | {
                 m: v for m, v in likelihood.items() if m not in modalities}
-        put("likelihood", _per_modality(likelihood, modalities, "likelihood", family))
+        put("likelihood", _per_modality(likelihood, modalities, "likelihood", lambda v, n: v))
         categorical = [m for m in modalities if LIKELIHOODS[self.likelihood[m]].needs_categories]
         if not isinstance(self.num_categories, Mapping):
             raise ValueError(f"num_categories: expected a mapping modality -> C_j, found "
@@ -182,70 +353,45 @@ class ModelConfig:
             )
         put("num_categories", {m: _positive_int(self.num_categories[m], f"num_categories[{m!r}]",
                                                 minimum=2) for m in categorical})
-        nu = _real(self.nu, "nu", allow_inf=True)
-        if not nu > 2:
-            raise ValueError(f"nu: expected nu > 2 (the power norm and E‖z‖² need it) or inf, "
-                             f"found {nu}")
-        put("nu", nu)
+        put("nu", float(self.nu))
         put("learn_nu", bool(self.learn_nu))
-        if self.learn_nu and math.isinf(nu):
-            raise ValueError("learn_nu: the Gaussian model (nu = inf) has no nu to learn; pass a "
-                             "finite starting nu > 2")
-        put("sigma", _per_modality(self.sigma, modalities, "sigma",
-                                   lambda v, n: _real(v, n, low=0.0, low_open=True)))
+        check_combination(self)
+        put("sigma", _per_modality(self.sigma, modalities, "sigma", lambda v, n: float(v)))
 
-        prior = self.class_prior
-        if isinstance(prior, str):
-            if prior not in CLASS_PRIORS:
-                raise ValueError(f"class_prior: expected one of {list(CLASS_PRIORS)} or "
-                                 f"{self.num_classes} probabilities, found {prior!r}")
-        else:
-            values = tuple(_real(p, "class_prior", low=0.0, low_open=True) for p in prior)
-            if len(values) != self.num_classes or abs(sum(values) - 1.0) > 1e-6:
-                raise ValueError(
-                    f"class_prior: expected {self.num_classes} positive probabilities summing "
-                    f"to 1, found {list(values)}"
-                )
+        # the class terms: K values where K are given
+        K = self.num_classes
+        if not isinstance(self.class_prior, str):
+            values = tuple(float(p) for p in self.class_prior)
+            if len(values) != K or abs(sum(values) - 1.0) > 1e-6:
+                raise ValueError(f"class_prior: expected {K} positive probabilities summing "
+                                 f"to 1, found {list(values)}")
             put("class_prior", values)
-        put("prior_concentration", _real(self.prior_concentration, "prior_concentration", low=1.0))
-        put("alpha", _real(self.alpha, "alpha", low=0.0))
-        if self.alpha_unit not in ALPHA_UNITS:
-            raise ValueError(f"alpha_unit: expected one of {list(ALPHA_UNITS)}, found "
-                             f"{self.alpha_unit!r}")
+        for name in ("prior_concentration", "alpha", "logit_adjustment",
+                     "unlabelled_prior_shift", "latent_weight"):
+            put(name, float(getattr(self, name)))
         if self.label_counts is not None:
+            if isinstance(self.label_counts, str) or not isinstance(
+                    self.label_counts, Sequence | np.ndarray):
+                raise ValueError(f"label_counts: expected {K} counts, found "
+                                 f"{self.label_counts!r}")
             counts = tuple(_positive_int(c, "label_counts", minimum=0) for c in self.label_counts)
-            if len(counts) != self.num_classes:
-                raise ValueError(f"label_counts: expected {self.num_classes} counts, found "
-                                 f"{len(counts)}")
+            if len(counts) != K:
+                raise ValueError(f"label_counts: expected {K} counts, found {len(counts)}")
             empty = [k for k, c in enumerate(counts) if c == 0]
             if empty:
                 raise ValueError(f"label_counts: every class needs a labelled row, found none "
                                  f"for classes {empty}")
             put("label_counts", counts)
         weight = self.class_weight
-        if isinstance(weight, str):
-            if weight != "balanced":
-                raise ValueError(f"class_weight: expected None, 'balanced' or "
-                                 f"{self.num_classes} weights, found {weight!r}")
-            if self.label_counts is None:
-                raise ValueError("label_counts: class_weight='balanced' needs the labelled "
-                                 "class counts, found None")
-        elif weight is not None:
-            values = tuple(_real(w, "class_weight", low=0.0) for w in weight)
-            if len(values) != self.num_classes:
-                raise ValueError(f"class_weight: expected {self.num_classes} weights, found "
-                                 f"{len(values)}")
+        if weight == "balanced" and self.label_counts is None:
+            raise ValueError("label_counts: class_weight='balanced' needs the labelled class "
+                             "counts, found None")
+        if weight is not None and not isinstance(weight, str):
+            values = tuple(float(w) for w in weight)
+            if len(values) != K:
+                raise ValueError(f"class_weight: expected {K} weights, found {len(values)}")
             put("class_weight", values)
-        put("logit_adjustment", _real(self.logit_adjustment, "logit_adjustment", low=0.0))
-        put("unlabelled_prior_shift",
-            _real(self.unlabelled_prior_shift, "unlabelled_prior_shift", low=0.0))
-        for name in ("logit_adjustment", "unlabelled_prior_shift"):
-            if getattr(self, name) > 0 and self.label_counts is None \
-                    and not (name == "unlabelled_prior_shift" and prior == "learned"):
-                raise ValueError(f"label_counts: {name} > 0 needs the labelled class counts, "
-                                 "found None")
         put("joint_head", bool(self.joint_head))
-        put("latent_weight", _real(self.latent_weight, "latent_weight", low=0.0, low_open=True))
 
     # ---------------------------------------------------------------------------- derived
     @property
@@ -261,26 +407,197 @@ class ModelConfig:
     # ------------------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (``inf`` stays a float)."""
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, Mapping):
-                value = dict(value)
-            elif isinstance(value, tuple):
-                value = list(value)
-            out[f.name] = value
-        return out
+        return _to_dict(self)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
         """The inverse of :meth:`to_dict` (unknown keys are refused)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"values: unknown settings {unknown}; expected some of "
-                             f"{sorted(names)}")
-        return cls(**values)
+        return _from_dict(cls, values)
 
     def replace(self, **changes) -> ModelConfig:
         """A copy with some settings changed (checked again)."""
         return dataclasses.replace(self, **changes)
+
+
+def check_combination(settings) -> None:
+    """What the model's settings cannot be together (read as attributes of ``settings``: a
+    :class:`ModelConfig` or the estimator): ν is learned only when finite."""
+    if settings.learn_nu and math.isinf(settings.nu):
+        raise ValueError("learn_nu: the Gaussian model (nu = inf) has no nu to learn; pass a "
+                         "finite starting nu > 2")
+
+
+def _to_dict(config) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, Mapping):
+            value = dict(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def _from_dict(cls, values: Mapping[str, Any]):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"values: unknown settings {unknown}; expected some of "
+                         f"{sorted(names)}")
+    return cls(**values)
+
+
+# -------------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How the model and its guide are trained, with the estimator's validated defaults.
+
+    The estimator's training parameters are these fields; :func:`~pyro_mmt.training.train`
+    takes the same names in the same units (``unlabelled_warmup`` is a fraction of the epochs
+    in both).
+    """
+
+    objective: str = setting(
+        "gamma_power", one_of(*OBJECTIVES),
+        "gamma_power (the γ-power divergence) or kl (the M2 ELBO)")
+    gamma: float | str = setting(
+        "auto", Constraint(_is_gamma, "'auto', '<k>x auto' (k > 0) or a finite float > -1 "
+                                      "other than 0"),
+        "γ of the γ-power objective: auto (−2/(ν+n+d) per datum), '<k>x auto' or a number",
+        parse=_number_or_auto)
+    epochs: int | str = setting(
+        "auto", Constraint(lambda v: v == "auto" or _is_int(v), "'auto' or an integer >= 1"),
+        "passes over the unlabelled data, or auto: about 300 unlabelled mini-batches (at least "
+        "10 epochs, at most 500)", parse=_int_or_auto, resumable=True)
+    batch_size: int = setting(128, COUNT, "unlabelled batch size")
+    labelled_batch_size: int | None = setting(
+        None, Constraint(lambda v: v is None or _is_int(v), "None or an integer >= 1"),
+        "labelled batch size (none: batch_size)", parse=_none_or(int))
+    lr: float = setting(1e-3, POSITIVE, "Adam's learning rate (may change on resume, e.g. "
+                        "smaller after a divergence)", resumable=True)
+    num_particles: int = setting(1, COUNT, "particles per step")
+    optimizer: str = setting(
+        "fused_adam", one_of(*OPTIMIZERS),
+        "fused_adam (one fused Adam with ClippedAdam's clamp of ±10) or clipped_adam (Pyro's "
+        "ClippedAdam, one Adam per tensor)")
+    averaging: float = setting(
+        0.5, Constraint(lambda v: _is_number(v) and 0 <= v < 1, "a fraction in [0, 1)"),
+        "average the parameters over the end-of-epoch states of this last fraction of the "
+        "epochs and predict with the mean (0: off)")
+    unlabelled_warmup: float = setting(
+        0.0, Constraint(lambda v: _is_number(v) and 0 <= v <= 1, "a fraction in [0, 1]"),
+        "ramp the unlabelled rows' term up (from exp(−5) to 1) over this fraction of the "
+        "epochs; labelled rows at full weight throughout (0: off)")
+    standardise: bool = setting(True, BOOLEAN, "standardise each continuous modality on the "
+                                "training rows")
+    n_init: int = setting(1, COUNT, "independent initialisations (seeds seed + 1000 i), each a "
+                          "full model; predictions average their q(y | x)")
+    seed: int = setting(0, Constraint(lambda v: _is_int(v, low=0), "an integer >= 0"),
+                        "random seed (initial weights, draws, batch order)", cli="--seed")
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            check_setting(f.name, getattr(self, f.name), f.metadata["constraint"])
+        check_objective(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values."""
+        return _to_dict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainingConfig:
+        """The inverse of :meth:`to_dict` (unknown keys are refused)."""
+        return _from_dict(cls, values)
+
+    def replace(self, **changes) -> TrainingConfig:
+        """A copy with some settings changed (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def check_objective(settings) -> None:
+    """What the objective's settings cannot be together (attributes of ``settings``, a
+    :class:`TrainingConfig` or the estimator; ``latent_weight`` where it has one)."""
+    if settings.objective == "kl" and settings.gamma != "auto":
+        raise ValueError(f"gamma: the kl objective has no gamma; expected 'auto' (unused), "
+                         f"found {settings.gamma!r}")
+    weight = getattr(settings, "latent_weight", 1.0)
+    if settings.objective == "gamma_power" and weight != 1.0:
+        raise ValueError(
+            f"latent_weight: the gamma_power objective raises the whole density to the "
+            f"power gamma and cannot weight the z sites; expected 1.0, found "
+            f"{weight} (latent_weight is a KL-objective option)")
+
+
+# ------------------------------------------------------------------- the estimator's own
+@dataclass(frozen=True)
+class EstimatorOptions:
+    """What only the estimator has: how a flat ``X`` is read, your own networks, and where
+    and how it runs (device, threads, jobs, progress, distributed training, checkpoints).
+    None of them changes what a fit computes, bar ``modalities``, ``decoders`` and
+    ``encoders``, which say what the data and networks are."""
+
+    modalities: Mapping[str, Sequence] | None = setting(
+        None, Constraint(lambda v: v is None or (isinstance(v, Mapping) and len(v) > 0),
+                         "None or a mapping modality -> its columns of a flat X"),
+        "for a flat X (a 2-D array or an ordinary DataFrame, what scikit-learn's "
+        "cross_val_score, GridSearchCV and Pipeline pass on): a mapping modality -> its "
+        "columns (names for a DataFrame; indices, a slice or a range for an array)", cli=None)
+    decoders: Mapping[str, Any] | None = setting(
+        None, Constraint(_is_networks, "None or a mapping modality -> nn.Module or make(config)"),
+        "None or modality -> your decoder network: an nn.Module (deep-copied for every fit) or "
+        "a factory make(config) -> nn.Module (called once per member); see "
+        "pyro_mmt.models.MultimodalM2 for the interface", cli=None, resumable=True)
+    encoders: Mapping[str, Any] | None = setting(
+        None, Constraint(_is_networks, "None or a mapping modality -> nn.Module or make(config)"),
+        "the same for the encoder experts", cli=None, resumable=True)
+    device: str = setting(
+        "cpu", Constraint(lambda v: isinstance(v, str) and v.split(":")[0] in ("cpu", "cuda"),
+                          "'cpu', 'cuda' or 'cuda:<index>'"), "cpu, cuda or cuda:<index>")
+    n_threads: int | None = setting(
+        1, Constraint(lambda v: v is None or _is_int(v), "None or an integer >= 1"),
+        "torch threads while fitting and predicting (restored afterwards); None leaves "
+        "torch's setting. 1: for networks this small one thread per process is fastest",
+        cli="--threads", resumable=True)
+    n_jobs: int = setting(
+        1, Constraint(lambda v: v == -1 or _is_int(v), "an integer >= 1, or -1 (one per core)"),
+        "members of n_init trained at once, each in its own process with n_threads torch "
+        "threads (-1: one per core); the fitted members do not depend on it", resumable=True)
+    progress: bool = setting(False, BOOLEAN, "show progress bars",
+                             cli="--quiet", resumable=True)
+    distributed: bool = setting(
+        False, BOOLEAN, "data-parallel training over the processes of a torchrun launch",
+        cli="--distributed")
+    checkpoint_dir: str | os.PathLike | None = setting(
+        None, Constraint(lambda v: v is None or (isinstance(v, str | os.PathLike)
+                                                 and str(v) != ""), "None or a folder path"),
+        "a folder for checkpoints (None: none): checkpoint.pt after every epoch (in init_<i>/ "
+        "for member i when n_init > 1) and fit.json, the settings and a fingerprint of the data",
+        cli="--out", resumable=True)
+    resume: bool = setting(
+        False, BOOLEAN, "with checkpoint_dir, continue from its checkpoints; the result equals "
+        "an uninterrupted fit with the same seed. Only the resumable settings may differ from "
+        "the checkpointed fit's", cli="--resume", resumable=True)
+
+
+def estimator_settings() -> dict[str, dataclasses.Field]:
+    """The estimator's parameters, in order, each with its declaration: the settings of
+    :class:`ModelConfig` (less the data's shapes and counts), of :class:`TrainingConfig` and
+    of :class:`EstimatorOptions`."""
+    out = {}
+    for cls in (ModelConfig, TrainingConfig, EstimatorOptions):
+        for f in dataclasses.fields(cls):
+            if not f.metadata["data"]:
+                out[f.name] = f
+    return out
+
+
+def resumable_settings() -> tuple[str, ...]:
+    """The estimator's parameters that a resumed fit may change (every other one, and the
+    data, must be the checkpointed fit's)."""
+    return tuple(name for name, f in estimator_settings().items() if f.metadata["resumable"])
+
+
+def default(f: dataclasses.Field):
+    """A declared field's default value."""
+    return f.default_factory() if f.default is MISSING else f.default

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
-from numbers import Integral, Real
+import textwrap
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,17 @@ from sklearn.exceptions import NotFittedError
 from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 
-from pyro_mmt.config import ALPHA_UNITS, CLASS_PRIORS, ModelConfig
+from pyro_mmt.config import (
+    EstimatorOptions,
+    ModelConfig,
+    TrainingConfig,
+    check_combination,
+    check_objective,
+    check_setting,
+    default,
+    estimator_settings,
+    resumable_settings,
+)
 from pyro_mmt.data import MultimodalDataset, Standardiser, as_modality_mapping, check_labels
 from pyro_mmt.infer import GammaPowerELBO
 from pyro_mmt.likelihoods import LIKELIHOODS
@@ -37,9 +48,11 @@ from pyro_mmt.models import MultimodalM2
 from pyro_mmt.training.averaging import ParameterAverage
 from pyro_mmt.training.parallel import MemberHooks, fit_members
 from pyro_mmt.training.svi import (
+    AUTO_STEPS,
     TrainingInterrupted,
     default_optimizer,
     load_weights,
+    number_of_epochs,
     predict_proba,
     train,
 )
@@ -60,10 +73,6 @@ __all__ = [
 IMBALANCE_OPTIONS = {"class_weight": "balanced", "logit_adjustment": 1.0,
                      "unlabelled_prior_shift": 1.0}
 
-#: With ``epochs="auto"``: the number of unlabelled mini-batches to aim for (between 10 and
-#: 500 epochs).
-AUTO_STEPS = 300
-
 #: Named settings of the estimator: ``MultimodalSemiSupervisedClassifier(**PRESETS[name])``.
 #: ``"plain"`` turns every class-imbalance device off; ``"imbalanced"`` adds class-balanced
 #: weights to the defaults' logit adjustment and prior shift (the previous release's choice).
@@ -83,7 +92,8 @@ def build_model(dims: Mapping[str, int], num_classes: int, *,
     return MultimodalM2(config, decoders=decoders, encoders=encoders, classifier=classifier)
 
 
-def make_objective(objective: str = "gamma_power", *, gamma: float | str = "auto",
+def make_objective(objective: str = TrainingConfig.objective, *,
+                   gamma: float | str = TrainingConfig.gamma,
                    num_particles: int = 1) -> pyro.infer.ELBO:
     """``"gamma_power"``: :class:`~pyro_mmt.infer.GammaPowerELBO`; ``"kl"``: Pyro's
     ``TraceEnum_ELBO`` (the M2 ELBO). Both with one data plate and vectorised particles."""
@@ -97,110 +107,39 @@ def make_objective(objective: str = "gamma_power", *, gamma: float | str = "auto
     raise ValueError(f"objective: expected 'gamma_power' or 'kl', found {objective!r}")
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool) and not math.isnan(value)
+def _init_from_declarations(settings: Mapping[str, dataclasses.Field]) -> Callable:
+    """The estimator's ``__init__``, written from the declarations: one keyword-only argument
+    per setting with its declared default, each stored as it is given (scikit-learn's
+    convention: ``__init__`` only stores). A real function with a real signature, so
+    ``inspect.signature`` and scikit-learn's ``get_params``/``clone`` read it."""
+    defaults = {name: default(f) for name, f in settings.items()}
+    arguments = ", ".join(f"{name}=_defaults[{name!r}]" for name in settings)
+    body = "\n".join(f"    self.{name} = {name}" for name in settings)
+    namespace = {"_defaults": defaults}
+    exec(f"def __init__(self, *, {arguments}):\n{body}\n", namespace)  # noqa: S102
+    init = namespace["__init__"]
+    init.__annotations__ = {name: f.type for name, f in settings.items()}
+    init.__qualname__ = "MultimodalSemiSupervisedClassifier.__init__"
+    init.__doc__ = "Store the parameters (see the class docstring); ``fit`` checks them."
+    return init
 
 
-#: The model computes in float32: a parameter beyond its range would overflow to inf.
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def _finite32(value) -> bool:
-    return math.isfinite(value) and abs(value) <= _FLOAT32_MAX
-
-
-def _is_int(value, low=1) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool) and value >= low
-
-
-def _is_gamma(value) -> bool:
-    if isinstance(value, str):
-        try:
-            GammaPowerELBO(value)
-        except ValueError:
-            return False
-        return True
-    return _is_number(value) and _finite32(value) and value > -1 and value != 0
-
-
-def _is_networks(value) -> bool:
-    return value is None or (isinstance(value, Mapping) and all(
-        isinstance(v, nn.Module) or callable(v) for v in value.values()))
-
-
-def _is_probabilities(value) -> bool:
-    try:
-        p = np.asarray(value, dtype=float)
-    except (TypeError, ValueError):
-        return False
-    return p.ndim == 1 and p.size >= 2 and bool(np.isfinite(p).all() and (p > 0).all())
-
-
-_BOOLEAN = (lambda v: isinstance(v, bool | np.bool_), "True or False")
-_POSITIVE = (lambda v: _is_number(v) and _finite32(v) and v > 0,
-             "a finite number > 0 (at most 3.4e38, float32)")
-_NON_NEGATIVE = (lambda v: _is_number(v) and _finite32(v) and v >= 0,
-                 "a finite number >= 0 (at most 3.4e38, float32)")
-#: σ² must be a positive float32 too (the model stores log σ²).
-_SIGMA = (lambda v: _is_number(v) and 1e-18 <= v <= 1e18, "a number in [1e-18, 1e18]")
-_COUNT = (_is_int, "an integer >= 1")
-
-#: Every parameter's constraint: (check, what is expected). One place, one kind of message.
-_PARAMETER_CONSTRAINTS: dict[str, tuple[Callable, str]] = {
-    "objective": (lambda v: v in ("gamma_power", "kl"), "'gamma_power' or 'kl'"),
-    "gamma": (_is_gamma, "'auto', '<k>x auto' (k > 0) or a finite float > -1 other than 0"),
-    "nu": (lambda v: _is_number(v) and v > 2 and (math.isinf(v) or v <= _FLOAT32_MAX),
-           "a number > 2 (at most 3.4e38, float32), or inf for the Gaussian model"),
-    "learn_nu": _BOOLEAN,
-    "likelihood": (lambda v: v in LIKELIHOODS if isinstance(v, str) else isinstance(
-        v, Mapping) and all(f in LIKELIHOODS for f in v.values()),
-        f"one of {sorted(LIKELIHOODS)}, or a mapping modality -> one of them"),
-    "latent_dim": _COUNT,
-    "hidden": (lambda v: isinstance(v, Sequence) and not isinstance(v, str) and len(v) > 0
-               and all(_is_int(h) for h in v), "a non-empty sequence of positive integers, "
-               "e.g. (128,)"),
-    "sigma": (lambda v: _SIGMA[0](v) or (isinstance(v, Mapping) and all(
-        _SIGMA[0](s) for s in v.values())), "a number in [1e-18, 1e18] or a mapping modality "
-        "-> such numbers"),
-    "alpha": _NON_NEGATIVE,
-    "alpha_unit": (lambda v: v in ALPHA_UNITS, f"one of {list(ALPHA_UNITS)}"),
-    "class_weight": (lambda v: v is None or v == "balanced" or _is_probabilities(v) or (
-        isinstance(v, Sequence) and all(_NON_NEGATIVE[0](w) for w in v)),
-        "None, 'balanced' or one weight >= 0 per class"),
-    "logit_adjustment": _NON_NEGATIVE,
-    "unlabelled_prior_shift": _NON_NEGATIVE,
-    "class_prior": (lambda v: v in CLASS_PRIORS if isinstance(v, str) else _is_probabilities(v),
-                    f"one of {list(CLASS_PRIORS)} or one probability per class"),
-    "prior_concentration": (lambda v: _is_number(v) and _finite32(v) and v >= 1,
-                            "a finite number >= 1 (at most 3.4e38, float32)"),
-    "joint_head": _BOOLEAN,
-    "latent_weight": _POSITIVE,
-    "decoders": (_is_networks, "None or a mapping modality -> nn.Module or make(config)"),
-    "encoders": (_is_networks, "None or a mapping modality -> nn.Module or make(config)"),
-    "modalities": (lambda v: v is None or (isinstance(v, Mapping) and len(v) > 0),
-                   "None or a mapping modality -> its columns of a flat X"),
-    "epochs": (lambda v: v == "auto" or _is_int(v), "'auto' or an integer >= 1"),
-    "averaging": (lambda v: _is_number(v) and 0 <= v < 1, "a fraction in [0, 1)"),
-    "unlabelled_warmup": (lambda v: _is_number(v) and 0 <= v <= 1, "a fraction in [0, 1]"),
-    "batch_size": _COUNT,
-    "labelled_batch_size": (lambda v: v is None or _is_int(v), "None or an integer >= 1"),
-    "lr": _POSITIVE,
-    "num_particles": _COUNT,
-    "optimizer": (lambda v: v in ("clipped_adam", "fused_adam"),
-                  "'clipped_adam' or 'fused_adam'"),
-    "standardise": _BOOLEAN,
-    "n_init": _COUNT,
-    "n_jobs": (lambda v: v == -1 or _is_int(v), "an integer >= 1, or -1 (one per core)"),
-    "n_threads": (lambda v: v is None or _is_int(v), "None or an integer >= 1"),
-    "seed": (lambda v: _is_int(v, low=0), "an integer >= 0"),
-    "device": (lambda v: isinstance(v, str) and v.split(":")[0] in ("cpu", "cuda"),
-               "'cpu', 'cuda' or 'cuda:<index>'"),
-    "progress": _BOOLEAN,
-    "distributed": _BOOLEAN,
-    "checkpoint_dir": (lambda v: v is None or (isinstance(v, str | os.PathLike) and str(v) != ""),
-                       "None or a folder path"),
-    "resume": _BOOLEAN,
-}
+def _parameter_docs(settings: Mapping[str, dataclasses.Field]) -> str:
+    """The ``:param`` lines of the settings' help texts and defaults, grouped by where each
+    is declared."""
+    groups = {ModelConfig: "The model and its guide (:class:`~pyro_mmt.config.ModelConfig`)",
+              TrainingConfig: "Training (:class:`~pyro_mmt.config.TrainingConfig`)",
+              EstimatorOptions: "Inputs and running (:class:`~pyro_mmt.config.EstimatorOptions`)"}
+    out = []
+    for cls, title in groups.items():
+        out += ["", f"    {title}:", ""]
+        names = {f.name for f in dataclasses.fields(cls)}
+        for name, f in settings.items():
+            if name in names:
+                text = f":param {name}: {f.metadata['help']} (default ``{default(f)!r}``)."
+                out += textwrap.wrap(text, 95, initial_indent="    ",
+                                     subsequent_indent="        ")
+    return "\n".join(out) + "\n"
 
 
 class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
@@ -237,189 +176,36 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     (``epochs="auto"``) and predictions from the parameters averaged over the second half of
     the epochs (``averaging=0.5``). ``pyro-mmt train`` runs the same.
 
-    Model settings (see :class:`~pyro_mmt.config.ModelConfig`):
+    **Parameters.** Every parameter is declared once in :mod:`pyro_mmt.config`, with its
+    default, its constraint and its help text: the settings of
+    :class:`~pyro_mmt.config.ModelConfig` (the model and its guide), of
+    :class:`~pyro_mmt.config.TrainingConfig` (how they are trained) and of
+    :class:`~pyro_mmt.config.EstimatorOptions` (how X is read, your own networks, where and
+    how the fit runs). The list below is generated from those declarations; the parameters
+    are keyword-only. ``pyro-mmt train`` offers the same options.
 
-    :param str objective: ``"gamma_power"`` (the γ-power divergence) or ``"kl"`` (the M2 ELBO).
-    :param gamma: γ of the γ-power objective: ``"auto"`` = −2/(ν+n+d) per datum,
-        ``"<k>x auto"`` a multiple of it, or a float.
-    :param float nu: ν > 2, or ``inf`` for the Gaussian model.
-    :param bool learn_nu: learn ν (one ν for prior, decoder, encoder and τ_0).
-    :param likelihood: the family of each modality (one name or a mapping modality -> name):
-        ``"student_t"`` (default), ``"gaussian"``, ``"bernoulli"``, ``"poisson"``,
-        ``"categorical"``.
-    :param int latent_dim: d.
-    :param hidden: hidden layer sizes of every network.
-    :param sigma: decoder scale σ_j of the continuous modalities (standardised data: 1 is the
-        natural unit).
-    :param float alpha: weight α of the classification term α log q(y | x), per labelled datum
-        or per observed dimension of one (``alpha_unit``).
-    :param str alpha_unit: ``"datum"`` or ``"dimension"`` (see
-        :class:`~pyro_mmt.config.ModelConfig`).
-    :param class_weight: None or "balanced" (weights of the classification term).
-    :param float logit_adjustment: τ of the logit-adjusted classification term.
-    :param float unlabelled_prior_shift: τ' for the unlabelled enumeration.
-    :param class_prior: π of p(y): ``"uniform"``, ``"learned"`` (estimated from the unlabelled
-        rows) or K probabilities.
-    :param float prior_concentration: Dirichlet concentration a >= 1 of a learned π (default
-        2: one pseudo-count per class keeps every π_k > 0).
-    :param bool joint_head: add a joint head to the classifier.
-    :param float latent_weight: β on the z sites (β-VAE; ``"kl"`` objective only).
-    :param decoders: None or modality -> your decoder network: an ``nn.Module`` (deep-copied
-        for every fit) or a factory ``make(config) -> nn.Module`` (called once per member, so
-        ``n_init`` members start from different weights). See
-        :class:`~pyro_mmt.models.MultimodalM2` for the interface.
-    :param encoders: the same for the encoder experts.
-    :param modalities: for a flat X (a 2-D array or an ordinary DataFrame, what scikit-learn's
-        ``cross_val_score``, ``GridSearchCV`` and ``Pipeline`` pass on): a mapping modality ->
-        its columns (names for a DataFrame; indices, a slice or a range for an array). Every
-        column belongs to exactly one modality (:func:`~pyro_mmt.data.as_modality_mapping`).
-
-    Training:
-
-    :param epochs: training epochs (passes over the unlabelled data), or ``"auto"``: enough
-        passes for about :data:`AUTO_STEPS` unlabelled mini-batches, at least 10 and at most
-        500 (small data sets get more passes, large ones fewer; ``epochs_`` is the number run).
-    :param float averaging: average the parameters over the end-of-epoch states of the last
-        ``averaging`` fraction of the epochs and predict with the mean (stochastic weight
-        averaging, :class:`~pyro_mmt.training.averaging.ParameterAverage`); 0 turns it off.
-    :param float unlabelled_warmup: ramp the unlabelled rows' term up over this fraction of
-        the epochs (:func:`~pyro_mmt.training.svi.warmup_weight`, from exp(−5) to 1; labelled
-        rows at full weight throughout); 0 (default) turns it off. On one mfeat split 0.5
-        narrowed the spread over fit seeds by a third at 0.017 lower mean balanced accuracy;
-        on validation folds it scored below the defaults (``docs/benchmark.md``).
-    :param int batch_size: unlabelled batch size.
-    :param labelled_batch_size: labelled batch size (default ``batch_size``).
-    :param float lr: Adam learning rate.
-    :param int num_particles: particles per step.
-    :param str optimizer: ``"fused_adam"`` (default; :func:`~pyro_mmt.training.svi.default_optimizer`,
-        one fused Adam with ``ClippedAdam``'s clamp of ±10) or ``"clipped_adam"`` (Pyro's
-        ``ClippedAdam``, one Adam per tensor; the default before issue 14).
-    :param bool standardise: standardise each continuous modality on the training rows.
-    :param int n_init: independent initialisations (seeds ``seed + 1000 i``), each a full
-        model; ``predict_proba`` averages their q(y | x). With few labels per class one fit
-        depends on its seed; on one mfeat split five members brought the spread of balanced
-        accuracy over seeds from 0.043 to 0.013 (``docs/benchmark.md``), three did little.
-    :param int n_jobs: members of ``n_init`` trained at once, each in its own process with
-        ``n_threads`` torch threads (:func:`~pyro_mmt.training.parallel.fit_members`; -1: one
-        per core). The fitted members do not depend on it (with ``n_threads=1``).
-    :param n_threads: torch threads while fitting and predicting (restored afterwards); None
-        leaves torch's setting. Default 1: for networks this small one thread per process is
-        fastest (``docs/performance.md``).
-    :param int seed: random seed.
-    :param str device: ``"cpu"`` or ``"cuda"``.
-    :param bool progress: show progress bars.
-    :param bool distributed: data-parallel training over the processes of a ``torchrun``
-        launch (:func:`~pyro_mmt.training.distributed.train_distributed`).
-    :param checkpoint_dir: a folder for checkpoints (None: none): ``checkpoint.pt`` after every
-        epoch (in ``init_<i>/`` for member i = 1..n_init when ``n_init > 1``) and ``fit.json``,
-        the settings and a fingerprint of the data it was fitted on. Training interrupted
-        (Ctrl-C: :class:`~pyro_mmt.training.svi.TrainingInterrupted`) or stopped by a
-        :class:`~pyro_mmt.training.svi.TrainingDivergedError` can then be continued.
-    :param bool resume: with ``checkpoint_dir``, continue from its checkpoints: finished members
-        are loaded, an interrupted one continues from its last complete epoch, and the result
-        equals an uninterrupted fit with the same seed. ``lr`` and ``epochs`` may differ from
-        the checkpointed fit's (a new ``lr`` is used from the first resumed step, e.g. a smaller
-        one after a divergence; more epochs continue training); every other setting and the
-        data must be the same (a ``ValueError`` says which differ). False (default) starts
-        over and replaces the folder's checkpoints.
+    Notes on some of them: with few labels per class one fit depends on its seed; on one
+    mfeat split ``n_init=5`` brought the spread of balanced accuracy over seeds from 0.043 to
+    0.013, three members did little, and ``unlabelled_warmup=0.5`` narrowed the spread by a
+    third at 0.017 lower mean balanced accuracy (below the defaults on validation folds;
+    ``docs/benchmark.md``). ``checkpoint_dir`` with ``resume=True`` continues a fit that was
+    interrupted (Ctrl-C: :class:`~pyro_mmt.training.svi.TrainingInterrupted`) or stopped by a
+    :class:`~pyro_mmt.training.svi.TrainingDivergedError`; only the settings of
+    :func:`~pyro_mmt.config.resumable_settings` (``lr``, ``epochs``, threads, jobs, progress,
+    the folder) may differ from the checkpointed fit's (a ``ValueError`` says which differ).
     """
 
-    def __init__(
-        self,
-        objective: str = "gamma_power",
-        gamma: float | str = "auto",
-        nu: float = 5.0,
-        learn_nu: bool = False,
-        likelihood: str | Mapping[str, str] = "student_t",
-        latent_dim: int = 16,
-        hidden: Sequence[int] = (128,),
-        sigma: float = 1.0,
-        alpha: float = 1.5,
-        alpha_unit: str = "dimension",
-        class_weight: str | None = None,
-        logit_adjustment: float = 1.0,
-        unlabelled_prior_shift: float = 1.0,
-        class_prior: str | Sequence[float] = "uniform",
-        prior_concentration: float = 2.0,
-        joint_head: bool = False,
-        latent_weight: float = 1.0,
-        decoders: Mapping[str, nn.Module | Callable] | None = None,
-        encoders: Mapping[str, nn.Module | Callable] | None = None,
-        modalities: Mapping[str, Sequence] | None = None,
-        epochs: int | str = "auto",
-        averaging: float = 0.5,
-        unlabelled_warmup: float = 0.0,
-        batch_size: int = 128,
-        labelled_batch_size: int | None = None,
-        lr: float = 1e-3,
-        num_particles: int = 1,
-        optimizer: str = "fused_adam",
-        standardise: bool = True,
-        n_init: int = 1,
-        n_jobs: int = 1,
-        n_threads: int | None = 1,
-        seed: int = 0,
-        device: str = "cpu",
-        progress: bool = False,
-        distributed: bool = False,
-        checkpoint_dir: str | os.PathLike | None = None,
-        resume: bool = False,
-    ):
-        self.objective = objective
-        self.gamma = gamma
-        self.nu = nu
-        self.learn_nu = learn_nu
-        self.likelihood = likelihood
-        self.latent_dim = latent_dim
-        self.hidden = hidden
-        self.sigma = sigma
-        self.alpha = alpha
-        self.alpha_unit = alpha_unit
-        self.class_weight = class_weight
-        self.logit_adjustment = logit_adjustment
-        self.unlabelled_prior_shift = unlabelled_prior_shift
-        self.class_prior = class_prior
-        self.prior_concentration = prior_concentration
-        self.joint_head = joint_head
-        self.latent_weight = latent_weight
-        self.decoders = decoders
-        self.encoders = encoders
-        self.modalities = modalities
-        self.epochs = epochs
-        self.averaging = averaging
-        self.unlabelled_warmup = unlabelled_warmup
-        self.batch_size = batch_size
-        self.labelled_batch_size = labelled_batch_size
-        self.lr = lr
-        self.num_particles = num_particles
-        self.optimizer = optimizer
-        self.standardise = standardise
-        self.n_init = n_init
-        self.n_jobs = n_jobs
-        self.n_threads = n_threads
-        self.seed = seed
-        self.device = device
-        self.progress = progress
-        self.distributed = distributed
-        self.checkpoint_dir = checkpoint_dir
-        self.resume = resume
+    __init__ = _init_from_declarations(estimator_settings())
 
     # ------------------------------------------------------------------- parameter checks
     def _check_params(self) -> None:
-        """Every parameter against ``_parameter_constraints`` (a ValueError naming it), plus
-        what the constraints cannot say."""
-        for name, value in self.get_params(deep=False).items():
-            check, expected = _PARAMETER_CONSTRAINTS[name]
-            if not check(value):
-                raise ValueError(f"{name}: expected {expected}, found {value!r}")
-        if self.objective == "gamma_power" and self.latent_weight != 1.0:
-            raise ValueError(
-                f"latent_weight: the gamma_power objective raises the whole density to the "
-                f"power gamma and cannot weight the z sites; expected 1.0, found "
-                f"{self.latent_weight} (latent_weight is a KL-objective option)")
-        if self.objective == "kl" and self.gamma != "auto":
-            raise ValueError(f"gamma: the kl objective has no gamma; expected 'auto' (unused), "
-                             f"found {self.gamma!r}")
+        """Every parameter against its declared constraint (a ValueError naming it, one kind
+        of message: :func:`~pyro_mmt.config.check_setting`), then what the settings cannot
+        be together."""
+        for name, f in estimator_settings().items():
+            check_setting(name, getattr(self, name), f.metadata["constraint"])
+        check_combination(self)
+        check_objective(self)
         if self.distributed and self.n_jobs != 1:
             raise ValueError(f"n_jobs: distributed training runs one member at a time over "
                              f"torchrun's processes; expected 1, found {self.n_jobs}")
@@ -568,20 +354,9 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
                     self.standardiser_.scale_[m] = np.ones_like(self.standardiser_.scale_[m])
             data = self.standardiser_.transform(data)
         self.config_ = ModelConfig(
-            dims=dict(data.dims), num_classes=self.n_classes_, latent_dim=self.latent_dim,
-            hidden=tuple(self.hidden), likelihood=families, num_categories=num_categories,
-            nu=self.nu, learn_nu=self.learn_nu, sigma=self.sigma,
-            class_prior=self.class_prior if isinstance(self.class_prior, str)
-            else tuple(self.class_prior),
-            prior_concentration=self.prior_concentration, alpha=self.alpha,
-            alpha_unit=self.alpha_unit,
-            class_weight=self.class_weight if self.class_weight is None
-            or isinstance(self.class_weight, str) else tuple(self.class_weight),
-            logit_adjustment=self.logit_adjustment,
-            unlabelled_prior_shift=self.unlabelled_prior_shift,
-            label_counts=tuple(int(c) for c in counts), joint_head=self.joint_head,
-            latent_weight=self.latent_weight,
-        )
+            dims=dict(data.dims), num_classes=self.n_classes_, num_categories=num_categories,
+            label_counts=tuple(int(c) for c in counts),
+            **{**_model_settings(self), "likelihood": families})
 
         device = torch.device(self.device)
         fit_fn = train
@@ -620,7 +395,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         train_options = dict(epochs=epochs, batch_size=self.batch_size,
                              labelled_batch_size=self.labelled_batch_size, device=device,
                              progress=self.progress, resume=self.resume,
-                             unlabelled_warmup=float(self.unlabelled_warmup) * epochs)
+                             unlabelled_warmup=float(self.unlabelled_warmup))
         with _resume_advice(self):
             fitted = fit_members(
                 lambda: self._build(self.config_).to(device), data, seeds,
@@ -636,9 +411,6 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     # ------------------------------------------------------------------------ checkpoints
-    #: Settings a resumed fit may change (every other one must equal the checkpointed fit's).
-    _RESUMABLE_CHANGES = ("lr", "epochs", "progress", "n_threads", "n_jobs", "checkpoint_dir",
-                          "resume", "decoders", "encoders")
 
     def _member_desc(self, member: int) -> str:
         """The progress-bar label of member ``member``."""
@@ -660,7 +432,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             return
         root = Path(self.checkpoint_dir)
         record = {"settings": {k: _jsonable(v) for k, v in self.get_params(deep=False).items()
-                               if k not in self._RESUMABLE_CHANGES},
+                               if k not in resumable_settings()},
                   "data": _fingerprint(data)}
         path = root / "fit.json"
         if self.resume and path.is_file():
@@ -678,7 +450,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
                                   for k in differ)
                 raise ValueError(
                     f"resume: the checkpoints in {root} were written with other settings: "
-                    f"{shown}; only {', '.join(self._RESUMABLE_CHANGES[:2])} may change on "
+                    f"{shown}; only {', '.join(resumable_settings()[:2])} may change on "
                     "resume (or pass resume=False to start over)")
         rank = 0
         if self.distributed:  # each rank checkpoints to <member folder>/rank<r>
@@ -699,11 +471,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
 
     def _number_of_epochs(self, data: MultimodalDataset) -> int:
         """``epochs``, or for ``"auto"`` about :data:`AUTO_STEPS` unlabelled mini-batches."""
-        if self.epochs != "auto":
-            return int(self.epochs)
-        rows = int((~data.is_labelled).sum()) or len(data)
-        per_epoch = math.ceil(rows / self.batch_size)
-        return int(min(max(math.ceil(AUTO_STEPS / per_epoch), 10), 500))
+        return number_of_epochs(self.epochs, data, self.batch_size)
 
     def _build(self, config: ModelConfig) -> MultimodalM2:
         def networks(given):
@@ -775,6 +543,15 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         """Per-epoch training history (alias of ``history_``)."""
         self._check_fitted()
         return self.history_
+
+
+MultimodalSemiSupervisedClassifier.__doc__ += _parameter_docs(estimator_settings())
+
+
+def _model_settings(estimator) -> dict:
+    """The estimator's parameters that are settings of :class:`ModelConfig`."""
+    return {f.name: getattr(estimator, f.name) for f in dataclasses.fields(ModelConfig)
+            if not f.metadata["data"]}
 
 
 def _is_sparse(X) -> bool:

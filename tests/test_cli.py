@@ -112,8 +112,8 @@ def test_demo_writes_its_table_and_plots(tmp_path, small_deep_models, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["train", "no-such-data"], "expected a data set name"),
     (["train", "absent.npz"], "no file at"),
-    (["train", "digits", "--nu", "2"], "nu > 2"),
-    (["train", "digits", "--nu", "inf", "--learn-nu"], "no ν to learn"),
+    (["train", "digits", "--nu", "2"], "nu: expected a number > 2"),
+    (["train", "digits", "--nu", "inf", "--learn-nu"], "no nu to learn"),
     (["evaluate", "no-such-run"], "RUN_DIR: no-such-run is not a run folder"),
 ])
 def test_errors_name_the_argument(argv, message):

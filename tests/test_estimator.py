@@ -619,8 +619,9 @@ def test_an_interrupted_fit_with_averaging_resumes_to_the_uninterrupted_result(
 
 
 def test_unlabelled_warmup_is_a_fraction_of_the_epochs_run(blobs, monkeypatch):
-    """unlabelled_warmup = 0.25 with 8 epochs ramps the unlabelled term over 2 epochs of
-    train(); 0 (the default) passes no ramp; the ramp changes the fit."""
+    """unlabelled_warmup = 0.25 reaches train() as the same fraction (one unit, one name:
+    train() ramps over 0.25 x 8 = 2 epochs); 0 (the default) passes no ramp; the ramp changes
+    the fit."""
     import pyro_mmt.estimator as estimator_module
 
     X, y, _ = blobs
@@ -635,5 +636,5 @@ def test_unlabelled_warmup_is_a_fraction_of_the_epochs_run(blobs, monkeypatch):
     plain = MultimodalSemiSupervisedClassifier(**{**SMALL, "epochs": 8}).fit(X, y)
     warmed = MultimodalSemiSupervisedClassifier(**{**SMALL, "epochs": 8},
                                                 unlabelled_warmup=0.25).fit(X, y)
-    assert seen == [0.0, 2.0]
+    assert seen == [0.0, 0.25]
     assert not np.allclose(plain.predict_proba(X), warmed.predict_proba(X))

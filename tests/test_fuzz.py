@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from pyro_mmt.estimator import _PARAMETER_CONSTRAINTS, MultimodalSemiSupervisedClassifier
+from pyro_mmt.config import estimator_settings
+from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
 from pyro_mmt.training.svi import TrainingDivergedError
 
 SEED = 20240613
@@ -219,7 +220,7 @@ def test_bad_parameters_fail_naming_the_parameter_or_fit(tmp_path, monkeypatch):
     ValueError/TypeError that starts with the parameter's name."""
     monkeypatch.chdir(tmp_path)  # a string checkpoint_dir is a valid folder name
     rng = np.random.default_rng(SEED + 2)
-    names = sorted(_PARAMETER_CONSTRAINTS)
+    names = sorted(estimator_settings())
     outcomes = Outcomes()
     X, y = _data(rng)
     for case in range(120):

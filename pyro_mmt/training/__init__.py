@@ -4,12 +4,14 @@ optimiser, independent fits in parallel processes and data-parallel training."""
 from pyro_mmt.training.optim import MultiTensorAdam
 from pyro_mmt.training.parallel import FittedMember, MemberHooks, fit_members
 from pyro_mmt.training.svi import (
+    AUTO_STEPS,
     Checkpoint,
     TrainingDivergedError,
     batch_to,
     default_optimizer,
     load_checkpoint,
     load_weights,
+    number_of_epochs,
     predict_proba,
     save_checkpoint,
     train,
@@ -18,7 +20,9 @@ from pyro_mmt.training.svi import (
 
 __all__ = [
     "train",
+    "AUTO_STEPS",
     "predict_proba",
+    "number_of_epochs",
     "TrainingDivergedError",
     "Checkpoint",
     "save_checkpoint",

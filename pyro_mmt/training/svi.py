@@ -29,6 +29,7 @@ from pyro.poutine.runtime import _MODULE_NAMESPACE_DIVIDER
 from pyro.poutine.trace_messenger import TraceMessenger
 from tqdm.auto import tqdm
 
+from pyro_mmt.config import TrainingConfig
 from pyro_mmt.data import Batch, InterleavedLoader, MultimodalDataset
 from pyro_mmt.evaluation.metrics import classification_metrics
 
@@ -49,6 +50,21 @@ __all__ = [
 
 #: An epoch with more steps than this gets a second progress bar over its steps.
 STEP_BAR_MIN_STEPS = 50
+
+#: With ``epochs="auto"``: the number of unlabelled mini-batches to aim for (between 10 and
+#: 500 epochs).
+AUTO_STEPS = 300
+
+
+def number_of_epochs(epochs: int | str, dataset: MultimodalDataset, batch_size: int) -> int:
+    """``epochs``, or for ``"auto"`` enough passes for about :data:`AUTO_STEPS` unlabelled
+    mini-batches of ``batch_size`` rows, at least 10 and at most 500 (small data sets get
+    more passes, large ones fewer)."""
+    if epochs != "auto":
+        return int(epochs)
+    rows = int((~dataset.is_labelled).sum()) or len(dataset)
+    per_epoch = math.ceil(rows / batch_size)
+    return int(min(max(math.ceil(AUTO_STEPS / per_epoch), 10), 500))
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -282,7 +298,7 @@ def warmup_weight(progress: float) -> float:
     return math.exp(-5.0 * (1.0 - p) ** 2)
 
 
-def default_optimizer(lr: float = 1e-3) -> PyroOptim:
+def default_optimizer(lr: float = TrainingConfig.lr) -> PyroOptim:
     """The optimiser :func:`train` uses when given none: one fused Adam over every parameter
     (:class:`~pyro_mmt.training.optim.MultiTensorAdam`) with each gradient element clamped to
     ±10, the update of ``pyro.optim.ClippedAdam({"lr": lr})`` (up to where ε enters; see
@@ -303,10 +319,10 @@ def train(
     *,
     objective: pyro.infer.ELBO,
     optimizer: PyroOptim | None = None,
-    epochs: int = 50,
-    batch_size: int = 128,
-    labelled_batch_size: int | None = None,
-    seed: int = 0,
+    epochs: int | str = TrainingConfig.epochs,
+    batch_size: int = TrainingConfig.batch_size,
+    labelled_batch_size: int | None = TrainingConfig.labelled_batch_size,
+    seed: int = TrainingConfig.seed,
     validation: MultimodalDataset | None = None,
     predictor: Callable | None = None,
     patience: int | None = None,
@@ -317,7 +333,7 @@ def train(
     progress: bool = True,
     validate: bool | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
-    unlabelled_warmup: float = 0.0,
+    unlabelled_warmup: float = TrainingConfig.unlabelled_warmup,
     desc: str = "training",
 ) -> pd.DataFrame:
     """Train ``model``/``guide`` with SVI and return the per-epoch history.
@@ -328,7 +344,10 @@ def train(
     :param objective: a Pyro ELBO (``GammaPowerELBO``, ``TraceEnum_ELBO``, ...).
     :param optimizer: a Pyro optimiser; :func:`default_optimizer` (one fused Adam, learning
         rate 1e-3, gradients clamped to ±10: ``ClippedAdam``'s update) when None.
-    :param int epochs: passes over the unlabelled data (see ``InterleavedLoader``).
+    :param epochs: passes over the unlabelled data (see ``InterleavedLoader``), or ``"auto"``
+        (:func:`number_of_epochs`). The defaults of ``epochs``, ``batch_size``,
+        ``labelled_batch_size``, ``seed`` and ``unlabelled_warmup`` are the estimator's
+        (:class:`~pyro_mmt.config.TrainingConfig`).
     :param int batch_size: rows per unlabelled batch.
     :param labelled_batch_size: rows per labelled batch (default ``batch_size``).
     :param int seed: seeds Pyro/torch (``pyro.set_rng_seed``) and the batch order.
@@ -368,10 +387,11 @@ def train(
         steps and before its validation and checkpoint, e.g. to update an estimate that is not
         a gradient parameter (the learned class prior of
         :meth:`~pyro_mmt.models.MultimodalM2.update_class_prior`).
-    :param float unlabelled_warmup: epochs over which the unlabelled term is ramped up: an
+    :param float unlabelled_warmup: the fraction w in [0, 1] of the ``epochs`` over which the
+        unlabelled term is ramped up (the estimator's parameter, in the same unit): an
         unlabelled batch at training time t (in epochs, the step's position within its epoch
-        counted as a fraction) is scaled by :func:`warmup_weight` (t / ``unlabelled_warmup``),
-        which rises from exp(−5) to 1, the ramp-up of Laine & Aila (*Temporal ensembling for
+        counted as a fraction) is scaled by :func:`warmup_weight` (t / (w ``epochs``)), which
+        rises from exp(−5) to 1, the ramp-up of Laine & Aila (*Temporal ensembling for
         semi-supervised learning*, ICLR 2017). Labelled batches are never scaled. 0 (default):
         no ramp. The weight depends on the epoch and step only, so a resumed run ramps as an
         uninterrupted one. The history's losses are those of the data, without the ramp.
@@ -384,15 +404,16 @@ def train(
     """
     if not isinstance(dataset, MultimodalDataset):
         raise ValueError(f"dataset: expected a MultimodalDataset, found {type(dataset).__name__}")
-    if int(epochs) < 0:
-        raise ValueError(f"epochs: expected >= 0, found {epochs}")
+    if epochs != "auto" and (isinstance(epochs, bool) or int(epochs) < 0):
+        raise ValueError(f"epochs: expected 'auto' or an integer >= 0, found {epochs!r}")
+    epochs = number_of_epochs(epochs, dataset, batch_size)
     if patience is not None and validation is None:
         raise ValueError("patience: early stopping needs a validation data set, found None")
     if isinstance(unlabelled_warmup, bool) or not (
-            isinstance(unlabelled_warmup, int | float) and math.isfinite(unlabelled_warmup)
-            and unlabelled_warmup >= 0):
-        raise ValueError(f"unlabelled_warmup: expected a finite number of epochs >= 0, found "
-                         f"{unlabelled_warmup!r}")
+            isinstance(unlabelled_warmup, int | float) and 0 <= unlabelled_warmup <= 1):
+        raise ValueError(f"unlabelled_warmup: expected a fraction of the epochs in [0, 1] (a "
+                         f"number of epochs before this release: pass epochs_of_ramp / epochs), "
+                         f"found {unlabelled_warmup!r}")
     if modules is None:
         modules = _default_modules(model, guide)
     if (checkpoint_dir is not None or patience is not None) and not modules:
@@ -434,7 +455,7 @@ def train(
             best, stop = _train_epoch(
                 svi, loader, epoch, start_epoch, desc, steps_bar, bar, modules, ckpt_path,
                 validate, device, on_epoch_end, validation, predictor, history, optimizer, best,
-                patience, float(unlabelled_warmup))
+                patience, float(unlabelled_warmup) * int(epochs))
             if stop:
                 break
     except KeyboardInterrupt as error:

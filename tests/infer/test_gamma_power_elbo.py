@@ -54,7 +54,7 @@ def float64():
 def make_pair(nu, *, alpha=0.5, class_prior=CLASS_PRIOR, hidden=(8,)):
     """One MultimodalM2 with random networks, returned twice as (model owner, guide owner)."""
     m2 = build_model(DIMS, NUM_CLASSES, latent_dim=LATENT_DIM, hidden=hidden, nu=nu,
-                     sigma=SIGMA, class_prior=class_prior, alpha=alpha)
+                     sigma=SIGMA, class_prior=class_prior, alpha=alpha, alpha_unit="datum")
     return m2, m2
 
 
