@@ -21,12 +21,17 @@ r"""The product-of-experts guide q(y, z | x) = q(y | x) q(z | x, y).
 The label enters every network through a class embedding that broadcasts over the enumerated
 label dimension, so all classes are encoded in one pass.
 
-:class:`PoETGuide` holds the guide's methods; :class:`~pyro_mmt.models.MultimodalM2` inherits
-them and owns the networks (``classifier``, ``encoders``) and the settings they read.
+:class:`PoETGuide` is the guide as a module of its own, built from a
+:class:`~pyro_mmt.config.ModelConfig` (as CEVAE's ``Guide`` is): it owns the classifier and the
+encoder experts, and can be built, run and tested alone. :class:`~pyro_mmt.models.MultimodalM2`
+owns one as its submodule ``q`` (so ``state_dict()``, ``.to()`` and saving see it) and shares
+with it the two quantities model and guide have in common: ν (one ν for the prior, the decoder,
+the encoder and τ_0, a parameter when learned) and the class prior π (learned or not).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import pyro
@@ -36,7 +41,9 @@ from pyro import poutine
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_mmt.config import ModelConfig
 from pyro_mmt.distributions import gaussian_poe, prior_expert_scale, student_t_poe
+from pyro_mmt.likelihoods import Likelihood, make_likelihood
 from pyro_mmt.nn import LabelConditionedMLP, mlp, observed_dimension, register_module
 
 __all__ = ["PoEClassifier", "ModalityEncoder", "PoETGuide"]
@@ -114,16 +121,111 @@ class ModalityEncoder(nn.Module):
         return loc, F.softplus(raw) + 1e-4
 
 
-class PoETGuide:
-    """The guide's methods, inherited by :class:`~pyro_mmt.models.MultimodalM2`, which owns
-    ``config``, ``classifier``, ``encoders``, ``likelihoods``, ``nu`` and the buffers they use.
+class PoETGuide(nn.Module):
+    r"""The product-of-experts guide q(y, z | x) = q(y | x) q(z | x, y), built from a
+    :class:`~pyro_mmt.config.ModelConfig` (see the module docstring for the maths).
+
+    ``guide(x, mask, y, batch_size)`` is the Pyro guide (the model's arguments; an unlabelled
+    batch enumerates y in parallel); :meth:`encode` is q(z | x, y), :meth:`predict_proba`
+    q(y | x) for any subset of the modalities.
+
+    Alone, the guide uses the config's ν and, for the prior shift τ' of unlabelled rows, the
+    labelled class frequencies (or the uniform π). Owned by a model (:meth:`share_with`, as
+    :class:`~pyro_mmt.models.MultimodalM2` does), it reads ν and π from the model, so a
+    learned ν or π is the same in both.
+
+    :param ModelConfig config: the settings (dimensions, families, ν, the imbalance options).
+    :param encoders: optional modality -> network ``net(x_j, y) -> [..., B, 2d]`` (or a
+        :class:`ModalityEncoder`) replacing that modality's default expert.
+    :param classifier: optional ``nn.Module`` replacing the default :class:`PoEClassifier`,
+        ``classifier(inputs, present) -> logits``.
+    :param likelihoods: the modalities' :class:`~pyro_mmt.likelihoods.Likelihood` objects
+        (default: made from the config), which say how each modality enters the networks.
     """
 
+    def __init__(self, config: ModelConfig, *, encoders: Mapping[str, nn.Module] | None = None,
+                 classifier: nn.Module | None = None,
+                 likelihoods: Mapping[str, Likelihood] | None = None):
+        super().__init__()
+        if not isinstance(config, ModelConfig):
+            raise ValueError(f"config: expected a pyro_mmt.ModelConfig, found "
+                             f"{type(config).__name__}")
+        self.config = cfg = config
+        self.likelihoods: dict[str, Likelihood] = dict(likelihoods) if likelihoods else {
+            m: make_likelihood(cfg.likelihood[m], n, sigma=cfg.sigma[m],
+                               num_categories=cfg.num_categories.get(m))
+            for m, n in cfg.dims.items()}
+        in_dims = {m: lik.in_dim for m, lik in self.likelihoods.items()}
+        K, d = cfg.num_classes, cfg.latent_dim
+        if classifier is not None and not isinstance(classifier, nn.Module):
+            raise ValueError(f"classifier: expected an nn.Module, found "
+                             f"{type(classifier).__name__}")
+        self.classifier = classifier if classifier is not None else PoEClassifier(
+            in_dims, K, cfg.hidden, joint_head=cfg.joint_head)
+        encoders = dict(encoders or {})
+        self.encoders = nn.ModuleDict({
+            m: encoders[m] if isinstance(encoders.get(m), ModalityEncoder)
+            else ModalityEncoder(d, net=encoders[m]) if m in encoders
+            else ModalityEncoder(d, in_dim=in_dims[m], num_classes=K, hidden=cfg.hidden)
+            for m in cfg.modalities})
+        # what the settings imply, derived once (not state: rebuilt from the config)
+        self.register_buffer("_nu", torch.tensor(cfg.nu), persistent=False)
+        self.register_buffer("_dims", torch.tensor([float(n) for n in cfg.dims.values()]),
+                             persistent=False)
+        self.register_buffer("_log_sigma2", torch.tensor(
+            [2 * math.log(cfg.sigma[m]) if lik.continuous else 0.0
+             for m, lik in self.likelihoods.items()]), persistent=False)
+        counts = None if cfg.label_counts is None else torch.tensor(
+            cfg.label_counts, dtype=torch.get_default_dtype())
+        self.register_buffer("label_log_freq", torch.zeros(K) if counts is None
+                             else torch.log(counts / counts.sum()), persistent=False)
+        self._owner = None
+
+    def share_with(self, owner: nn.Module) -> PoETGuide:
+        """Read ν (``owner.nu``) and the class prior (``owner.class_log_prior``) from the model
+        ``owner``, and register the owner's parameters in Pyro's param store (one name for the
+        model's and the guide's). The owner is not a submodule (no cycle in the module tree)."""
+        object.__setattr__(self, "_owner", owner)
+        return self
+
+    # ------------------------------------------------------------------------- settings
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modality names, in order."""
+        return self.config.modalities
+
+    @property
+    def nu(self) -> torch.Tensor:
+        """ν: the owner's (learned or not), else the config's."""
+        return self._nu if self._owner is None else self._owner.nu
+
+    @property
+    def gaussian(self) -> bool:
+        """True for the ν = ∞ (Gaussian) model."""
+        return self.config.gaussian
+
+    @property
+    def class_log_prior(self) -> torch.Tensor:
+        """log π: the owner's, else the labelled class frequencies for ``"learned"`` (the
+        model's starting value), uniform or the given π."""
+        if self._owner is not None:
+            return self._owner.class_log_prior
+        cfg = self.config
+        if cfg.class_prior == "learned" and cfg.label_counts is not None:
+            return self.label_log_freq
+        if isinstance(cfg.class_prior, str):
+            return torch.full_like(self.label_log_freq, -math.log(cfg.num_classes))
+        return torch.tensor(cfg.class_prior).to(self.label_log_freq).log()
+
+    # ---------------------------------------------------------------------------- guide
     def guide(self, x: Mapping[str, torch.Tensor] | None = None,
               mask: torch.Tensor | None = None, y: torch.Tensor | None = None,
               batch_size: int | None = None):
         """q(y, z | x); same arguments as the model's. An unlabelled batch enumerates y."""
-        register_module("m2", self)
+        if self._owner is None:
+            register_module("guide", self)
+        else:
+            register_module("m2", self._owner)
         x, mask, batch = self.check_inputs(x, mask, y, batch_size)
         present = self.present(x, mask)
         inputs = self.network_inputs(x)
@@ -172,6 +274,8 @@ class PoETGuide:
             return torch.zeros_like(self.label_log_freq)
         log_pi = self.class_log_prior if cfg.class_prior == "learned" else self.label_log_freq
         return cfg.unlabelled_prior_shift * log_pi
+
+    forward = guide
 
     @torch.no_grad()
     def predict_proba(self, x: Mapping[str, torch.Tensor], mask: torch.Tensor | None = None,

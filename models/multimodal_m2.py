@@ -59,18 +59,20 @@ from pyro_mmt.nn import LabelConditionedMLP, observed_dimension, register_module
 __all__ = ["MultimodalM2", "LatentMonteCarloPowerNorm"]
 
 
-class MultimodalM2(PoETGuide, nn.Module):
+class MultimodalM2(nn.Module):
     r"""The multimodal M2 model and its product-of-experts guide, with every network,
     parameter and setting they use.
 
     - :meth:`model` is p(x, y, z) (this file), plus the classification term on labelled data;
-    - :meth:`guide` is q(y, z | x) = q(y | x) q(z | x, y) (``guides/poe_t.py``);
+    - :meth:`guide` is q(y, z | x) = q(y | x) q(z | x, y), the guide module ``q``
+      (:class:`~pyro_mmt.guides.PoETGuide`, ``guides/poe_t.py``) that this object owns;
     - :meth:`predict_proba` is q(y | x) for new data with any subset of the modalities.
 
     Train with Pyro's SVI: ``SVI(m2.model, m2.guide, optim, GammaPowerELBO())``. One object
-    owns the classifier, the encoders, the decoders and ν (a parameter when learned), so
+    owns the decoders, ν (a parameter when learned), π and the guide ``q`` (with the classifier
+    and the encoders: ``m2.classifier`` and ``m2.encoders`` are the guide's), so
     ``state_dict()``, ``.to(device)`` and saving see everything, and the settings live in ONE
-    :class:`~pyro_mmt.config.ModelConfig` (``m2.config``).
+    :class:`~pyro_mmt.config.ModelConfig` (``m2.config``), whose defaults are the estimator's.
 
     **Classification term.** M2 trains q(y | x) on labelled data with an extra term
     α Σ_labelled w_y log q(y | x), written as ``pyro.factor("classification", ...)``: a factor
@@ -125,34 +127,33 @@ class MultimodalM2(PoETGuide, nn.Module):
             for m, n in cfg.dims.items()
         }
         in_dims = {m: lik.in_dim for m, lik in self.likelihoods.items()}
-        # (built in this order so that a seed gives the same initial weights as before)
+        # (built in this order, classifier, decoders, encoders, so that a seed gives the same
+        # initial weights as before the guide became a module of its own)
         if classifier is not None and not isinstance(classifier, nn.Module):
             raise ValueError(f"classifier: expected an nn.Module, found "
                              f"{type(classifier).__name__}")
-        self.classifier = classifier if classifier is not None else PoEClassifier(
+        classifier = classifier if classifier is not None else PoEClassifier(
             in_dims, K, hidden, joint_head=cfg.joint_head)
         decoders, encoders = dict(decoders or {}), dict(encoders or {})
         self.decoders = nn.ModuleDict({
             m: decoders.get(m) or LabelConditionedMLP(d, K, hidden, lik.out_dim)
             for m, lik in self.likelihoods.items()
         })
-        self.encoders = nn.ModuleDict({
+        encoders = {
             m: ModalityEncoder(d, net=encoders[m]) if m in encoders
             else ModalityEncoder(d, in_dim=in_dims[m], num_classes=K, hidden=hidden)
             for m in cfg.modalities
-        })
+        }
+        #: the guide q(y, z | x), a module of its own that reads ν and π from this model
+        self.q = PoETGuide(cfg, encoders=encoders, classifier=classifier,
+                           likelihoods=self.likelihoods).share_with(self)
+        self._register_load_state_dict_pre_hook(_state_before_the_guide_module)
 
         # ν: a parameter when learned (ν = 2 + softplus(θ)), else a constant
         if cfg.learn_nu:
             self.nu_unconstrained = nn.Parameter(torch.tensor(math.log(math.expm1(cfg.nu - 2))))
         else:
             self.register_buffer("_nu", torch.tensor(cfg.nu), persistent=False)
-        # what the settings imply, derived once (not state: rebuilt from the config)
-        self.register_buffer("_dims", torch.tensor([float(n) for n in cfg.dims.values()]),
-                             persistent=False)
-        self.register_buffer("_log_sigma2", torch.tensor(
-            [2 * math.log(cfg.sigma[m]) if lik.continuous else 0.0
-             for m, lik in self.likelihoods.items()]), persistent=False)
         counts = None if cfg.label_counts is None else torch.tensor(
             cfg.label_counts, dtype=torch.get_default_dtype())
         if cfg.class_weight is None:
@@ -162,8 +163,6 @@ class MultimodalM2(PoETGuide, nn.Module):
         else:
             weights = torch.tensor(cfg.class_weight)
         self.register_buffer("class_weights", weights, persistent=False)
-        self.register_buffer("label_log_freq", torch.zeros(K) if counts is None
-                             else torch.log(counts / counts.sum()), persistent=False)
         # π: log π of p(y); learned: a buffer that update_class_prior moves, starting at the
         # labelled class frequencies (uniform without labels)
         if cfg.class_prior == "uniform" or (cfg.class_prior == "learned" and counts is None):
@@ -174,6 +173,65 @@ class MultimodalM2(PoETGuide, nn.Module):
             log_prior = torch.tensor(cfg.class_prior).log()
         self.register_buffer("class_log_prior", log_prior,
                              persistent=cfg.class_prior == "learned")
+
+    # ------------------------------------------------------------------------- the guide
+    def guide(self, x: Mapping[str, torch.Tensor] | None = None,
+              mask: torch.Tensor | None = None, y: torch.Tensor | None = None,
+              batch_size: int | None = None):
+        """q(y, z | x): the guide module's (:meth:`~pyro_mmt.guides.PoETGuide.guide`); same
+        arguments as the model's."""
+        return self.q.guide(x, mask, y, batch_size)
+
+    @property
+    def classifier(self) -> nn.Module:
+        """q(y | x)'s network (the guide's)."""
+        return self.q.classifier
+
+    @property
+    def encoders(self) -> nn.ModuleDict:
+        """The experts of q(z | x, y) (the guide's)."""
+        return self.q.encoders
+
+    @property
+    def _dims(self) -> torch.Tensor:
+        return self.q._dims
+
+    @property
+    def _log_sigma2(self) -> torch.Tensor:
+        return self.q._log_sigma2
+
+    @property
+    def label_log_freq(self) -> torch.Tensor:
+        """log π̂, the labelled class frequencies (zeros without ``label_counts``)."""
+        return self.q.label_log_freq
+
+    def encode(self, inputs, present, y) -> dist.TorchDistribution:
+        """q(z | x, y) (:meth:`~pyro_mmt.guides.PoETGuide.encode`)."""
+        return self.q.encode(inputs, present, y)
+
+    def unlabelled_logit_shift(self) -> torch.Tensor:
+        """τ' log π_u (:meth:`~pyro_mmt.guides.PoETGuide.unlabelled_logit_shift`)."""
+        return self.q.unlabelled_logit_shift()
+
+    def predict_proba(self, x, mask=None, *, logit_adjustment: float = 0.0) -> torch.Tensor:
+        """q(y | x) (:meth:`~pyro_mmt.guides.PoETGuide.predict_proba`)."""
+        return self.q.predict_proba(x, mask, logit_adjustment=logit_adjustment)
+
+    def classifier_logits(self, x, mask=None) -> torch.Tensor:
+        """The classifier's logits f(x) (:meth:`~pyro_mmt.guides.PoETGuide.classifier_logits`)."""
+        return self.q.classifier_logits(x, mask)
+
+    def check_inputs(self, x, mask, y, batch_size):
+        """The model's and guide's arguments, checked (:meth:`~pyro_mmt.guides.PoETGuide.check_inputs`)."""
+        return self.q.check_inputs(x, mask, y, batch_size)
+
+    def present(self, x, mask) -> torch.Tensor:
+        """Bool [B, M]: modality j observed in this datum."""
+        return self.q.present(x, mask)
+
+    def network_inputs(self, x) -> dict[str, torch.Tensor]:
+        """The modalities as the networks see them."""
+        return self.q.network_inputs(x)
 
     # ------------------------------------------------------------------------- settings
     @property
@@ -323,6 +381,15 @@ class MultimodalM2(PoETGuide, nn.Module):
             log_pi = torch.log(counts / counts.sum())
         self.class_log_prior.copy_(log_pi)
         return self.class_prior()
+
+
+def _state_before_the_guide_module(state_dict, prefix, *args):
+    """A ``state_dict`` saved before the guide became the submodule ``q`` (keys
+    ``classifier.*``, ``encoders.*``) loads: its keys are renamed ``q.classifier.*``,
+    ``q.encoders.*``."""
+    for key in [k for k in state_dict if k.startswith((f"{prefix}classifier.",
+                                                      f"{prefix}encoders."))]:
+        state_dict[f"{prefix}q.{key[len(prefix):]}"] = state_dict.pop(key)
 
 
 class LatentMonteCarloPowerNorm(PowerNorm):

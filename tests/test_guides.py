@@ -172,3 +172,38 @@ def test_learned_class_prior_stays_positive_for_a_class_never_predicted():
     pi = guide.update_class_prior(logits)
     assert pi[2] > 0 and torch.isfinite(guide.class_log_prior).all()
     assert pi[2] == pytest.approx(1 / (300 + K), rel=1e-3)
+
+
+# ------------------------------------------------------------------------ the guide alone
+def test_the_guide_is_a_module_built_from_the_config():
+    """PoETGuide(config) alone: its networks in its state_dict, q(y | x) rows summing to 1,
+    q(z | x, y) batched over the enumerated y, and a Pyro guide whose sites have the model's
+    shapes; ν and π are the config's until a model shares its own."""
+    from pyro import poutine
+
+    from pyro_mmt.config import ModelConfig
+    from pyro_mmt.guides import PoETGuide
+    from pyro_mmt.models import MultimodalM2
+
+    config = ModelConfig(DIMS, K, latent_dim=D, hidden=(4,), nu=NU, label_counts=(3, 2, 1))
+    guide = PoETGuide(config)
+    assert {k.split(".")[0] for k in guide.state_dict()} == {"classifier", "encoders"}
+    x = {m: torch.randn(6, n) for m, n in DIMS.items()}
+    mask = torch.ones(6, len(DIMS), dtype=torch.bool)
+    mask[0, 1] = False
+    proba = guide.predict_proba(x, mask)
+    assert proba.shape == (6, K)
+    torch.testing.assert_close(proba.sum(-1), torch.ones(6))
+    assert guide.encode(x, mask, torch.arange(K).reshape(K, 1)).batch_shape == (K, 6)
+    trace = poutine.trace(guide.guide).get_trace(x, mask, torch.randint(0, K, (6,)))
+    assert trace.nodes["z"]["value"].shape == (6, D) and "y" not in trace.nodes
+    trace = poutine.trace(guide.guide).get_trace(x, mask)
+    assert trace.nodes["y"]["value"].shape == (6,)
+    assert float(guide.nu) == NU
+    torch.testing.assert_close(guide.unlabelled_logit_shift(), guide.label_log_freq)
+
+    m2 = MultimodalM2(config.replace(learn_nu=True))
+    assert m2.q.nu is m2.nu or torch.equal(m2.q.nu, m2.nu)
+    assert m2.guide.__self__ is m2 and m2.classifier is m2.q.classifier
+    assert all(m2.q.state_dict()[k] is m2.state_dict()[f"q.{k}"] or torch.equal(
+        m2.q.state_dict()[k], m2.state_dict()[f"q.{k}"]) for k in m2.q.state_dict())

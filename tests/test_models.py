@@ -313,7 +313,7 @@ def test_one_module_owns_every_network_and_setting(tmp_path):
 
     m2 = MultimodalM2(config)
     keys = m2.state_dict().keys()
-    for prefix in ("classifier.", "encoders.", "decoders."):
+    for prefix in ("q.classifier.", "q.encoders.", "decoders."):  # q: the guide module
         assert any(k.startswith(prefix) for k in keys)
     assert "nu_unconstrained" in keys and "class_log_prior" in keys
     assert float(m2.nu.detach()) == pytest.approx(NU)
@@ -328,6 +328,21 @@ def test_one_module_owns_every_network_and_setting(tmp_path):
     x, mask, _ = _data()
     torch.testing.assert_close(again.predict_proba(x, mask), m2.predict_proba(x, mask))
     assert m2.double().class_weights.dtype == torch.float64
+
+
+def test_a_state_dict_from_before_the_guide_module_loads():
+    """Keys ``classifier.*`` and ``encoders.*`` (the layout before the guide became the
+    submodule ``q``) load into ``q``."""
+    from pyro_mmt.models import MultimodalM2
+
+    config = ModelConfig(DIMS, K, latent_dim=D, hidden=(5,))
+    m2 = MultimodalM2(config)
+    old = {k.removeprefix("q."): v.clone() for k, v in m2.state_dict().items()}
+    assert any(k.startswith("classifier.") for k in old)
+    again = MultimodalM2(config)
+    again.load_state_dict(old)
+    for k, v in m2.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v)
 
 
 def test_models_folder_is_importable_under_one_name_only():
