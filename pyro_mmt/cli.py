@@ -21,6 +21,9 @@ import numpy as np
 import pandas as pd
 
 from pyro_mmt.config import default, resumable_settings
+from pyro_mmt.run_folder import FINISHED, holds_files, partial_dir, publish, read_json, write_json
+from pyro_mmt.run_folder import changed_settings as _changed_settings
+from pyro_mmt.run_folder import set_status as _set_file_status
 
 __all__ = ["main", "build_parser"]
 
@@ -35,11 +38,6 @@ RUN_FILES = {
 
 #: The plots ``pyro-mmt train`` writes to a run folder (the last two with a test split).
 RUN_PLOTS = ("training_curves.png", "recall_vs_frequency.png", "confusion_matrix.png")
-
-#: ``config.json``'s ``status`` of a complete run; an unfinished one has ``running``,
-#: ``interrupted``, ``diverged`` or ``failed`` and lives in the hidden folder of
-#: :func:`partial_dir` until it finishes.
-FINISHED = "finished"
 
 #: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
@@ -59,6 +57,17 @@ RUN_FOLDER_HELP = (
 
 
 # --------------------------------------------------------------------------------- helpers
+def _read_config(folder: Path) -> dict | None:
+    """A run folder's ``config.json`` (None when it has none)."""
+    return read_json(Path(folder) / RUN_FILES["config"])
+
+
+def _set_status(folder: Path, status: str, **extra) -> None:
+    _set_file_status(Path(folder) / RUN_FILES["config"], status, **extra)
+
+
+_write_json, _holds_files, _publish = write_json, holds_files, publish
+
 def _load_data(source: str):
     """A data set name (``pyro_mmt.data.DATASETS``) or the path of an ``.npz`` file."""
     from pyro_mmt.data import DATASETS, MultimodalDataset, load_dataset
@@ -74,63 +83,6 @@ def _load_data(source: str):
         f"error: DATA: expected a data set name ({', '.join(DATASETS)}) or an .npz path, "
         f"found {source!r}"
     )
-
-
-def partial_dir(out: Path) -> Path:
-    """The hidden sibling folder in which the run for ``out`` is written until it finishes."""
-    out = Path(out)
-    return out.parent / f".{out.name}.partial"
-
-
-def _read_config(folder: Path) -> dict | None:
-    path = Path(folder) / RUN_FILES["config"]
-    if not path.is_file():
-        return None
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SystemExit(f"error: {path} is not a readable config.json ({error})") from error
-    if not isinstance(config, dict):
-        raise SystemExit(f"error: {path} is not a run's config.json (expected a JSON object)")
-    return config
-
-
-def _write_json(path: Path, value: dict) -> None:
-    """Write ``value`` as JSON atomically (a temporary file renamed into place)."""
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str))
-    tmp.replace(path)
-
-
-def _set_status(folder: Path, status: str, **extra) -> None:
-    config = _read_config(folder) or {}
-    config.update(status=status, **extra)
-    _write_json(Path(folder) / RUN_FILES["config"], config)
-
-
-def _holds_files(folder: Path) -> bool:
-    return folder.is_dir() and any(folder.iterdir())
-
-
-def _publish(partial: Path, out: Path, overwrite: bool) -> None:
-    """Move the finished run ``partial`` to ``out``. An old run at ``out`` (with
-    ``overwrite``) is first renamed aside and removed afterwards, so ``out`` is at every
-    instant the old run, absent, or the new run, never parts of both."""
-    old = None
-    if out.exists():
-        if _holds_files(out):
-            if not overwrite:
-                raise SystemExit(
-                    f"error: --out: {out} was filled by someone else while this run trained; "
-                    f"the finished run is kept in {partial} (move it yourself, or run again "
-                    "with --overwrite)")
-            old = out.parent / f".{out.name}.replaced-{os.getpid()}"
-            out.rename(old)
-        else:
-            out.rmdir()
-    partial.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _resume_command(args, lr: float | None = None) -> str:
@@ -164,8 +116,7 @@ def _check_resumable(partial: Path, config: dict, wanted: dict) -> None:
     differ = [k for k in ("data", "rho", "beta", "seed") if config.get(k) != wanted[k]]
     old, new = config.get("estimator", {}), wanted["estimator"]
     differ += [f"--{k.replace('_', '-')}" if k in new else k
-               for k in sorted(set(old) | set(new))
-               if k not in resumable_settings() and old.get(k) != new.get(k)]
+               for k in _changed_settings(old, new, resumable_settings())]
     if differ:
         raise SystemExit(
             f"error: --resume: the unfinished run in {partial} was started with other "

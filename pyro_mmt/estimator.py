@@ -12,8 +12,6 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import hashlib
-import json
 import math
 import os
 import textwrap
@@ -45,6 +43,7 @@ from pyro_mmt.data import MultimodalDataset, Standardiser, as_modality_mapping, 
 from pyro_mmt.infer import GammaPowerELBO
 from pyro_mmt.likelihoods import LIKELIHOODS
 from pyro_mmt.models import MultimodalM2
+from pyro_mmt.run_folder import changed_settings, fingerprint, read_json, write_json
 from pyro_mmt.training.averaging import ParameterAverage
 from pyro_mmt.training.parallel import MemberHooks, fit_members
 from pyro_mmt.training.svi import (
@@ -228,6 +227,19 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             yield
         finally:
             torch.set_num_threads(before)
+
+    def threads(self):
+        """A context manager: torch's thread count set to ``n_threads`` for its duration (as
+        ``fit`` and ``predict_proba`` run), restored after."""
+        return self._threads()
+
+    def prepare(self, X, y=None) -> MultimodalDataset:
+        """``X`` (and labels ``y``) as the fitted model sees them: checked, completed to the
+        fitted modalities (absent ones missing) and standardised as ``predict_proba`` does; a
+        :class:`~pyro_mmt.data.MultimodalDataset` for the Pyro model ``model_``."""
+        self._check_fitted()
+        with self._threads():
+            return self._dataset(X, y, fitted=True)
 
     # ------------------------------------------------------------------ data at the boundary
     def _dataset(self, X, y=None, *, fitted=False) -> MultimodalDataset:
@@ -433,18 +445,17 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         root = Path(self.checkpoint_dir)
         record = {"settings": {k: _jsonable(v) for k, v in self.get_params(deep=False).items()
                                if k not in resumable_settings()},
-                  "data": _fingerprint(data)}
+                  "data": fingerprint(data)}
         path = root / "fit.json"
         if self.resume and path.is_file():
-            before = json.loads(path.read_text())
+            before = read_json(path)
             if before.get("data") != record["data"]:
                 raise ValueError(
                     f"resume: the checkpoints in {root} were written by a fit on other data "
                     f"(fingerprint {before.get('data')!r}, found {record['data']!r}); pass the "
                     "same X and y, or resume=False to start over")
             old = before.get("settings", {})
-            differ = sorted(k for k in set(old) | set(record["settings"])
-                            if old.get(k) != record["settings"].get(k))
+            differ = changed_settings(old, record["settings"], resumable_settings())
             if differ:
                 shown = ", ".join(f"{k}={old.get(k)!r} (found {record['settings'].get(k)!r})"
                                   for k in differ)
@@ -465,9 +476,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
                 (folder / "checkpoint.pt").unlink(missing_ok=True)
         if rank == 0:
             root.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"fit.json.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-            tmp.replace(path)
+            write_json(path, record)
 
     def _number_of_epochs(self, data: MultimodalDataset) -> int:
         """``epochs``, or for ``"auto"`` about :data:`AUTO_STEPS` unlabelled mini-batches."""
@@ -609,17 +618,6 @@ def _jsonable(value):
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return repr(value)
-
-
-def _fingerprint(data: MultimodalDataset) -> str:
-    """SHA-256 of the data's values, mask and labels (what a resumed fit must see again)."""
-    digest = hashlib.sha256()
-    for m in data.modalities:
-        digest.update(m.encode())
-        digest.update(np.ascontiguousarray(data.x[m].numpy()).tobytes())
-    digest.update(np.ascontiguousarray(data.mask.numpy()).tobytes())
-    digest.update(np.ascontiguousarray(data.y.numpy()).tobytes())
-    return digest.hexdigest()[:16]
 
 
 @torch.no_grad()

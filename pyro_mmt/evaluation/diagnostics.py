@@ -44,6 +44,7 @@ from pyro.infer import Predictive
 from pyro.poutine.util import site_is_subsample
 from scipy.special import logsumexp
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
+from sklearn.utils.validation import check_is_fitted
 
 from pyro_mmt.data import MultimodalDataset
 from pyro_mmt.evaluation.metrics import expected_calibration_error
@@ -379,7 +380,7 @@ def _resolve_inputs(model, guide, dataset, y):
     given (``y`` is then refused: the dataset holds the labels)."""
     if _is_estimator(model):
         est = model
-        est._check_fitted()
+        check_is_fitted(est, "model_")
         if dataset is None and guide is not None:  # to_inference_data(est, X)
             guide, dataset = None, guide
         if guide is not None:
@@ -396,13 +397,12 @@ def _resolve_inputs(model, guide, dataset, y):
         if isinstance(dataset, MultimodalDataset):
             names = list(dataset.class_names)
             y = dataset.y.numpy() if y is None else y
-        with est._threads():
-            data = est._dataset(dataset, y, fitted=True)
+        data = est.prepare(dataset, y)  # checks that it is fitted
         if names is not None and list(data.class_names) != names:  # a subset of modalities
             x, labels = data.to_numpy()
             data = MultimodalDataset(x, labels, num_classes=est.n_classes_, class_names=names,
                                      allow_unobserved_modalities=True)
-        return est.model_, None, data, est._threads
+        return est.model_, None, data, est.threads
     if y is not None:
         raise ValueError("y: labels are given with an estimator and X; with a model, pass a "
                          f"MultimodalDataset holding them, found y and a "

@@ -186,12 +186,12 @@ def train_distributed(model: Callable, guide: Callable, dataset: MultimodalDatas
         ``validation``, ``patience``, ``resume``, ``device``, ``on_epoch_end``, ``desc``, ...).
     """
     from pyro_mmt.training.optim import MultiTensorAdam
-    from pyro_mmt.training.svi import _default_modules, train
+    from pyro_mmt.training.svi import default_modules, train
 
     rank = dist.get_rank(group) if dist.is_initialized() else 0
     world = dist.get_world_size(group) if dist.is_initialized() else 1
     if modules is None:
-        modules = _default_modules(model, guide)
+        modules = default_modules(model, guide)
     broadcast_parameters(modules, group=group)
     optimizer = optimizer or MultiTensorAdam({"lr": 1e-3, "clip_value": 10.0})
     local = partition(dataset, rank, world, seed)

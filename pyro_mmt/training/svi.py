@@ -415,7 +415,7 @@ def train(
                          f"number of epochs before this release: pass epochs_of_ramp / epochs), "
                          f"found {unlabelled_warmup!r}")
     if modules is None:
-        modules = _default_modules(model, guide)
+        modules = default_modules(model, guide)
     if (checkpoint_dir is not None or patience is not None) and not modules:
         raise ValueError("modules: checkpoints and early stopping need the nn.Modules, found none")
     if predictor is None and validation is not None:
@@ -708,7 +708,7 @@ def _clone_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def _default_modules(model, guide) -> dict[str, torch.nn.Module]:
+def default_modules(model, guide) -> dict[str, torch.nn.Module]:
     """The modules behind bound ``model``/``guide`` methods, each once."""
     modules = {}
     for name, fn in (("model", model), ("guide", guide)):
