@@ -44,8 +44,8 @@ def test_parallel_members_equal_serial_members(data):
         assert a.history[columns].equals(b.history[columns])
         np.testing.assert_array_equal(predict_proba(a.module, data),
                                       predict_proba(b.module, data))
-    assert not torch.equal(serial[0].state_dict["classifier.experts.top.0.weight"],
-                           serial[1].state_dict["classifier.experts.top.0.weight"])
+    assert not torch.equal(serial[0].state_dict["q.classifier.experts.top.0.weight"],
+                           serial[1].state_dict["q.classifier.experts.top.0.weight"])
 
 
 def test_fit_members_checks_its_arguments(data):

@@ -86,7 +86,7 @@ def test_checkpoint_is_plain_tensors_and_loads_with_weights_only(data, tmp_path)
     assert set(state) >= {"modules", "optimizer", "epoch", "history", "rng_state"}
     # one module: the model owns the guide's networks and the classifier
     assert state["epoch"] == 1 and set(state["modules"]) == {"model"}
-    assert any(k.startswith("classifier.") for k in state["modules"]["model"])
+    assert any(k.startswith("q.classifier.") for k in state["modules"]["model"])
 
     _, fresh = build(data, seed=7)
     ckpt = load_checkpoint(path, fresh)
@@ -101,16 +101,16 @@ def test_the_classifier_is_checkpointed_with_the_model_and_restored_on_resume(da
     restores it with the rest."""
     m2, _ = build(data)
     assert any(m is m2.classifier for m in m2.modules())
-    classifier_keys = {f"classifier.{k}" for k in m2.classifier.state_dict()}
+    classifier_keys = {f"q.classifier.{k}" for k in m2.classifier.state_dict()}
     assert classifier_keys and classifier_keys <= set(m2.state_dict())
     fit(m2, data, epochs=1, checkpoint_dir=tmp_path)
     store = pyro.get_param_store()
     for name, p in m2.classifier.named_parameters():
-        assert store.get_param(f"m2$$$classifier.{name}").unconstrained() is p
+        assert store.get_param(f"m2$$$q.classifier.{name}").unconstrained() is p
     trained = {k: v.detach().clone() for k, v in m2.classifier.state_dict().items()}
     saved = load_checkpoint(tmp_path / "checkpoint.pt").modules["model"]
     for k, v in trained.items():
-        assert torch.equal(saved[f"classifier.{k}"], v)
+        assert torch.equal(saved[f"q.classifier.{k}"], v)
 
     pyro.clear_param_store()
     fresh, _ = build(data, seed=9)  # other initial weights
