@@ -14,23 +14,19 @@ broadcast the two:
   concatenation, so a user's decoder or encoder can be written the usual way.
 
 :func:`register_module` is ``pyro.module`` for the model and the guide, skipped where it would
-change nothing (a per-step cost; ``docs/performance.md``).
+change nothing (a per-step cost; ``docs/performance.md``); it lives in
+:mod:`pyro_mmt.infer.module_registration`, with the switch that turns the fast path on and off,
+and :func:`~pyro_mmt.training.train` gives ``pyro.module`` itself the same fast path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pyro
 import torch
-from pyro.poutine.enum_messenger import EnumMessenger
-from pyro.poutine.indep_messenger import IndepMessenger
-from pyro.poutine.mask_messenger import MaskMessenger
-from pyro.poutine.replay_messenger import ReplayMessenger
-from pyro.poutine.runtime import _MODULE_NAMESPACE_DIVIDER, _PYRO_STACK
-from pyro.poutine.scale_messenger import ScaleMessenger
-from pyro.poutine.trace_messenger import TraceMessenger
 from torch import nn
+
+from pyro_mmt.infer.module_registration import register_module
 
 __all__ = [
     "LabelConditionedMLP",
@@ -125,61 +121,3 @@ def observed_dimension(
     """
     present = mask.to(dims.dtype)
     return present @ dims, present @ (dims * log_sigma2)
-
-
-# ------------------------------------------------------------- parameter registration
-#: Handlers that do nothing with a ``param`` message that anything after the step reads.
-_PARAM_NEUTRAL_HANDLERS = (ScaleMessenger, MaskMessenger, EnumMessenger, IndepMessenger)
-
-
-def register_module(name: str, module: nn.Module) -> None:
-    """``pyro.module(name, module)``, skipped where it would change nothing.
-
-    Pyro's SVI learns which parameters to update from the ``param`` sites it traces during a
-    step, so the model and the guide register their module at every step: 84 parameters sent
-    one by one through Pyro's handlers, about 1 ms per call at the estimator's default sizes
-    (``docs/performance.md``). The registration is skipped when every handler on Pyro's stack
-    either ignores parameters (scale, mask, plates, enumeration, a replay of sample sites, a
-    trace of sample sites only) or is a trace that already holds this module's parameters:
-
-    - registered by the guide earlier in the same step (SVI's trace of parameters, under
-      :class:`~pyro_mmt.infer.GammaPowerELBO`): the model does not register them again;
-    - or *claimed* from the trace: :func:`~pyro_mmt.training.train`'s trace of parameters
-      (``claim_module``) adds the very sites that the module's registration in an earlier step
-      of the run recorded, after checking that they are still the module's trainable
-      parameters, in order.
-
-    Anywhere else (no such trace, any other handler: ``lift``, ``block``, a replay of
-    parameters, a trace of the model alone) it registers as ``pyro.module`` does.
-
-    :param str name: the name given to ``pyro.module``.
-    :param nn.Module module: the module.
-    """
-    if not _registered_in_this_run(name, module):
-        pyro.module(name, module)
-
-
-def _registered_in_this_run(name: str, module: nn.Module) -> bool:
-    if not _PYRO_STACK:
-        return False
-    first = next((n for n, p in module.named_parameters() if p.requires_grad), None)
-    if first is None:
-        return False
-    full_name = f"{name}{_MODULE_NAMESPACE_DIVIDER}{first}"
-    recorded = False
-    for handler in _PYRO_STACK:
-        if isinstance(handler, TraceMessenger):
-            if not getattr(handler, "records_params", True):
-                continue  # a trace of sample sites only
-            node = handler.trace.nodes.get(full_name)
-            if node is None or node["type"] != "param":
-                claim = getattr(handler, "claim_module", None)
-                if claim is None or not claim(name, module):
-                    return False
-            recorded = True
-        elif isinstance(handler, ReplayMessenger):
-            if handler.params is not None:
-                return False
-        elif not isinstance(handler, _PARAM_NEUTRAL_HANDLERS):
-            return False
-    return recorded

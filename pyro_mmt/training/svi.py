@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from pyro_mmt.config import TrainingConfig
 from pyro_mmt.data import Batch, InterleavedLoader, MultimodalDataset
 from pyro_mmt.evaluation.metrics import classification_metrics
+from pyro_mmt.infer.module_registration import fast_pyro_module
 
 __all__ = [
     "TrainingDivergedError",
@@ -451,13 +452,15 @@ def train(
     steps_bar = tqdm(total=n_steps, disable=not progress or n_steps <= STEP_BAR_MIN_STEPS,
                      desc=desc, unit="step", leave=False)
     try:
-        for epoch in bar:
-            best, stop = _train_epoch(
-                svi, loader, epoch, start_epoch, desc, steps_bar, bar, modules, ckpt_path,
-                validate, device, on_epoch_end, validation, predictor, history, optimizer, best,
-                patience, float(unlabelled_warmup) * int(epochs))
-            if stop:
-                break
+        # pyro.module itself takes the fast path of register_module (pyro_mmt.infer's switch)
+        with fast_pyro_module():
+            for epoch in bar:
+                best, stop = _train_epoch(
+                    svi, loader, epoch, start_epoch, desc, steps_bar, bar, modules, ckpt_path,
+                    validate, device, on_epoch_end, validation, predictor, history, optimizer,
+                    best, patience, float(unlabelled_warmup) * int(epochs))
+                if stop:
+                    break
     except KeyboardInterrupt as error:
         if isinstance(error, TrainingInterrupted):
             raise
@@ -550,7 +553,8 @@ def _resumed_optimizer_state(ckpt: Checkpoint, optimizer) -> dict:
 
 class _ParamTrace(TraceMessenger):
     """SVI's trace of the parameters a step registers, with one addition: a module that
-    registers through :func:`~pyro_mmt.nn.register_module` may *claim* the sites its
+    registers through :func:`~pyro_mmt.infer.module_registration.register_module` (or
+    ``pyro.module`` within :func:`train`) may *claim* the sites its
     registration recorded in an earlier step of the run (``templates``, shared by the steps)
     instead of sending its parameters through Pyro's handlers again. A claim is granted only
     when those sites still hold the module's trainable parameters, by name and identity, in

@@ -471,17 +471,19 @@ def test_model_registers_its_module_once_per_svi_step(data, monkeypatch):
     from pyro import poutine
     from pyro.infer import SVI, TraceEnum_ELBO
 
+    import pyro_mmt.infer.module_registration as registration
     from pyro_mmt.training.optim import MultiTensorAdam
 
     m2, _ = build(data)
     calls = []
-    real = pyro.module
+    real = registration._PYRO_MODULE
 
     def counting(name, module, *args, **kwargs):
         calls.append(name)
         return real(name, module, *args, **kwargs)
 
-    monkeypatch.setattr(pyro, "module", counting)
+    # Pyro's own registrations (pyro.module, as register_module calls it)
+    monkeypatch.setattr(registration, "_PYRO_MODULE", counting)
     batch = data.batch(np.arange(16))
     args = (batch.x, batch.mask, batch.y)
     before = {k: v.detach().clone() for k, v in m2.named_parameters()}
@@ -515,10 +517,11 @@ def test_train_claims_the_registration_of_earlier_steps(data, monkeypatch):
     steps claim the sites it recorded), with the very parameters of Pyro's own SVI; a
     parameter frozen between epochs (requires_grad=False) makes the claim fail, is registered
     no more and stays as it is, as with Pyro's SVI."""
+    import pyro_mmt.infer.module_registration as registration
     from pyro_mmt.training import svi as svi_module
 
     calls = []
-    real = pyro.module
+    real = registration._PYRO_MODULE
 
     def counting(name, module, *args, **kwargs):
         calls.append(name)
@@ -531,7 +534,7 @@ def test_train_claims_the_registration_of_earlier_steps(data, monkeypatch):
                 frozen.append(m2.decoders["top"].input.weight.detach().clone())
         return on_epoch_end
 
-    monkeypatch.setattr(pyro, "module", counting)
+    monkeypatch.setattr(registration, "_PYRO_MODULE", counting)  # Pyro's own registrations
     runs = []
     for svi_class in (svi_module._SVI, pyro.infer.SVI):
         monkeypatch.setattr(svi_module, "_SVI", svi_class)
