@@ -388,6 +388,17 @@ class LatentMonteCarloPowerNorm(PowerNorm):
         return DiagStudentT(df, zeros, (self.nu / df).sqrt() * torch.ones_like(zeros))
 
     def log_norm(self, gamma):
+        return self._log_norms(gamma, conditional=False)
+
+    def log_conditional_norm(self, gamma, y):
+        """log ‖p(x, z | y)‖_{1+γ} at the labels ``y`` (observed [B] or enumerated [K, 1]):
+        the same estimate without the class factor and the sum over y, one value per class
+        (the other families' I_j(y, z) depend on y)."""
+        table = self._log_norms(gamma, conditional=True)  # [B, K]
+        rows = torch.arange(table.shape[0], device=table.device)
+        return table[rows, y]
+
+    def _log_norms(self, gamma, conditional):
         m2, d = self.m2, self.latent_dim
         gamma = torch.as_tensor(gamma, dtype=self.obs_dim.dtype, device=self.obs_dim.device)
         gamma = gamma.expand(self.batch_shape)
@@ -416,11 +427,15 @@ class LatentMonteCarloPowerNorm(PowerNorm):
                 s2 = (self.nu + z.pow(2).sum(-1)) / (self.nu + d)
                 total = total + log_t_power_integral(self.nu + d, n_t,
                                                      n_t * s2.log() + log_det_t, g)
-            total = (1 + g) * self.class_log_prior.to(z).unsqueeze(-1) + total  # [K, S]
+            prior_y = 0.0 if conditional else self.class_log_prior.to(z).unsqueeze(-1)
+            total = (1 + g) * prior_y + total.expand(m2.config.num_classes, -1)  # [K, S]
             for m in present:
                 if m not in chained:  # a missing modality integrates to 1: left out
                     out = m2.decoders[m](z, labels)  # [K, S, out_dim]
                     total = total + m2.likelihoods[m].log_power_integral(out, g)
-            log_integral = torch.logsumexp(total.flatten(), 0) - math.log(self.num_draws)
+            if conditional:  # one value per class
+                log_integral = torch.logsumexp(total, -1) - math.log(self.num_draws)
+            else:
+                log_integral = torch.logsumexp(total.flatten(), 0) - math.log(self.num_draws)
             values.append(log_integral / (1 + g))
         return torch.stack(values)[which]

@@ -83,11 +83,18 @@ def build_model(dims: Mapping[str, int], num_classes: int, *,
     return MultimodalM2(config, decoders=decoders, encoders=encoders, classifier=classifier)
 
 
+_EXPERIMENTAL = {"gamma_label_kl": {"label_divergence": "kl"},
+                 "gamma_label_kl1": {"label_divergence": "kl", "label_weight": 1.0}}
+
+
 def make_objective(objective: str = "gamma_power", *, gamma: float | str = "auto",
                    num_particles: int = 1) -> pyro.infer.ELBO:
     """``"gamma_power"``: :class:`~pyro_mmt.infer.GammaPowerELBO`; ``"kl"``: Pyro's
     ``TraceEnum_ELBO`` (the M2 ELBO). Both with one data plate and vectorised particles."""
     vectorize = num_particles > 1
+    if objective in _EXPERIMENTAL:
+        return GammaPowerELBO(gamma, num_particles=num_particles, max_plate_nesting=1,
+                              vectorize_particles=vectorize, **_EXPERIMENTAL[objective])
     if objective == "gamma_power":
         return GammaPowerELBO(gamma, num_particles=num_particles, max_plate_nesting=1,
                               vectorize_particles=vectorize)
@@ -147,7 +154,7 @@ _COUNT = (_is_int, "an integer >= 1")
 
 #: Every parameter's constraint: (check, what is expected). One place, one kind of message.
 _PARAMETER_CONSTRAINTS: dict[str, tuple[Callable, str]] = {
-    "objective": (lambda v: v in ("gamma_power", "kl"), "'gamma_power' or 'kl'"),
+    "objective": (lambda v: v in ("gamma_power", "kl", *_EXPERIMENTAL), "'gamma_power' or 'kl'"),
     "gamma": (_is_gamma, "'auto', '<k>x auto' (k > 0) or a finite float > -1 other than 0"),
     "nu": (lambda v: _is_number(v) and v > 2 and (math.isinf(v) or v <= _FLOAT32_MAX),
            "a number > 2 (at most 3.4e38, float32), or inf for the Gaussian model"),

@@ -219,6 +219,13 @@ METHODS: dict[str, Method] = {
                                         {"unlabelled_warmup": 0.5, "n_init": 3}),
     "gauss_kl_ens3": _deep_method("gauss_kl_ens3", "gauss_kl with n_init = 3",
                                   {**GAUSSIAN_KL, "n_init": 3}),
+    "t_gamma_label_kl": _deep_method("t_gamma_label_kl", "the defaults with the label under "
+                                     "the KL at the γ-loss's own slope (label_weight='auto')",
+                                     {"objective": "gamma_label_kl"}),
+    "t_gamma_label_kl1": _deep_method("t_gamma_label_kl1", "the defaults with the label under "
+                                      "the KL at weight 1", {"objective": "gamma_label_kl1"}),
+    "t_gamma_sigma025": _deep_method("t_gamma_sigma025", "the defaults with decoder scale "
+                                     "σ = 0.25 (entropy weight w0 ≈ 1)", {"sigma": 0.25}),
     "t_gamma_v1": _deep_method("t_gamma_v1", "the previous release's t_gamma: α = 1000 per "
                                "datum, balanced class weights + logit adjustment + prior shift, "
                                "per-data-set epochs, no averaging (chosen on test splits)", V1),
