@@ -381,7 +381,8 @@ def _run_task(name, rho, beta, seed, unlabelled, method_name, epochs, single_thr
 
 #: The columns of :func:`pseudo_label_summary`.
 PSEUDO_LABEL_COLUMNS = ("pseudo_tv", "pseudo_entropy", "pseudo_minority_share",
-                        "pseudo_minority_recall", "pseudo_balanced_accuracy")
+                        "pseudo_minority_recall", "pseudo_balanced_accuracy",
+                        "pseudo_class_shares", "true_class_shares")
 
 
 def pseudo_label_summary(proba, true_labels, train_class_counts) -> dict:
@@ -393,7 +394,9 @@ def pseudo_label_summary(proba, true_labels, train_class_counts) -> dict:
     in nats; ``pseudo_minority_share`` the predicted share of the minority classes divided by
     their true share (1 = unbiased, < 1 = pulled to the majority);
     ``pseudo_minority_recall`` and ``pseudo_balanced_accuracy`` the protocol's metrics on
-    those rows. All NaN for a method that gives no q(y | x) or a split with no unlabelled row.
+    those rows; ``pseudo_class_shares`` and ``true_class_shares`` the predicted and true
+    class shares, class by class, as text ("0.5;0.3;0.2"). All NaN for a method that gives
+    no q(y | x) or a split with no unlabelled row.
     """
     out = dict.fromkeys(PSEUDO_LABEL_COLUMNS, np.nan)
     if proba is None or len(true_labels) == 0:
@@ -404,6 +407,8 @@ def pseudo_label_summary(proba, true_labels, train_class_counts) -> dict:
     predicted_share = np.bincount(pred, minlength=k) / pred.size
     true_share = np.bincount(true_labels, minlength=k) / true_labels.size
     out["pseudo_tv"] = 0.5 * float(np.abs(predicted_share - true_share).sum())
+    out["pseudo_class_shares"] = ";".join(f"{v:.6g}" for v in predicted_share)
+    out["true_class_shares"] = ";".join(f"{v:.6g}" for v in true_share)
     out["pseudo_entropy"] = float(-(proba * np.log(np.clip(proba, 1e-300, None))).sum(1).mean())
     minority = minority_classes(train_class_counts)
     if true_share[minority].sum() > 0:
