@@ -45,6 +45,7 @@ from pyro_mmt.data import (
     validation_folds,
 )
 from pyro_mmt.evaluation.metrics import METRICS, minority_classes
+from pyro_mmt.training.svi import shows_progress
 
 __all__ = ["SCORES", "select_best", "tune", "validation_scores"]
 
@@ -413,7 +414,7 @@ def validation_scores(estimator, candidates, X, y=None, *, modalities=None, fold
 
     tasks = [(name, params, f, train, validation)
              for name, params in pairs for f, (train, validation) in enumerate(folds)]
-    bar = tqdm(total=len(tasks), desc="validation fits", disable=not progress)
+    bar = tqdm(total=len(tasks), desc="validation fits", disable=not shows_progress(progress))
     results = []
     try:
         if n_jobs == 1:
