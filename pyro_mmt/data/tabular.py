@@ -223,7 +223,8 @@ class TableSchema:
         has_label = self.label is not None and self.label in columns
         if self.label is not None and not has_label and labels == "required":
             raise ValueError(f"{where}: no label column {self.label!r}; expected it among the "
-                             f"columns {_show(columns)}")
+                             f"columns {_show(columns)} (name the label column with label=: "
+                             "--label COL, or label = \"COL\" in a schema file)")
         if self.label is None and labels == "required":
             raise ValueError(f"{where}: no label column was named; pass label= (or --label, or "
                              "\"label\" in the schema file), the column holding the classes")
