@@ -18,8 +18,9 @@ The conventions:
 - **Missing modalities**: a modality is missing for a row when every one of its cells is empty
   (NaN); a row with some cells of a modality empty and others filled is refused.
 - **Strings**: a column of text (not numbers) is a categorical feature: its values are coded
-  0..C-1 in sorted order and its modality gets the ``"categorical"`` likelihood; the category
-  names are kept in ``schema.categories``. A modality may not mix text and numeric columns.
+  0..C-1 in sorted order (a pandas categorical: in its categories' order) and its modality gets
+  the ``"categorical"`` likelihood; the category names are kept in ``schema.categories``. A
+  modality may not mix text and numeric columns.
 
 Every column of the table must be a feature, the label or listed in ``ignore``: nothing is
 dropped silently. Errors are ``ValueError`` naming the file (or ``frame``), the column and the
@@ -266,6 +267,17 @@ class TableSchema:
             raise ValueError(
                 f"{where}: no row of column {self.label!r} is labelled (empty, NaN, None and -1 "
                 "mark unlabelled rows); expected some labelled rows to learn the classes from")
+        observed = np.stack([~np.isnan(a).all(axis=1) for a in x.values()], axis=1)
+        empty = np.flatnonzero(~observed.any(axis=1))
+        if empty.size:
+            raise ValueError(
+                f"{where}: every feature cell is empty in {rows.names(empty)} ({empty.size} "
+                "rows); expected each row to observe at least one modality (drop those rows)")
+        unobserved = [m for j, m in enumerate(x) if not observed[:, j].any()]
+        if unobserved and not allow_unobserved_modalities:
+            raise ValueError(
+                f"{where}: modalities {unobserved} are empty in every row; expected each "
+                "modality observed in some row (leave its columns out, or under ignore)")
         schema = replace(self, modalities=modalities, likelihood=likelihood, classes=classes,
                          categories=categories)
         try:
@@ -317,9 +329,14 @@ class TableSchema:
         values, text = [], set()
         for c in cols:
             column = frame[c]
-            if c in categories or _is_text(column):
+            if column.isna().all() and c not in categories:  # an empty column: no values
+                values.append(np.full(len(column), np.nan))
+            elif c in categories or _is_text(column):
                 text.add(c)
                 values.append(_codes(column, c, categories, where, rows))
+            elif _is_numbers_as_text(column):  # e.g. a string-typed column of "0.1", "2"
+                values.append(pd.to_numeric(column, errors="raise").to_numpy(
+                    dtype=np.float64, na_value=np.nan))
             elif pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
                 if pd.api.types.is_complex_dtype(column):
                     raise ValueError(f"{where}: column {c!r} holds complex numbers; expected "
@@ -400,6 +417,14 @@ def _is_text(column: pd.Series) -> bool:
     if filled.empty:
         return False
     return all(isinstance(v, str) and not _is_number(v) for v in filled)
+
+
+def _is_numbers_as_text(column: pd.Series) -> bool:
+    """A text-typed column whose every filled cell is a number written as text."""
+    if not (pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column)):
+        return False
+    filled = column.dropna()
+    return not filled.empty and all(isinstance(v, str) and _is_number(v) for v in filled)
 
 
 def _is_number(text: str) -> bool:

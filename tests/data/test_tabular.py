@@ -111,6 +111,20 @@ def test_errors_name_the_file_the_column_and_the_row(frame, tmp_path, monkeypatc
         read_table("data.csv", TableSchema(**SCHEMA))
 
 
+def test_numbers_as_text_and_empty_rows():
+    frame = pd.DataFrame({"a__x": pd.Series(["0.1", "2", None], dtype="string"),
+                          "a__y": [1.0, 2.0, None], "b__z": [1.0, None, 3.0],
+                          "label": ["u", "v", None]})
+    data, _ = TableSchema(label="label").encode(frame)
+    assert data.x["a"][:, 0].tolist() == pytest.approx([0.1, 2.0, 0.0])
+    assert data.mask.tolist() == [[True, True], [True, False], [False, True]]
+    with pytest.raises(ValueError, match=r"^frame: every feature cell is empty in row 1 "):
+        TableSchema(label="label").encode(frame.assign(b__z=[1.0, None, 3.0]).iloc[[0, 1]]
+                                          .assign(a__x=["1", None], a__y=[1.0, None]))
+    with pytest.raises(ValueError, match=r"^frame: modalities \['b'\] are empty in every row"):
+        TableSchema(label="label").encode(frame.assign(b__z=None, a__x="1", a__y=1.0))
+
+
 def test_mixed_labels_in_a_frame(frame):
     with pytest.raises(ValueError, match=r"^frame: column 'diagnosis' mixes label types "
                                          r"\['int', 'str'\]"):
