@@ -189,7 +189,10 @@ def test_on_a_long_tailed_split_the_test_set_is_never_used():
     assert seen.max() < len(train)  # positions in split.train only
 
 
-def test_progress_bar(capsys):
+def test_progress_bar(capsys, monkeypatch):
+    import pyro_mmt.model_selection
+
+    monkeypatch.setattr(pyro_mmt.model_selection, "shows_progress", lambda progress: progress)
     validation_scores(DatasetLogisticRegression(), [{"C": 1.0}], _blobs(), n_splits=2,
                       progress=True)
     assert "validation fits" in capsys.readouterr().err
