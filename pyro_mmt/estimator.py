@@ -551,8 +551,8 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             _check_y_index(X, y)
             y, classes = encode_labels(y)
             if classes.size == 1:
-                raise ValueError(f"y: expected labelled rows of at least 2 classes, found only "
-                                 f"class {_plain(classes[0])!r}")
+                raise ValueError(f"y: expected labelled rows of at least 2 classes, found one "
+                                 f"class, {_plain(classes[0])!r}")
         data = self._dataset(X, y)
         counts = data.class_counts()
         if counts.sum() == 0:

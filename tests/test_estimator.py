@@ -571,8 +571,6 @@ SKLEARN_EXPECTED_FAILURES = {
                           "scikit-learn's 'Complex data not supported'",
     "check_estimators_empty_data_messages": "refused with 'modalities[...]: expected at least "
                                             "one column', not scikit-learn's wording",
-    "check_fit2d_1sample": "refused with 'y: every class needs at least one labelled row', not "
-                           "'1 sample'",
     "check_fit2d_predict1d": "refused with 'X: expected a 2-D array', not 'Reshape your data'",
     "check_n_features_in_after_fitting": "a wrong feature count is refused with 'X[...]: "
                                          "expected shape [N, p] (as in fit)', not scikit-learn's "
@@ -610,7 +608,7 @@ def test_sklearn_classifiers_train():
     ("only unlabelled", ValueError, r"^y: expected some labelled rows \(y >= 0\), found none"),
     ("one class", ValueError, r"^y: expected labelled rows of at least 2 classes"),
     ("one labelled row of class 1", ValueError,
-     r"^y: expected labelled rows of at least 2 classes, found only class 1$"),
+     r"^y: expected labelled rows of at least 2 classes, found one class, 1$"),
     ("sparse", TypeError, r"^X: sparse input is not supported"),
 ])
 def test_unusable_training_data_name_the_argument(blobs, case, error, message):
