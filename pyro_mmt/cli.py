@@ -996,8 +996,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="an .npz with arrays x_<modality> (NaN rows = missing), any "
                                 "subset of the run's modalities, or a CSV or Parquet file with "
                                 "the columns the run was trained on (read with its "
-                                "schema.json; empty cells of a modality = missing); labels "
-                                "are not needed")
+                                "schema.json; empty cells of a modality, or all its columns "
+                                "left out = missing); labels are not needed")
     p.add_argument("--out", help="the CSV to write (default RUN_DIR/predictions.csv)")
     p.set_defaults(func=cmd_predict)
 

@@ -205,8 +205,8 @@ class TableSchema:
         :param labels: ``"required"``: the label column must be there; ``"optional"``: a
             table without it (data to predict on) gives unlabelled rows; its classes come from
             the schema's ``classes``.
-        :param allow_unobserved_modalities: accept a modality empty in every row (data only
-            predicted on).
+        :param allow_unobserved_modalities: accept a modality empty in every row, or whose
+            columns are all absent (data only predicted on).
         :param csv_lines: rows are lines of a CSV file with a header (messages give the line).
         """
         if not isinstance(frame, pd.DataFrame):
@@ -229,6 +229,12 @@ class TableSchema:
         if self.label is None and labels == "required":
             raise ValueError(f"{where}: no label column was named; pass label= (or --label, or "
                              "\"label\" in the schema file), the column holding the classes")
+        if allow_unobserved_modalities and self.modalities is not None:
+            # data to predict on may lack a modality's columns altogether: missing everywhere
+            absent = [c for cols in self.modalities.values() if not set(cols) & set(columns)
+                      for c in cols]
+            frame = frame.assign(**dict.fromkeys(absent, np.nan))
+            columns = [*columns, *absent]
         modalities = self._modalities(columns, where)
         unknown = [c for c in self.ignore if c not in columns]
         if unknown:

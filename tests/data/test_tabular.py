@@ -57,6 +57,9 @@ def test_new_tables_are_coded_as_the_first(frame):
     assert data.x["site"][:, 0].tolist() == [0.0, 1.0]
     assert data.class_names == ("benign", "malignant") and data.y.tolist() == [-1, -1]
     assert same == schema
+    without = new.drop(columns=["radius", "area"]).reset_index(drop=True)
+    data, _ = schema.encode(without, labels="optional", allow_unobserved_modalities=True)
+    assert data.mask[:, 0].tolist() == [False, False]  # size: absent, so missing
     unknown = new.assign(site=["middle", "left"]).reset_index(drop=True)
     with pytest.raises(ValueError, match=r"^frame: column 'site', row 0: found the category "
                                          r"'middle'; expected one of \['left', 'right'\]"):
