@@ -54,7 +54,12 @@ from pyro_mmt.infer.power_norm import (
     declare_power_norm,
 )
 from pyro_mmt.likelihoods import Gaussian, Likelihood, StudentT, make_likelihood
-from pyro_mmt.nn import LabelConditionedMLP, observed_dimension, register_module
+from pyro_mmt.nn import (
+    LabelConditionedMLP,
+    apply_label_network,
+    observed_dimension,
+    register_module,
+)
 
 __all__ = ["MultimodalM2", "LatentMonteCarloPowerNorm"]
 
@@ -221,14 +226,16 @@ class MultimodalM2(PoETGuide, nn.Module):
         :param x: modality -> [B, n_j] (rows of a missing modality hold any finite value);
             a modality left out of ``x`` (or ``x=None``) is sampled.
         :param mask: bool [B, M], True where modality j is observed (None: all of ``x``).
-        :param y: int64 [B] for a labelled batch; None samples y (or lets the guide enumerate
-            it).
+        :param y: int64 [B] for a labelled batch; None (or -1 in every row) samples y (or lets
+            the guide enumerate it); -1 in some rows: y is latent, the guide keeps the given
+            labels and draws the others from q(y | x) (for ``Predictive``).
         :param batch_size: B, needed only when neither ``x`` nor ``y`` is given.
         """
         register_module("m2", self)
         cfg = self.config
         x, mask, batch = self.check_inputs(x, mask, y, batch_size)
-        labelled = y is not None
+        y, known = self.observed_labels(y)  # -1 = unobserved
+        labelled = y is not None and known is None
         # a modality given in x is observed where mask says so; one left out is sampled
         in_chain = mask if all(m in x for m in self.modalities) else torch.stack(
             [mask[:, j] if m in x else torch.ones_like(mask[:, j])
@@ -238,7 +245,8 @@ class MultimodalM2(PoETGuide, nn.Module):
         everywhere = in_chain.device.type == "cpu" and bool(in_chain.all())
         nu = self.nu
         with pyro.plate("data", batch):
-            y = pyro.sample("y", dist.Categorical(logits=self.class_log_prior), obs=y)
+            y = pyro.sample("y", dist.Categorical(logits=self.class_log_prior),
+                            obs=y if known is None else None)  # partly labelled: the guide's
             with poutine.scale(scale=cfg.latent_weight):
                 z = pyro.sample("z", self.latent_prior())
 
@@ -247,7 +255,7 @@ class MultimodalM2(PoETGuide, nn.Module):
             dof = (nu + cfg.latent_dim).expand(batch)  # ν + d + Σ_{k<j} n_k, per datum
             for j, m in enumerate(self.modalities):
                 likelihood, present = self.likelihoods[m], in_chain[:, j]
-                out = self.decoders[m](z, y)
+                out = apply_label_network(self.decoders[m], f"decoders[{m!r}]", z, y)
                 chained = likelihood.joint_t and not self.gaussian
                 fn = (likelihood.conditional(out, nu, quad, dof) if chained
                       else likelihood.distribution(out))
