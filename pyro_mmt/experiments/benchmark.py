@@ -226,6 +226,12 @@ METHODS: dict[str, Method] = {
                                       "the KL at weight 1", {"objective": "gamma_label_kl1"}),
     "t_gamma_sigma025": _deep_method("t_gamma_sigma025", "the defaults with decoder scale "
                                      "σ = 0.25 (entropy weight w0 ≈ 1)", {"sigma": 0.25}),
+    "t_gamma_alpha5": _deep_method("t_gamma_alpha5", "the defaults with α = 5 per observed "
+                                   "dimension", {"alpha": 5.0}),
+    "t_gamma_alpha15": _deep_method("t_gamma_alpha15", "the defaults with α = 15 per observed "
+                                    "dimension", {"alpha": 15.0}),
+    "t_gamma_la15": _deep_method("t_gamma_la15", "the defaults with logit adjustment "
+                                 "τ = 1.5 in the classification term", {"logit_adjustment": 1.5}),
     "t_gamma_v1": _deep_method("t_gamma_v1", "the previous release's t_gamma: α = 1000 per "
                                "datum, balanced class weights + logit adjustment + prior shift, "
                                "per-data-set epochs, no averaging (chosen on test splits)", V1),
