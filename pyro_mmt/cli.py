@@ -1068,7 +1068,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["test", "train"],
                    help="which part of the run to diagnose (default: test when the run has one)")
     p.add_argument("--num-samples", type=int, default=100,
-                   help="draws per datum (default 100; Pareto k̂ needs at least 25)")
+                   help="draws per datum (default 100; Pareto k̂ needs at least 30)")
     p.add_argument("--num-predictive", type=int, help="posterior predictive draws kept")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder (default RUN_DIR/diagnostics)")

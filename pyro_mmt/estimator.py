@@ -813,6 +813,18 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             weight = weight[labelled]
         return float(balanced_accuracy_score(y[labelled], pred[labelled], sample_weight=weight))
 
+    def to_inference_data(self, X, y=None, **kwargs):
+        """Draws of the fitted model for the rows of ``X`` (any form ``fit`` accepts, any
+        subset of the modalities; labels ``y``, −1 = unknown) as an ArviZ ``InferenceData``
+        (an ``xarray.DataTree`` with ArviZ 1.x), ``posterior_predictive`` and
+        ``observed_data`` in the units of ``X``. The keyword arguments (``num_samples``,
+        ``condition_on_labels``, ...) and the groups are those of
+        :func:`pyro_mmt.evaluation.diagnostics.to_inference_data`; ``docs/diagnostics.md``
+        walks through checking a fit with it."""
+        from pyro_mmt.evaluation.diagnostics import to_inference_data
+
+        return to_inference_data(self, X, y=y, **kwargs)
+
     def _check_fitted(self):
         if not hasattr(self, "model_"):
             raise NotFittedError(
