@@ -1,9 +1,12 @@
 # The two commands of the README: `make demo` and `make test`.
 # Both create .venv if needed, install CPU torch first (a bare `torch` requirement would pull a
 # multi-GB CUDA build), then the project with its extras.
+# Another interpreter gets its own virtual environment, e.g. the ArviZ 1.x line (Python >= 3.12):
+#   make test PYTHON=python3.12 VENV=.venv312 PYTEST_ARGS="tests/evaluation tests/test_estimator.py"
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
+PYTEST_ARGS ?=
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
@@ -19,7 +22,7 @@ demo: $(STAMP)
 	$(PY) -m pyro_mmt.cli demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # The README's headline table: the defaults (t_gamma), their Gaussian/KL and t/KL ablations and
 # every baseline on the whole public grid (about an hour on 2 cores), then the paired report.

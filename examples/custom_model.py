@@ -10,8 +10,10 @@ that maps (z, y) to the modality's location.
 
 The decoder is written the usual way, on ``torch.cat([z, one_hot(y)])``; ``LabelConcat`` makes
 it broadcast over the guide's enumeration of the label (y of shape [K, 1] beside z of shape
-[K, B, d]). The same decoder works in the estimator (as a factory, so that every
-initialisation gets fresh weights) and in a hand-written SVI loop.
+[K, B, d]); a decoder that concatenates by itself fails there with an error naming
+``LabelConcat``. The same decoder works in the estimator (as a factory, so that every
+initialisation gets fresh weights: ``functools.partial`` of a module-level function, which
+pickles, unlike a ``lambda``) and in a hand-written SVI loop.
 
     python examples/custom_model.py                                  # mfeat, "mor" linear
     python examples/custom_model.py --dataset digits --modality bottom --sigma 0.5
@@ -19,6 +21,7 @@ initialisation gets fresh weights) and in a hand-written SVI loop.
 """
 
 import argparse
+import functools
 
 import torch
 from torch import nn
@@ -52,7 +55,9 @@ def main(args):
     rows = {}
     for name, decoders in (("library decoders", None),
                            (f"linear decoder for {args.modality!r}",
-                            {args.modality: lambda cfg: linear_decoder(cfg, args.modality)})):
+                            # a partial, not a lambda: the estimator stays picklable
+                            {args.modality: functools.partial(linear_decoder,
+                                                              modality=args.modality)})):
         clf = MultimodalSemiSupervisedClassifier(decoders=decoders, **common).fit(train)
         print(f"{name}: {type(clf.model_.decoders[args.modality]).__name__} "
               f"for {args.modality!r}")

@@ -4,8 +4,9 @@ Trains the Student-t model on a long-tailed split of a benchmark data set (defau
 ρ = 10, β = 0.05: 5% of the training rows labelled), then draws from the guide for the
 held-out test data with their labels hidden, and writes to ``--out``:
 
-- ``inference_data.nc``: the ArviZ InferenceData (posterior z and y, posterior predictive x per
-  modality, log-likelihood, importance weights, observed and constant data, hyperparameters);
+- ``inference_data.nc``: the ArviZ InferenceData (class shares, per-datum z and y, posterior
+  predictive x per modality and observed data in the data's units, importance weights and
+  log-densities, constant data, hyperparameters);
 - ``summary.csv``: mean Pareto k̂, share of data with k̂ > 0.7, ESS, IWAE log p(x), ECE, ...;
 - ``per_datum.csv``, ``reliability.csv``, ``entropy_by_class.csv``;
 - ``ppc.png``, ``khat.png``, ``latent_pca.png``, ``reconstructions.png``, ``calibration.png``.
@@ -14,7 +15,8 @@ held-out test data with their labels hidden, and writes to ``--out``:
     python examples/diagnostics.py --nu inf --out runs/diagnostics-gaussian   # the Gaussian model
     python examples/diagnostics.py --epochs 1 --num-samples 30 --max-rows 50  # a smoke test
 
-Compare ``iwae_log_px_mean`` between runs (same data, split and seed) to compare models.
+Compare ``iwae_log_px_mean`` between runs (same data, split and seed) to compare models, or
+the runs' InferenceData with ``az.compare`` and ``diagnostics.elpd`` (docs/diagnostics.md).
 """
 
 from __future__ import annotations
@@ -46,8 +48,6 @@ def main(args):
     if args.max_rows and len(data) > args.max_rows:
         rows = np.random.default_rng(args.seed).choice(len(data), args.max_rows, replace=False)
         data = data[np.sort(rows)]
-    if estimator.standardiser_ is not None:  # the model lives in standardised units
-        data = estimator.standardiser_.transform(data)
 
     run = {
         "dataset": args.dataset, "rho": args.rho, "beta": args.beta, "split": args.data,
@@ -55,7 +55,7 @@ def main(args):
         "objective": args.objective, "lr": args.lr,
     }
     report = diagnose(
-        estimator.model_, None, data, args.out,  # the fitted MultimodalM2 holds its guide
+        estimator, dataset=data, out_dir=args.out,  # standardised as predict does
         num_samples=args.num_samples, seed=args.seed, num_predictive=args.num_predictive,
         # held-out labels are hidden from the model: log weights estimate log p(x)
         condition_on_labels=args.data == "train",

@@ -44,7 +44,13 @@ from torch.nn import functional as F
 from pyro_mmt.config import ModelConfig
 from pyro_mmt.distributions import gaussian_poe, prior_expert_scale, student_t_poe
 from pyro_mmt.likelihoods import Likelihood, make_likelihood
-from pyro_mmt.nn import LabelConditionedMLP, mlp, observed_dimension, register_module
+from pyro_mmt.nn import (
+    LabelConditionedMLP,
+    apply_label_network,
+    mlp,
+    observed_dimension,
+    register_module,
+)
 
 __all__ = ["PoEClassifier", "ModalityEncoder", "PoETGuide"]
 
@@ -221,17 +227,23 @@ class PoETGuide(nn.Module):
     def guide(self, x: Mapping[str, torch.Tensor] | None = None,
               mask: torch.Tensor | None = None, y: torch.Tensor | None = None,
               batch_size: int | None = None):
-        """q(y, z | x); same arguments as the model's. An unlabelled batch enumerates y."""
+        """q(y, z | x); same arguments as the model's. An unlabelled batch enumerates y; rows
+        with y = -1 in a partly labelled batch draw y from q(y | x), the others keep their
+        label (a point mass)."""
         if self._owner is None:
             register_module("guide", self)
         else:
             register_module("m2", self._owner)
         x, mask, batch = self.check_inputs(x, mask, y, batch_size)
+        y, known = self.observed_labels(y)
         present = self.present(x, mask)
         inputs = self.network_inputs(x)
         with pyro.plate("data", batch):
-            if y is None:
+            if y is None or known is not None:
                 logits = self.classifier(inputs, present) + self.unlabelled_logit_shift()
+                if known is not None:  # the labelled rows: all mass on their label
+                    point = F.one_hot(y.clamp(min=0), logits.shape[-1]).to(logits.dtype).log()
+                    logits = torch.where(known[:, None], point, logits)
                 y = pyro.sample(
                     "y", dist.Categorical(logits=logits), infer={"enumerate": "parallel"}
                 )
@@ -245,7 +257,8 @@ class PoETGuide(nn.Module):
         columns = [self.modalities.index(m) for m in given]
         loc, scale2 = [], []
         for m in given:  # the experts of the modalities given; missing rows are masked below
-            loc_m, scale2_m = self.encoders[m](inputs[m], y)
+            loc_m, scale2_m = apply_label_network(self.encoders[m], f"encoders[{m!r}]",
+                                                  inputs[m], y)
             loc.append(loc_m)
             scale2.append(scale2_m)
         if not given:  # no data: the prior expert alone
@@ -298,6 +311,21 @@ class PoETGuide(nn.Module):
         return self.classifier(self.network_inputs(x), self.present(x, mask))
 
     # ------------------------------------------------------------------ shared checks
+    @staticmethod
+    def observed_labels(y):
+        """``(y, known)``: -1 marks an unobserved label (the data sets' convention). All
+        observed: ``(y, None)``; none: ``(None, None)``, y is then a latent variable; some:
+        ``(y, known)`` with ``known`` the bool [B] of observed rows (used by ``Predictive`` on
+        a partly labelled batch; training batches are all labelled or all unlabelled)."""
+        if y is None:
+            return None, None
+        known = y >= 0
+        if bool(known.all()):
+            return y, None
+        if not bool(known.any()):
+            return None, None
+        return y, known
+
     def check_inputs(self, x, mask, y, batch_size) -> tuple[dict, torch.Tensor, int]:
         """The arguments of the model and the guide, checked: ``x`` as a dict (empty for
         None), the mask as bool [B, M] over every modality, and B."""

@@ -54,7 +54,12 @@ from pyro_mmt.infer.power_norm import (
     declare_power_norm,
 )
 from pyro_mmt.likelihoods import Gaussian, Likelihood, StudentT, make_likelihood
-from pyro_mmt.nn import LabelConditionedMLP, observed_dimension, register_module
+from pyro_mmt.nn import (
+    LabelConditionedMLP,
+    apply_label_network,
+    observed_dimension,
+    register_module,
+)
 
 __all__ = ["MultimodalM2", "LatentMonteCarloPowerNorm"]
 
@@ -229,6 +234,9 @@ class MultimodalM2(nn.Module):
         """Bool [B, M]: modality j observed in this datum."""
         return self.q.present(x, mask)
 
+    #: ``(y, known)`` with -1 an unobserved label (:meth:`~pyro_mmt.guides.PoETGuide.observed_labels`).
+    observed_labels = staticmethod(PoETGuide.observed_labels)
+
     def network_inputs(self, x) -> dict[str, torch.Tensor]:
         """The modalities as the networks see them."""
         return self.q.network_inputs(x)
@@ -279,14 +287,16 @@ class MultimodalM2(nn.Module):
         :param x: modality -> [B, n_j] (rows of a missing modality hold any finite value);
             a modality left out of ``x`` (or ``x=None``) is sampled.
         :param mask: bool [B, M], True where modality j is observed (None: all of ``x``).
-        :param y: int64 [B] for a labelled batch; None samples y (or lets the guide enumerate
-            it).
+        :param y: int64 [B] for a labelled batch; None (or -1 in every row) samples y (or lets
+            the guide enumerate it); -1 in some rows: y is latent, the guide keeps the given
+            labels and draws the others from q(y | x) (for ``Predictive``).
         :param batch_size: B, needed only when neither ``x`` nor ``y`` is given.
         """
         register_module("m2", self)
         cfg = self.config
         x, mask, batch = self.check_inputs(x, mask, y, batch_size)
-        labelled = y is not None
+        y, known = self.observed_labels(y)  # -1 = unobserved
+        labelled = y is not None and known is None
         # a modality given in x is observed where mask says so; one left out is sampled
         in_chain = mask if all(m in x for m in self.modalities) else torch.stack(
             [mask[:, j] if m in x else torch.ones_like(mask[:, j])
@@ -296,7 +306,8 @@ class MultimodalM2(nn.Module):
         everywhere = in_chain.device.type == "cpu" and bool(in_chain.all())
         nu = self.nu
         with pyro.plate("data", batch):
-            y = pyro.sample("y", dist.Categorical(logits=self.class_log_prior), obs=y)
+            y = pyro.sample("y", dist.Categorical(logits=self.class_log_prior),
+                            obs=y if known is None else None)  # partly labelled: the guide's
             with poutine.scale(scale=cfg.latent_weight):
                 z = pyro.sample("z", self.latent_prior())
 
@@ -305,7 +316,7 @@ class MultimodalM2(nn.Module):
             dof = (nu + cfg.latent_dim).expand(batch)  # ν + d + Σ_{k<j} n_k, per datum
             for j, m in enumerate(self.modalities):
                 likelihood, present = self.likelihoods[m], in_chain[:, j]
-                out = self.decoders[m](z, y)
+                out = apply_label_network(self.decoders[m], f"decoders[{m!r}]", z, y)
                 chained = likelihood.joint_t and not self.gaussian
                 fn = (likelihood.conditional(out, nu, quad, dof) if chained
                       else likelihood.distribution(out))
@@ -455,6 +466,17 @@ class LatentMonteCarloPowerNorm(PowerNorm):
         return DiagStudentT(df, zeros, (self.nu / df).sqrt() * torch.ones_like(zeros))
 
     def log_norm(self, gamma):
+        return self._log_norms(gamma, conditional=False)
+
+    def log_conditional_norm(self, gamma, y):
+        """log ‖p(x, z | y)‖_{1+γ} at the labels ``y`` (observed [B] or enumerated [K, 1]):
+        the same estimate without the class factor and the sum over y, one value per class
+        (the other families' I_j(y, z) depend on y)."""
+        table = self._log_norms(gamma, conditional=True)  # [B, K]
+        rows = torch.arange(table.shape[0], device=table.device)
+        return table[rows, y]
+
+    def _log_norms(self, gamma, conditional):
         m2, d = self.m2, self.latent_dim
         gamma = torch.as_tensor(gamma, dtype=self.obs_dim.dtype, device=self.obs_dim.device)
         gamma = gamma.expand(self.batch_shape)
@@ -483,11 +505,15 @@ class LatentMonteCarloPowerNorm(PowerNorm):
                 s2 = (self.nu + z.pow(2).sum(-1)) / (self.nu + d)
                 total = total + log_t_power_integral(self.nu + d, n_t,
                                                      n_t * s2.log() + log_det_t, g)
-            total = (1 + g) * self.class_log_prior.to(z).unsqueeze(-1) + total  # [K, S]
+            prior_y = 0.0 if conditional else self.class_log_prior.to(z).unsqueeze(-1)
+            total = (1 + g) * prior_y + total.expand(m2.config.num_classes, -1)  # [K, S]
             for m in present:
                 if m not in chained:  # a missing modality integrates to 1: left out
                     out = m2.decoders[m](z, labels)  # [K, S, out_dim]
                     total = total + m2.likelihoods[m].log_power_integral(out, g)
-            log_integral = torch.logsumexp(total.flatten(), 0) - math.log(self.num_draws)
+            if conditional:  # one value per class
+                log_integral = torch.logsumexp(total, -1) - math.log(self.num_draws)
+            else:
+                log_integral = torch.logsumexp(total.flatten(), 0) - math.log(self.num_draws)
             values.append(log_integral / (1 + g))
         return torch.stack(values)[which]

@@ -14,6 +14,7 @@ import shlex
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -34,6 +35,8 @@ RUN_FILES = {
     "metrics": "metrics.csv",
     "train": "train.npz",
     "test": "test.npz",
+    "schema": "schema.json",
+    "predictions": "predictions.csv",
 }
 
 #: The plots ``pyro-mmt train`` writes to a run folder (the last two with a test split).
@@ -46,9 +49,12 @@ RUN_FOLDER_HELP = (
     "A run folder holds config.json (the settings and \"status\": \"finished\"), train.npz "
     "(the rows trained on), test.npz (with a data set name: the held-out split), estimator.pt "
     "(load_estimator; torch.load(weights_only=True)), history.csv, metrics.csv (with a test "
-    "split) and the plots training_curves.png, recall_vs_frequency.png and confusion_matrix.png "
-    "(the last two with a test split). It appears only when the run is complete: the run is "
-    "written to the hidden folder .<name>.partial beside it and renamed into place at the end. "
+    "split), schema.json (with a CSV or Parquet file: its modalities, label column, classes "
+    "and categories, with which evaluate and predict read other files), predictions.csv "
+    "(once `pyro-mmt predict` has run without --out) and the plots training_curves.png, "
+    "recall_vs_frequency.png and confusion_matrix.png (the last two with a test split). It "
+    "appears only when the run is complete: the run is written to the hidden folder "
+    ".<name>.partial beside it and renamed into place at the end. "
     "An interrupted (Ctrl-C) or diverged run stays there with its checkpoints and "
     "\"status\": \"interrupted\"/\"diverged\"; continue it with --resume (--lr and --epochs "
     "may change). An existing run folder is replaced only with --overwrite, and only once the "
@@ -68,21 +74,88 @@ def _set_status(folder: Path, status: str, **extra) -> None:
 
 _write_json, _holds_files, _publish = write_json, holds_files, publish
 
-def _load_data(source: str):
-    """A data set name (``pyro_mmt.data.DATASETS``) or the path of an ``.npz`` file."""
-    from pyro_mmt.data import DATASETS, MultimodalDataset, load_dataset
+
+#: The files that ``DATA`` may name besides a data set name.
+DATA_FILES = ".npz, .csv or .parquet"
+
+
+def _table_schema(args):
+    """The modality schema of a CSV or Parquet file from ``--schema``, ``--modality``,
+    ``--label`` and ``--ignore`` (default: column prefixes NAME__col, label column ``label``)."""
+    from pyro_mmt.data import TableSchema
+
+    schema = TableSchema.from_file(args.schema) if args.schema else TableSchema(label="label")
+    changes = {}
+    if args.modality:
+        if args.schema and schema.modalities is not None:
+            raise SystemExit("error: --modality: the --schema file lists the modalities "
+                             "already; give them in one place")
+        modalities = {}
+        for text in args.modality:
+            name, sep, columns = text.partition("=")
+            columns = [c.strip() for c in columns.split(",") if c.strip()]
+            if not sep or not name.strip() or not columns:
+                raise SystemExit(f"error: --modality: expected NAME=col,col,...; found {text!r}")
+            if name.strip() in modalities:
+                raise SystemExit(f"error: --modality: {name.strip()!r} given twice")
+            modalities[name.strip()] = columns
+        changes["modalities"] = modalities
+    if args.label:
+        changes["label"] = args.label
+    if args.ignore:
+        changes["ignore"] = (*schema.ignore, *args.ignore)
+    return TableSchema.from_dict({**schema.to_dict(), **changes}) if changes else schema
+
+
+def _is_table(source) -> bool:
+    from pyro_mmt.data.tabular import TABLE_SUFFIXES
+
+    return Path(source).suffix.lower() in TABLE_SUFFIXES
+
+
+def _load_data(source: str, args=None):
+    """A data set name (``pyro_mmt.data.DATASETS``), an ``.npz`` file, or a CSV or Parquet
+    file read with the schema of ``args``: ``(data, named, schema)``, ``schema`` None except
+    for a CSV or Parquet file (then completed with the classes and categories it found)."""
+    from pyro_mmt.data import DATASETS, MultimodalDataset, load_dataset, read_table
 
     if source in DATASETS:
-        return load_dataset(source), True
+        return load_dataset(source), True, None
     path = Path(source)
-    if path.suffix == ".npz":
+    if path.suffix == ".npz" or _is_table(path):
         if not path.is_file():
             raise SystemExit(f"error: DATA: no file at {path}")
-        return MultimodalDataset.from_npz(path), False
+        if path.suffix == ".npz":
+            return MultimodalDataset.from_npz(path), False, None
+        data, schema = read_table(path, _table_schema(args))
+        return data, False, schema
     raise SystemExit(
-        f"error: DATA: expected a data set name ({', '.join(DATASETS)}) or an .npz path, "
-        f"found {source!r}"
+        f"error: DATA: expected a data set name ({', '.join(DATASETS)}) or a {DATA_FILES} "
+        f"path, found {source!r}"
     )
+
+
+def _run_data(run: Path, path: Path, *, labels: str, num_classes: int, class_names=None):
+    """A file given to ``evaluate`` or ``predict``: an ``.npz``, or a CSV or Parquet file read
+    with the run's ``schema.json`` (its modalities, classes and categories)."""
+    from pyro_mmt.data import MultimodalDataset, TableSchema, read_table
+
+    if not path.is_file():
+        raise SystemExit(f"error: DATA: no file at {path}")
+    if _is_table(path):
+        schema_path = run / RUN_FILES["schema"]
+        if not schema_path.is_file():
+            raise SystemExit(
+                f"error: DATA: {path} is a table, but the run {run} was not trained on one (no "
+                f"{RUN_FILES['schema']}): give an .npz with arrays x_<modality>, as trained on")
+        data, _ = read_table(path, TableSchema.from_file(schema_path), labels=labels,
+                             allow_unobserved_modalities=True)
+        return data
+    if path.suffix != ".npz":
+        raise SystemExit(f"error: DATA: expected a {DATA_FILES} file; found {path}")
+    return MultimodalDataset.from_npz(path, labels=labels, num_classes=num_classes,
+                                      class_names=class_names,
+                                      allow_unobserved_modalities=True)
 
 
 def _resume_command(args, lr: float | None = None) -> str:
@@ -113,7 +186,7 @@ def _check_resumable(partial: Path, config: dict, wanted: dict) -> None:
     if config is None:
         raise SystemExit(f"error: --resume: {partial} holds no config.json; start over with "
                          "--overwrite")
-    differ = [k for k in ("data", "rho", "beta", "seed") if config.get(k) != wanted[k]]
+    differ = [k for k in ("data", "rho", "beta", "seed") if config.get(k) != wanted.get(k)]
     old, new = config.get("estimator", {}), wanted["estimator"]
     differ += [f"--{k.replace('_', '-')}" if k in new else k
                for k in _changed_settings(old, new, resumable_settings())]
@@ -182,8 +255,8 @@ def _resolve_per_modality(options: dict, modalities, families: dict | None) -> d
         given = options.pop(name, None)
         base = families if name == "likelihood" else None
         if not given:
-            if base:
-                options[name] = {m: base.get(m, "student_t") for m in modalities}
+            if base:  # as the data name them (the others keep the estimator's default)
+                options[name] = dict(base)
             continue
         overall = [v for m, v in given if m is None]
         named = {m: v for m, v in given if m is not None}
@@ -196,8 +269,9 @@ def _resolve_per_modality(options: dict, modalities, families: dict | None) -> d
         if not named:
             options[name] = overall[-1] if overall else base
             continue
-        start = base or {m: _declared_default(name) for m in modalities}
-        options[name] = {m: named.get(m, start[m]) for m in modalities}
+        start = base or {}
+        options[name] = {m: named.get(m, start.get(m, _declared_default(name)))
+                         for m in modalities}
     return options
 
 
@@ -226,8 +300,12 @@ def cmd_train(args) -> int:
 
     options = _estimator_options(args)
     _check_options(options)  # every option is checked before anything is read or written
-    data, named = _load_data(args.data)
-    options = _resolve_per_modality(options, data.modalities, _dataset_families(args.data))
+    data, named, schema = _load_data(args.data, args)
+    # the families of a named data set, or of a table's columns (text columns are
+    # categorical modalities), unless --likelihood says otherwise
+    families = (dict(schema.likelihood) if schema is not None and schema.likelihood
+                else _dataset_families(args.data))
+    options = _resolve_per_modality(options, data.modalities, families)
     rank = 0
     if args.distributed:
         from pyro_mmt.training.distributed import init_from_env
@@ -246,7 +324,9 @@ def cmd_train(args) -> int:
     else:
         train = data
         train_counts = train.class_counts()
-    config = {"data": args.data, "rho": args.rho, "beta": args.beta, "seed": args.seed,
+    # --rho and --beta make the split of a named data set; a file is trained on as it is
+    split_options = {"rho": args.rho, "beta": args.beta} if named else {}
+    config = {"data": args.data, **split_options, "seed": args.seed,
               "train_class_counts": [int(c) for c in train_counts],
               "estimator": {k: (list(v) if isinstance(v, tuple) else v)
                             for k, v in options.items()}}
@@ -266,6 +346,8 @@ def cmd_train(args) -> int:
             if test is not None:
                 test.to_npz(partial / RUN_FILES["test"])
             train.to_npz(partial / RUN_FILES["train"])
+            if schema is not None:
+                _write_json(partial / RUN_FILES["schema"], schema.to_dict())
         _write_json(partial / RUN_FILES["config"], dict(config, status="running"))
     _barrier(args.distributed)
     est = MultimodalSemiSupervisedClassifier(
@@ -388,15 +470,23 @@ def _load_run(args):
 
 
 def cmd_evaluate(args) -> int:
-    from pyro_mmt.data import MultimodalDataset
     from pyro_mmt.evaluation.metrics import classification_metrics
 
     run, config, est = _load_run(args)
-    path = Path(args.test) if args.test else run / RUN_FILES["test"]
+    if args.test:
+        path = Path(args.test)
+    else:
+        path = run / RUN_FILES["test"]
+        if not path.is_file() and config.get("data") is not None and \
+                (str(config["data"]).endswith(".npz") or _is_table(config["data"])):
+            raise SystemExit(
+                f"error: TEST: the run {run} was trained on the file {config['data']}, which "
+                "has no held-out split; pass a labelled file to score it on: `pyro-mmt "
+                f"evaluate {run} TEST` (TEST: {DATA_FILES}, with the columns or arrays it was "
+                "trained on)")
     if not path.is_file():
         raise SystemExit(f"error: TEST: no file at {path}")
-    test = MultimodalDataset.from_npz(path, num_classes=est.n_classes_,
-                                      allow_unobserved_modalities=True)
+    test = _run_data(run, path, labels="required", num_classes=est.n_classes_)
     labelled = test.labelled()
     if len(labelled) == 0:
         raise SystemExit(f"error: TEST: {path} has no labelled rows to evaluate on")
@@ -409,21 +499,17 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from pyro_mmt.data import MultimodalDataset
-
     run, _, est = _load_run(args)
-    path = Path(args.data)
-    if not path.is_file():
-        raise SystemExit(f"error: DATA: no file at {path}")
+    names = _run_class_names(run) or [str(c) for c in range(est.n_classes_)]
     # features only (labels, if any, are ignored for prediction), any subset of the modalities
-    data = MultimodalDataset.from_npz(path, labels="optional", num_classes=est.n_classes_,
-                                      class_names=_run_class_names(run),
-                                      allow_unobserved_modalities=True)
+    data = _run_data(run, Path(args.data), labels="optional", num_classes=est.n_classes_,
+                     class_names=_run_class_names(run))
     proba = est.predict_proba(data)
-    frame = pd.DataFrame(proba, columns=[f"p_{c}" for c in range(proba.shape[1])])
-    frame.insert(0, "predicted", proba.argmax(1))
-    frame.to_csv(args.out, index_label="row")
-    print(f"wrote {len(frame)} rows of class probabilities to {args.out}")
+    frame = pd.DataFrame(proba, columns=[f"p_{name}" for name in names])
+    frame.insert(0, "predicted", np.asarray(names, dtype=object)[proba.argmax(1)])
+    out = Path(args.out) if args.out else run / RUN_FILES["predictions"]
+    frame.to_csv(out, index_label="row")
+    print(f"wrote {len(frame)} rows of class probabilities to {out}")
     return 0
 
 
@@ -494,6 +580,20 @@ def _parse_grid(texts: list[str]) -> dict[str, list]:
     return grid
 
 
+def _table_flags(args) -> str:
+    """The schema options of ``args`` as ``pyro-mmt train`` flags (with a trailing space)."""
+    flags = []
+    if args.schema:
+        flags += ["--schema", args.schema]
+    for text in args.modality or []:
+        flags += ["--modality", text]
+    if args.label:
+        flags += ["--label", args.label]
+    if args.ignore:
+        flags += ["--ignore", *args.ignore]
+    return shlex.join(flags) + " " if flags else ""
+
+
 def _option_flags(params: dict) -> list[str]:
     """``pyro-mmt train`` flags that set the estimator parameters ``params``."""
     declared = _declared_options()
@@ -518,7 +618,7 @@ def cmd_tune(args) -> int:
 
     from pyro_mmt.data import long_tailed_split
     from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
-    from pyro_mmt.model_selection import select_best, validation_scores
+    from pyro_mmt.model_selection import FEW_LABELS, select_best, validation_scores
 
     grid = _parse_grid(args.grid)
     options = _estimator_options(args)
@@ -539,22 +639,36 @@ def cmd_tune(args) -> int:
     if _holds_files(out) and not args.overwrite:
         raise SystemExit(f"error: --out: {out} already holds files; give --overwrite to "
                          "replace them once the new results are complete, or another --out")
-    data, named = _load_data(args.data)
+    data, named, schema = _load_data(args.data, args)
     train_counts = None
     if named:  # only the training split is read; its test split plays no part
         split = long_tailed_split(data, args.rho, args.beta, args.seed)
         data, train_counts = split.train, split.train_class_counts
-    options = _resolve_per_modality(options, data.modalities, _dataset_families(args.data))
+    # a named data set's families, or a table's (text columns are categorical modalities)
+    families = (dict(schema.likelihood) if schema is not None and schema.likelihood
+                else _dataset_families(args.data))
+    options = _resolve_per_modality(options, data.modalities, families)
     estimator.set_params(**{k: options[k] for k in PER_MODALITY if k in options})
     if args.jobs < 1 and args.jobs != -1:
         raise SystemExit(f"error: --jobs: expected a positive number of processes or -1 (one "
                          f"per core), found {args.jobs}")
+    counts = data.class_counts()
+    few = np.flatnonzero(counts < FEW_LABELS)
+    if few.size:
+        shown = ", ".join(f"{data.class_names[k]}: {counts[k]}" for k in few[:5])
+        way_out = ("raise --beta (the labelled fraction per class) or lower --rho" if named
+                   else "label more rows of these classes in the file")
+        print(f"note: classes with fewer than {FEW_LABELS} labelled rows ({shown}) have noisy "
+              f"validation scores (one labelled row: never validated); {way_out}",
+              file=sys.stderr)
     tic = time.perf_counter()
     try:
-        scores = validation_scores(
-            estimator, candidates, data, n_splits=args.folds, n_repeats=args.repeats,
-            seed=args.seed, n_jobs=args.jobs, train_class_counts=train_counts,
-            progress=not args.quiet)
+        with warnings.catch_warnings():  # said above, in the command line's terms
+            warnings.filterwarnings("ignore", message="classes with fewer than")
+            scores = validation_scores(
+                estimator, candidates, data, n_splits=args.folds, n_repeats=args.repeats,
+                seed=args.seed, n_jobs=args.jobs, train_class_counts=train_counts,
+                progress=not args.quiet)
     except ValueError as error:
         raise SystemExit(f"error: {error}") from error
     best, summary = select_best(scores, by=args.by)
@@ -565,12 +679,16 @@ def cmd_tune(args) -> int:
         partial / "scores.csv", index=False)
     summary.assign(params=summary["params"].map(json.dumps)).to_csv(partial / "summary.csv")
     fixed = {k: v for k, v in options.items()
-             if k not in ("seed", "progress", "n_threads", "distributed")}
+             if k not in ("seed", "progress", "n_threads", "distributed", "likelihood")}
     flags = _option_flags({**fixed, **best})
-    train = (f"pyro-mmt train {shlex.quote(args.data)} --rho {args.rho} --beta {args.beta} "
+    # --rho and --beta only for a named data set's split; a file's schema options as given
+    data_flags = (f"--rho {args.rho} --beta {args.beta} " if named
+                  else _table_flags(args) if schema is not None else "")
+    train = (f"pyro-mmt train {shlex.quote(args.data)} {data_flags}"
              f"--seed {args.seed} " + " ".join(flags)).rstrip()
+    split_options = {"rho": args.rho, "beta": args.beta} if named else {}
     _write_json(partial / "best.json", {
-        "data": args.data, "rho": args.rho, "beta": args.beta, "seed": args.seed,
+        "data": args.data, **split_options, "seed": args.seed,
         "folds": args.folds, "repeats": args.repeats, "by": args.by,
         "fixed": fixed,
         "best": best, "train_command": train, "status": FINISHED})
@@ -807,6 +925,23 @@ def _add_model_options(p: argparse.ArgumentParser, *, with_help_defaults: bool =
                    help="torch threads (n_threads; as pyro-mmt --threads, which it overrides)")
 
 
+def _add_table_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "CSV and Parquet files (docs/data.md)",
+        "Without --schema or --modality the modalities come from column prefixes "
+        "(NAME__col is the feature col of modality NAME). Labels: any values; empty, NaN, None "
+        "or -1 = unlabelled. A modality is missing for a row whose cells are all empty; a text "
+        "column is a categorical feature.")
+    g.add_argument("--schema", metavar="FILE",
+                   help="a .json or .toml schema: modalities (NAME: [columns]), label, ignore, "
+                        "likelihood (NAME: family)")
+    g.add_argument("--modality", action="append", metavar="NAME=COL,COL",
+                   help="the columns of one modality (repeat for each)")
+    g.add_argument("--label", metavar="COL", help="the label column (default: label)")
+    g.add_argument("--ignore", nargs="+", metavar="COL",
+                   help="columns to leave out (identifiers, free text)")
+
+
 def _available_cores() -> int:
     """The cores this process may run on (as pyro_mmt.training.parallel.available_cores,
     without importing torch for ``--help``)."""
@@ -830,17 +965,23 @@ def build_parser() -> argparse.ArgumentParser:
              "busy; 0 keeps torch's own choice)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("train", help="train on a data set name or an .npz file; writes a run folder",
+    p = sub.add_parser("train", help="train on a data set name, an .npz, a CSV or a Parquet file; "
+                       "writes a run folder",
                        description="Train the model. With a data set name the benchmark's "
                        "long-tailed split (docs/benchmark.md; --rho, --beta, --seed) is made and "
-                       "the test part is scored; with an "
-                       ".npz (arrays x_<modality> and y, -1 = unlabelled) every row is used.",
+                       "the test part is scored; with a file every row is used: an .npz "
+                       "(arrays x_<modality> and y, -1 = unlabelled) or a CSV or Parquet table "
+                       "(see the table options; docs/data.md).",
                        epilog=RUN_FOLDER_HELP)
-    p.add_argument("data", help="digits | breast | mfeat | pdspeech | fmnist | PATH.npz")
-    p.add_argument("--rho", type=float, default=10.0, help="imbalance ratio of the split")
-    p.add_argument("--beta", type=float, default=0.05, help="labelled fraction per class")
+    p.add_argument("data", help="digits | breast | mfeat | pdspeech | pbc | fmnist | PATH.npz | "
+                                "PATH.csv | PATH.parquet")
+    p.add_argument("--rho", type=float, default=10.0,
+                   help="imbalance ratio of the split (a data set name only)")
+    p.add_argument("--beta", type=float, default=0.05,
+                   help="labelled fraction per class (a data set name only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/latest", help="run folder (default runs/latest)")
+    _add_table_options(p)
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out (once the new run is complete), and "
                         "start over an unfinished one")
@@ -851,17 +992,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="score a run on a labelled .npz (default: its test split)")
-    p.add_argument("run_dir")
-    p.add_argument("test", nargs="?", help="labelled .npz (default RUN_DIR/test.npz)")
+    p = sub.add_parser("evaluate", help="score a run on a labelled file (default: its test split)")
+    p.add_argument("run_dir", help="a run folder written by `pyro-mmt train`")
+    p.add_argument("test", nargs="?", help="a labelled .npz, or a CSV or Parquet file with the "
+                   "columns the run was trained on (read with its schema.json); default "
+                   "RUN_DIR/test.npz, the held-out split of a data set name")
     p.add_argument("--out", help="write the metrics to this CSV")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="class probabilities for an .npz, written as CSV")
-    p.add_argument("run_dir")
-    p.add_argument("data", help=".npz with arrays x_<modality> (NaN rows = missing), any "
-                                "subset of the run's modalities; a y array is not needed")
-    p.add_argument("--out", default="predictions.csv")
+    p = sub.add_parser("predict", help="class probabilities for a file, written as CSV",
+                       description="Write the class probabilities q(y | x) of every row of DATA "
+                       "as a CSV: columns row, predicted (the most probable class, by name) "
+                       "and p_<class name> for each class.")
+    p.add_argument("run_dir", help="a run folder written by `pyro-mmt train`")
+    p.add_argument("data", help="an .npz with arrays x_<modality> (NaN rows = missing), any "
+                                "subset of the run's modalities, or a CSV or Parquet file with "
+                                "the columns the run was trained on (read with its "
+                                "schema.json; empty cells of a modality, or all its columns "
+                                "left out = missing); labels are not needed")
+    p.add_argument("--out", help="the CSV to write (default RUN_DIR/predictions.csv)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("benchmark", help="the benchmark's grid (docs/benchmark.md): results "
@@ -892,13 +1041,17 @@ def build_parser() -> argparse.ArgumentParser:
         "scores.csv (one row per candidate and fold), summary.csv (best first) and best.json "
         "(the winner and the `pyro-mmt train` command that fits it) to --out. Options not in "
         "--grid keep their value (or the estimator's default) for every candidate.")
-    p.add_argument("data", help="digits | breast | mfeat | pdspeech | pbc | fmnist | PATH.npz")
+    p.add_argument("data", help="digits | breast | mfeat | pdspeech | pbc | fmnist | PATH.npz | "
+                                "PATH.csv | PATH.parquet")
     p.add_argument("--grid", action="append", required=True, metavar="NAME=V1,V2",
                    help="an estimator parameter and its candidate values (repeat for a grid), "
                         "e.g. --grid alpha=100,1000 --grid averaging=0,0.5")
-    p.add_argument("--rho", type=float, default=10.0, help="imbalance ratio of the split")
-    p.add_argument("--beta", type=float, default=0.05, help="labelled fraction per class")
+    p.add_argument("--rho", type=float, default=10.0,
+                   help="imbalance ratio of the split (a data set name only)")
+    p.add_argument("--beta", type=float, default=0.05,
+                   help="labelled fraction per class (a data set name only)")
     p.add_argument("--seed", type=int, default=0, help="split, folds and fits")
+    _add_table_options(p)
     p.add_argument("--folds", type=int, default=3, help="validation folds per repeat")
     p.add_argument("--repeats", type=int, default=1, help="repeats of the K-fold split")
     p.add_argument("--by", default="balanced_accuracy",
@@ -926,7 +1079,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["test", "train"],
                    help="which part of the run to diagnose (default: test when the run has one)")
     p.add_argument("--num-samples", type=int, default=100,
-                   help="draws per datum (default 100; Pareto k̂ needs at least 25)")
+                   help="draws per datum (default 100; Pareto k̂ needs at least 30)")
     p.add_argument("--num-predictive", type=int, help="posterior predictive draws kept")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="output folder (default RUN_DIR/diagnostics)")

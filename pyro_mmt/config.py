@@ -44,6 +44,7 @@ __all__ = [
     "CLASS_PRIORS",
     "ALPHA_UNITS",
     "OBJECTIVES",
+    "EXPERIMENTAL_OBJECTIVES",
     "OPTIMIZERS",
 ]
 
@@ -57,6 +58,11 @@ ALPHA_UNITS = ("datum", "dimension")
 
 #: ``TrainingConfig.objective``: the γ-power divergence or the M2 ELBO (KL).
 OBJECTIVES = ("gamma_power", "kl")
+
+#: Objectives under study, accepted but not documented as choices: name -> the keywords of
+#: :class:`~pyro_mmt.infer.GammaPowerELBO` they add.
+EXPERIMENTAL_OBJECTIVES = {"gamma_label_kl": {"label_divergence": "kl"},
+                           "gamma_label_kl1": {"label_divergence": "kl", "label_weight": 1.0}}
 
 #: ``TrainingConfig.optimizer``.
 OPTIMIZERS = ("fused_adam", "clipped_adam")
@@ -294,12 +300,15 @@ class ModelConfig:
         "what alpha is counted per: datum, or dimension (α n_i per labelled datum, n_i its "
         "observed dimension, so the balance with the generative part carries over from a few "
         "features to hundreds)")
-    class_weight: str | Sequence[float] | None = setting(
+    class_weight: str | Sequence[float] | Mapping[Any, float] | None = setting(
         None, Constraint(lambda v: v is None or v == "balanced" or (
-            isinstance(v, Sequence) and not isinstance(v, str) and len(v) > 0
-            and all(NON_NEGATIVE(w) for w in v)), "None, 'balanced' or one weight >= 0 per class"),
-        "weights w_y of the classification term: none, balanced (N_L/(K n_y)) or K weights",
-        parse=_none_or(str))
+            isinstance(v, Sequence | Mapping | np.ndarray) and not isinstance(v, str)
+            and len(v) > 0 and all(NON_NEGATIVE(w) for w in (
+                v.values() if isinstance(v, Mapping) else v))),
+            "None, 'balanced', one weight >= 0 per class or a dict {label: weight >= 0}"),
+        "weights w_y of the classification term: none, balanced (N_L/(K n_y)), one weight per "
+        "class (in classes_ order) or a dict {label: weight} (labels it leaves out weigh 1; "
+        "for ModelConfig the labels are the class indices)", parse=_none_or(str))
     logit_adjustment: float = setting(
         1.0, NON_NEGATIVE, "τ >= 0: the classification term uses the logits f(x) + τ log π̂ "
         "(π̂ the labelled class frequencies)")
@@ -386,6 +395,12 @@ class ModelConfig:
         if weight == "balanced" and self.label_counts is None:
             raise ValueError("label_counts: class_weight='balanced' needs the labelled class "
                              "counts, found None")
+        if isinstance(weight, Mapping):  # {class index: weight}, the others 1
+            unknown = sorted(k for k in weight if k not in range(K))
+            if unknown:
+                raise ValueError(f"class_weight: expected class indices 0..{K - 1} as keys, "
+                                 f"found {unknown}")
+            weight = [weight.get(k, 1.0) for k in range(K)]
         if weight is not None and not isinstance(weight, str):
             values = tuple(float(w) for w in weight)
             if len(values) != K:
@@ -459,7 +474,8 @@ class TrainingConfig:
     """
 
     objective: str = setting(
-        "gamma_power", one_of(*OBJECTIVES),
+        "gamma_power", Constraint(lambda v: isinstance(v, str) and (
+            v in OBJECTIVES or v in EXPERIMENTAL_OBJECTIVES), "'gamma_power' or 'kl'"),
         "gamma_power (the γ-power divergence) or kl (the M2 ELBO)")
     gamma: float | str = setting(
         "auto", Constraint(_is_gamma, "'auto', '<k>x auto' (k > 0) or a finite float > -1 "

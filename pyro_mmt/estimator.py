@@ -29,6 +29,7 @@ from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 
 from pyro_mmt.config import (
+    EXPERIMENTAL_OBJECTIVES,
     EstimatorOptions,
     ModelConfig,
     TrainingConfig,
@@ -39,7 +40,13 @@ from pyro_mmt.config import (
     estimator_settings,
     resumable_settings,
 )
-from pyro_mmt.data import MultimodalDataset, Standardiser, as_modality_mapping, check_labels
+from pyro_mmt.data import (
+    MultimodalDataset,
+    Standardiser,
+    as_modality_mapping,
+    check_labels,
+    encode_labels,
+)
 from pyro_mmt.infer import GammaPowerELBO
 from pyro_mmt.likelihoods import LIKELIHOODS
 from pyro_mmt.models import MultimodalM2
@@ -91,12 +98,18 @@ def build_model(dims: Mapping[str, int], num_classes: int, *,
     return MultimodalM2(config, decoders=decoders, encoders=encoders, classifier=classifier)
 
 
+_EXPERIMENTAL = EXPERIMENTAL_OBJECTIVES
+
+
 def make_objective(objective: str = TrainingConfig.objective, *,
                    gamma: float | str = TrainingConfig.gamma,
                    num_particles: int = 1) -> pyro.infer.ELBO:
     """``"gamma_power"``: :class:`~pyro_mmt.infer.GammaPowerELBO`; ``"kl"``: Pyro's
     ``TraceEnum_ELBO`` (the M2 ELBO). Both with one data plate and vectorised particles."""
     vectorize = num_particles > 1
+    if objective in _EXPERIMENTAL:
+        return GammaPowerELBO(gamma, num_particles=num_particles, max_plate_nesting=1,
+                              vectorize_particles=vectorize, **_EXPERIMENTAL[objective])
     if objective == "gamma_power":
         return GammaPowerELBO(gamma, num_particles=num_particles, max_plate_nesting=1,
                               vectorize_particles=vectorize)
@@ -155,7 +168,11 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
       modality: the form that ``cross_val_score``, ``GridSearchCV`` and a ``Pipeline`` with a
       column-wise transformer pass on,
 
-    and ``y`` with −1 for unlabelled rows (the ``LabelSpreading`` convention). It standardises
+    and ``y`` holding any labels (strings, integers such as {3, 7}, a pandas categorical),
+    with −1, NaN, None or ``pd.NA`` for unlabelled rows (the ``LabelSpreading`` convention);
+    ``classes_`` is the sorted labelled values and ``predict`` returns them (with a
+    :class:`~pyro_mmt.data.MultimodalDataset`, whose labels are class indices, ``classes_`` is
+    ``arange(K)``). A pandas ``y`` must have ``X``'s row index. It standardises
     each continuous modality on the training rows, builds the model and its guide
     (:class:`~pyro_mmt.models.MultimodalM2`) and trains them with Pyro's SVI
     (:func:`~pyro_mmt.training.train`). ``predict_proba`` accepts any subset of the modalities
@@ -324,13 +341,20 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------------------- fit
     def fit(self, X, y=None):
-        """Fit on ``X`` (any form of the class docstring) with labels ``y`` (−1 =
-        unlabelled)."""
+        """Fit on ``X`` (any form of the class docstring) with labels ``y`` (any labels; −1,
+        NaN, None or ``pd.NA`` = unlabelled)."""
         self._check_params()
         with self._threads():
             return self._fit(X, y)
 
     def _fit(self, X, y):
+        classes = None
+        if y is not None and not isinstance(X, MultimodalDataset):
+            _check_y_index(X, y)
+            y, classes = encode_labels(y)
+            if classes.size == 1:
+                raise ValueError(f"y: expected labelled rows of at least 2 classes, found one "
+                                 f"class, {_plain(classes[0])!r}")
         data = self._dataset(X, y)
         counts = data.class_counts()
         if counts.sum() == 0:
@@ -355,7 +379,8 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         self.dims_ = dict(data.dims)
         self.n_features_in_ = int(sum(self.dims_.values()))
         self.n_classes_ = data.num_classes
-        self.classes_ = np.arange(self.n_classes_)
+        # the labels as given (sorted); a MultimodalDataset's are its class indices
+        self.classes_ = np.arange(self.n_classes_) if classes is None else classes
         self.label_counts_ = counts
         self.standardiser_ = None
         if self.standardise:
@@ -368,7 +393,8 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         self.config_ = ModelConfig(
             dims=dict(data.dims), num_classes=self.n_classes_, num_categories=num_categories,
             label_counts=tuple(int(c) for c in counts),
-            **{**_model_settings(self), "likelihood": families})
+            **{**_model_settings(self), "likelihood": families,
+               "class_weight": self._class_weights()})
 
         device = torch.device(self.device)
         fit_fn = train
@@ -482,6 +508,22 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         """``epochs``, or for ``"auto"`` about :data:`AUTO_STEPS` unlabelled mini-batches."""
         return number_of_epochs(self.epochs, data, self.batch_size)
 
+    def _class_weights(self):
+        """``class_weight`` as ModelConfig takes it: a dict {label: weight} becomes one weight
+        per class of ``classes_`` (1 for the labels it leaves out, as in scikit-learn)."""
+        weights = self.class_weight
+        if weights is None or isinstance(weights, str):
+            return weights
+        if isinstance(weights, Mapping):
+            known = {_plain(c) for c in self.classes_.tolist()}
+            unknown = [k for k in weights if _plain(k) not in known]
+            if unknown:
+                raise ValueError(f"class_weight: labels {unknown[:5]} are not classes of y; "
+                                 f"expected keys among {self.classes_.tolist()[:20]}")
+            by_label = {_plain(k): float(w) for k, w in weights.items()}
+            return tuple(by_label.get(_plain(c), 1.0) for c in self.classes_.tolist())
+        return tuple(weights)
+
     def _build(self, config: ModelConfig) -> MultimodalM2:
         def networks(given):
             if not given:
@@ -508,7 +550,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             return np.mean([predict_proba(m2, data, device=device) for m2 in self.members_], 0)
 
     def predict(self, X) -> np.ndarray:
-        """The most probable class under q(y | x)."""
+        """The most probable class under q(y | x), as a label of ``classes_``."""
         self._check_fitted()
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
@@ -517,10 +559,16 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         unlabelled rows (y = −1) are ignored, so scikit-learn's cross-validation can score
         folds of semi-supervised data."""
         self._check_fitted()
-        pred = self.predict(X)
-        # class indices 0..K-1 of the fitted classes, -1 = unlabelled (strings, None, NaN,
-        # out-of-range labels and a length other than X's are refused naming y)
-        y = check_labels(y, int(pred.shape[0]), self.n_classes_)
+        _check_y_index(X, y)
+        proba = self.predict_proba(X)
+        # codes 0..K-1 of the fitted classes_, -1 = unlabelled (labels outside classes_ and a
+        # length other than X's are refused naming y)
+        if isinstance(X, MultimodalDataset):
+            y = check_labels(y, int(proba.shape[0]), self.n_classes_)
+        else:
+            y = check_labels(encode_labels(y, self.classes_)[0], int(proba.shape[0]),
+                             self.n_classes_)
+        pred = proba.argmax(axis=1)
         labelled = y >= 0
         if not labelled.any():
             raise ValueError(f"y: expected some labelled rows (y >= 0) to score, found none "
@@ -540,6 +588,18 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
                                  f"per row of X), found {found}")
             weight = weight[labelled]
         return float(balanced_accuracy_score(y[labelled], pred[labelled], sample_weight=weight))
+
+    def to_inference_data(self, X, y=None, **kwargs):
+        """Draws of the fitted model for the rows of ``X`` (any form ``fit`` accepts, any
+        subset of the modalities; labels ``y``, −1 = unknown) as an ArviZ ``InferenceData``
+        (an ``xarray.DataTree`` with ArviZ 1.x), ``posterior_predictive`` and
+        ``observed_data`` in the units of ``X``. The keyword arguments (``num_samples``,
+        ``condition_on_labels``, ...) and the groups are those of
+        :func:`pyro_mmt.evaluation.diagnostics.to_inference_data`; ``docs/diagnostics.md``
+        walks through checking a fit with it."""
+        from pyro_mmt.evaluation.diagnostics import to_inference_data
+
+        return to_inference_data(self, X, y=y, **kwargs)
 
     def _check_fitted(self):
         if not hasattr(self, "model_"):
@@ -570,6 +630,26 @@ def _is_sparse(X) -> bool:
     if sparse.issparse(X):  # before the Mapping test: a dok matrix is a dict
         return True
     return isinstance(X, Mapping) and any(sparse.issparse(v) for v in X.values())
+
+
+def _plain(value):
+    """A label as a plain Python value (numpy scalars unwrapped), to compare dict keys."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _check_y_index(X, y) -> None:
+    """Refuse a pandas ``y`` whose row index differs from that of a pandas ``X``: rows are
+    matched by position, so differently indexed rows would be silently misaligned."""
+    if not isinstance(y, pd.Series | pd.DataFrame):
+        return
+    frame = X if isinstance(X, pd.DataFrame | pd.Series) else None
+    if isinstance(X, Mapping):
+        frame = next((v for v in X.values() if isinstance(v, pd.DataFrame | pd.Series)), None)
+    if frame is not None and not frame.index.equals(y.index):
+        raise ValueError(
+            "y: the row index of y differs from that of X; rows are matched by position, so "
+            "expected identical row indexes (align them first, e.g. y.loc[X.index], or pass "
+            "y.to_numpy())")
 
 
 def _check_training_labels(y: np.ndarray) -> None:
@@ -661,6 +741,7 @@ def save_estimator(estimator: MultimodalSemiSupervisedClassifier, path) -> None:
         "config": estimator.config_.to_dict(),
         "modalities": list(estimator.modalities_),
         "label_counts": [int(c) for c in estimator.label_counts_],
+        "classes": [_plain(c) for c in estimator.classes_.tolist()],
         "standardiser": None if estimator.standardiser_ is None
         else _tensor_state(estimator.standardiser_.state_dict()),
         "members": [m2.state_dict() for m2 in estimator.members_],
@@ -698,7 +779,8 @@ def load_estimator(path, map_location="cpu", *, decoders=None,
     est.dims_ = dict(est.config_.dims)
     est.n_features_in_ = int(sum(est.dims_.values()))
     est.n_classes_ = est.config_.num_classes
-    est.classes_ = np.arange(est.n_classes_)
+    est.classes_ = (np.asarray(state["classes"]) if "classes" in state
+                    else np.arange(est.n_classes_))
     est.label_counts_ = np.asarray(state["label_counts"])
     std = state["standardiser"]
     est.standardiser_ = None if std is None else Standardiser.from_state_dict(

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numbers
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -34,10 +35,17 @@ import pandas as pd
 import torch
 from sklearn.base import clone
 from sklearn.metrics import f1_score
+from sklearn.model_selection import ParameterGrid
 from tqdm.auto import tqdm
 
-from pyro_mmt.data import MultimodalDataset, as_modality_mapping, validation_folds
+from pyro_mmt.data import (
+    MultimodalDataset,
+    as_modality_mapping,
+    encode_labels,
+    validation_folds,
+)
 from pyro_mmt.evaluation.metrics import METRICS, minority_classes
+from pyro_mmt.training.svi import shows_progress
 
 __all__ = ["SCORES", "select_best", "tune", "validation_scores"]
 
@@ -69,14 +77,27 @@ def _check_estimator(estimator):
         )
 
 
+def _is_grid(params) -> bool:
+    """A dict in GridSearchCV's ``param_grid`` format: every value a list of candidates."""
+    return isinstance(params, Mapping) and len(params) > 0 and all(
+        isinstance(v, list | np.ndarray) for v in params.values())
+
+
 def _check_candidates(estimator, candidates):
     """A list of (name, params) pairs, every params dict accepted by ``estimator``."""
+    if _is_grid(candidates) or (isinstance(candidates, Sequence) and not isinstance(
+            candidates, str | bytes) and candidates and all(_is_grid(c) for c in candidates)):
+        # GridSearchCV's param_grid: a dict of lists, or a list of such dicts
+        grid = ParameterGrid(candidates if isinstance(candidates, Mapping) else list(candidates))
+        candidates = {",".join(f"{k}={v}" for k, v in params.items()): params
+                      for params in grid}
     if isinstance(candidates, Mapping):
         if candidates and not all(isinstance(v, Mapping) for v in candidates.values()):
             raise ValueError(
-                "candidates: expected a list of parameter dicts or a mapping name -> parameter "
-                f"dict; found a mapping whose values are not all dicts ({candidates!r}"[:250]
-                + "); for a single candidate write [params]"
+                "candidates: expected a list of parameter dicts, a mapping name -> parameter "
+                "dict or GridSearchCV's grid (a dict name -> list of values, or a list of such "
+                f"dicts); found a mapping whose values are neither all dicts nor all lists "
+                f"({candidates!r}"[:300] + "); for a single candidate write [params]"
             )
         pairs = list(candidates.items())
     elif isinstance(candidates, Sequence) and not isinstance(candidates, str | bytes):
@@ -107,6 +128,16 @@ def _check_candidates(estimator, candidates):
     return checked
 
 
+def _modalities(estimator, X, modalities):
+    """``modalities``, else for a flat ``X`` the estimator's own ``modalities`` parameter (as
+    GridSearchCV would split ``X`` for it)."""
+    if modalities is not None or isinstance(X, MultimodalDataset | Mapping):
+        return modalities
+    if isinstance(X, pd.DataFrame) and X.columns.nlevels > 1:
+        return None
+    return estimator.get_params(deep=False).get("modalities")
+
+
 def _as_dataset(X, y, modalities):
     """``X`` (and ``y``) as a MultimodalDataset."""
     if isinstance(X, MultimodalDataset):
@@ -121,7 +152,26 @@ def _as_dataset(X, y, modalities):
             "y: expected labels for X (one per row, -1 = unlabelled); found None (only a "
             "MultimodalDataset carries its own labels)"
         )
-    return MultimodalDataset(as_modality_mapping(X, modalities), y)
+    codes, classes = encode_labels(y)
+    return MultimodalDataset(as_modality_mapping(X, modalities), codes,
+                             num_classes=max(len(classes), 1),
+                             class_names=[str(c) for c in classes] or None)
+
+
+#: Below this many labelled rows a class's validation scores rest on one or two rows.
+FEW_LABELS = 3
+
+
+def _warn_few_labels(dataset):
+    counts = dataset.class_counts()
+    few = np.flatnonzero(counts < FEW_LABELS)
+    if few.size:
+        shown = ", ".join(f"{dataset.class_names[k]!r}: {counts[k]}" for k in few[:5])
+        warnings.warn(
+            f"classes with fewer than {FEW_LABELS} labelled rows ({shown}): a class with one "
+            "labelled row is never validated and one with two has one validation row per fold, "
+            "so its scores are noisy; label more rows of these classes (with a data set name, "
+            "a larger --beta or a smaller --rho gives more)", UserWarning, stacklevel=3)
 
 
 def _check_folds(folds, n_rows, labels):
@@ -316,8 +366,10 @@ def validation_scores(estimator, candidates, X, y=None, *, modalities=None, fold
 
     :param estimator: a scikit-learn-style estimator whose ``fit``/``predict`` accept a
         :class:`~pyro_mmt.data.MultimodalDataset`; it is cloned, never fitted itself.
-    :param candidates: a list of parameter dicts (named 0, 1, ...), or a mapping name ->
-        parameter dict (e.g. ``list(sklearn.model_selection.ParameterGrid(grid))``).
+    :param candidates: a list of parameter dicts (named 0, 1, ...), a mapping name ->
+        parameter dict, or a grid in ``GridSearchCV``'s ``param_grid`` format (a dict name ->
+        list of values, e.g. ``{"alpha": [0.5, 1.5]}``, or a list of such dicts; every
+        combination is a candidate, named ``alpha=0.5`` and so on).
     :param X: the training data: a MultimodalDataset (labels inside, ``y=None``), or anything
         :func:`~pyro_mmt.data.as_modality_mapping` accepts, with ``y``.
     :param y: labels [N], -1 = unlabelled; with a MultimodalDataset they replace its labels.
@@ -349,11 +401,12 @@ def validation_scores(estimator, candidates, X, y=None, *, modalities=None, fold
         predictions that are not class indices.
     """
     _check_estimator(estimator)
-    dataset = _as_dataset(X, y, modalities)
+    dataset = _as_dataset(X, y, _modalities(estimator, X, modalities))
     pairs = _check_candidates(estimator, candidates)
     scoring = _check_scoring(scoring)
     counts = _check_counts(train_class_counts, dataset.num_classes)
     n_jobs = _check_n_jobs(n_jobs)
+    _warn_few_labels(dataset)
     if folds is None:
         folds = validation_folds(dataset, n_splits=n_splits, n_repeats=n_repeats, seed=seed)
     else:
@@ -361,7 +414,7 @@ def validation_scores(estimator, candidates, X, y=None, *, modalities=None, fold
 
     tasks = [(name, params, f, train, validation)
              for name, params in pairs for f, (train, validation) in enumerate(folds)]
-    bar = tqdm(total=len(tasks), desc="validation fits", disable=not progress)
+    bar = tqdm(total=len(tasks), desc="validation fits", disable=not shows_progress(progress))
     results = []
     try:
         if n_jobs == 1:
@@ -470,9 +523,11 @@ def tune(estimator, candidates, X, y=None, *, by="balanced_accuracy",
             )
     scores = validation_scores(estimator, candidates, X, y, **kwargs)
     best, summary = select_best(scores, by=by, tie_break=tie_break)
-    dataset = _as_dataset(X, y, kwargs.get("modalities"))
+    dataset = _as_dataset(X, y, _modalities(estimator, X, kwargs.get("modalities")))
     model = clone(estimator).set_params(**best)
     model.fit(dataset, dataset.y.numpy())
+    if not isinstance(X, MultimodalDataset) and hasattr(model, "classes_"):
+        model.classes_ = encode_labels(y)[1]  # the labels as given, not their class indices
     model.best_params_ = best
     model.tuning_scores_ = scores
     model.tuning_summary_ = summary

@@ -31,6 +31,7 @@ from pyro_mmt.infer.module_registration import register_module
 __all__ = [
     "LabelConditionedMLP",
     "LabelConcat",
+    "apply_label_network",
     "concat_label",
     "mlp",
     "observed_dimension",
@@ -107,6 +108,25 @@ class LabelConcat(nn.Module):
     def forward(self, v: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``net(concat_label(v, y, K))``."""
         return self.net(concat_label(v, y, self.num_classes))
+
+
+def apply_label_network(net: nn.Module, name: str, v: torch.Tensor,
+                        y: torch.Tensor) -> torch.Tensor:
+    """``net(v, y)`` for a decoder or encoder ``name``; a network that fails on the
+    enumerated label's shape (a ``cat([v, one_hot(y)])`` written for y of shape [B], given
+    y of shape [K, 1]) gets an error that names :class:`LabelConcat`, the way out."""
+    try:
+        return net(v, y)
+    except RuntimeError as error:
+        if isinstance(net, LabelConcat) or y.shape == v.shape[:-1]:
+            raise
+        raise RuntimeError(
+            f"{name}: the network failed on an input of shape {tuple(v.shape)} with labels of "
+            f"shape {tuple(y.shape)} ({str(error).splitlines()[0]}). When the label of an "
+            "unlabelled batch is enumerated, y has shape [K, 1] and must broadcast against the "
+            "batch; a network written on torch.cat([v, one_hot(y)], -1) does not: wrap it as "
+            "pyro_mmt.nn.LabelConcat(net, num_classes), which broadcasts the two (see "
+            "examples/custom_model.py)") from error
 
 
 def observed_dimension(

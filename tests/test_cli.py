@@ -156,7 +156,7 @@ def test_diagnose_writes_netcdf_summary_and_plots(tmp_path, capsys):
 
     data = load_netcdf(next(out.glob("*.nc")))
     test = MultimodalDataset.from_npz(run / "test.npz")
-    assert get_group(data, "posterior")["z"].shape[:3] == (1, 30, len(test))
+    assert get_group(data, "latent")["z"].shape[:3] == (1, 30, len(test))
     # the attributes are the fitted model's settings
     attrs = run_attrs(data)
     default = MultimodalSemiSupervisedClassifier()
@@ -422,7 +422,7 @@ def test_diagnose_with_too_few_draws_says_khat_is_not_estimated(tiny_npz, tmp_pa
     assert main(["diagnose", str(run), "--num-samples", "10", "--num-predictive", "2",
                  "--out", str(tmp_path / "diag")]) == 0
     shown = capsys.readouterr().out
-    assert "not estimated" in shown and "at least 25 draws" in shown
+    assert "not estimated" in shown and "at least 30 draws" in shown
     summary = pd.read_csv(tmp_path / "diag" / "summary.csv", index_col=0)["value"]
     assert np.isnan(summary["share_khat_above_0.7"]) and summary["num_data_with_khat"] == 0
 

@@ -158,3 +158,22 @@ def test_fashion_mnist(monkeypatch, tmp_path, small_deep_models):
     assert results["method"].tolist() == ["lr", "t_gamma"]
     assert (results["rho"] == 2).all() and (tmp_path / "recall_vs_frequency.png").is_file()
     assert "t_gamma" in (tmp_path / "table.md").read_text()
+
+
+def test_the_custom_model_estimator_pickles(monkeypatch):
+    """The example's decoder factory is a functools.partial of a module-level function, so
+    the estimator built with it (fitted or not) pickles, as joblib and n_jobs need."""
+    import pickle
+
+    spec = importlib.util.spec_from_file_location("custom_model", EXAMPLES / "custom_model.py")
+    example = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "custom_model", example)
+    spec.loader.exec_module(example)
+    digits = load_digits()[:60]
+    clf = MultimodalSemiSupervisedClassifier(
+        decoders={"bottom": functools.partial(example.linear_decoder, modality="bottom")},
+        epochs=1, hidden=(8,), latent_dim=2).fit(digits)
+    again = pickle.loads(pickle.dumps(clf))
+    torch.testing.assert_close(torch.as_tensor(again.predict_proba(digits)),
+                               torch.as_tensor(clf.predict_proba(digits)))
+    assert not re.search(r"lambda \w*:", (EXAMPLES / "custom_model.py").read_text())

@@ -13,6 +13,9 @@ from sklearn.linear_model import LogisticRegression
 from pyro_mmt.data import MultimodalDataset, long_tailed_split
 from pyro_mmt.model_selection import SCORES, select_best, tune, validation_scores
 
+# the small data sets here give some classes one or two labelled rows on purpose
+pytestmark = pytest.mark.filterwarnings("ignore:classes with fewer than 3 labelled rows")
+
 
 class DatasetLogisticRegression(ClassifierMixin, BaseEstimator):
     """Logistic regression on the labelled rows of a MultimodalDataset (modalities side by
@@ -186,7 +189,10 @@ def test_on_a_long_tailed_split_the_test_set_is_never_used():
     assert seen.max() < len(train)  # positions in split.train only
 
 
-def test_progress_bar(capsys):
+def test_progress_bar(capsys, monkeypatch):
+    import pyro_mmt.model_selection
+
+    monkeypatch.setattr(pyro_mmt.model_selection, "shows_progress", lambda progress: progress)
     validation_scores(DatasetLogisticRegression(), [{"C": 1.0}], _blobs(), n_splits=2,
                       progress=True)
     assert "validation fits" in capsys.readouterr().err
@@ -204,7 +210,7 @@ def test_progress_bar(capsys):
          r"candidates\[0\]: the estimator refuses the parameters"),
         (DatasetLogisticRegression(), {"a": {"bogus": 1}}, {}, r"candidates\['a'\]"),
         (DatasetLogisticRegression(), {"C": 1.0}, {},
-         r"candidates: .*a mapping whose values are not all dicts.*write \[params\]"),
+         r"candidates: .*a mapping whose values are neither all dicts nor all lists.*write \[params\]"),
         (DatasetLogisticRegression(), [], {}, r"candidates: expected at least one candidate"),
         (DatasetLogisticRegression(), "C", {}, r"candidates: expected a list of parameter dicts"),
         (DatasetLogisticRegression(), [1.0], {}, r"candidates: .*entries \[0\] are not dicts"),
@@ -316,3 +322,40 @@ def test_error_score_records_a_failed_fit_instead_of_stopping(n_jobs):
     assert (failed["error"] == "FloatingPointError: the loss became NaN").all()
     assert scores.loc[scores["candidate"] != "strong", "error"].isna().all()
     assert scores.loc[scores["candidate"] != "strong", "balanced_accuracy"].notna().all()
+
+
+def test_tune_takes_gridsearchcv_grids_and_labels_as_given():
+    """tune(C(), {"alpha": [0.5, 1.5]}, X, y) with string labels: GridSearchCV's format."""
+    from pyro_mmt import MultimodalSemiSupervisedClassifier
+    from pyro_mmt.model_selection import tune
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 30)
+    X = rng.normal(size=(60, 4)) + y[:, None]
+    labels = np.array(["no", "yes"], dtype=object)[y]
+    labels[::3] = None
+    est = MultimodalSemiSupervisedClassifier(epochs=1, hidden=(4,), latent_dim=2,
+                                             modalities={"a": [0, 1], "b": [2, 3]})
+    for grid in ({"alpha": [0.5, 1.5]}, [{"alpha": [0.5]}, {"alpha": [1.5]}]):
+        model = tune(est, grid, X, labels, n_splits=2)
+        assert sorted(model.tuning_summary_.index) == ["alpha=0.5", "alpha=1.5"]
+        np.testing.assert_array_equal(model.classes_, ["no", "yes"])
+        assert set(model.predict(X)) <= {"no", "yes"}
+
+
+def test_a_class_with_few_labels_warns_and_says_the_way_out():
+    from pyro_mmt import MultimodalSemiSupervisedClassifier
+    from pyro_mmt.model_selection import validation_scores
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 30)
+    X = rng.normal(size=(60, 4)) + y[:, None]
+    labels = np.where(np.arange(60) % 10 == 0, y, -1)  # 3 labelled rows per class
+    labels[np.flatnonzero(labels == 1)[0]] = -1  # class 1: 2 labelled rows
+    est = MultimodalSemiSupervisedClassifier(epochs=1, hidden=(4,), latent_dim=2,
+                                             modalities={"a": [0, 1], "b": [2, 3]})
+    with pytest.warns(UserWarning, match=r"fewer than 3 labelled rows \('1': 2\).*label more"):
+        validation_scores(est, [{}], X, labels, n_splits=2)
+    labels[np.flatnonzero(labels == 1)[0]] = -1  # class 1: 1 labelled row
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"label more rows"):
+        validation_scores(est, [{}], X, labels, n_splits=2)

@@ -290,6 +290,54 @@ def test_cross_modal_imputation_through_predictive():
     assert present.tolist() == [[True, False, False]] * 5
 
 
+def test_minus_one_is_an_unobserved_label_for_model_and_guide():
+    """Predictive(model, guide)(x, mask, y) with y = -1 rows: the labelled rows keep their
+    label, the others draw it from q(y | x); y = -1 everywhere is the unlabelled case."""
+    from pyro.infer import Predictive
+
+    m2 = build_model(DIMS, K, latent_dim=D, hidden=(5,), nu=NU, sigma=SIGMA)
+    x, mask, y = _data(n=6)
+    partly = y.clone()
+    partly[::2] = -1
+    draws = Predictive(m2.model, guide=m2.guide, num_samples=20,
+                       return_sites=["y", "x_a"])(x, mask, partly)
+    assert draws["y"].shape == (20, 6)
+    assert (draws["y"][:, 1::2] == y[1::2]).all()
+    assert ((draws["y"][:, ::2] >= 0) & (draws["y"][:, ::2] < K)).all()
+    none = Predictive(m2.model, guide=m2.guide, num_samples=3,
+                      return_sites=["y"])(x, mask, torch.full_like(y, -1))
+    assert none["y"].shape == (3, 6) and (none["y"] >= 0).all()
+
+
+def test_a_decoder_on_cat_z_one_hot_is_pointed_to_label_concat():
+    """A decoder written the usual way, cat([z, one_hot(y)]), fails on the enumerated label
+    with an error that names LabelConcat (and LabelConcat makes it work)."""
+    from torch import nn
+    from torch.nn import functional as F
+
+    from pyro_mmt.infer import GammaPowerELBO
+    from pyro_mmt.nn import LabelConcat
+
+    class CatDecoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(D + K, DIMS["a"])
+
+        def forward(self, z, y):
+            return self.linear(torch.cat([z, F.one_hot(y, K).to(z.dtype)], -1))
+
+    x, mask, _ = _data(n=6)
+    for objective in (TraceEnum_ELBO(max_plate_nesting=1), GammaPowerELBO(max_plate_nesting=1)):
+        m2 = build_model(DIMS, K, latent_dim=D, hidden=(5,), decoders={"a": CatDecoder()})
+        with pytest.raises(RuntimeError, match=r"decoders\['a'\]: .*wrap it as "
+                                               r"pyro_mmt.nn.LabelConcat\(net, num_classes\)"):
+            objective.loss(m2.model, m2.guide, x, mask, None)
+    wrapped = LabelConcat(nn.Linear(D + K, DIMS["a"]), K)
+    m2 = build_model(DIMS, K, latent_dim=D, hidden=(5,), decoders={"a": wrapped})
+    assert math.isfinite(TraceEnum_ELBO(max_plate_nesting=1).loss(m2.model, m2.guide, x, mask,
+                                                                  None))
+
+
 def test_model_needs_some_way_to_know_the_batch_size():
     m2 = build_model(DIMS, K, latent_dim=D, hidden=(5,))
     with pytest.raises(ValueError, match="batch_size"):

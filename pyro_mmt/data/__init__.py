@@ -7,7 +7,7 @@ unlabelled; a row that is entirely NaN in one modality marks that modality missi
 datum. On disk: an ``.npz`` with arrays ``x_<modality>`` and ``y``, loaded without pickle.
 """
 
-from pyro_mmt.data.convert import as_modality_mapping, check_labels
+from pyro_mmt.data.convert import as_modality_mapping, check_labels, encode_labels
 from pyro_mmt.data.dataset import Batch, InterleavedLoader, MultimodalDataset
 from pyro_mmt.data.loaders import (
     DATASETS,
@@ -30,6 +30,7 @@ from pyro_mmt.data.split import (
     validation_folds,
 )
 from pyro_mmt.data.standardise import Standardiser
+from pyro_mmt.data.tabular import TableSchema, read_table
 
 __all__ = [
     "DATASETS",
@@ -41,9 +42,11 @@ __all__ = [
     "MultimodalDataset",
     "SplitSkippedError",
     "Standardiser",
+    "TableSchema",
     "UNLABELLED_MIXES",
     "as_modality_mapping",
     "check_labels",
+    "encode_labels",
     "load_breast",
     "load_dataset",
     "load_digits",
@@ -53,5 +56,6 @@ __all__ = [
     "load_pdspeech",
     "PBC_LIKELIHOODS",
     "long_tailed_split",
+    "read_table",
     "validation_folds",
 ]

@@ -22,7 +22,7 @@ from pyro_mmt.data.dataset import (
     _modality_values,
 )
 
-__all__ = ["as_modality_mapping", "check_labels"]
+__all__ = ["as_modality_mapping", "check_labels", "encode_labels"]
 
 #: How many offending names or positions an error message lists.
 _SHOW = 5
@@ -53,10 +53,11 @@ def as_modality_mapping(X, modalities=None) -> dict[str, np.ndarray]:
     - a flat 2-D DataFrame or array (what scikit-learn's ``cross_val_score``,
       ``GridSearchCV`` or a ``Pipeline`` ending in a ``ColumnTransformer`` pass on) together
       with ``modalities``, a mapping modality name -> the columns that make it up: a list of
-      column names for a DataFrame; a list of column indices, a ``slice``, a ``range`` or a
-      boolean mask for an array. A modality's columns are taken in the order given. Every
-      column must belong to exactly one modality: a column claimed twice, an unknown column
-      (or an index out of range), and a column claimed by none are refused, naming them.
+      column names (or a ``slice`` of positions) for a DataFrame; a list of column indices, a
+      ``slice``, a ``range`` or a boolean mask for an array. A modality's columns are taken in
+      the order given. Every column must belong to exactly one modality: a column claimed
+      twice, an unknown column (or an index out of range), and a column claimed by none are
+      refused, naming them.
 
     Each modality must be 2-D, of a real numeric or bool dtype (complex, string and object
     values are refused, naming the modality), finite or NaN in whole rows (a row of NaN marks
@@ -192,6 +193,8 @@ def _split_flat_frame(frame, modalities):
     claims, parts = {}, {}
     for name, selection in modalities.items():
         argument = f"modalities[{name!r}]"
+        if isinstance(selection, slice):  # positions: unambiguous for any column names
+            selection = list(columns[_positions(selection, len(columns), argument)])
         if isinstance(selection, str | bytes) or not _is_list_like(selection):
             raise ValueError(
                 f"{argument}: expected a list of column names of X; found {selection!r} "
@@ -269,9 +272,15 @@ def _positions(selection, width, argument):
                 )
             positions = np.flatnonzero(values)
         elif values.size and values.dtype.kind not in "iu":
+            hint = ""
+            if values.dtype.kind in "USO":
+                hint = ("; X is an array without column names (a scikit-learn transformer, e.g. "
+                        "StandardScaler in a Pipeline, returns one): keep the DataFrame with "
+                        "make_pipeline(...).set_output(transform=\"pandas\"), or give column "
+                        "positions")
             raise ValueError(
                 f"{argument}: expected integer column indices of X; found {_show(values.tolist())} "
-                f"(dtype {values.dtype})"
+                f"(dtype {values.dtype}){hint}"
             )
         else:
             values = values.astype(np.int64).reshape(-1)
@@ -367,3 +376,124 @@ def check_labels(y, n_rows, num_classes=None, *, require_labelled=False,
                 "at least one labelled row per class"
             )
     return labels
+
+
+def _unlabelled_mask(values: np.ndarray) -> np.ndarray:
+    """True where an object array holds an unlabelled marker: None, NaN, pd.NA, -1."""
+    out = np.zeros(values.shape, dtype=bool)
+    for i, v in enumerate(values):
+        if v is None or v is pd.NA or v is pd.NaT:
+            out[i] = True
+        elif isinstance(v, float | np.floating) and np.isnan(v):
+            out[i] = True
+        elif isinstance(v, numbers.Number) and not isinstance(v, bool | np.bool_) and v == -1:
+            out[i] = True
+    return out
+
+
+def encode_labels(y, classes=None, *, argument="y") -> tuple[np.ndarray, np.ndarray]:
+    """Labels as users hold them, as class codes: ``(codes, classes)``.
+
+    ``y`` may hold any labels (strings, integers such as {3, 7}, bools, a pandas categorical);
+    a row is unlabelled when its label is -1, NaN, None or ``pd.NA``. The classes are the
+    sorted labelled values (or ``classes`` when given: a fitted model's), and ``codes[i]`` is
+    the position of ``y[i]`` among them, -1 for an unlabelled row. Integer labels 0..K-1 are
+    their own codes, so ``classes`` is then ``arange(K)``. Integer-valued floats count as
+    integers (1.0 is the class 1).
+
+    A column vector [N, 1] is raveled with a ``DataConversionWarning`` (as scikit-learn does).
+
+    :raises ValueError: naming ``argument``: for non-integer float labels ("Unknown label type:
+        continuous"), infinities, complex numbers, labels of mixed types (text and numbers),
+        more than one column, or (with ``classes``) a label outside them.
+
+    Examples
+    --------
+    >>> codes, classes = encode_labels(["b", None, "a", -1, "b"])
+    >>> codes.tolist(), classes.tolist()
+    ([1, -1, 0, -1, 1], ['a', 'b'])
+    """
+    import warnings
+
+    from sklearn.exceptions import DataConversionWarning
+
+    if isinstance(y, pd.DataFrame):
+        y = y.to_numpy()
+    if isinstance(y, pd.Series | pd.Index):
+        values = y.astype(object).to_numpy() if isinstance(y.dtype, pd.CategoricalDtype) \
+            or pd.api.types.is_extension_array_dtype(y.dtype) else y.to_numpy()
+    elif hasattr(y, "detach"):  # a torch tensor
+        values = y.detach().cpu().numpy()
+    else:
+        values = np.asarray(y)
+    if values.ndim == 2 and values.shape[1] == 1:
+        warnings.warn("A column-vector y was passed when a 1d array was expected. Please "
+                      f"change the shape of {argument} to (n_samples, ), for example using "
+                      "ravel().", DataConversionWarning, stacklevel=3)
+        values = values.ravel()
+    if values.ndim != 1:
+        raise ValueError(f"{argument}: expected a 1-D array of labels; found shape "
+                         f"{values.shape}")
+    kind = values.dtype.kind
+    if kind == "c":
+        raise ValueError(f"{argument}: expected class labels; found complex values (dtype "
+                         f"{values.dtype})")
+    if kind == "f":
+        filled = values[~np.isnan(values)]
+        if not np.isfinite(filled).all():
+            raise ValueError(f"{argument}: expected class labels (NaN or -1 = unlabelled); found "
+                             "infinite values")
+        if (filled != np.round(filled)).any():
+            bad = np.flatnonzero(~np.isnan(values) & (values != np.round(values)))
+            raise ValueError(
+                f"{argument}: Unknown label type: continuous; expected class labels (strings or "
+                f"integers, -1 or NaN = unlabelled); found non-integer values "
+                f"{values[bad[:_SHOW]].tolist()} at rows {bad[:_SHOW].tolist()}")
+        unlabelled = np.isnan(values) | (values == -1)
+        values = np.where(unlabelled, -1, values).astype(np.int64)
+        kind = "i"
+    if kind in "iu":
+        unlabelled = values == -1
+        plain = values
+    else:
+        values = values.astype(object)
+        unlabelled = _unlabelled_mask(values)
+        plain = np.array([v.item() if isinstance(v, np.generic) else v for v in values],
+                         dtype=object)
+        for i in np.flatnonzero(~unlabelled):  # integer-valued floats count as integers
+            v = plain[i]
+            if isinstance(v, float):
+                if not np.isfinite(v) or not v.is_integer():
+                    raise ValueError(
+                        f"{argument}: Unknown label type: continuous; expected class labels "
+                        f"(strings or integers, -1 or NaN = unlabelled); found {v!r} at row {i}")
+                plain[i] = int(v)
+    labelled = plain[~unlabelled]
+    if classes is None:
+        try:
+            found = sorted(set(labelled.tolist()))
+        except TypeError as error:
+            kinds = sorted({type(v).__name__ for v in labelled.tolist()})
+            raise ValueError(f"{argument}: expected labels of one kind; found a mix of {kinds} "
+                             "(e.g. text and numbers)") from error
+        classes = np.array(found) if found else np.zeros(0, dtype=np.int64)
+    classes = np.asarray(classes)
+    codes = np.full(values.shape[0], -1, dtype=np.int64)
+    if classes.dtype.kind in "iu" and plain.dtype.kind in "iu" and classes.size:
+        given = plain[~unlabelled]  # classes are sorted: look them up by bisection
+        position = np.minimum(np.searchsorted(classes, given), classes.size - 1)
+        codes[~unlabelled] = np.where(classes[position] == given, position, -2)
+    else:
+        index = {}
+        for k, c in enumerate(classes.tolist()):
+            index.setdefault(c, k)
+        rows = np.flatnonzero(~unlabelled)
+        codes[rows] = [index.get(v, -2) for v in plain[rows].tolist()]
+    unknown = np.flatnonzero(codes == -2)
+    if unknown.size:
+        shown = sorted({str(v) for v in plain[unknown].tolist()})[:_SHOW]
+        raise ValueError(
+            f"{argument}: labels {shown} at rows {unknown[:_SHOW].tolist()} are not among the "
+            f"classes {classes.tolist()[:20]}; expected those classes (or -1, NaN, None for "
+            "unlabelled rows)")
+    return codes, classes

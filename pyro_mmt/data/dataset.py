@@ -875,6 +875,45 @@ class MultimodalDataset:
         )
         return dataset
 
+    @classmethod
+    def from_dataframe(cls, frame, modalities=None, *, label=None, likelihood=None, ignore=(),
+                       classes=None, categories=None) -> MultimodalDataset:
+        """A data set from a table with one column per feature and a label column.
+
+        The rules (modalities from ``modalities`` or from column prefixes
+        ``<modality>__<feature>``; any labels, unlabelled as empty, NaN, None, ``pd.NA`` or
+        -1; a modality missing where all its cells are empty; text columns coded as
+        categories) are those of :class:`~pyro_mmt.data.tabular.TableSchema`, which this
+        calls; use :meth:`TableSchema.encode <pyro_mmt.data.tabular.TableSchema.encode>`
+        directly to keep the classes and category names for coding other tables the same way.
+
+        :param frame: a pandas DataFrame.
+        :param modalities: mapping modality name -> column names; ``None``: column prefixes.
+        :param label: the label column; ``None``: every row is unlabelled (then ``classes``
+            is required).
+        :param likelihood: accepted for symmetry with the schema: mapping modality -> family,
+            checked against the modalities (pass it on to the estimator's ``likelihood=``).
+        :param ignore: columns to leave out.
+        :param classes: the label values in class order (default: the sorted labelled values).
+        :param categories: mapping text column -> category names (default: sorted values).
+        :returns: the data set; ``class_names`` are ``str`` of the classes.
+
+        Examples
+        --------
+        >>> import pandas as pd
+        >>> frame = pd.DataFrame({"a__1": [0.5, 1.0, 2.0], "b__1": [1.0, None, 3.0],
+        ...                       "label": ["no", None, "yes"]})
+        >>> ds = MultimodalDataset.from_dataframe(frame, label="label")
+        >>> ds.class_names, ds.y.tolist(), ds.mask[:, 1].tolist()
+        (('no', 'yes'), [0, -1, 1], [True, False, True])
+        """
+        from pyro_mmt.data.tabular import TableSchema
+
+        schema = TableSchema(modalities=modalities, label=label, likelihood=likelihood or {},
+                             ignore=ignore, classes=classes, categories=categories or {})
+        data, _ = schema.encode(frame, labels="required" if label is not None else "optional")
+        return data
+
     # -- description --------------------------------------------------------------------------
 
     def summary(self) -> str:

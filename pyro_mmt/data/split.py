@@ -374,7 +374,9 @@ def validation_folds(dataset: MultimodalDataset, n_splits: int = 5, n_repeats: i
     if validated.size < 2:
         raise ValueError(
             f"dataset: expected at least 2 classes with 2 or more labelled rows to validate on; "
-            f"found {validated.size} (labelled rows per class: {counts.tolist()})"
+            f"found {validated.size} (labelled rows per class: {counts.tolist()}); label more "
+            "rows (with `pyro-mmt tune` on a data set name, a larger --beta or a smaller --rho "
+            "labels more rows per class)"
         )
     k = min(n_splits, int(counts[validated].min()))
     rows = np.flatnonzero(np.isin(y, validated))  # labelled rows of the validated classes

@@ -7,13 +7,13 @@ those two modules imports the other's consumer.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pandas as pd
 
-from pyro_mmt.data import MultimodalDataset
 from pyro_mmt.evaluation import diagnostic_plots as plots
 from pyro_mmt.evaluation.diagnostics import (
     _model_and_guide,
@@ -83,21 +83,21 @@ def diagnose(
         as images (e.g. ``{"pix": (16, 15)}`` for mfeat).
     :return: :class:`DiagnosticsReport` ``(paths, summary)``.
     """
-    # the arguments' errors before any file is written
-    model, guide, dataset, threads = _resolve_inputs(model, guide, dataset, y)
-    _model_and_guide(model, guide)
-    if not isinstance(dataset, MultimodalDataset):
-        raise ValueError(f"dataset: expected a MultimodalDataset, found {type(dataset).__name__}")
+    # the arguments' errors before anything is drawn or written (to_inference_data below
+    # gives the units warning, once)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="dataset: the observed values",
+                                category=UserWarning)
+        checked = _resolve_inputs(model, guide, dataset, y)
+    _model_and_guide(checked[0], checked[1])
     if out_dir is None:
         raise ValueError("out_dir: expected the folder to write the diagnostics to, found None")
+    data = to_inference_data(
+        model, guide, dataset, y=y, num_samples=num_samples, num_predictive=num_predictive,
+        condition_on_labels=condition_on_labels, seed=seed, batch_size=batch_size, attrs=attrs,
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with threads():
-        data = to_inference_data(
-            model, guide, dataset, num_samples=num_samples, num_predictive=num_predictive,
-            condition_on_labels=condition_on_labels, seed=seed, batch_size=batch_size,
-            attrs=attrs,
-        )
     table = importance_diagnostics(data)
     checks = classifier_checks(data)
     summary = diagnostics_summary(data, table, checks)

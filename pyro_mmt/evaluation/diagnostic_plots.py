@@ -27,6 +27,7 @@ from sklearn.decomposition import PCA
 from pyro_mmt.evaluation.diagnostics import (
     KHAT_MIN_DRAWS,
     KHAT_THRESHOLD,
+    LATENT_GROUP,
     ClassifierChecks,
     classifier_checks,
     get_group,
@@ -64,7 +65,7 @@ def _modalities(data) -> list[str]:
 def _display_class(data) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Per datum: the known label, else the predicted class; whether it was known; names."""
     const = get_group(data, "constant_data")
-    post = get_group(data, "posterior")
+    post = get_group(data, LATENT_GROUP)
     label = const["label"].values.astype(np.int64)
     predicted = post["class_prob"].isel(chain=0, draw=0).values.argmax(axis=1)
     known = label >= 0
@@ -138,7 +139,7 @@ def plot_khat(data, *, table: pd.DataFrame | None = None, threshold: float = KHA
     data where q(y, z | x) is not a reliable proposal for the posterior
     (:func:`~pyro_mmt.evaluation.diagnostics.importance_diagnostics`). k̂ = −inf (constant weights) is drawn
     at the bottom edge. When no k̂ could be estimated (fewer than
-    :data:`~pyro_mmt.evaluation.diagnostics.KHAT_MIN_DRAWS` = 25 draws per datum) the figure says
+    :data:`~pyro_mmt.evaluation.diagnostics.KHAT_MIN_DRAWS` = 30 draws per datum) the figure says
     so and shows the ESS fraction per datum alone."""
     table = importance_diagnostics(data) if table is None else table
     cls, known, names = _display_class(data)
@@ -204,7 +205,7 @@ def plot_latent_pca(data, *, path: str | Path | None = None) -> Figure:
     on their first two principal components, coloured by class: filled points by the known
     label, hollow ones by the predicted class. Classes that overlap here are hard for a
     classifier built on z."""
-    z = get_group(data, "posterior")["z"].mean(("chain", "draw")).values
+    z = get_group(data, LATENT_GROUP)["z"].mean(("chain", "draw")).values
     cls, known, names = _display_class(data)
     colours = np.array(_class_colours(len(names)))
     k = min(2, z.shape[1], z.shape[0])

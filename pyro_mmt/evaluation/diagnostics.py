@@ -5,27 +5,35 @@ ArviZ's ``from_pyro`` reads MCMC runs only. Here the draws come from the guide,
 statistician checks a fit with is built from them (``docs/diagnostics.md``):
 
 - :func:`to_inference_data`: an ``InferenceData`` with named dims and coords: ``posterior``
-  (z and y per datum and draw, the classifier's q(y | x)), ``posterior_predictive`` (each
-  modality), ``log_likelihood`` (per datum and modality), ``sample_stats`` (log p(x, y, z),
-  log q(y, z | x) and the log importance weight per draw and datum), ``observed_data``,
-  ``constant_data`` (labels, which labels were conditioned on, the modality mask) and the run's
-  hyperparameters as attributes (:func:`run_attrs`); :func:`save_netcdf` / :func:`load_netcdf`.
+  (the global quantity worth summarising: the class shares of the unlabelled data, per draw),
+  ``latent`` (z and y per datum and draw, the classifier's q(y | x)), ``posterior_predictive``
+  (each modality), ``sample_stats`` (log p(x, y, z), log q(y, z | x), the log importance weight
+  and log p(x | y, z), joint and per modality, per draw and datum), ``observed_data``,
+  ``constant_data`` (labels, which labels were conditioned on, the modality mask, the log
+  Jacobian of the data's units) and the run's hyperparameters as attributes
+  (:func:`run_attrs`); :func:`save_netcdf` / :func:`load_netcdf`. Given the fitted estimator,
+  the observed data and the posterior predictive are in the units of its X.
 - :func:`importance_diagnostics`: per datum, Pareto k̂ (PSIS), the importance-sampling effective
   sample size and the importance-weighted (IWAE) estimate of log p(x).
+- :func:`elpd`: the IWAE log p(x_i) with their k̂ as ArviZ's LOO object, for ``az.compare``
+  (``az.loo`` does not apply to draws of per-datum latents from q, and refuses: no
+  ``log_likelihood`` group).
 - :func:`classifier_checks`: expected calibration error, a reliability table, and the entropy of
   q(y | x) on unlabelled data by predicted class.
 - :func:`diagnose`: all of the above plus the plots of :mod:`pyro_mmt.evaluation.diagnostic_plots`,
   written to a folder.
 
-This is the only module of pyro-mmt that imports ArviZ, and it does so through a small adapter
-(:class:`_InferenceDataBackend`, ArviZ 0.x): callers only receive the object it builds and ask
-this module for its groups (:func:`get_group`), so a DataTree backend for ArviZ 1.x can be added
-here without touching them.
+This is the only module of pyro-mmt that imports ArviZ, through a small adapter with one backend
+per ArviZ line: :class:`_InferenceDataBackend` (ArviZ 0.x, ``az.InferenceData``) and
+:class:`_DataTreeBackend` (ArviZ 1.x, ``xarray.DataTree``), which build the same groups,
+variables, dims and coordinates. Callers ask this module for the groups (:func:`get_group`, an
+``xarray.Dataset`` on either line), never the container's own API.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import math
@@ -54,10 +62,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "KHAT_MIN_DRAWS",
+    "LATENT_GROUP",
     "KHAT_THRESHOLD",
     "ClassifierChecks",
     "classifier_checks",
     "diagnostics_summary",
+    "elpd",
+    "arviz_line",
     "get_group",
     "group_names",
     "importance_diagnostics",
@@ -73,8 +84,9 @@ __all__ = [
 #: Pareto k̂ above which a datum's importance weights are flagged (Vehtari et al. 2024).
 KHAT_THRESHOLD = 0.7
 
-#: Draws per datum PSIS needs to fit the tail (at least 5 tail draws, 0.2 S): below, k̂ is NaN.
-KHAT_MIN_DRAWS = 25
+#: Draws per datum PSIS needs to fit the tail (0.2 S tail draws; ArviZ 1.x's fit needs 6, its
+#: first quartile above its minimum, 0.x's 5): below, k̂ is NaN, on either ArviZ line.
+KHAT_MIN_DRAWS = 30
 
 #: Log weights whose range is at most this are treated as constant (see :func:`pareto_khat`).
 CONSTANT_LOG_WEIGHT_TOL = 1e-6
@@ -84,24 +96,45 @@ CONSTANT_LOG_WEIGHT_TOL = 1e-6
 # The ArviZ adapter: the only place that touches the arviz package
 # ----------------------------------------------------------------------------------------------
 
+#: The group of the per-datum (local) draws; not one of ArviZ's own groups, so that
+#: ``az.summary`` and friends, which read ``posterior``, see the global quantities only.
+LATENT_GROUP = "latent"
+
 
 class _InferenceDataBackend:
     """ArviZ 0.x: ``az.from_dict`` -> ``az.InferenceData`` of xarray Datasets, netCDF through
-    h5netcdf, PSIS through ``az.psislw``.
+    h5netcdf, PSIS through ``az.psislw``, ``az.ELPDData`` for :func:`elpd`.
 
-    A backend for ArviZ 1.x (``xarray.DataTree``) implements the same seven methods: build from
-    groups of numpy arrays, list and get groups as ``xarray.Dataset``, read the run's attributes,
-    write and read netCDF, and return PSIS k̂ for log weights ``[N, S]``.
+    :class:`_DataTreeBackend` (ArviZ 1.x) implements the same methods: build from groups of
+    numpy arrays, list and get groups as ``xarray.Dataset``, read the run's attributes, write
+    and read netCDF, PSIS k̂ for log weights ``[N, S]`` and an ELPD object ``az.compare`` takes.
     """
+
+    line = 0
 
     def __init__(self, az):
         self.az = az
 
+    @contextlib.contextmanager
+    def _own_groups(self):
+        # ArviZ 0.x warns about any group outside its scheme: the latent group is ours on purpose
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=rf".*\b{LATENT_GROUP} group is not defined in the "
+                "InferenceData scheme", category=UserWarning)
+            yield
+
     def from_groups(self, groups: dict[str, dict[str, np.ndarray]], *, coords, dims, attrs):
+        groups = dict(groups)
+        latent = groups.pop(LATENT_GROUP)
         # the run's attributes on the whole object and on every group (as from_pyro does)
         group_attrs = {f"{name}_attrs": dict(attrs) for name in groups}
-        return self.az.from_dict(**groups, coords=coords, dims=dims, attrs=dict(attrs),
+        data = self.az.from_dict(**groups, coords=coords, dims=dims, attrs=dict(attrs),
                                  **group_attrs)
+        latent = self.az.dict_to_dataset(latent, coords=coords, dims=dims, attrs=dict(attrs))
+        with self._own_groups():
+            data.add_groups({LATENT_GROUP: latent})
+        return data
 
     def attrs(self, data) -> dict:
         return dict(data.attrs)
@@ -119,7 +152,7 @@ class _InferenceDataBackend:
 
     def from_netcdf(self, path: Path):
         # eager: read into memory and close the file (it can then be overwritten or removed)
-        with self.az.rc_context({"data.load": "eager"}):
+        with self.az.rc_context({"data.load": "eager"}), self._own_groups():
             return self.az.from_netcdf(str(path), engine="h5netcdf")
 
     def pareto_khat(self, log_weights: np.ndarray) -> np.ndarray:
@@ -127,22 +160,92 @@ class _InferenceDataBackend:
             _, khat = self.az.psislw(log_weights, reff=1.0)
         return np.asarray(khat, dtype=np.float64)
 
+    def elpd_data(self, *, elpd_i: xr.DataArray, pareto_k: xr.DataArray, n_samples: int,
+                  good_k: float):
+        from arviz.stats.stats_utils import ELPDData  # ArviZ 0.x only
+
+        n = elpd_i.size
+        return ELPDData(
+            data=[float(elpd_i.sum()), float(np.sqrt(n * np.var(elpd_i.values))), 0.0,
+                  int(n_samples), int(n), bool((pareto_k > good_k).any()),
+                  elpd_i.rename("loo_i"), pareto_k, "log", float(good_k)],
+            index=["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "loo_i",
+                   "pareto_k", "scale", "good_k"],
+        )
+
+
+class _DataTreeBackend:
+    """ArviZ 1.x: ``az.from_dict`` -> ``xarray.DataTree`` (arviz-base), netCDF through
+    h5netcdf, PSIS through arviz-stats, ``ELPDDataLOO`` for :func:`elpd`; the same groups,
+    variables, dims and coordinates as :class:`_InferenceDataBackend` builds."""
+
+    line = 1
+
+    def __init__(self, az):
+        self.az = az
+
+    def from_groups(self, groups: dict[str, dict[str, np.ndarray]], *, coords, dims, attrs):
+        # arviz-base's attrs are per group; the run's attributes go on the root and every group
+        data = self.az.from_dict(groups, coords=coords, dims=dims)
+        data.attrs.update(attrs)
+        for name in groups:
+            data[name].attrs.update(attrs)
+        return data
+
+    def attrs(self, data) -> dict:
+        return {k: v for k, v in data.attrs.items()}
+
+    def group_names(self, data) -> tuple[str, ...]:
+        return tuple(data.children)
+
+    def group(self, data, name: str) -> xr.Dataset:
+        if name not in data.children:
+            raise ValueError(
+                f"name: the DataTree has groups {tuple(data.children)}, not {name!r}")
+        return data[name].to_dataset()
+
+    def to_netcdf(self, data, path: Path) -> None:
+        data.to_netcdf(str(path), engine="h5netcdf")
+
+    def from_netcdf(self, path: Path):
+        # read into memory and close the file (it can then be overwritten or removed)
+        with self.az.from_netcdf(str(path), engine="h5netcdf") as tree:
+            return tree.load().copy()
+
+    def pareto_khat(self, log_weights: np.ndarray) -> np.ndarray:
+        from arviz_stats.base import array_stats  # ArviZ 1.x only
+
+        # arviz-stats' psislw takes log-likelihood draws, whose LOO log weights are their
+        # negatives (arviz 0.x's takes the log weights): hence the sign
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            _, khat = array_stats.psislw(-log_weights, r_eff=1.0, axis=-1)
+        return np.asarray(khat, dtype=np.float64)
+
+    def elpd_data(self, *, elpd_i: xr.DataArray, pareto_k: xr.DataArray, n_samples: int,
+                  good_k: float):
+        n = elpd_i.size
+        return self.az.ELPDDataLOO(
+            elpd=float(elpd_i.sum()), se=float(np.sqrt(n * np.var(elpd_i.values))), p=0.0,
+            n_samples=int(n_samples), n_data_points=int(n), scale="log",
+            warning=bool((pareto_k > good_k).any()), good_k=float(good_k), elpd_i=elpd_i,
+            pareto_k=pareto_k)
+
 
 @functools.cache
-def _arviz() -> _InferenceDataBackend:
+def _arviz() -> _InferenceDataBackend | _DataTreeBackend:
     """The backend for the installed ArviZ, imported on first use."""
     with warnings.catch_warnings():
         # ArviZ 0.23 announces its 1.0 refactor with a FutureWarning at import time
-        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing a major refactor",
+                                category=FutureWarning)
         import arviz as az
     major = int(az.__version__.split(".")[0])
-    if major >= 1:
-        raise ImportError(
-            f"pyro_mmt.evaluation.diagnostics supports ArviZ 0.x (InferenceData); found arviz "
-            f"{az.__version__}. Install 'arviz<1', or add a DataTree backend next to "
-            "_InferenceDataBackend in pyro_mmt/evaluation/diagnostics.py."
-        )
-    return _InferenceDataBackend(az)
+    return _DataTreeBackend(az) if major >= 1 else _InferenceDataBackend(az)
+
+
+def arviz_line() -> int:
+    """The major version of the installed ArviZ (0: InferenceData, 1: DataTree)."""
+    return _arviz().line
 
 
 def get_group(data, name: str) -> xr.Dataset:
@@ -397,12 +500,18 @@ def _resolve_inputs(model, guide, dataset, y):
         if isinstance(dataset, MultimodalDataset):
             names = list(dataset.class_names)
             y = dataset.y.numpy() if y is None else y
-        data = est.prepare(dataset, y)  # checks that it is fitted
-        if names is not None and list(data.class_names) != names:  # a subset of modalities
-            x, labels = data.to_numpy()
-            data = MultimodalDataset(x, labels, num_classes=est.n_classes_, class_names=names,
-                                     allow_unobserved_modalities=True)
-        return est.model_, None, data, est.threads
+        # X checked and completed as predict does, in its own units: a shallow copy without
+        # the standardiser gives them; the draws then see them standardised, as in predict
+        raw_view = copy.copy(est)
+        raw_view.standardiser_ = None
+        raw = raw_view.prepare(dataset, y)
+        if names is not None and list(raw.class_names) != names:  # a subset of modalities
+            x, labels = raw.to_numpy()
+            raw = MultimodalDataset(x, labels, num_classes=est.n_classes_, class_names=names,
+                                    allow_unobserved_modalities=True)
+        scaler = est.standardiser_
+        data = raw if scaler is None else scaler.transform(raw)
+        return est.model_, None, data, est.threads, _Units(raw, scaler)
     if y is not None:
         raise ValueError("y: labels are given with an estimator and X; with a model, pass a "
                          f"MultimodalDataset holding them, found y and a "
@@ -415,7 +524,34 @@ def _resolve_inputs(model, guide, dataset, y):
             "X in any form fit accepts, standardised as predict does)")
     if isinstance(dataset, MultimodalDataset):
         _warn_if_not_in_model_units(_owner(model), dataset)
-    return model, guide, dataset, contextlib.nullcontext
+    return model, guide, dataset, contextlib.nullcontext, _Units(dataset, None)
+
+
+@dataclass
+class _Units:
+    """The data in the units they were given in (``raw``) and the standardiser between those
+    and the model's units (None: the same units)."""
+
+    raw: MultimodalDataset
+    scaler: Any
+
+    def to_user(self, m: str, values: np.ndarray) -> np.ndarray:
+        """Values [..., n_m] of modality m in the model's units, in the data's own units."""
+        if self.scaler is None:
+            return values
+        return self.scaler.inverse_transform_modality(m, values).astype(values.dtype)
+
+    def log_jacobian(self) -> np.ndarray:
+        r"""Per datum :math:`\log |\partial x_\text{model} / \partial x| = -\sum \log
+        \text{scale}_j` over the observed features: added to a log density of the model's
+        units, it gives the density of the data's own units."""
+        out = np.zeros(len(self.raw))
+        if self.scaler is None:
+            return out
+        mask = self.raw.mask.numpy()
+        for j, m in enumerate(self.raw.modalities):
+            out -= mask[:, j] * float(np.log(self.scaler.scale_[m]).sum())
+        return out
 
 
 #: Continuous data whose pooled mean or standard deviation lies outside these bounds are not in
@@ -475,30 +611,44 @@ def to_inference_data(
     from q(y | x), not enumerated). For a labelled datum with ``condition_on_labels`` the label
     is observed instead: y_s = y_i and only z is drawn. The model is then replayed on the draws.
 
-    Groups (dims in brackets; ``chain`` has length 1, the draws are independent):
+    Groups (dims in brackets; ``chain`` has length 1, the draws are independent), the same on
+    both ArviZ lines:
 
-    - ``posterior``: ``z`` [chain, draw, datum, latent]; ``y`` [chain, draw, datum];
-      ``class_prob`` [chain, draw, datum, class], the classifier's q(y | x) from
-      ``guide.predict_proba(x, mask)`` (the same for every draw).
+    - ``posterior``: ``class_share`` [chain, draw, class], the share of the data whose label
+      was drawn (not conditioned on) that draw s puts in each class: the class composition of
+      the unlabelled data, the one global quantity the draws say something about (the
+      networks, ν and σ are point estimates: they are attributes). ``az.summary(idata)``
+      summarises it, one row per class.
+    - ``latent``: the per-datum draws, ``z`` [chain, draw, datum, latent]; ``y`` [chain, draw,
+      datum]; ``class_prob`` [chain, draw, datum, class], the classifier's q(y | x) from
+      ``guide.predict_proba(x, mask)`` (the same for every draw). A group of its own, so that
+      ArviZ's functions that read ``posterior`` are not handed N × d rows.
     - ``posterior_predictive``: ``x_<m>`` [chain, draw, datum, <m>_feature], a draw of
       :math:`p(x_m \mid y_s, z_s)` for the first ``num_predictive`` draws, also for data whose
-      modality m is missing (an imputation).
-    - ``log_likelihood``: ``x_<m>`` [chain, draw, datum], :math:`\log p(x_m \mid y_s, z_s)`,
-      the *marginal* density of modality m (NaN where it is missing); ``x``, the joint
-      :math:`\log p(x \mid y_s, z_s)` over the observed modalities (not the sum of the
-      marginals: the modalities are dependent given z in the Student-t model).
+      modality m is missing (an imputation); in the units of the data given (de-standardised
+      with the estimator's ``standardiser_`` when given the estimator and X).
     - ``sample_stats``: ``log_joint`` = :math:`\log p(x, y_s, z_s)`, ``log_q`` =
-      :math:`\log q(y_s, z_s \mid x)` (only z's density when y is observed) and ``log_weight``,
-      their difference (see :func:`importance_diagnostics`), each [chain, draw, datum].
-    - ``observed_data``: ``x_<m>`` [datum, <m>_feature], NaN rows where missing.
+      :math:`\log q(y_s, z_s \mid x)` (only z's density when y is observed), ``log_weight``,
+      their difference (see :func:`importance_diagnostics`); ``log_lik_<m>``,
+      :math:`\log p(x_m \mid y_s, z_s)`, the *marginal* density of modality m (NaN where it is
+      missing), and ``log_lik``, the joint :math:`\log p(x \mid y_s, z_s)` over the observed
+      modalities (not the sum of the marginals: the modalities are dependent given z in the
+      Student-t model); each [chain, draw, datum], in the model's units. There is no
+      ``log_likelihood`` group: these are not draws from the posterior of shared parameters,
+      and ``az.loo`` on them would be meaningless (use :func:`elpd`).
+    - ``observed_data``: ``x_<m>`` [datum, <m>_feature], NaN rows where missing, in the units
+      of the data given (X itself, as stored in float32).
     - ``constant_data``: ``label`` [datum] (−1 = unknown), ``labelled`` [datum] (whether the
-      label was conditioned on), ``modality_mask`` [datum, modality].
+      label was conditioned on), ``modality_mask`` [datum, modality], ``log_jacobian`` [datum]
+      (:math:`-\sum_j \log \text{scale}_j` over the observed standardised features: added to
+      a log density of the model's units it gives one of the data's units; 0 without a
+      standardiser).
     - attributes (every group): model and guide class; for a model with a ``config`` (a
       :class:`~pyro_mmt.models.MultimodalM2`) every setting of its
       :class:`~pyro_mmt.config.ModelConfig` (α, d, the imbalance options, ...; a per-modality
       setting as ``<name>_<m>``, e.g. ``sigma_a``), with ``nu`` the model's current ν (the
       learned one when ``learn_nu``); the number of draws, the seed, ``condition_on_labels``,
-      and ``attrs``.
+      ``units`` and ``attrs``.
 
     The marginal :math:`p(x_m \mid y, z)` is what the model's site ``x_<m>`` is when every other
     modality is masked: the models' data contract makes a masked modality marginalised out
@@ -506,11 +656,11 @@ def to_inference_data(
     :class:`~pyro_mmt.models.MultimodalM2` it is
     :math:`t_{n_m}(\mu_m(y, z), s(z)^2\sigma_m^2 I, \nu + d)`.
 
-    Note that ArviZ's ``loo``/``waic`` assume posterior draws; these are draws from q. Use the
-    importance weights (:func:`importance_diagnostics`) to compare models.
+    ArviZ's ``loo``/``waic`` assume posterior draws of shared parameters; these are draws of
+    per-datum latents from q. Compare models with :func:`elpd` and ``az.compare``.
 
-    From the estimator, in one call: ``to_inference_data(est, X)`` (X as the second argument
-    or as ``dataset=``; labels as ``y=``) takes
+    From the estimator, in one call: ``est.to_inference_data(X)``, or ``to_inference_data(est,
+    X)`` (X as the second argument or as ``dataset=``; labels as ``y=``), takes
     ``X`` in any form ``fit`` accepts and standardises it as ``predict`` does; the draws are
     those of ``est.model_`` (the first member when ``n_init > 1``).
 
@@ -540,19 +690,19 @@ def to_inference_data(
     :param int seed: seed of the draws (the global torch RNG state is left as it was).
     :param int batch_size: data per vectorised pass (memory grows as S × batch_size × Σ n_m).
     :param attrs: extra attributes (e.g. the estimator's ``get_params()``).
-    :return: ``arviz.InferenceData``.
+    :return: ``arviz.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (ArviZ 1.x).
     """
-    model, guide, dataset, threads = _resolve_inputs(model, guide, dataset, y)
+    model, guide, dataset, threads, units = _resolve_inputs(model, guide, dataset, y)
     model_fn, guide_fn, guide = _model_and_guide(model, guide)
     if not isinstance(dataset, MultimodalDataset):
         raise ValueError(f"dataset: expected a MultimodalDataset, found {type(dataset).__name__}")
     with threads():
-        return _to_inference_data(model, guide, model_fn, guide_fn, dataset, num_samples,
+        return _to_inference_data(model, guide, model_fn, guide_fn, dataset, units, num_samples,
                                   num_predictive, condition_on_labels, seed, batch_size, attrs)
 
 
-def _to_inference_data(model, guide, model_fn, guide_fn, dataset, num_samples, num_predictive,
-                       condition_on_labels, seed, batch_size, attrs):
+def _to_inference_data(model, guide, model_fn, guide_fn, dataset, units, num_samples,
+                       num_predictive, condition_on_labels, seed, batch_size, attrs):
     if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or \
             num_samples < 1:
         raise ValueError(f"num_samples: expected a positive integer, found {num_samples!r}")
@@ -610,7 +760,7 @@ def _to_inference_data(model, guide, model_fn, guide_fn, dataset, num_samples, n
                 proba = predict_proba(x, mask)
                 out["class_prob"][idx] = torch.as_tensor(proba).double().cpu().numpy()
 
-    observed_x, _ = dataset.to_numpy()
+    observed_x, _ = units.raw.to_numpy()
     coords = {
         "datum": np.arange(n),
         "latent": np.arange(out["z"].shape[-1]),
@@ -619,40 +769,48 @@ def _to_inference_data(model, guide, model_fn, guide_fn, dataset, num_samples, n
         **{f"{m}_feature": np.arange(k) for m, k in dataset.dims.items()},
     }
     dims = {
+        "class_share": ["class"],
         "z": ["datum", "latent"],
         "y": ["datum"],
         "class_prob": ["datum", "class"],
-        "x": ["datum"],
         "log_joint": ["datum"],
         "log_q": ["datum"],
         "log_weight": ["datum"],
+        "log_lik": ["datum"],
+        **{f"log_lik_{m}": ["datum"] for m in modalities},
         "label": ["datum"],
         "labelled": ["datum"],
         "modality_mask": ["datum", "modality"],
-        # log_likelihood drops the trailing feature dim (ArviZ's skip_event_dims)
+        "log_jacobian": ["datum"],
         **{f"x_{m}": ["datum", f"{m}_feature"] for m in modalities},
     }
+    # the class composition of the data whose label was drawn, per draw: a global quantity
+    free = ~conditioned
+    share = np.stack([(out["y"][:, free] == k).mean(axis=1) if free.any()
+                      else np.full(S, np.nan) for k in range(dataset.num_classes)], axis=-1)
     groups = {
-        "posterior": {
+        "posterior": {"class_share": share[None]},
+        LATENT_GROUP: {
             "z": out["z"][None],
             "y": out["y"][None],
             "class_prob": np.broadcast_to(out["class_prob"], (1, S) + out["class_prob"].shape),
         },
-        "posterior_predictive": {f"x_{m}": out["replicated"][m][None] for m in modalities},
-        "log_likelihood": {
-            "x": out["log_lik"][None],
-            **{f"x_{m}": out["marginal"][m][None] for m in modalities},
+        "posterior_predictive": {
+            f"x_{m}": units.to_user(m, out["replicated"][m])[None] for m in modalities
         },
         "sample_stats": {
             "log_joint": out["log_joint"][None],
             "log_q": out["log_q"][None],
             "log_weight": (out["log_joint"] - out["log_q"])[None],
+            "log_lik": out["log_lik"][None],
+            **{f"log_lik_{m}": out["marginal"][m][None] for m in modalities},
         },
         "observed_data": {f"x_{m}": observed_x[m] for m in modalities},
         "constant_data": {
             "label": dataset.y.numpy().copy(),
             "labelled": conditioned,
             "modality_mask": dataset.mask.numpy().copy(),
+            "log_jacobian": units.log_jacobian(),
         },
     }
     run = {
@@ -660,6 +818,7 @@ def _to_inference_data(model, guide, model_fn, guide_fn, dataset, num_samples, n
         "num_predictive": P,
         "seed": int(seed),
         "condition_on_labels": bool(condition_on_labels),
+        "units": "model" if units.scaler is None else "data (de-standardised)",
         **(attrs or {}),
     }
     return _arviz().from_groups(groups, coords=coords, dims=dims,
@@ -698,7 +857,7 @@ def pareto_khat(log_weights) -> np.ndarray:
     Two cases ArviZ's estimator does not cover are settled here: when a row's log weights are
     equal to within ``CONSTANT_LOG_WEIGHT_TOL`` (q is the posterior for that datum, e.g. a
     conjugate model with its exact posterior) the weights are bounded, the best possible case,
-    and k̂ = −inf; when S is too small for the tail fit (S < :data:`KHAT_MIN_DRAWS` = 25: the
+    and k̂ = −inf; when S is too small for the tail fit (S < :data:`KHAT_MIN_DRAWS` = 30: the
     tail of 0.2 S draws would hold fewer than 5) or a
     row is not finite, k̂ = NaN. See :func:`importance_diagnostics` for how to read k̂.
     """
@@ -713,7 +872,7 @@ def pareto_khat(log_weights) -> np.ndarray:
     constant = usable & (spread <= CONSTANT_LOG_WEIGHT_TOL)
     khat[constant] = -np.inf
     fit = usable & ~constant
-    if fit.any() and lw.shape[1] >= KHAT_MIN_DRAWS:  # ArviZ would fit 5 tail draws from S = 21
+    if fit.any() and lw.shape[1] >= KHAT_MIN_DRAWS:  # the same threshold on both ArviZ lines
         k = _arviz().pareto_khat(lw[fit])
         khat[fit] = np.where(np.isfinite(k), k, np.nan)
     return khat
@@ -761,7 +920,7 @@ def importance_diagnostics(data, *, threshold: float = KHAT_THRESHOLD) -> pd.Dat
         heavy-tailed; the γ-power objective also tempers the encoder's scale by design
         (``docs/derivation.md`` §7). On mfeat most data are flagged with either objective
         (``docs/diagnostics.md``).
-      * k̂ = −inf: constant weights (q equals the posterior); NaN: too few draws (S < 25).
+      * k̂ = −inf: constant weights (q equals the posterior); NaN: too few draws (S < 30).
 
     - ``ess``: effective sample size of the raw weights, (Σ w)²/Σ w²; ``ess_fraction`` = ess/S.
     - ``log_evidence``: the importance-weighted estimate log (1/S) Σ w_s of log p(x) (or
@@ -794,6 +953,54 @@ def importance_diagnostics(data, *, threshold: float = KHAT_THRESHOLD) -> pd.Dat
     if info is not None:
         table = table.join(info)
     return table
+
+
+def elpd(data):
+    r"""The held-out log score of a fitted model, per datum, as ArviZ's LOO object, for
+    ``az.compare``: :math:`\widehat{\mathrm{elpd}}_i = \log \frac1S \sum_s w_{is}` (the
+    IWAE estimate of :func:`importance_diagnostics`, plus ``constant_data.log_jacobian`` so
+    that it is a density of the data's own units) with the Pareto k̂ of the same weights.
+
+    Why not ``az.loo(idata)``: PSIS-LOO needs draws of parameters shared by all data from their
+    posterior. Here the shared parameters are point estimates and the draws are of each
+    datum's own (y, z), from q rather than the posterior; given the fitted parameters the data
+    are independent, so the leave-one-out predictive density of x_i is p(x_i) itself, and the
+    importance-weighted estimate above is how to estimate it from q. ``to_inference_data``
+    writes no ``log_likelihood`` group, so ``az.loo`` refuses; the derivation is in
+    ``docs/diagnostics.md`` ("Comparing two fits").
+
+    Use it on held-out data (``to_inference_data(est, X_test, condition_on_labels=False)``):
+    on the training data the score is optimistic, and no LOO correction exists for the
+    point-estimated parameters (``p_loo`` is 0 by construction). Compare fits on the same
+    rows, drawn with the same S and the same ``condition_on_labels``::
+
+        az.compare({"student-t": elpd(idata_t), "gaussian": elpd(idata_g)})
+
+    :param data: an InferenceData from :func:`to_inference_data`, with at least
+        :data:`KHAT_MIN_DRAWS` draws per datum.
+    :return: ``ELPDData`` (ArviZ 0.x) or ``ELPDDataLOO`` (ArviZ 1.x): ``elpd_loo``/``elpd``
+        the sum over data, ``se`` its standard error, ``pareto_k`` per datum, ``good_k`` =
+        min(1 − 1/log10 S, 0.7) and ``warning`` when a k̂ exceeds it (the estimate of that
+        datum is then biased low: see :func:`importance_diagnostics`).
+    """
+    lw, info = _log_weight_matrix(data)
+    if info is None:
+        raise ValueError("data: expected an InferenceData from to_inference_data, found log "
+                         "weights (the data's log_jacobian is in the InferenceData)")
+    num_draws = lw.shape[1]
+    if num_draws < KHAT_MIN_DRAWS:
+        raise ValueError(
+            f"data: expected at least {KHAT_MIN_DRAWS} draws per datum (KHAT_MIN_DRAWS) to "
+            f"estimate k̂ and check the estimates, found {num_draws}: draw more with "
+            "to_inference_data(..., num_samples=100)")
+    import xarray as xr
+
+    jacobian = get_group(data, "constant_data")["log_jacobian"].values
+    coords = {"datum": info.index.to_numpy()}
+    elpd_i = xr.DataArray(iwae_log_evidence(lw) + jacobian, dims=["datum"], coords=coords)
+    khat = xr.DataArray(pareto_khat(lw), dims=["datum"], coords=coords)
+    good_k = min(1 - 1 / math.log10(num_draws), KHAT_THRESHOLD)
+    return _arviz().elpd_data(elpd_i=elpd_i, pareto_k=khat, n_samples=num_draws, good_k=good_k)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -833,12 +1040,12 @@ def classifier_checks(data, *, n_bins: int = 15) -> ClassifierChecks:
     :param data: an InferenceData from :func:`to_inference_data`.
     :param int n_bins: B.
     """
-    proba = get_group(data, "posterior")["class_prob"].isel(chain=0, draw=0).values
+    proba = get_group(data, LATENT_GROUP)["class_prob"].isel(chain=0, draw=0).values
     proba = proba / proba.sum(axis=1, keepdims=True)
     const = get_group(data, "constant_data")
     label = const["label"].values.astype(np.int64)
     labelled = const["labelled"].values.astype(bool)
-    class_names = [str(c) for c in get_group(data, "posterior")["class"].values]
+    class_names = [str(c) for c in get_group(data, LATENT_GROUP)["class"].values]
     num_classes = proba.shape[1]
 
     predicted = proba.argmax(axis=1)
@@ -903,7 +1110,7 @@ def diagnostics_summary(data, table: pd.DataFrame | None = None,
     ``khat_mean`` (over finite k̂), ``khat_median``, ``share_khat_above_0.7``,
     ``khat_threshold_for_S`` = min(1 − 1/log10 S, 0.7) and the share above it, each over the
     data whose k̂ was estimated, and NaN when none was: k̂ needs at least
-    :data:`KHAT_MIN_DRAWS` = 25 draws per datum (with fewer, the summary does not claim that no
+    :data:`KHAT_MIN_DRAWS` = 30 draws per datum (with fewer, the summary does not claim that no
     datum is flagged); ``ess_fraction_mean``, and the per-datum mean of the IWAE estimate
     and of the ELBO, separately for data whose label was not conditioned on (``log_px``) and was
     (``log_pxy``), also per observed dimension. Classifier (:func:`classifier_checks`): ``ece``,

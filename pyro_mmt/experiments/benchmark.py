@@ -219,6 +219,19 @@ METHODS: dict[str, Method] = {
                                         {"unlabelled_warmup": 0.5, "n_init": 3}),
     "gauss_kl_ens3": _deep_method("gauss_kl_ens3", "gauss_kl with n_init = 3",
                                   {**GAUSSIAN_KL, "n_init": 3}),
+    "t_gamma_label_kl": _deep_method("t_gamma_label_kl", "the defaults with the label under "
+                                     "the KL at the γ-loss's own slope (label_weight='auto')",
+                                     {"objective": "gamma_label_kl"}),
+    "t_gamma_label_kl1": _deep_method("t_gamma_label_kl1", "the defaults with the label under "
+                                      "the KL at weight 1", {"objective": "gamma_label_kl1"}),
+    "t_gamma_sigma025": _deep_method("t_gamma_sigma025", "the defaults with decoder scale "
+                                     "σ = 0.25 (entropy weight w0 ≈ 1)", {"sigma": 0.25}),
+    "t_gamma_alpha5": _deep_method("t_gamma_alpha5", "the defaults with α = 5 per observed "
+                                   "dimension", {"alpha": 5.0}),
+    "t_gamma_alpha15": _deep_method("t_gamma_alpha15", "the defaults with α = 15 per observed "
+                                    "dimension", {"alpha": 15.0}),
+    "t_gamma_la15": _deep_method("t_gamma_la15", "the defaults with logit adjustment "
+                                 "τ = 1.5 in the classification term", {"logit_adjustment": 1.5}),
     "t_gamma_v1": _deep_method("t_gamma_v1", "the previous release's t_gamma: α = 1000 per "
                                "datum, balanced class weights + logit adjustment + prior shift, "
                                "per-data-set epochs, no averaging (chosen on test splits)", V1),
@@ -374,7 +387,8 @@ def _run_task(name, rho, beta, seed, unlabelled, method_name, epochs, single_thr
 
 #: The columns of :func:`pseudo_label_summary`.
 PSEUDO_LABEL_COLUMNS = ("pseudo_tv", "pseudo_entropy", "pseudo_minority_share",
-                        "pseudo_minority_recall", "pseudo_balanced_accuracy")
+                        "pseudo_minority_recall", "pseudo_balanced_accuracy",
+                        "pseudo_class_shares", "true_class_shares")
 
 
 def pseudo_label_summary(proba, true_labels, train_class_counts) -> dict:
@@ -386,7 +400,9 @@ def pseudo_label_summary(proba, true_labels, train_class_counts) -> dict:
     in nats; ``pseudo_minority_share`` the predicted share of the minority classes divided by
     their true share (1 = unbiased, < 1 = pulled to the majority);
     ``pseudo_minority_recall`` and ``pseudo_balanced_accuracy`` the protocol's metrics on
-    those rows. All NaN for a method that gives no q(y | x) or a split with no unlabelled row.
+    those rows; ``pseudo_class_shares`` and ``true_class_shares`` the predicted and true
+    class shares, class by class, as text ("0.5;0.3;0.2"). All NaN for a method that gives
+    no q(y | x) or a split with no unlabelled row.
     """
     out = dict.fromkeys(PSEUDO_LABEL_COLUMNS, np.nan)
     if proba is None or len(true_labels) == 0:
@@ -397,6 +413,8 @@ def pseudo_label_summary(proba, true_labels, train_class_counts) -> dict:
     predicted_share = np.bincount(pred, minlength=k) / pred.size
     true_share = np.bincount(true_labels, minlength=k) / true_labels.size
     out["pseudo_tv"] = 0.5 * float(np.abs(predicted_share - true_share).sum())
+    out["pseudo_class_shares"] = ";".join(f"{v:.6g}" for v in predicted_share)
+    out["true_class_shares"] = ";".join(f"{v:.6g}" for v in true_share)
     out["pseudo_entropy"] = float(-(proba * np.log(np.clip(proba, 1e-300, None))).sum(1).mean())
     minority = minority_classes(train_class_counts)
     if true_share[minority].sum() > 0:

@@ -30,7 +30,12 @@ from torch import nn
 from pyro_mmt.distributions import log_power_integral, second_moment
 from pyro_mmt.infer.power_norm import MonteCarloPowerNorm, find_power_norm
 
-__all__ = ["GammaPowerELBO"]
+__all__ = ["GammaPowerELBO", "LABEL_DIVERGENCES"]
+
+#: How :class:`GammaPowerELBO` treats the label y: ``"gamma"`` puts (x, y, z) under one
+#: γ-power divergence (the paper's objective); ``"kl"`` puts (x, z) | y under the γ-power
+#: divergence and y under the KL (M2's label terms), ``docs/derivation.md`` §10.
+LABEL_DIVERGENCES = ("gamma", "kl")
 
 _MULTIPLE_OF_AUTO = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*x\s*auto\s*$")
 _PARTICLE_PLATE = "num_particles_vectorized"
@@ -191,6 +196,8 @@ class _ParticleTerms:
     global_aux: torch.Tensor | float
     gamma: torch.Tensor
     scale: torch.Tensor | float
+    #: with ``label_divergence="kl"``: the whole per-datum loss of this particle (before −aux)
+    direct: torch.Tensor | None = None
 
 
 class _ELBOModule(nn.Module):
@@ -350,7 +357,22 @@ class GammaPowerELBO(ELBO):
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = False,
         cache_checks: bool = True,
+        label_divergence: str = "gamma",
+        label_weight: float | str = "auto",
     ):
+        if label_divergence not in LABEL_DIVERGENCES:
+            raise ValueError(f"label_divergence: expected one of {list(LABEL_DIVERGENCES)}, "
+                             f"found {label_divergence!r}")
+        if isinstance(label_weight, str):
+            if label_weight != "auto":
+                raise ValueError(f"label_weight: expected 'auto' or a number > 0, found "
+                                 f"{label_weight!r}")
+        elif (isinstance(label_weight, bool) or not isinstance(label_weight, Number)
+              or not math.isfinite(label_weight) or label_weight <= 0):
+            raise ValueError(f"label_weight: expected 'auto' or a finite number > 0, found "
+                             f"{label_weight!r}")
+        self.label_divergence = label_divergence
+        self.label_weight = label_weight if isinstance(label_weight, str) else float(label_weight)
         self.gamma_multiple = None  # k of "<k>x auto"; 1.0 for "auto"
         if isinstance(gamma, str):
             match = _MULTIPLE_OF_AUTO.match(gamma)
@@ -597,6 +619,9 @@ class GammaPowerELBO(ELBO):
                 "Monte Carlo estimator of this guide"
             )
         log_q_enum = _sum_log_prob(enumerated)
+        if self.label_divergence == "kl":
+            return self._label_kl_terms(model_trace, guide_trace, norm, norm_site, gamma, kl,
+                                        log_p, log_q_enum, continuous, aux, global_aux, ref)
 
         # cross term: T1 - 1 = Σ_y q_y [exp(γ(log p − log‖p‖)) − 1]  (+ Rao-Blackwellisation)
         cross = torch.expm1(gamma * (log_p - log_norm))
@@ -632,8 +657,56 @@ class GammaPowerELBO(ELBO):
                               torch.where(kl, torch.zeros_like(safe_gamma), safe_gamma),
                               norm_site["scale"])
 
-    def _latent_rao_blackwell(self, model_trace, guide_trace, norm, gamma, log_norm):
-        """(π_y K / ‖p‖)^γ (E_q‖z‖² − ‖z‖²)/ν: replaces the sampled ‖z‖² in Q_y by its mean."""
+    def _label_kl_terms(self, model_trace, guide_trace, norm, norm_site, gamma, kl, log_p,
+                        log_q_enum, continuous, aux, global_aux, ref) -> _ParticleTerms:
+        """The per-datum loss with the label under the KL (``docs/derivation.md`` §10):
+
+            Σ_y q_y ℓ_y + w Σ_y q_y (log q_y − log π_y),
+            ℓ_y = −(1/γ)[E_q (p(x, z | y)/‖p(· | y)‖)^γ − ‖q(z | x, y)‖_{1+γ}],
+
+        w = 1 or, for ``label_weight="auto"``, the detached local slope of ℓ in −log p,
+        Σ_y q_y E_q (p(x, z | y)/‖p(· | y)‖)^γ."""
+        class_site = model_trace.nodes.get(norm.class_site)
+        if class_site is None:
+            raise ValueError(
+                f"model: label_divergence='kl' needs the label site '{norm.class_site}' that "
+                "the power norm names; this model has none (use label_divergence='gamma')")
+        log_prior = scale_and_mask(class_site["unscaled_log_prob"], 1.0, class_site["mask"])
+        safe = torch.where(kl, torch.ones_like(gamma), gamma)
+        log_norm = norm.log_conditional_norm(torch.where(kl, torch.zeros_like(gamma), gamma),
+                                             class_site["value"])
+        log_p_cond = log_p - log_prior
+        slope = torch.exp(gamma * (log_p_cond - log_norm))  # (p(x, z | y)/‖p(·|y)‖)^γ
+        cross_m1 = slope - 1.0
+        if self.closed_forms and norm.power_form and self.auto and not bool(kl.all()):
+            rb = self._latent_rao_blackwell(model_trace, guide_trace, norm, gamma, log_norm,
+                                            with_class=False)
+            cross_m1, slope = cross_m1 + rb, slope + rb
+        if self.closed_forms and continuous:
+            log_int = log_power_integral(continuous[0]["fn"], gamma)
+        else:
+            log_int = gamma * _sum_log_prob(continuous)
+        entropy_m1 = torch.expm1(log_int / (1.0 + safe))  # ‖q(z | x, y)‖_{1+γ} − 1
+        per_label = -(cross_m1 - entropy_m1) / safe
+        if bool(kl.any()):  # γ = 0: −[log p(x, z | y) − log q(z | x, y)]
+            per_label = torch.where(kl, -(log_p_cond - _sum_log_prob(continuous)), per_label)
+        q_enum = torch.exp(torch.as_tensor(log_q_enum, dtype=ref.dtype, device=ref.device))
+        label = self._sum_enum(q_enum * (log_q_enum - log_prior))
+        if self.label_weight == "auto":
+            weight = self._sum_enum(q_enum * slope).detach()
+        else:
+            weight = self.label_weight
+        direct = self._sum_enum(q_enum * per_label) + weight * label
+        aux = self._sum_enum(q_enum * torch.as_tensor(aux, dtype=ref.dtype, device=ref.device))
+        zero = torch.zeros_like(direct)
+        return _ParticleTerms(zero, zero, None, aux, global_aux,
+                              torch.where(kl, torch.zeros_like(safe), safe), norm_site["scale"],
+                              direct=direct)
+
+    def _latent_rao_blackwell(self, model_trace, guide_trace, norm, gamma, log_norm,
+                              with_class=True):
+        """(π_y K / ‖p‖)^γ (E_q‖z‖² − ‖z‖²)/ν: replaces the sampled ‖z‖² in Q_y by its mean
+        (without π_y^γ for the label-conditional joint, ``with_class=False``)."""
         latent = norm.latent_site
         if latent not in guide_trace.nodes:
             return 0.0
@@ -643,7 +716,7 @@ class GammaPowerELBO(ELBO):
             return 0.0
         z = model_trace.nodes[latent]["value"]
         log_class = 0.0
-        if norm.class_site in model_trace.nodes:
+        if with_class and norm.class_site in model_trace.nodes:
             log_class = model_trace.nodes[norm.class_site]["unscaled_log_prob"]
         log_coef = gamma * (log_class + norm.log_power_form_constant() - log_norm)
         return torch.exp(log_coef) * (mean_sq - z.pow(2).sum(-1)) / norm.nu
@@ -659,6 +732,17 @@ class GammaPowerELBO(ELBO):
         def mean(values):
             return torch.stack(values).mean(0)
 
+        if particles[0].direct is not None:  # label_divergence="kl": per-particle losses
+            per_datum = mean([p.direct for p in particles])
+            aux = mean([p.aux for p in particles])
+            if self.vectorize_particles and self.num_particles > 1:
+                dim = -self.max_plate_nesting
+                if per_datum.dim() >= -dim:
+                    per_datum = per_datum.mean(dim)
+                if aux.dim() >= -dim:
+                    aux = aux.mean(dim)
+            global_aux = sum(torch.as_tensor(p.global_aux) for p in particles) / len(particles)
+            return ((per_datum - aux) * particles[0].scale).sum() - global_aux
         cross_m1 = mean([p.cross_m1 for p in particles])
         inner_m1 = mean([p.inner_m1 for p in particles])
         aux = mean([p.aux for p in particles])

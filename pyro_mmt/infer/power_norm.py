@@ -90,6 +90,21 @@ class PowerNorm:
         """log ||p||_{1+γ} per datum, for γ broadcastable to :attr:`batch_shape`."""
         raise NotImplementedError
 
+    def log_conditional_norm(self, gamma: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """log ‖p(x, z | y)‖_{1+γ} per datum at the labels ``y`` (the label site's value,
+        observed [B] or enumerated [K, 1]), the norm of the joint given the label (used by
+        ``GammaPowerELBO(label_divergence="kl")``). For a joint whose conditional norm is the
+        same for every y (the closed-form norms: the location μ(y, z) shifts out of the
+        integral) it is ``log_norm`` less the label's part,
+        log(Σ_y π_y^{1+γ})/(1 + γ)."""
+        gamma = torch.as_tensor(gamma)
+        log_norm = self.log_norm(gamma)
+        if self.class_log_prior is None:
+            return log_norm
+        prior = self.class_log_prior.to(log_norm)
+        g = gamma.to(log_norm).unsqueeze(-1)
+        return log_norm - torch.logsumexp((1.0 + g) * prior, -1) / (1.0 + gamma.to(log_norm))
+
     def auto_gamma(self) -> torch.Tensor:
         """The "auto" γ = −2/(ν + n + d) per datum (t3VAE's choice; for the power form it
         makes p^γ affine in the quadratic Q)."""
@@ -253,6 +268,15 @@ class MonteCarloPowerNorm(PowerNorm):
         self.observed = observed
         self.nu = nu
         self.num_draws = int(num_draws or self.default_num_draws)
+
+    def log_conditional_norm(self, gamma, y):
+        """Not available: ‖p(x, z | y)‖ depends on y when the decoder's families do not
+        shift out of the integral (Bernoulli, Poisson, categorical)."""
+        raise ValueError(
+            "label_divergence='kl' needs the norm of p(x, z | y), the same for every y; the "
+            "model declared MonteCarloPowerNorm (a modality that is not Student-t or Gaussian), "
+            "whose conditional norm depends on y. Use label_divergence='gamma', or Student-t/"
+            "Gaussian likelihoods for every modality")
 
     def auto_gamma(self):
         if self.nu is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import pickle
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -313,6 +314,16 @@ def default_optimizer(lr: float = TrainingConfig.lr) -> PyroOptim:
     return MultiTensorAdam({"lr": float(lr), "clip_value": DEFAULT_CLIP_VALUE})
 
 
+
+def shows_progress(progress: bool) -> bool:
+    """Whether to draw progress bars: asked for, and on a terminal or in a notebook (a log
+    file or a pipe gets no bars, which would fill it with carriage returns)."""
+    if not progress:
+        return False
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty is not None and isatty()) or "ipykernel" in sys.modules
+
+
 def train(
     model: Callable,
     guide: Callable,
@@ -376,7 +387,8 @@ def train(
         outside a module raises a ``ValueError`` after the first step rather than being lost
         on resume).
     :param device: ``"cpu"`` or ``"cuda"``; modules must already be there.
-    :param bool progress: show a tqdm progress bar over the epochs and, when an epoch has more
+    :param bool progress: show (on a terminal or in a notebook only: :func:`shows_progress`)
+        a tqdm progress bar over the epochs and, when an epoch has more
         than :data:`STEP_BAR_MIN_STEPS` steps, a second one over the steps of the epoch.
     :param validate: Pyro's argument and shape checks during the steps: None leaves the global
         setting (``pyro.enable_validation``), False turns them off for this run. With
@@ -447,6 +459,7 @@ def train(
             torch.set_rng_state(ckpt.rng_state)
 
     n_steps = len(loader)
+    progress = shows_progress(progress)
     bar = tqdm(range(start_epoch, int(epochs)), disable=not progress, desc=desc,
                unit="epoch", initial=start_epoch, total=int(epochs))
     steps_bar = tqdm(total=n_steps, disable=not progress or n_steps <= STEP_BAR_MIN_STEPS,

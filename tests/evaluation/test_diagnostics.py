@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -170,11 +171,11 @@ def test_inference_data_groups_dims_shapes(float64, modalities, missing):
     idata = D.to_inference_data(toy, ToyGuide(toy, scale=1.3), data, num_samples=S,
                                 num_predictive=P, seed=3, batch_size=4, attrs={"run": "t"})
     assert set(D.group_names(idata)) == {
-        "posterior", "posterior_predictive", "log_likelihood", "sample_stats",
-        "observed_data", "constant_data",
+        "posterior", "latent", "posterior_predictive", "sample_stats", "observed_data",
+        "constant_data",
     }
     mask = data.mask.numpy()
-    post = D.get_group(idata, "posterior")
+    post = D.get_group(idata, "latent")
     assert post["z"].dims == ("chain", "draw", "datum", "latent")
     assert post["z"].shape == (1, S, N, 2)
     assert post["y"].dims == ("chain", "draw", "datum") and post["y"].shape == (1, S, N)
@@ -187,28 +188,36 @@ def test_inference_data_groups_dims_shapes(float64, modalities, missing):
                                   np.broadcast_to(labels[labelled], (S, labelled.sum())))
     assert set(np.unique(post["y"].values)) <= {0, 1, 2}
 
+    # posterior: the global quantities, the class shares of the data whose label was drawn
+    share = D.get_group(idata, "posterior")["class_share"]
+    assert list(D.get_group(idata, "posterior").data_vars) == ["class_share"]
+    assert share.dims == ("chain", "draw", "class") and share.shape == (1, S, 3)
+    drawn = post["y"].values[0][:, ~labelled]
+    np.testing.assert_allclose(share.values[0],
+                               np.stack([(drawn == k).mean(1) for k in range(3)], axis=1))
+
     pp = D.get_group(idata, "posterior_predictive")
-    ll = D.get_group(idata, "log_likelihood")
     obs = D.get_group(idata, "observed_data")
-    assert sorted(ll.data_vars) == sorted(["x"] + [f"x_{m}" for m in modalities])
+    stats = D.get_group(idata, "sample_stats")
+    ll = {m: stats[f"log_lik_{m}"] for m in modalities}
+    ll["x"] = stats["log_lik"]
     for j, m in enumerate(modalities):
         n_m = toy.DIMS[m]
         assert pp[f"x_{m}"].dims == ("chain", "draw", "datum", f"{m}_feature")
         assert pp[f"x_{m}"].shape == (1, P, N, n_m)
         assert np.isfinite(pp[f"x_{m}"]).all()  # missing modalities are imputed
-        assert ll[f"x_{m}"].dims == ("chain", "draw", "datum")
-        assert ll[f"x_{m}"].shape == (1, S, N)
-        np.testing.assert_array_equal(np.isnan(ll[f"x_{m}"].values[0]),
+        assert ll[m].dims == ("chain", "draw", "datum")
+        assert ll[m].shape == (1, S, N)
+        np.testing.assert_array_equal(np.isnan(ll[m].values[0]),
                                       np.broadcast_to(~mask[:, j], (S, N)))
         assert obs[f"x_{m}"].dims == ("datum", f"{m}_feature")
         np.testing.assert_array_equal(np.isnan(obs[f"x_{m}"].values).all(1), ~mask[:, j])
         np.testing.assert_allclose(obs[f"x_{m}"].values[mask[:, j]],
                                    data.x[m].numpy()[mask[:, j]])
     # the toy's modalities are independent given z: the joint is the sum of the marginals
-    marginals = sum(np.nan_to_num(ll[f"x_{m}"].values) for m in modalities)
+    marginals = sum(np.nan_to_num(ll[m].values) for m in modalities)
     np.testing.assert_allclose(ll["x"].values, marginals, rtol=1e-12)
 
-    stats = D.get_group(idata, "sample_stats")
     for name in ("log_joint", "log_q", "log_weight"):
         assert stats[name].dims == ("chain", "draw", "datum") and stats[name].shape == (1, S, N)
     np.testing.assert_allclose(stats["log_weight"], stats["log_joint"] - stats["log_q"])
@@ -232,8 +241,8 @@ def test_draws_are_seeded_and_leave_the_rng_alone(float64):
     a = D.to_inference_data(toy, ToyGuide(toy), data, num_samples=5, seed=11)
     b = D.to_inference_data(toy, ToyGuide(toy), data, num_samples=5, seed=11)
     assert torch.equal(state, torch.get_rng_state())
-    np.testing.assert_array_equal(D.get_group(a, "posterior")["z"],
-                                  D.get_group(b, "posterior")["z"])
+    np.testing.assert_array_equal(D.get_group(a, "latent")["z"],
+                                  D.get_group(b, "latent")["z"])
 
 
 @pytest.mark.parametrize("nu", [5.0, math.inf], ids=["student-t", "gaussian"])
@@ -251,13 +260,13 @@ def test_pyro_mmt_model_with_missing_modalities(nu):
     m2 = build_model(data.dims, 3, latent_dim=2, hidden=(16,), nu=nu,
                      sigma={"a": 0.8, "b": 1.0, "c": 1.3}, label_counts=[2, 2, 2])
     idata = D.to_inference_data(m2, dataset=data, num_samples=6, condition_on_labels=False)
-    post = D.get_group(idata, "posterior")
+    post = D.get_group(idata, "latent")
     assert post["z"].shape == (1, 6, n, 2)
     assert not D.get_group(idata, "constant_data")["labelled"].values.any()
     assert np.isfinite(D.get_group(idata, "sample_stats")["log_weight"]).all()
     assert post.attrs["nu"] == nu and post.attrs["sigma_c"] == 1.3
 
-    ll = D.get_group(idata, "log_likelihood")
+    stats = D.get_group(idata, "sample_stats")
     z = torch.as_tensor(post["z"].values[0])
     y_draw = torch.as_tensor(post["y"].values[0])
     d = 2
@@ -271,7 +280,7 @@ def test_pyro_mmt_model_with_missing_modalities(nu):
                 fn = DiagStudentT(torch.tensor(nu + d), loc, s.unsqueeze(-1).expand(loc.shape))
             expected = fn.log_prob(data.x[m]).numpy()
             present = data.mask[:, j].numpy()
-            np.testing.assert_allclose(ll[f"x_{m}"].values[0][:, present],
+            np.testing.assert_allclose(stats[f"log_lik_{m}"].values[0][:, present],
                                        expected[:, present], rtol=1e-5, atol=1e-4)
 
 
@@ -295,7 +304,7 @@ def test_the_model_object_is_its_own_guide_and_its_settings_are_the_attributes(t
         D.to_inference_data(m2.model, dataset=data, num_samples=4, seed=2),
     ]
     for idata in calls[1:]:
-        for group in ("posterior", "sample_stats"):
+        for group in ("posterior", "latent", "sample_stats"):
             for var in D.get_group(calls[0], group).data_vars:
                 np.testing.assert_array_equal(D.get_group(idata, group)[var].values,
                                               D.get_group(calls[0], group)[var].values)
@@ -478,7 +487,7 @@ def toy_idata(float64):
 def test_classifier_checks(toy_idata):
     checks = D.classifier_checks(toy_idata, n_bins=10)
     const = D.get_group(toy_idata, "constant_data")
-    proba = D.get_group(toy_idata, "posterior")["class_prob"].values[0, 0]
+    proba = D.get_group(toy_idata, "latent")["class_prob"].values[0, 0]
     label = const["label"].values
     known = label >= 0
     assert checks.ece == pytest.approx(expected_calibration_error(label[known], proba[known], 10))
@@ -527,7 +536,7 @@ def test_diagnose_writes_everything(float64, tmp_path):
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths.values())
     for metric in ("khat_mean", "share_khat_above_0.7", "iwae_log_px_mean", "ece"):
         assert np.isfinite(summary.loc[metric, "value"]), metric
-    assert D.get_group(D.load_netcdf(paths["inference_data"]), "posterior").sizes["draw"] == 30
+    assert D.get_group(D.load_netcdf(paths["inference_data"]), "latent").sizes["draw"] == 30
 
 
 def test_example_smoke(tmp_path):
@@ -601,13 +610,13 @@ def test_raw_data_given_to_the_model_warn(fitted_estimator):
 
 def test_diagnose_accepts_the_estimator(fitted_estimator, tmp_path):
     est, X, y = fitted_estimator
-    paths, summary = diagnose(est, X, out_dir=tmp_path, y=y, num_samples=25, num_predictive=2)
+    paths, summary = diagnose(est, X, out_dir=tmp_path, y=y, num_samples=30, num_predictive=2)
     assert summary.loc["num_data_with_khat", "value"] == 60
     assert np.isfinite(summary.loc["share_khat_above_0.7", "value"])
 
 
 def test_too_few_draws_for_khat_are_not_reported_as_no_flags(toy_idata):
-    """With S < 25 draws k̂ is NaN: the summary's shares are NaN (not 0%) and the k̂ plot says
+    """With S < 30 draws k̂ is NaN: the summary's shares are NaN (not 0%) and the k̂ plot says
     why instead of drawing nothing under a '0.0% above 0.7' title."""
     toy = ConjugateToy()
     idata = D.to_inference_data(toy, ToyGuide(toy, scale=0.8), toy_data(toy, 12),
@@ -620,7 +629,7 @@ def test_too_few_draws_for_khat_are_not_reported_as_no_flags(toy_idata):
     titles = " ".join(ax.get_title() for ax in fig.axes)
     assert "not estimated" in titles and "above" not in titles
     texts = " ".join(t.get_text() for ax in fig.axes for t in ax.texts)
-    assert "at least 25 draws" in texts
+    assert "at least 30 draws" in texts
     # with enough draws: every datum has a k̂ and the shares are numbers
     summary = D.diagnostics_summary(toy_idata)["value"]
     assert summary["num_data_with_khat"] == summary["num_data"]
@@ -637,8 +646,9 @@ def test_reconstructions_draw_tabular_features_as_markers_on_integer_ticks(toy_i
         np.testing.assert_array_equal(shown, np.round(shown))
 
 
-def test_the_arviz_requirement_excludes_the_versions_the_adapter_refuses():
-    """pyproject.toml pins arviz < 1, as _arviz() refuses ArviZ >= 1 (no DataTree backend)."""
+def test_the_arviz_requirement_follows_the_python_version():
+    """pyproject.toml asks for ArviZ 0.x where 1.x cannot install (Python < 3.12) and for 1.x
+    from Python 3.12 on; the installed line is the one the adapter uses."""
     import tomllib
 
     from packaging.requirements import Requirement
@@ -646,6 +656,138 @@ def test_the_arviz_requirement_excludes_the_versions_the_adapter_refuses():
     pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
     requirements = [Requirement(r) for r in
                     tomllib.loads(pyproject.read_text())["project"]["dependencies"]]
-    arviz = next(r for r in requirements if r.name == "arviz")
-    assert "0.23.4" in arviz.specifier and "1.0.0" not in arviz.specifier
-    assert "0.22.0" not in arviz.specifier
+    arviz = [r for r in requirements if r.name == "arviz"]
+    for python, allowed, refused in (("3.11", "0.23.4", "1.3.0"), ("3.12", "1.3.0", "0.23.4"),
+                                     ("3.13", "1.3.0", "0.23.4")):
+        (req,) = [r for r in arviz if r.marker.evaluate({"python_version": python})]
+        assert allowed in req.specifier and refused not in req.specifier, python
+    import sys
+
+    assert D.arviz_line() == (1 if sys.version_info >= (3, 12) else 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# what ArviZ's own functions do with the InferenceData (both ArviZ lines)
+# ----------------------------------------------------------------------------------------------
+
+
+def _arviz():
+    D.arviz_line()  # imports ArviZ as the adapter does (0.x warns once a day at import)
+    import arviz as az
+
+    return az
+
+
+def test_az_summary_is_quick_and_shows_the_class_shares(toy_idata):
+    """az.summary reads the posterior group: one row per class (the share of the unlabelled
+    data in that class, per draw), not a row per datum and latent dimension."""
+    import time
+
+    az = _arviz()
+    start = time.perf_counter()
+    table = az.summary(toy_idata, kind="stats")
+    assert time.perf_counter() - start < 5.0
+    assert list(table.index) == ["class_share[u]", "class_share[v]", "class_share[w]"]
+    share = D.get_group(toy_idata, "posterior")["class_share"].values[0]
+    np.testing.assert_allclose(table["mean"].to_numpy(), share.mean(0), atol=0.01)
+    assert table["mean"].sum() == pytest.approx(1.0, abs=0.02)
+    # the full table too (r_hat needs two chains: the draws are independent, it stays NaN)
+    full = az.summary(toy_idata)
+    assert len(full) == 3 and (full["ess_bulk"] > 0).all()
+
+
+def test_az_loo_refuses_and_elpd_is_what_az_compare_takes(float64):
+    """No log_likelihood group: az.loo refuses. elpd() gives the IWAE log p(x_i) (+ the log
+    Jacobian of the data's units) with their k̂ as ArviZ's LOO object; az.compare ranks two
+    guides by it, with the paired standard error of the difference."""
+    az = _arviz()
+    toy = ConjugateToy()
+    data = toy_data(toy, 24, seed=5)
+    exact = D.to_inference_data(toy, ToyGuide(toy), data, num_samples=30,
+                                condition_on_labels=False)
+    with pytest.raises(TypeError, match="log likelihood not found"):
+        az.loo(exact)
+
+    result = D.elpd(exact)
+    pointwise = result["loo_i"] if D.arviz_line() == 0 else result.elpd_i
+    total = result["elpd_loo"] if D.arviz_line() == 0 else result.elpd
+    khat = result["pareto_k"] if D.arviz_line() == 0 else result.pareto_k
+    # the exact posterior as q: constant weights, the estimate is the exact log evidence
+    truth = toy.log_evidence(data, condition_on_labels=False)
+    np.testing.assert_allclose(pointwise.values, truth, rtol=1e-10)
+    assert total == pytest.approx(truth.sum(), rel=1e-10)
+    assert np.isneginf(khat.values).all()
+
+    # a poor guide: its k̂ are high and compare ranks it below the exact one
+    narrow = D.to_inference_data(toy, ToyGuide(toy, scale=0.4), data, num_samples=30,
+                                 condition_on_labels=False)
+    with warnings.catch_warnings():
+        # ArviZ 0.x's compare sorts its table with pandas' deprecated inplace keyword
+        warnings.filterwarnings("ignore", message="The inplace keyword in DataFrame.sort_values",
+                                category=DeprecationWarning)
+        table = az.compare({"exact": result, "narrow": D.elpd(narrow)})
+    assert list(table.index) == ["exact", "narrow"]
+    # elpd_diff is best minus this on ArviZ 0.x, this minus best on 1.x
+    diff = abs(table.loc["narrow", "elpd_diff"])
+    assert diff > 2 * table.loc["narrow", "dse"] > 0
+    warning = (lambda r: r["warning"] if D.arviz_line() == 0 else r.warning)
+    assert warning(D.elpd(narrow)) and not warning(result)
+    if D.arviz_line() == 0:
+        assert table.loc["narrow", "warning"] and not table.loc["exact", "warning"]
+    else:  # ArviZ 1.x reports the count of k̂ above good_k
+        assert "k̂" in table.loc["narrow", "diag_elpd"]
+        assert "k̂" not in table.loc["exact", "diag_elpd"]
+
+    with pytest.raises(ValueError, match=r"^data: expected at least 30 draws"):
+        D.elpd(D.to_inference_data(toy, ToyGuide(toy), data, num_samples=5))
+    with pytest.raises(ValueError, match=r"^data: expected an InferenceData"):
+        D.elpd(np.zeros((3, 30)))
+
+
+def test_estimator_to_inference_data_is_in_the_units_of_x(fitted_estimator):
+    """est.to_inference_data(X): observed data equal X (as stored, float32), the posterior
+    predictive is de-standardised (its mean near the data's, not near 0), the draws equal those
+    of the functional form, and elpd is the standardised one plus the log Jacobian."""
+    est, X, y = fitted_estimator
+    idata = est.to_inference_data(X, y=y, num_samples=30, num_predictive=5)
+    obs = D.get_group(idata, "observed_data")
+    pp = D.get_group(idata, "posterior_predictive")
+    for m, values in X.items():
+        np.testing.assert_array_equal(obs[f"x_{m}"].values, values.astype(np.float32))
+        assert abs(float(pp[f"x_{m}"].mean()) - values.mean()) < 0.2 * values.std() + 1.0
+        assert float(pp[f"x_{m}"].std()) > 0.1 * values.std()
+    assert D.run_attrs(idata)["units"] == "data (de-standardised)"
+    same = D.to_inference_data(est, X, y=y, num_samples=30, num_predictive=5)
+    np.testing.assert_array_equal(_log_weights(idata), _log_weights(same))
+    model_units = D.to_inference_data(
+        est.model_, dataset=est.standardiser_.transform(MultimodalDataset(X, y)),
+        num_samples=30, num_predictive=5)
+    scale = sum(np.log(est.standardiser_.scale_[m]).sum() for m in X)
+    np.testing.assert_allclose(D.get_group(idata, "constant_data")["log_jacobian"], -scale)
+    np.testing.assert_allclose(
+        D.get_group(model_units, "constant_data")["log_jacobian"], 0.0)
+    pointwise = (lambda r: r["loo_i"] if D.arviz_line() == 0 else r.elpd_i)
+    np.testing.assert_allclose(pointwise(D.elpd(idata)).values,
+                               pointwise(D.elpd(model_units)).values - scale, rtol=1e-5)
+
+
+def test_arviz_reads_the_predictive_and_the_latent_group(toy_idata):
+    """ArviZ's posterior predictive plot reads posterior_predictive and observed_data, and its
+    summary reads the latent group when asked for it (rows 0 and 1 of z)."""
+    az = _arviz()
+    import matplotlib.pyplot as plt
+
+    if D.arviz_line() == 0:
+        with warnings.catch_warnings():
+            # ArviZ 0.x's plotting code calls a helper that matplotlib 3.11 deprecates
+            warnings.filterwarnings("ignore", message="Passing a dict or None as alias_mapping",
+                                    category=DeprecationWarning)
+            axes = az.plot_ppc(toy_idata, var_names=["x_a"])
+        assert np.size(axes) >= 1
+    else:
+        num_predictive = D.get_group(toy_idata, "posterior_predictive").sizes["draw"]
+        assert az.plot_ppc_dist(toy_idata, var_names=["x_a"], num_samples=num_predictive)
+    plt.close("all")  # ArviZ draws through pyplot
+    table = az.summary(toy_idata, group="latent", var_names=["z"], coords={"datum": [0, 1]},
+                       kind="stats")
+    assert list(table.index) == ["z[0, 0]", "z[0, 1]", "z[1, 0]", "z[1, 1]"]

@@ -143,3 +143,50 @@ def test_a_modality_alone_is_not_run_where_rows_lack_it():
                          seeds=[0], epochs=1, progress=None)
     by_method = rows.set_index("method")["balanced_accuracy"]
     assert np.isnan(by_method["alone:panel"]) and 0 <= by_method["alone:age"] <= 1
+
+
+def test_pseudo_label_summary_against_hand_counts():
+    """Three classes, six unlabelled rows; the minority (smallest training count) is class 2."""
+    from pyro_mmt.experiments.benchmark import pseudo_label_summary
+
+    proba = np.array([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1],
+                      [0.1, 0.1, 0.8], [0.5, 0.5, 0.0]])  # argmax: 0, 0, 1, 1, 2, 0 (tie -> 0)
+    truth = np.array([0, 0, 0, 1, 2, 2])
+    out = pseudo_label_summary(proba, truth, train_class_counts=[50, 20, 5])
+    # predicted shares (3/6, 2/6, 1/6) against true shares (3/6, 1/6, 2/6)
+    assert out["pseudo_tv"] == pytest.approx(0.5 * (0 + 1 / 6 + 1 / 6))
+    assert out["pseudo_minority_share"] == pytest.approx((1 / 6) / (2 / 6))
+    assert out["pseudo_minority_recall"] == pytest.approx(0.5)  # class 2: one of two rows
+    assert out["pseudo_balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 1 / 2) / 3)
+    entropy = -(proba * np.log(np.clip(proba, 1e-300, None))).sum(1).mean()
+    assert out["pseudo_entropy"] == pytest.approx(entropy)
+    assert out["pseudo_class_shares"] == "0.5;0.333333;0.166667"
+    assert out["true_class_shares"] == "0.5;0.166667;0.333333"
+    empty = pseudo_label_summary(None, truth, [50, 20, 5])
+    assert all(isinstance(v, float) and math.isnan(v) for v in empty.values())
+
+
+def test_development_seed_selection_ranks_by_both_metrics_and_refuses_reported_seeds(tmp_path):
+    from benchmarks.select_on_dev_seeds import load_results, ranking
+    from benchmarks.select_on_dev_seeds import main as select_main
+
+    rows = []
+    for seed in (5, 6, 7):
+        for method, bacc, minority in (("t_gamma", 0.80, 0.60), ("a", 0.85, 0.50),
+                                       ("b", 0.79, 0.70)):
+            rows.append({"dataset": "toy", "rho": 10, "beta": 0.05, "seed": seed,
+                         "method": method, "balanced_accuracy": bacc + 0.01 * seed,
+                         "minority_recall": minority})
+    path = tmp_path / "results.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    table = ranking(load_results([path]), "t_gamma")
+    # "a" wins balanced accuracy by losing minority recall; "b" has the best mean of both
+    assert list(table["method"]) == ["b", "t_gamma", "a"]
+    b = table.set_index("method").loc["b"]
+    assert b["balanced_accuracy w/t/l"] == "0 / 0 / 3"
+    assert b["minority_recall w/t/l"] == "3 / 0 / 0"
+    assert select_main([str(path), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "ranking.md").exists()
+    pd.DataFrame([{**rows[0], "seed": 0}]).to_csv(tmp_path / "reported.csv", index=False)
+    with pytest.raises(ValueError, match="not development seeds"):
+        load_results([tmp_path / "reported.csv"])

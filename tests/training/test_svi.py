@@ -2,6 +2,7 @@
 validation metrics and early stopping. Tiny networks (hidden (8,), d = 2) on 48 digits."""
 
 import math
+import sys
 
 import numpy as np
 import pyro
@@ -405,6 +406,7 @@ def test_a_second_bar_counts_the_steps_of_long_epochs(data, monkeypatch, batch_s
     from pyro_mmt.training import svi
 
     monkeypatch.setattr(svi, "tqdm", _RecordingBar)
+    monkeypatch.setattr(svi, "shows_progress", lambda progress: progress)  # as on a terminal
     _RecordingBar.bars = []
     m2, _ = build(data)
     train(m2.model, m2.guide, data, objective=make_objective(), epochs=1,
@@ -611,3 +613,20 @@ def test_unlabelled_warmup_errors(data, bad):
     m2, _ = build(data)
     with pytest.raises(ValueError, match="unlabelled_warmup"):
         fit(m2, data, epochs=1, unlabelled_warmup=bad)
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch):
+    """A log file or a pipe gets no progress bars; a terminal (or a notebook) does."""
+    import io
+
+    from pyro_mmt.training.svi import shows_progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert not shows_progress(True)
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert shows_progress(True) and not shows_progress(False)
