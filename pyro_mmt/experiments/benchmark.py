@@ -232,6 +232,9 @@ METHODS: dict[str, Method] = {
                                     "dimension", {"alpha": 15.0}),
     "t_gamma_la15": _deep_method("t_gamma_la15", "the defaults with logit adjustment "
                                  "τ = 1.5 in the classification term", {"logit_adjustment": 1.5}),
+    "t_gamma_half": _deep_method("t_gamma_half", "the defaults with γ = ½ × (−2/(ν+n+d)) per "
+                                 "datum, half-way to the KL (Monte Carlo cross term)",
+                                 {"gamma": "0.5x auto"}),
     "t_gamma_v1": _deep_method("t_gamma_v1", "the previous release's t_gamma: α = 1000 per "
                                "datum, balanced class weights + logit adjustment + prior shift, "
                                "per-data-set epochs, no averaging (chosen on test splits)", V1),

@@ -317,6 +317,26 @@ class GammaPowerELBO(ELBO):
     events, ``to_event``); the only other plate allowed is the particle plate of
     ``vectorize_particles=True``.
 
+    **The label under the KL** (``label_divergence="kl"``, ``docs/derivation.md`` §10). The
+    γ-power divergence between the joints over (x, y, z) tempers q(y | x) along with q(z | x, y)
+    (§7: the classifier's entropy enters with a weight of about 0.12), which makes unlabelled
+    q(y | x) nearly hard. With ``label_divergence="kl"`` the γ-power divergence covers (x, z)
+    given each label and the label enters as in M2:
+
+    .. math::
+
+        L(x) = \sum_y q(y|x)\, \ell_y(x) + w \sum_y q(y|x)\,[\log q(y|x) - \log\pi_y],\qquad
+        \ell_y(x) = -\frac{1}{\gamma}\Big[\mathbb{E}_{q(z|x,y)}
+            \Big(\frac{p(x, z|y)}{\|p(\cdot|y)\|_{1+\gamma}}\Big)^{\gamma}
+            - \|q(\cdot|x, y)\|_{1+\gamma}\Big],
+
+    with :math:`w` = ``label_weight``: 1 (M2's label terms), or ``"auto"``, the detached local
+    slope :math:`\sum_y q(y|x)\,\mathbb{E}_q(p(x,z|y)/\|p(\cdot|y)\|)^\gamma` of
+    :math:`\ell` in :math:`-\log p`, which puts the label terms on the log-likelihood's
+    scale. As γ → 0 either is the negative M2 ELBO. It needs the norm of p(x, z | y): the
+    closed-form norms and the mixed model's norm of ``docs/derivation.md`` §9.2 give it; the
+    ancestral :class:`~pyro_mmt.infer.MonteCarloPowerNorm` is refused.
+
     ``elbo(model, guide)`` returns a ``torch.nn.Module`` whose ``forward(*args)`` is the
     differentiable loss and whose ``parameters()`` are those of the modules behind ``model``
     and ``guide`` (e.g. ``GammaPowerELBO()(m2.model, m2.guide)``).
@@ -332,6 +352,10 @@ class GammaPowerELBO(ELBO):
     :param bool vectorize_particles: draw the particles in one vectorised pass.
     :param bool cache_checks: with Pyro's validation on, run the checks on the first step of
         each trace signature only (see "When the checks run"); False runs them at every step.
+    :param str label_divergence: ``"gamma"`` (default): one γ-power divergence over
+        (x, y, z), the paper's objective; ``"kl"``: the label under the KL (above).
+    :param label_weight: w of ``label_divergence="kl"``: a number > 0 (default 1) or
+        ``"auto"``.
 
     References:
 
@@ -358,7 +382,7 @@ class GammaPowerELBO(ELBO):
         vectorize_particles: bool = False,
         cache_checks: bool = True,
         label_divergence: str = "gamma",
-        label_weight: float | str = "auto",
+        label_weight: float | str = 1.0,
     ):
         if label_divergence not in LABEL_DIVERGENCES:
             raise ValueError(f"label_divergence: expected one of {list(LABEL_DIVERGENCES)}, "
