@@ -15,11 +15,12 @@ from pyro_mmt.estimator import build_model, make_objective
 
 @pytest.mark.parametrize("labelled", [True, False])
 @pytest.mark.parametrize("missing", [False, True])
-def test_plain_loss_is_the_gamma_power_elbo(labelled, missing):
+@pytest.mark.parametrize("alpha_unit", ["datum", "dimension"])
+def test_plain_loss_is_the_gamma_power_elbo(labelled, missing, alpha_unit):
     torch.set_default_dtype(torch.float64)
     dims = {"a": 5, "b": 7, "c": 3}
     m2 = build_model(
-        dims, 4, latent_dim=3, hidden=(8,), alpha=2.0, alpha_unit="datum", label_counts=[1, 2, 3, 4],
+        dims, 4, latent_dim=3, hidden=(8,), alpha=2.0, alpha_unit=alpha_unit, label_counts=[1, 2, 3, 4],
         class_weight="balanced", logit_adjustment=0.5, unlabelled_prior_shift=0.7)
     x = {m: torch.randn(6, n) for m, n in dims.items()}
     mask = torch.ones(6, 3, dtype=torch.bool)
