@@ -153,3 +153,12 @@ def test_select_defaults_smoke(tmp_path, capsys):
     assert sorted(set(table["candidate"])) == ["base", "plain"]
     assert len(table) == 4 and table["n_validation"].gt(0).all()
     assert "plain vs base (balanced_accuracy)" in capsys.readouterr().out
+
+
+def test_pyro_module_speed_smoke(tmp_path):
+    """A PyroModule copy of the model trains beside the library's own registration."""
+    from benchmarks import pyro_module_speed
+
+    pyro_module_speed.main(["--quick", "--out", str(tmp_path / "p.csv")])
+    row = pd.read_csv(tmp_path / "p.csv").iloc[0]
+    assert row["ratio"] > 0 and row["pyro_module_param_calls"] > row["module_param_calls"] > 0
