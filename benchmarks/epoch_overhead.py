@@ -37,7 +37,7 @@ min–max; ``_of_medians`` is the ratio of the median epoch times and ``_best`` 
 the fastest epochs.
 
     python -m benchmarks.epoch_overhead                     # ~6 minutes on a loaded 2-core machine
-    python -m benchmarks.epoch_overhead --profile 4         # + cProfile of 4 train epochs
+    python -m benchmarks.epoch_overhead --profile 4         # + cProfiles of 4 epochs
     python -m benchmarks.epoch_overhead --quick             # smoke run (seconds)
 """
 
@@ -226,6 +226,45 @@ def profile(data, epochs: int, *, sort: str = "tottime", lines: int = 30,
     return text.getvalue()
 
 
+def _package(filename: str, function: str) -> str:
+    if filename == "~":
+        return "torch C++: backward" if "run_backward" in function else "torch C++: other calls"
+    if "/pyro/" in filename:
+        return "pyro (Python)"
+    if "/torch/" in filename:
+        return "torch (Python)"
+    if "site-packages" not in filename and "/lib/python" not in filename:
+        return "pyro-mmt and the benchmark (Python)"
+    return "other Python"
+
+
+def profile_by_package(data, epochs: int, *, settings: str = "defaults") -> str:
+    """cProfile's own time of ``epochs`` plain and ``train`` epochs (after one warm-up epoch
+    each), summed by package: where ``train``'s extra time goes."""
+    average = SETTINGS[settings][1] > 0
+    totals = {}
+    for name, make in (("plain", plain_epoch), ("train", train_epoch)):
+        m2 = build_default(data, settings=settings)
+        with pyro.get_param_store().scope():
+            run = make(m2, data, average=average)
+            run()
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(epochs):
+                run()
+            prof.disable()
+        sums: dict[str, float] = {}
+        for (filename, _, function), (_, _, own, _, _) in pstats.Stats(prof).stats.items():
+            key = _package(filename, function)
+            sums[key] = sums.get(key, 0.0) + own
+        totals[name] = sums
+    table = pd.DataFrame(totals).fillna(0.0).sort_index()
+    table.loc["total"] = table.sum()
+    table["train - plain"] = table["train"] - table["plain"]
+    return (f"cProfile own time, s, over {epochs} epochs at settings {settings!r}:\n"
+            + table.to_markdown(floatfmt=".3f"))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=21)
@@ -235,7 +274,8 @@ def main(argv=None):
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS),
                    help="the settings measured, one row each (default: both)")
     p.add_argument("--profile", type=int, default=0, metavar="EPOCHS",
-                   help="also print a cProfile of this many train epochs")
+                   help="also print a cProfile of this many train epochs, and the own time of "
+                        "this many plain and train epochs by package")
     p.add_argument("--quick", action="store_true", help="smoke run: 200 rows, tiny networks")
     p.add_argument("--out", type=Path, default=RESULTS / "epoch_overhead.csv")
     args = p.parse_args(argv)
@@ -262,6 +302,7 @@ def main(argv=None):
     print(f"wrote {args.out}")
     if args.profile:
         print(profile(data, args.profile, settings=args.settings[0]))
+        print(profile_by_package(data, args.profile, settings=args.settings[0]))
 
 
 if __name__ == "__main__":
