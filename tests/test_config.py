@@ -213,3 +213,13 @@ def test_label_divergence_reaches_the_objective_and_is_refused_with_the_kl():
         TrainingConfig(label_weight=2.0)
     with pytest.raises(ValueError, match="label_weight"):
         TrainingConfig(label_divergence="kl", label_weight=0.0)
+
+
+def test_presets_are_valid_estimator_settings():
+    """Every preset names declared settings with values the declarations accept."""
+    from pyro_mmt.estimator import PRESETS, MultimodalSemiSupervisedClassifier
+
+    for name, settings in PRESETS.items():
+        clf = MultimodalSemiSupervisedClassifier(**settings)
+        clf._check_params()
+        assert {k: clf.get_params()[k] for k in settings} == settings, name
