@@ -54,7 +54,8 @@ def main(args):
 
     # each process: its partition, batches of batch_size / P rows, gradients summed
     history = train_distributed(
-        m2.model, m2.guide, train, objective=GammaPowerELBO(max_plate_nesting=1),
+        m2.model, m2.guide, train, objective=GammaPowerELBO(label_divergence="kl",
+                                                           max_plate_nesting=1),
         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=device,
         progress=not args.quiet,
     )

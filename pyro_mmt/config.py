@@ -481,10 +481,10 @@ class TrainingConfig:
         "γ of the γ-power objective: auto (−2/(ν+n+d) per datum), '<k>x auto' or a number",
         parse=_number_or_auto)
     label_divergence: str = setting(
-        "gamma", one_of(*LABEL_DIVERGENCES),
-        "the gamma_power objective's label: gamma (one γ-power divergence over (x, y, z), the "
-        "paper's objective) or kl (the γ-power divergence for (x, z) given y and M2's label "
-        "terms; docs/derivation.md §10)")
+        "kl", one_of(*LABEL_DIVERGENCES),
+        "the gamma_power objective's label: kl (the γ-power divergence for (x, z) given y and "
+        "M2's label terms; docs/derivation.md §10; chosen on development seeds) or gamma (one "
+        "γ-power divergence over (x, y, z), the paper's objective; unused by the kl objective)")
     label_weight: float | str = setting(
         1.0, Constraint(lambda v: v == "auto" or (_is_number(v) and _finite32(v) and v > 0),
                         "'auto' or a number > 0"),
@@ -545,14 +545,12 @@ def check_objective(settings) -> None:
     if settings.objective == "kl" and settings.gamma != "auto":
         raise ValueError(f"gamma: the kl objective has no gamma; expected 'auto' (unused), "
                          f"found {settings.gamma!r}")
-    label = getattr(settings, "label_divergence", "gamma")
-    if settings.objective == "kl" and label != "gamma":
-        raise ValueError(f"label_divergence: the kl objective puts everything under the KL; "
-                         f"expected 'gamma' (unused), found {label!r}")
+    label = getattr(settings, "label_divergence", "kl")
     label_weight = getattr(settings, "label_weight", 1.0)
-    if label == "gamma" and label_weight != 1.0:
-        raise ValueError(f"label_weight: weighs the label terms of label_divergence='kl'; "
-                         f"expected 1.0 (unused) with label_divergence='gamma', found "
+    if (label == "gamma" or settings.objective == "kl") and label_weight != 1.0:
+        raise ValueError(f"label_weight: weighs the label terms of the gamma_power objective "
+                         f"with label_divergence='kl'; expected 1.0 (unused) with "
+                         f"objective={settings.objective!r}, label_divergence={label!r}, found "
                          f"{label_weight!r}")
     weight = getattr(settings, "latent_weight", 1.0)
     if settings.objective == "gamma_power" and weight != 1.0:

@@ -197,8 +197,8 @@ def test_train_pbc_uses_the_data_sets_own_families(tmp_path):
 
 
 def test_label_divergence_reaches_the_objective_and_is_refused_with_the_kl():
-    """The estimator's label settings build GammaPowerELBO with them; the kl objective (which
-    has no separate label term) and a label weight without label_divergence='kl' are refused."""
+    """The estimator's label settings build GammaPowerELBO with them (the label under the KL by
+    default); a label weight with the kl objective or the joint label divergence is refused."""
     import pytest
 
     from pyro_mmt.config import TrainingConfig
@@ -206,11 +206,12 @@ def test_label_divergence_reaches_the_objective_and_is_refused_with_the_kl():
 
     elbo = make_objective("gamma_power", label_divergence="kl", label_weight="auto")
     assert (elbo.label_divergence, elbo.label_weight) == ("kl", "auto")
-    assert make_objective().label_divergence == TrainingConfig().label_divergence == "gamma"
-    with pytest.raises(ValueError, match="label_divergence"):
-        TrainingConfig(objective="kl", label_divergence="kl")
+    assert make_objective().label_divergence == TrainingConfig().label_divergence == "kl"
+    assert make_objective(label_divergence="gamma").label_divergence == "gamma"
     with pytest.raises(ValueError, match="label_weight"):
-        TrainingConfig(label_weight=2.0)
+        TrainingConfig(objective="kl", label_weight=2.0)
+    with pytest.raises(ValueError, match="label_weight"):
+        TrainingConfig(label_divergence="gamma", label_weight=2.0)
     with pytest.raises(ValueError, match="label_weight"):
         TrainingConfig(label_divergence="kl", label_weight=0.0)
 

@@ -54,8 +54,9 @@ def test_a_model_trained_by_hand_predicts_what_the_estimator_predicts(blobs, one
                                   label_counts=data.class_counts(), **SIZES))
     assert m2.config == est.config_
     with pyro.get_param_store().scope():
-        train(m2.model, m2.guide, data, objective=make_objective(training.objective,
-                                                                 gamma=training.gamma),
+        train(m2.model, m2.guide, data, objective=make_objective(
+                  training.objective, gamma=training.gamma,
+                  label_divergence=training.label_divergence),
               optimizer=default_optimizer(training.lr), epochs=training.epochs,
               batch_size=training.batch_size, seed=training.seed, progress=False)
     test = scaler.transform(MultimodalDataset(X, y))
