@@ -22,13 +22,14 @@ import numpy as np
 import pandas as pd
 import pyro
 import torch
-from pyro.infer import TraceEnum_ELBO
+from pyro.infer import Predictive, TraceEnum_ELBO
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 
 from pyro_mmt.config import (
+    COUNT,
     EXPERIMENTAL_OBJECTIVES,
     EstimatorOptions,
     ModelConfig,
@@ -214,6 +215,11 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     __init__ = _init_from_declarations(estimator_settings())
 
     # ------------------------------------------------------------------- parameter checks
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # NaN: a missing cell, or a missing modality's row
+        return tags
+
     def _check_params(self) -> None:
         """Every parameter against its declared constraint (a ValueError naming it, one kind
         of message: :func:`~pyro_mmt.config.check_setting`), then what the settings cannot
@@ -394,7 +400,10 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             dims=dict(data.dims), num_classes=self.n_classes_, num_categories=num_categories,
             label_counts=tuple(int(c) for c in counts),
             **{**_model_settings(self), "likelihood": families,
-               "class_weight": self._class_weights()})
+               "class_weight": self._class_weights(),
+               # "auto": the cell mask enters the networks when the training data miss a cell
+               "missing_cells": (("indicator" if data.cells else "zero")
+                                 if self.missing_cells == "auto" else self.missing_cells)})
 
         device = torch.device(self.device)
         fit_fn = train
@@ -548,6 +557,88 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             data = self._dataset(X, fitted=True)
             device = torch.device(self.device)
             return np.mean([predict_proba(m2, data, device=device) for m2 in self.members_], 0)
+
+    def impute(self, X, *, num_samples: int = 100, return_draws: bool = False,
+               seed: int = 0, batch_size: int = 1024):
+        """``X`` with its missing cells (NaN in a row with other values) filled from the
+        posterior predictive p(x_miss | x_obs) of the fitted model, in the units of ``X``.
+
+        The draws come from Pyro's ``Predictive(model, guide=guide)``: y and z from the guide
+        q(y, z | x_obs), then the missing cells from the model given them and the observed
+        cells (the site ``x_<modality>_missing``; ``docs/derivation.md`` §10). A missing
+        cell is filled with the mean of ``num_samples`` draws (for a categorical modality,
+        the most frequent category); observed cells are returned unchanged, and a modality
+        missing as a whole (a row entirely NaN, or left out of ``X``) stays NaN. With
+        ``n_init > 1`` the draws are shared equally among the members.
+
+        :param X: the data, as for :meth:`predict` (any subset of the modalities).
+        :param int num_samples: draws per row.
+        :param bool return_draws: also return the draws.
+        :param int seed: the seed of the draws.
+        :returns: modality -> float64 array [N, n_j] for the modalities of the fitted model;
+            with ``return_draws``, ``(filled, draws)`` where ``draws[m]`` is [num_samples, N,
+            n_j], the observed cells repeated in every draw.
+        """
+        self._check_fitted()
+        check_setting("num_samples", num_samples, COUNT)
+        check_setting("batch_size", batch_size, COUNT)
+        with self._threads():
+            data = self._dataset(X, fitted=True)
+            if isinstance(X, MultimodalDataset):  # the user's values, to return as they are
+                x_user = {m: v for m, v in X.to_numpy()[0].items() if m in self.modalities_}
+            else:
+                x_user = as_modality_mapping(X, self.modalities)
+            x_user = {m: np.array(v, dtype=np.float64) for m, v in self._complete(x_user).items()}
+            device = torch.device(self.device)
+            members = self.members_
+            shares = [len(a) for a in np.array_split(np.arange(num_samples), len(members))]
+            draws = {m: [] for m in data.cells}
+            for start in range(0, len(data), batch_size):
+                sub = data[np.arange(start, min(start + batch_size, len(data)))]
+                if not sub.cells:
+                    for m in draws:
+                        draws[m].append(np.zeros((num_samples, len(sub), data.dims[m])))
+                    continue
+                x = {m: v.to(device) for m, v in sub.x.items()}
+                cells = {m: c.to(device) for m, c in sub.cells.items()}
+                parts = {m: [] for m in draws}
+                for i, (m2, share) in enumerate(zip(members, shares)):
+                    if not share:
+                        continue
+                    sites = [f"x_{m}_missing" for m in cells]
+                    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the user's
+                        torch.manual_seed(seed + 1000 * i + start)            # stream is kept
+                        out = Predictive(m2.model, guide=m2.guide, num_samples=share,
+                                         return_sites=sites)(x, sub.mask.to(device), None,
+                                                             cells=cells)
+                    for m in cells:
+                        parts[m].append(out[f"x_{m}_missing"].detach().cpu().double().numpy())
+                for m in draws:
+                    draws[m].append(np.concatenate(parts[m]) if parts[m] else
+                                    np.zeros((num_samples, len(sub), data.dims[m])))
+        filled, all_draws = {}, {}
+        for j, m in enumerate(data.modalities):
+            values = x_user[m]
+            if m in draws:
+                sample = np.concatenate(draws[m], axis=1)
+                if self.standardiser_ is not None:
+                    sample = self.standardiser_.inverse_transform_modality(m, sample)
+                hidden = (~data.cells[m].numpy()) & data.mask[:, j].numpy()[:, None]
+                likelihood = self.model_.likelihoods[m]
+                if likelihood.needs_categories:  # the most frequent category
+                    codes = np.rint(sample).astype(np.int64)
+                    counts = np.stack([(codes == c).sum(0)
+                                       for c in range(likelihood.num_categories)])
+                    estimate = counts.argmax(0).astype(np.float64)
+                else:
+                    estimate = sample.mean(0)
+                values[hidden] = estimate[hidden]
+                sample = np.where(hidden[None], sample, values[None])
+            else:
+                sample = np.repeat(values[None], num_samples, axis=0)
+            filled[m] = values
+            all_draws[m] = sample
+        return (filled, all_draws) if return_draws else filled
 
     def predict(self, X) -> np.ndarray:
         """The most probable class under q(y | x), as a label of ``classes_``."""
@@ -708,7 +799,8 @@ def _classifier_logits(m2: MultimodalM2, data: MultimodalDataset, device,
     for start in range(0, len(data), batch_size):
         sub = data[np.arange(start, min(start + batch_size, len(data)))]
         x = {m: v.to(device) for m, v in sub.x.items()}
-        out.append(m2.classifier_logits(x, sub.mask.to(device)))
+        cells = {m: c.to(device) for m, c in sub.cells.items()}
+        out.append(m2.classifier_logits(x, sub.mask.to(device), cells))
     return torch.cat(out)
 
 

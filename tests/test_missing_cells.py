@@ -13,6 +13,7 @@ from pyro.infer import Predictive, TraceEnum_ELBO
 from torch import nn
 
 from pyro_mmt.config import ModelConfig
+from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
 from pyro_mmt.data import MultimodalDataset
 from pyro_mmt.infer import GammaPowerELBO
 from pyro_mmt.models import MultimodalM2
@@ -197,3 +198,68 @@ def test_data_set_keeps_the_cells():
     assert np.isnan(x["a"][0, 1]) and np.isnan(x["a"][1]).all() and x["a"][0, 0] == 0.0
     complete = MultimodalDataset({"b": b}, [0, 1, -1, 0])
     assert complete.cells == {} and complete.batch([0, 1]).cells == {}
+
+
+def _with_missing_cells(fraction=0.3, seed=0, n=90):
+    """Three classes in two modalities (one Bernoulli); ``fraction`` of the cells missing at
+    random (never a whole row)."""
+    rng = np.random.default_rng(seed)
+    y_true = np.repeat(np.arange(3), n // 3)
+    centres = 3.0 * rng.normal(size=(3, 5))
+    a = centres[y_true] + rng.normal(size=(n, 5))
+    b = (rng.random((n, 3)) < 0.2 + 0.3 * y_true[:, None]).astype(float)
+    complete = {"a": a.copy(), "b": b.copy()}
+    for x in (a, b):
+        hidden = rng.random(x.shape) < fraction
+        hidden[hidden.all(axis=1), 0] = False
+        x[hidden] = np.nan
+    y = np.full(n, -1)
+    for k in range(3):
+        y[np.flatnonzero(y_true == k)[:8]] = k
+    return {"a": a, "b": b}, y, y_true, complete
+
+
+@pytest.mark.parametrize("objective", ["gamma_power", "kl"])
+def test_the_estimator_fits_predicts_and_imputes_with_30_percent_of_cells_missing(objective):
+    X, y, y_true, complete = _with_missing_cells(0.3)
+    est = MultimodalSemiSupervisedClassifier(
+        hidden=(8,), latent_dim=2, epochs=2, batch_size=32, objective=objective,
+        likelihood={"a": "student_t", "b": "bernoulli"}).fit(X, y)
+    assert est.config_.missing_cells == "indicator"  # "auto" with missing cells
+    proba = est.predict_proba(X)
+    assert proba.shape == (90, 3) and np.allclose(proba.sum(1), 1)
+    assert set(est.predict(X)) <= {0, 1, 2}
+    filled, draws = est.impute(X, num_samples=8, return_draws=True)
+    for m, x in X.items():
+        hidden = np.isnan(x)
+        assert np.isfinite(filled[m]).all()
+        assert np.array_equal(filled[m][~hidden], x[~hidden])  # observed cells unchanged
+        assert draws[m].shape == (8,) + x.shape and np.isfinite(draws[m]).all()
+        assert (draws[m][:, ~hidden] == x[~hidden]).all()
+    assert set(np.unique(draws["b"])) <= {0.0, 1.0}
+    assert ((filled["b"] >= 0) & (filled["b"] <= 1)).all()
+    # the same draws for the same seed
+    again = est.impute(X, num_samples=8)
+    assert all(np.array_equal(again[m], filled[m]) for m in X)
+    # a whole modality missing stays missing
+    X_less = {"a": X["a"][:4]}
+    assert np.isnan(est.impute(X_less)["b"]).all()
+
+
+def test_impute_checks_its_arguments():
+    X, y, _, _ = _with_missing_cells(0.3, n=30)
+    est = MultimodalSemiSupervisedClassifier(hidden=(8,), latent_dim=2, epochs=1).fit(X, y)
+    with pytest.raises(ValueError, match=r"num_samples"):
+        est.impute(X, num_samples=0)
+
+
+def test_complete_data_keep_the_networks_of_complete_data():
+    """Without a missing cell, "auto" adds no indicator: the networks (and the fitted numbers)
+    are those of complete data."""
+    X, y, _, complete = _with_missing_cells(0.0)
+    est = MultimodalSemiSupervisedClassifier(hidden=(8,), latent_dim=2, epochs=1).fit(complete, y)
+    assert est.config_.missing_cells == "zero"
+    assert est.model_.encoders["a"].net.input.in_features == 5
+    X, y, _, _ = _with_missing_cells(0.3)
+    est = MultimodalSemiSupervisedClassifier(hidden=(8,), latent_dim=2, epochs=1).fit(X, y)
+    assert est.model_.encoders["a"].net.input.in_features == 10  # values and cell mask
