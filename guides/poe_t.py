@@ -439,7 +439,7 @@ class PoETGuide(nn.Module):
 
         A missing cell (``cells``) enters as 0 in its family's code; with
         ``missing_cells="indicator"`` the cell mask (1 = observed) follows the code, so the
-        networks tell a missing cell from an observed 0 (``docs/derivation.md`` §10)."""
+        networks tell a missing cell from an observed 0 (``docs/derivation.md`` §11)."""
         inputs = {}
         for m, v in x.items():
             likelihood = self.likelihoods[m]

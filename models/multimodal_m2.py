@@ -295,7 +295,7 @@ class MultimodalM2(nn.Module):
         :param batch_size: B, needed only when neither ``x`` nor ``y`` is given.
         :param cells: missing cells: modality (given in ``x``) -> bool [B, n_j], True where a
             cell is observed (missing cells hold any value in the family's support, e.g. 0).
-            Only the observed cells are scored (``docs/derivation.md`` §10), and the site
+            Only the observed cells are scored (``docs/derivation.md`` §11), and the site
             ``x_<name>_missing`` draws the modality from p(x_j | x_observed, y, z): its missing
             cells are the posterior predictive draws under ``Predictive(model, guide=guide)``
             (its log-density is masked out: it changes no objective).
@@ -388,7 +388,7 @@ class MultimodalM2(nn.Module):
         model whose every family has a closed-form power integral, x summed or integrated
         exactly and z drawn (:class:`LatentMonteCarloPowerNorm`); otherwise ancestral draws of
         the whole model (:class:`~pyro_mmt.infer.MonteCarloPowerNorm`); ``docs/derivation.md``
-        §9. With missing cells (``cells``), n counts each datum's observed cells (§10)."""
+        §9. With missing cells (``cells``), n counts each datum's observed cells (§11)."""
         counts = observed_cell_counts(cells, self.modalities, self._dims, observed.shape[0])
         obs_dim, log_det = observed_dimension(observed, self._dims, self._log_sigma2, counts)
         if not self.closed_form_norm:
@@ -481,7 +481,7 @@ class LatentMonteCarloPowerNorm(PowerNorm):
     :param nu: ν (None for the Gaussian model).
     :param int num_draws: S, draws of z.
     :param cells: missing cells (modality -> bool [B, n_j], True where observed): a missing
-        cell drops out of its modality's factor, as a missing modality does (§10).
+        cell drops out of its modality's factor, as a missing modality does (§11).
     """
 
     power_form = False

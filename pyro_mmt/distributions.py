@@ -302,7 +302,7 @@ class IsotropicStudentT(DiagStudentT):
 class ObservedCellsStudentT(IsotropicStudentT):
     r"""An :class:`IsotropicStudentT` :math:`t_D(m, s^2 I, \nu)` scored on the observed cells
     of each value only: the marginal of a multivariate t over a subset of its coordinates is a
-    t with the same ν and scale over that subset (``docs/derivation.md`` §10), so
+    t with the same ν and scale over that subset (``docs/derivation.md`` §11), so
 
     .. math::
 

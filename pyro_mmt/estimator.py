@@ -565,7 +565,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
 
         The draws come from Pyro's ``Predictive(model, guide=guide)``: y and z from the guide
         q(y, z | x_obs), then the missing cells from the model given them and the observed
-        cells (the site ``x_<modality>_missing``; ``docs/derivation.md`` §10). A missing
+        cells (the site ``x_<modality>_missing``; ``docs/derivation.md`` §11). A missing
         cell is filled with the mean of ``num_samples`` draws (for a categorical modality,
         the most frequent category); observed cells are returned unchanged, and a modality
         missing as a whole (a row entirely NaN, or left out of ``X``) stays NaN. With

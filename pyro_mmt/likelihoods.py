@@ -155,7 +155,7 @@ class StudentT(Likelihood):
     def conditional(self, loc, nu, quad, dof, cells=None) -> IsotropicStudentT:
         """The chain's conditional t_{n_j}(μ_j, (ν + quad)/dof σ_j² I, dof); with ``cells``
         (bool [B, n_j]) its marginal over the observed cells (same ν, scale and dof,
-        ``docs/derivation.md`` §10)."""
+        ``docs/derivation.md`` §11)."""
         scale = ((nu + quad) / dof).sqrt() * self.sigma
         if cells is not None:
             return ObservedCellsStudentT(dof, loc, scale, cells)

@@ -1,6 +1,6 @@
 """Missing cells inside a modality: the model scores the observed cells only, so a datum with
 cells missing has the loss of the same datum in a model without those features (for
-GammaPowerELBO and TraceEnum_ELBO; docs/derivation.md §10); the data set, the guide, the
+GammaPowerELBO and TraceEnum_ELBO; docs/derivation.md §11); the data set, the guide, the
 estimator and imputation through Predictive handle any pattern."""
 
 import math

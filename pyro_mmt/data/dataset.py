@@ -451,7 +451,7 @@ class MultimodalDataset:
     respects the mask marginalises the modality out. Every datum must observe at least one
     modality. A NaN in a row that has other values is a *missing cell*: it is stored as 0.0
     and ``cells[name][i, k]`` is False (``cells`` lists the modalities with missing cells), so
-    the model scores the observed cells only (``docs/derivation.md`` §10).
+    the model scores the observed cells only (``docs/derivation.md`` §11).
 
     Data sets are values: every method returns a new data set and nothing is modified in place
     (tensors may be shared between data sets, so do not write into them).
