@@ -263,3 +263,11 @@ def test_complete_data_keep_the_networks_of_complete_data():
     X, y, _, _ = _with_missing_cells(0.3)
     est = MultimodalSemiSupervisedClassifier(hidden=(8,), latent_dim=2, epochs=1).fit(X, y)
     assert est.model_.encoders["a"].net.input.in_features == 10  # values and cell mask
+
+
+def test_diagnostics_refuse_missing_cells():
+    X, y, _, _ = _with_missing_cells(0.3, n=30)
+    est = MultimodalSemiSupervisedClassifier(hidden=(8,), latent_dim=2, epochs=1).fit(X, y)
+    with pytest.raises(ValueError, match=r"dataset: the diagnostics take rows without missing "
+                                         r"cells; found missing cells in modalities \['a', 'b'\]"):
+        est.to_inference_data(X, num_samples=2)
