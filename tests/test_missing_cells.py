@@ -271,3 +271,29 @@ def test_diagnostics_refuse_missing_cells():
     with pytest.raises(ValueError, match=r"dataset: the diagnostics take rows without missing "
                                          r"cells; found missing cells in modalities \['a', 'b'\]"):
         est.to_inference_data(X, num_samples=2)
+
+
+def test_a_family_without_a_power_integral_trains_with_the_kl_objective_only(float64):
+    from pyro_mmt.likelihoods import LIKELIHOODS, Likelihood, register_likelihood
+
+    class Laplacian(Likelihood):  # independent columns, no closed-form power integral
+        name = "laplacian_for_missing_cells"
+        continuous = True
+
+        def distribution(self, out):
+            return pyro.distributions.Laplace(out, 1.0).to_event(1)
+
+    register_likelihood(Laplacian)
+    try:
+        m2 = MultimodalM2(ModelConfig(dims={"a": 2, "b": 3}, num_classes=K, latent_dim=D,
+                                      hidden=(8,), likelihood={"b": Laplacian.name}))
+    finally:
+        LIKELIHOODS.pop(Laplacian.name)
+    x = {"a": torch.randn(4, 2), "b": torch.randn(4, 3)}
+    mask = torch.ones(4, 2, dtype=torch.bool)
+    cells = {"b": torch.tensor([[True, False, True]] * 4)}
+    kl = TraceEnum_ELBO(max_plate_nesting=1).loss(m2.model, m2.guide, x, mask, None, cells=cells)
+    assert math.isfinite(kl)
+    with pytest.raises(ValueError, match=r"cells: missing cells under the gamma_power "
+                                         r"objective need every family"):
+        GammaPowerELBO(max_plate_nesting=1).loss(m2.model, m2.guide, x, mask, None, cells=cells)
