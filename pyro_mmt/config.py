@@ -428,7 +428,8 @@ class ModelConfig:
     @property
     def cell_indicators(self) -> bool:
         """Whether the guide's networks take the cell mask next to the values
-        (``missing_cells="indicator"``)."""
+        (``missing_cells="indicator"``; "auto" is "zero" here: the estimator turns it into
+        "indicator" when its training data miss a cell)."""
         return self.missing_cells == "indicator"
 
     @property

@@ -160,7 +160,9 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
 
     ``fit(X, y)`` takes ``X`` as
 
-    - a mapping modality name -> array or DataFrame [N, n_j] (a row of NaN = modality missing),
+    - a mapping modality name -> array or DataFrame [N, n_j] (a row of NaN = modality missing,
+      a NaN among values = a missing cell, left out of the model's density and filled by
+      :meth:`impute`),
     - a DataFrame whose columns are a two-level MultiIndex (modality, feature), e.g.
       ``pandas.concat({"top": top, "bottom": bottom}, axis=1)``: the form that scikit-learn's
       model selection (``cross_val_score``, ``GridSearchCV``) can split by rows, or
@@ -402,8 +404,9 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             **{**_model_settings(self), "likelihood": families,
                "class_weight": self._class_weights(),
                # "auto": the cell mask enters the networks when the training data miss a cell
-               "missing_cells": (("indicator" if data.cells else "zero")
-                                 if self.missing_cells == "auto" else self.missing_cells)})
+               # (else "auto" stays, which is "zero": the ModelConfig of complete data)
+               "missing_cells": ("indicator" if self.missing_cells == "auto" and data.cells
+                                 else self.missing_cells)})
 
         device = torch.device(self.device)
         fit_fn = train
@@ -565,11 +568,12 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
 
         The draws come from Pyro's ``Predictive(model, guide=guide)``: y and z from the guide
         q(y, z | x_obs), then the missing cells from the model given them and the observed
-        cells (the site ``x_<modality>_missing``; ``docs/derivation.md`` §11). A missing
-        cell is filled with the mean of ``num_samples`` draws (for a categorical modality,
-        the most frequent category); observed cells are returned unchanged, and a modality
-        missing as a whole (a row entirely NaN, or left out of ``X``) stays NaN. With
-        ``n_init > 1`` the draws are shared equally among the members.
+        cells (the site ``x_<modality>_missing``; ``docs/derivation.md`` §11). Every
+        missing cell is filled with the mean of ``num_samples`` draws (for a categorical
+        modality, the most frequent category), a modality missing as a whole (a row entirely
+        NaN, or left out of ``X``) too, from the modalities observed; observed cells are
+        returned unchanged. With ``n_init > 1`` the draws are shared equally among the
+        members.
 
         :param X: the data, as for :meth:`predict` (any subset of the modalities).
         :param int num_samples: draws per row.
@@ -589,41 +593,41 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             else:
                 x_user = as_modality_mapping(X, self.modalities)
             x_user = {m: np.array(v, dtype=np.float64) for m, v in self._complete(x_user).items()}
+            # the observed cells of every modality with something missing (a missing row: none)
+            observed = {m: (data.cells[m] if m in data.cells
+                            else data.mask[:, j:j + 1].expand(-1, data.dims[m]))
+                        for j, m in enumerate(data.modalities)
+                        if m in data.cells or not bool(data.mask[:, j].all())}
             device = torch.device(self.device)
             members = self.members_
             shares = [len(a) for a in np.array_split(np.arange(num_samples), len(members))]
-            draws = {m: [] for m in data.cells}
+            draws = {m: [] for m in observed}
             for start in range(0, len(data), batch_size):
-                sub = data[np.arange(start, min(start + batch_size, len(data)))]
-                if not sub.cells:
-                    for m in draws:
-                        draws[m].append(np.zeros((num_samples, len(sub), data.dims[m])))
-                    continue
+                rows = np.arange(start, min(start + batch_size, len(data)))
+                sub = data[rows]
                 x = {m: v.to(device) for m, v in sub.x.items()}
-                cells = {m: c.to(device) for m, c in sub.cells.items()}
-                parts = {m: [] for m in draws}
+                cells = {m: c[rows].to(device) for m, c in observed.items()}
+                parts = {m: [] for m in observed}
                 for i, (m2, share) in enumerate(zip(members, shares)):
-                    if not share:
+                    if not share or not cells:
                         continue
-                    sites = [f"x_{m}_missing" for m in cells]
                     with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the user's
                         torch.manual_seed(seed + 1000 * i + start)            # stream is kept
                         out = Predictive(m2.model, guide=m2.guide, num_samples=share,
-                                         return_sites=sites)(x, sub.mask.to(device), None,
-                                                             cells=cells)
+                                         return_sites=[f"x_{m}_missing" for m in cells])(
+                            x, sub.mask.to(device), None, cells=cells)
                     for m in cells:
                         parts[m].append(out[f"x_{m}_missing"].detach().cpu().double().numpy())
-                for m in draws:
-                    draws[m].append(np.concatenate(parts[m]) if parts[m] else
-                                    np.zeros((num_samples, len(sub), data.dims[m])))
+                for m in observed:
+                    draws[m].append(np.concatenate(parts[m]))
         filled, all_draws = {}, {}
-        for j, m in enumerate(data.modalities):
+        for m in data.modalities:
             values = x_user[m]
             if m in draws:
                 sample = np.concatenate(draws[m], axis=1)
                 if self.standardiser_ is not None:
                     sample = self.standardiser_.inverse_transform_modality(m, sample)
-                hidden = (~data.cells[m].numpy()) & data.mask[:, j].numpy()[:, None]
+                hidden = ~observed[m].numpy()
                 likelihood = self.model_.likelihoods[m]
                 if likelihood.needs_categories:  # the most frequent category
                     codes = np.rint(sample).astype(np.int64)

@@ -241,9 +241,11 @@ def test_the_estimator_fits_predicts_and_imputes_with_30_percent_of_cells_missin
     # the same draws for the same seed
     again = est.impute(X, num_samples=8)
     assert all(np.array_equal(again[m], filled[m]) for m in X)
-    # a whole modality missing stays missing
+    # a modality missing as a whole is filled from the others
     X_less = {"a": X["a"][:4]}
-    assert np.isnan(est.impute(X_less)["b"]).all()
+    filled = est.impute(X_less)
+    assert np.isfinite(filled["b"]).all() and np.isfinite(filled["a"]).all()
+    assert np.array_equal(filled["a"][~np.isnan(X_less["a"])], X_less["a"][~np.isnan(X_less["a"])])
 
 
 def test_impute_checks_its_arguments():
@@ -258,7 +260,7 @@ def test_complete_data_keep_the_networks_of_complete_data():
     are those of complete data."""
     X, y, _, complete = _with_missing_cells(0.0)
     est = MultimodalSemiSupervisedClassifier(hidden=(8,), latent_dim=2, epochs=1).fit(complete, y)
-    assert est.config_.missing_cells == "zero"
+    assert est.config_.missing_cells == "auto" and not est.config_.cell_indicators
     assert est.model_.encoders["a"].net.input.in_features == 5
     X, y, _, _ = _with_missing_cells(0.3)
     est = MultimodalSemiSupervisedClassifier(hidden=(8,), latent_dim=2, epochs=1).fit(X, y)

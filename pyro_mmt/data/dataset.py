@@ -4,7 +4,8 @@ The data contract: a data set is a mapping modality-name -> array [N, n_j] plus 
 y with -1 for "unlabelled" (the scikit-learn semi-supervised convention). A row that is
 entirely NaN in one modality means that modality is missing for that datum; the model
 marginalises it out, so in memory the row is stored as zeros and ``mask[i, j]`` says whether
-modality j of datum i was observed. Everything the user passes is checked here, once: a bad
+modality j of datum i was observed. A NaN in a row with other values is a missing cell:
+stored as 0.0, with ``cells[name][i, k]`` False. Everything the user passes is checked here, once: a bad
 input raises ``ValueError`` naming the argument, what was found and what was expected, and
 nothing is silently dropped, truncated or converted with loss.
 """
@@ -505,7 +506,7 @@ class MultimodalDataset:
         When the input breaks the data contract: no modality, an empty modality (no rows or no
         columns), a 1-D array, complex, string or object values, row counts or pandas row
         indexes that differ across modalities, infinite values or values beyond float32's
-        range, a partly-NaN row, a row missing every modality, a modality observed in no row
+        range, a row missing every modality, a modality observed in no row
         (unless allowed), non-integer labels (1.5, NaN, strings, None), labels outside [-1, K),
         or class names that do not match K. The message names the argument, what was found and
         what was expected.
