@@ -262,6 +262,11 @@ def test_complete_data_keep_the_networks_of_complete_data():
     est = MultimodalSemiSupervisedClassifier(hidden=(8,), latent_dim=2, epochs=1).fit(complete, y)
     assert est.config_.missing_cells == "auto" and not est.config_.cell_indicators
     assert est.model_.encoders["a"].net.input.in_features == 5
+    # its predictions on rows with missing cells: the cells enter at the training mean
+    X_test, _, _, _ = _with_missing_cells(0.3, seed=1)
+    proba = est.predict_proba(X_test)
+    assert np.isfinite(proba).all() and np.allclose(proba.sum(1), 1)
+    assert np.isfinite(est.impute(X_test)["a"]).all()
     X, y, _, _ = _with_missing_cells(0.3)
     est = MultimodalSemiSupervisedClassifier(hidden=(8,), latent_dim=2, epochs=1).fit(X, y)
     assert est.model_.encoders["a"].net.input.in_features == 10  # values and cell mask
