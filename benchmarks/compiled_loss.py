@@ -56,7 +56,7 @@ def measure(variants, backend: str, rounds: int) -> list[dict]:
     torch._dynamo.config.recompile_limit = 1024
     torch._dynamo.config.accumulated_recompile_limit = 1 << 16
     data = default_data()
-    m2 = build_default(data)
+    m2 = build_default(data, settings="per_datum")  # the settings it was measured at
     compiled_m2 = copy.deepcopy(m2)
     for net in (list(compiled_m2.decoders.values())
                 + [e.net for e in compiled_m2.encoders.values()]

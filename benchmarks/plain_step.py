@@ -16,11 +16,13 @@ label, p the power-form joint and γ = −2/(ν + n + d) (``docs/derivation.md``
     L = -\frac{1}{\gamma}\Big[\sum_y q_y\big(e^{\gamma(\log p - \log\|p\|)} - 1
           + c_y (\mathbb{E}\|z\|^2 - \|z\|^2)/\nu\big)
         - \Big(\big(1 + \sum_y q_y (q_y^{\gamma} I_y - 1)\big)^{1/(1+\gamma)} - 1\Big)\Big]
-        - \alpha\, w_y \log q(y \mid x)\,[\text{labelled}],
+        - \alpha\, n_\alpha\, w_y \log q(y \mid x)\,[\text{labelled}],
 
-:math:`I_y = \int q(z|x,y)^{1+\gamma}` and :math:`c_y = (\pi_y K/\|p\|)^\gamma`. The closed-form
-helpers of :mod:`pyro_mmt.distributions` (plain tensor functions) are reused; densities,
-sampling, fusion and the sums over labels are written out here.
+:math:`n_\alpha` the datum's observed dimension n (``alpha_unit="dimension"``, the default)
+or 1 (``"datum"``), :math:`I_y = \int q(z|x,y)^{1+\gamma}` and
+:math:`c_y = (\pi_y K/\|p\|)^\gamma`. The closed-form helpers of :mod:`pyro_mmt.distributions`
+(plain tensor functions) are reused; densities, sampling, fusion and the sums over labels are
+written out here.
 """
 
 from __future__ import annotations
@@ -134,6 +136,8 @@ def plain_loss(m2, x, mask, y=None, scale=1.0):
             logits = classifier(x, mask) + cfg.logit_adjustment * m2.label_log_freq
             log_q = torch.log_softmax(logits, -1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
             aux = cfg.alpha * m2.class_weights[y] * log_q
+            if cfg.alpha_unit == "dimension":  # α per observed dimension of the datum
+                aux = aux * obs_dim
     else:
         q_y = log_q_y.exp()
         cross_m1 = (q_y * cross).sum(0)

@@ -107,7 +107,7 @@ def plot_shares(results: pd.DataFrame, path: Path) -> bool:
         true = np.concatenate([np.array(s.split(";"), float) for s in group["true_class_shares"]])
         pred = np.concatenate([np.array(s.split(";"), float)
                                for s in group["pseudo_class_shares"]])
-        floor = 1e-3  # a class never predicted is drawn on the floor
+        floor = min(1e-2, 0.5 * true[true > 0].min())  # a class never predicted: on the floor
         ax.scatter(true, np.maximum(pred, floor), s=8, alpha=0.5)
         ax.plot([floor, 1], [floor, 1], color="grey", lw=1)
         ax.set(xscale="log", yscale="log", xlim=(floor, 1), ylim=(floor * 0.8, 1),

@@ -45,7 +45,7 @@ __all__ = [
     "ALPHA_UNITS",
     "MISSING_CELLS",
     "OBJECTIVES",
-    "EXPERIMENTAL_OBJECTIVES",
+    "LABEL_DIVERGENCES",
     "OPTIMIZERS",
 ]
 
@@ -63,10 +63,9 @@ MISSING_CELLS = ("auto", "indicator", "zero")
 #: ``TrainingConfig.objective``: the γ-power divergence or the M2 ELBO (KL).
 OBJECTIVES = ("gamma_power", "kl")
 
-#: Objectives under study, accepted but not documented as choices: name -> the keywords of
-#: :class:`~pyro_mmt.infer.GammaPowerELBO` they add.
-EXPERIMENTAL_OBJECTIVES = {"gamma_label_kl": {"label_divergence": "kl"},
-                           "gamma_label_kl1": {"label_divergence": "kl", "label_weight": 1.0}}
+#: ``TrainingConfig.label_divergence``: the label under the γ-power divergence with (x, z), or
+#: under the KL (``docs/derivation.md`` §10).
+LABEL_DIVERGENCES = ("gamma", "kl")
 
 #: ``TrainingConfig.optimizer``.
 OPTIMIZERS = ("fused_adam", "clipped_adam")
@@ -492,14 +491,23 @@ class TrainingConfig:
     """
 
     objective: str = setting(
-        "gamma_power", Constraint(lambda v: isinstance(v, str) and (
-            v in OBJECTIVES or v in EXPERIMENTAL_OBJECTIVES), "'gamma_power' or 'kl'"),
+        "gamma_power", one_of(*OBJECTIVES),
         "gamma_power (the γ-power divergence) or kl (the M2 ELBO)")
     gamma: float | str = setting(
         "auto", Constraint(_is_gamma, "'auto', '<k>x auto' (k > 0) or a finite float > -1 "
                                       "other than 0"),
         "γ of the γ-power objective: auto (−2/(ν+n+d) per datum), '<k>x auto' or a number",
         parse=_number_or_auto)
+    label_divergence: str = setting(
+        "gamma", one_of(*LABEL_DIVERGENCES),
+        "the gamma_power objective's label: gamma (one γ-power divergence over (x, y, z), the "
+        "paper's objective) or kl (the γ-power divergence for (x, z) given y and M2's label "
+        "terms; docs/derivation.md §10)")
+    label_weight: float | str = setting(
+        1.0, Constraint(lambda v: v == "auto" or (_is_number(v) and _finite32(v) and v > 0),
+                        "'auto' or a number > 0"),
+        "weight w of the label terms under label_divergence=kl: a number, or auto (the γ-loss's "
+        "own slope in −log p, per datum)", parse=_number_or_auto)
     epochs: int | str = setting(
         "auto", Constraint(lambda v: v == "auto" or _is_int(v), "'auto' or an integer >= 1"),
         "passes over the unlabelled data, or auto: about 300 unlabelled mini-batches (at least "
@@ -555,6 +563,15 @@ def check_objective(settings) -> None:
     if settings.objective == "kl" and settings.gamma != "auto":
         raise ValueError(f"gamma: the kl objective has no gamma; expected 'auto' (unused), "
                          f"found {settings.gamma!r}")
+    label = getattr(settings, "label_divergence", "gamma")
+    if settings.objective == "kl" and label != "gamma":
+        raise ValueError(f"label_divergence: the kl objective puts everything under the KL; "
+                         f"expected 'gamma' (unused), found {label!r}")
+    label_weight = getattr(settings, "label_weight", 1.0)
+    if label == "gamma" and label_weight != 1.0:
+        raise ValueError(f"label_weight: weighs the label terms of label_divergence='kl'; "
+                         f"expected 1.0 (unused) with label_divergence='gamma', found "
+                         f"{label_weight!r}")
     weight = getattr(settings, "latent_weight", 1.0)
     if settings.objective == "gamma_power" and weight != 1.0:
         raise ValueError(

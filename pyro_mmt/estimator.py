@@ -30,7 +30,6 @@ from torch import nn
 
 from pyro_mmt.config import (
     COUNT,
-    EXPERIMENTAL_OBJECTIVES,
     EstimatorOptions,
     ModelConfig,
     TrainingConfig,
@@ -99,21 +98,19 @@ def build_model(dims: Mapping[str, int], num_classes: int, *,
     return MultimodalM2(config, decoders=decoders, encoders=encoders, classifier=classifier)
 
 
-_EXPERIMENTAL = EXPERIMENTAL_OBJECTIVES
-
-
 def make_objective(objective: str = TrainingConfig.objective, *,
                    gamma: float | str = TrainingConfig.gamma,
+                   label_divergence: str = TrainingConfig.label_divergence,
+                   label_weight: float | str = TrainingConfig.label_weight,
                    num_particles: int = 1) -> pyro.infer.ELBO:
-    """``"gamma_power"``: :class:`~pyro_mmt.infer.GammaPowerELBO`; ``"kl"``: Pyro's
-    ``TraceEnum_ELBO`` (the M2 ELBO). Both with one data plate and vectorised particles."""
+    """``"gamma_power"``: :class:`~pyro_mmt.infer.GammaPowerELBO` (with its ``gamma``,
+    ``label_divergence`` and ``label_weight``); ``"kl"``: Pyro's ``TraceEnum_ELBO`` (the M2
+    ELBO). Both with one data plate and vectorised particles."""
     vectorize = num_particles > 1
-    if objective in _EXPERIMENTAL:
-        return GammaPowerELBO(gamma, num_particles=num_particles, max_plate_nesting=1,
-                              vectorize_particles=vectorize, **_EXPERIMENTAL[objective])
     if objective == "gamma_power":
         return GammaPowerELBO(gamma, num_particles=num_particles, max_plate_nesting=1,
-                              vectorize_particles=vectorize)
+                              vectorize_particles=vectorize, label_divergence=label_divergence,
+                              label_weight=label_weight)
     if objective == "kl":
         return TraceEnum_ELBO(num_particles=num_particles, max_plate_nesting=1,
                               vectorize_particles=vectorize, strict_enumeration_warning=False)
@@ -441,6 +438,8 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         # member 0 uses `seed`, so n_init = 1 is the single model; member i uses seed + 1000 i
         seeds = [self.seed + 1000 * member for member in members]
         objective = functools.partial(make_objective, self.objective, gamma=self.gamma,
+                                      label_divergence=self.label_divergence,
+                                      label_weight=self.label_weight,
                                       num_particles=self.num_particles)
         train_options = dict(epochs=epochs, batch_size=self.batch_size,
                              labelled_batch_size=self.labelled_batch_size, device=device,

@@ -15,11 +15,12 @@ from pyro_mmt.estimator import build_model, make_objective
 
 @pytest.mark.parametrize("labelled", [True, False])
 @pytest.mark.parametrize("missing", [False, True])
-def test_plain_loss_is_the_gamma_power_elbo(labelled, missing):
+@pytest.mark.parametrize("alpha_unit", ["datum", "dimension"])
+def test_plain_loss_is_the_gamma_power_elbo(labelled, missing, alpha_unit):
     torch.set_default_dtype(torch.float64)
     dims = {"a": 5, "b": 7, "c": 3}
     m2 = build_model(
-        dims, 4, latent_dim=3, hidden=(8,), alpha=2.0, alpha_unit="datum", label_counts=[1, 2, 3, 4],
+        dims, 4, latent_dim=3, hidden=(8,), alpha=2.0, alpha_unit=alpha_unit, label_counts=[1, 2, 3, 4],
         class_weight="balanced", logit_adjustment=0.5, unlabelled_prior_shift=0.7)
     x = {m: torch.randn(6, n) for m, n in dims.items()}
     mask = torch.ones(6, 3, dtype=torch.bool)
@@ -172,3 +173,12 @@ def test_missing_cells_smoke(tmp_path):
     imputation = table[table["task"] == "imputation"]
     assert sorted(imputation["method"]) == ["iterative", "knn", "mean", "model"]
     assert imputation["rmse"].gt(0).all() and imputation["missing_share"].between(0.25, 0.35).all()
+
+
+def test_pyro_module_speed_smoke(tmp_path):
+    """A PyroModule copy of the model trains beside the library's own registration."""
+    from benchmarks import pyro_module_speed
+
+    pyro_module_speed.main(["--quick", "--out", str(tmp_path / "p.csv")])
+    row = pd.read_csv(tmp_path / "p.csv").iloc[0]
+    assert row["ratio"] > 0 and row["pyro_module_param_calls"] > row["module_param_calls"] > 0

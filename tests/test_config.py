@@ -194,3 +194,22 @@ def test_train_pbc_uses_the_data_sets_own_families(tmp_path):
                  "edema=student_t", *common]) == 0
     est = load_estimator(tmp_path / "t" / "estimator.pt")
     assert est.config_.likelihood == dict(PBC_LIKELIHOODS, edema="student_t")
+
+
+def test_label_divergence_reaches_the_objective_and_is_refused_with_the_kl():
+    """The estimator's label settings build GammaPowerELBO with them; the kl objective (which
+    has no separate label term) and a label weight without label_divergence='kl' are refused."""
+    import pytest
+
+    from pyro_mmt.config import TrainingConfig
+    from pyro_mmt.estimator import make_objective
+
+    elbo = make_objective("gamma_power", label_divergence="kl", label_weight="auto")
+    assert (elbo.label_divergence, elbo.label_weight) == ("kl", "auto")
+    assert make_objective().label_divergence == TrainingConfig().label_divergence == "gamma"
+    with pytest.raises(ValueError, match="label_divergence"):
+        TrainingConfig(objective="kl", label_divergence="kl")
+    with pytest.raises(ValueError, match="label_weight"):
+        TrainingConfig(label_weight=2.0)
+    with pytest.raises(ValueError, match="label_weight"):
+        TrainingConfig(label_divergence="kl", label_weight=0.0)

@@ -16,10 +16,10 @@ import pandas as pd
 
 from pyro_mmt.data.dataset import (
     MultimodalDataset,
-    _check_aligned,
-    _check_labels,
-    _check_modality,
-    _modality_values,
+    check_aligned,
+    check_label_indices,
+    check_modality,
+    modality_values,
 )
 
 __all__ = ["as_modality_mapping", "check_labels", "encode_labels"]
@@ -99,7 +99,7 @@ def as_modality_mapping(X, modalities=None) -> dict[str, np.ndarray]:
         for name in X:
             _check_name(name, "X")
         parts = {name: (value, f"X[{name!r}]") for name, value in X.items()}
-        _check_aligned({label: value for value, label in parts.values()}, "X")
+        check_aligned({label: value for value, label in parts.values()}, "X")
     elif isinstance(X, pd.DataFrame) and X.columns.nlevels > 1:
         if modalities is not None:
             raise ValueError(
@@ -123,7 +123,7 @@ def as_modality_mapping(X, modalities=None) -> dict[str, np.ndarray]:
 
     arrays = {}
     for name, (value, label) in parts.items():
-        arrays[name], _, _ = _check_modality(name, value, label)
+        arrays[name], _, _ = check_modality(name, value, label)
     rows = {name: array.shape[0] for name, array in arrays.items()}
     if len(set(rows.values())) != 1:
         raise ValueError(f"X: expected the same number of rows N in every modality; found {rows}")
@@ -223,7 +223,7 @@ def _split_flat_frame(frame, modalities):
 
 def _split_flat_array(X, modalities):
     _check_modalities_argument(modalities)
-    array = _modality_values(X, "X")
+    array = modality_values(X, "X")
     if array.ndim != 2:
         raise ValueError(
             f"X: expected a 2-D array [N, p] to split into modalities; found shape {array.shape}"
@@ -343,7 +343,7 @@ def check_labels(y, n_rows, num_classes=None, *, require_labelled=False,
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(
             num_classes, numbers.Integral) or num_classes < 1):
         raise ValueError(f"num_classes: expected a positive integer; found {num_classes!r}")
-    labels = _check_labels(y, int(n_rows), num_classes, argument=argument)
+    labels = check_label_indices(y, int(n_rows), num_classes, argument=argument)
     if not (require_labelled or require_every_class):
         return labels
     labelled = labels[labels >= 0]

@@ -8,6 +8,11 @@ modality j of datum i was observed. A NaN in a row with other values is a missin
 stored as 0.0, with ``cells[name][i, k]`` False. Everything the user passes is checked here, once: a bad
 input raises ``ValueError`` naming the argument, what was found and what was expected, and
 nothing is silently dropped, truncated or converted with loss.
+
+The checks are public functions of this module (not in ``__all__``: ``pyro_mmt.data``
+exports :func:`~pyro_mmt.data.check_labels` and friends, built on them), shared with
+``convert`` and ``standardise``: :func:`modality_values`, :func:`check_modality`,
+:func:`check_aligned`, :func:`check_label_indices` and :func:`check_modality_names`.
 """
 
 from __future__ import annotations
@@ -82,7 +87,7 @@ def _frame_to_numpy(frame, label):
     return frame.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def _modality_values(value, label):
+def modality_values(value, label):
     """One modality as a numpy array, its dtype checked (real numeric or bool)."""
     if isinstance(value, pd.DataFrame):
         return _frame_to_numpy(value, label)
@@ -114,7 +119,7 @@ def _modality_values(value, label):
     return array
 
 
-def _check_modality(name, value, label=None):
+def check_modality(name, value, label=None):
     """Convert one modality to a 2-D float numpy array and return (array, present-row mask,
     observed-cell mask): a row that is entirely NaN marks the modality missing, a NaN in a
     row with other values a missing cell.
@@ -124,7 +129,7 @@ def _check_modality(name, value, label=None):
     if not isinstance(name, str) or not name:
         raise ValueError(f"x: modality names must be non-empty strings; found {name!r}")
     label = f"x[{name!r}]" if label is None else label
-    array = _modality_values(value, label)
+    array = modality_values(value, label)
     if array.ndim != 2:
         raise ValueError(
             f"{label}: expected a 2-D array [N, n_j]; found shape {array.shape} "
@@ -156,7 +161,7 @@ def _check_modality(name, value, label=None):
     return array, ~missing, ~nan
 
 
-def _check_aligned(frames, label):
+def check_aligned(frames, label):
     """Refuse pandas inputs whose row indexes differ: rows are matched by position, so
     differently indexed frames would be silently misaligned. ``frames`` maps a description
     to a pandas object."""
@@ -171,7 +176,7 @@ def _check_aligned(frames, label):
             )
 
 
-def _check_labels(y, num_rows, num_classes=None, argument="y", source=None):
+def check_label_indices(y, num_rows, num_classes=None, argument="y", source=None):
     """Convert labels to an int64 numpy array [N] and check them.
 
     ``argument`` names the labels in error messages; ``source`` says where ``num_classes``
@@ -296,7 +301,7 @@ def _check_class_names(class_names, num_classes, argument="class_names"):
     return names
 
 
-def _check_modality_names(names, available, argument):
+def check_modality_names(names, available, argument):
     """Check a selection of modality names against the available ones; returns a tuple."""
     if isinstance(names, str):
         names = (names,)
@@ -535,7 +540,7 @@ class MultimodalDataset:
             raise ValueError(f"{args.x}: expected at least one modality; found an empty mapping")
         arrays, present, cells = {}, [], {}
         for name, value in x.items():
-            array, observed, observed_cells = _check_modality(name, value, args.of(name))
+            array, observed, observed_cells = check_modality(name, value, args.of(name))
             arrays[name] = array
             present.append(observed)
             if not observed_cells[observed].all():  # a partly observed row
@@ -545,9 +550,9 @@ class MultimodalDataset:
             raise ValueError(
                 f"{args.x}: expected the same number of rows N in every modality; found {rows}"
             )
-        _check_aligned({args.of(name): value for name, value in x.items()}, args.x)
+        check_aligned({args.of(name): value for name, value in x.items()}, args.x)
         if y is not None and isinstance(y, pd.Series):
-            _check_aligned({**{args.of(n): v for n, v in x.items()}, args.y: y}, args.y)
+            check_aligned({**{args.of(n): v for n, v in x.items()}, args.y: y}, args.y)
         num_rows = next(iter(rows.values()))
         mask = np.stack(present, axis=1)
         empty = np.flatnonzero(~mask.any(axis=1))
@@ -565,7 +570,7 @@ class MultimodalDataset:
             )
         labels = (
             np.full(num_rows, -1, dtype=np.int64) if y is None
-            else _check_labels(y, num_rows, argument=args.y)
+            else check_label_indices(y, num_rows, argument=args.y)
         )
         from_names = num_classes is None and class_names is not None
         num_classes, source = _check_num_classes(num_classes, labels, class_names, args)
@@ -574,7 +579,8 @@ class MultimodalDataset:
                 f"{args.class_names}: expected at least {labels.max() + 1} names (one per "
                 f"class; the labels go up to {labels.max()}); found {num_classes}"
             )
-        labels = _check_labels(labels, num_rows, num_classes, argument=args.y, source=source)
+        labels = check_label_indices(labels, num_rows, num_classes, argument=args.y,
+                                     source=source)
         class_names = _check_class_names(class_names, num_classes, args.class_names)
 
         tensors = {}
@@ -703,7 +709,7 @@ class MultimodalDataset:
 
     def with_labels(self, y) -> MultimodalDataset:
         """A copy with labels replaced by ``y`` ([N], -1 = unlabelled, values in [-1, K))."""
-        labels = _check_labels(y, len(self), self.num_classes)
+        labels = check_label_indices(y, len(self), self.num_classes)
         return self._replace(y=torch.from_numpy(labels))
 
     def select_modalities(self, names) -> MultimodalDataset:
@@ -712,7 +718,7 @@ class MultimodalDataset:
         Raises ``ValueError`` for an unknown or repeated name, or when some row observes none of
         the selected modalities (subset those rows out first, e.g. ``ds[ds.mask[:, j]]``).
         """
-        names = _check_modality_names(names, self.modalities, "names")
+        names = check_modality_names(names, self.modalities, "names")
         columns = [self.modalities.index(name) for name in names]
         mask = self.mask[:, columns]
         empty = np.flatnonzero(~mask.any(dim=1).numpy())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pyro_mmt.data.dataset import MultimodalDataset, _check_modality_names
+from pyro_mmt.data.dataset import MultimodalDataset, check_modality_names
 
 __all__ = ["Standardiser"]
 
@@ -84,7 +84,7 @@ class Standardiser:
 
     def _check_modality(self, name, width, argument):
         self._check_fitted()
-        _check_modality_names((name,), self.modalities, argument)
+        check_modality_names((name,), self.modalities, argument)
         if width != self.mean_[name].shape[0]:
             raise ValueError(
                 f"{argument}: modality {name!r} has {width} features; expected "

@@ -16,11 +16,10 @@ import pandas as pd
 
 from pyro_mmt.evaluation import diagnostic_plots as plots
 from pyro_mmt.evaluation.diagnostics import (
-    _model_and_guide,
-    _resolve_inputs,
     classifier_checks,
     diagnostics_summary,
     importance_diagnostics,
+    resolve_inputs,
     save_netcdf,
     to_inference_data,
 )
@@ -88,8 +87,7 @@ def diagnose(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="dataset: the observed values",
                                 category=UserWarning)
-        checked = _resolve_inputs(model, guide, dataset, y)
-    _model_and_guide(checked[0], checked[1])
+        resolve_inputs(model, guide, dataset, y)
     if out_dir is None:
         raise ValueError("out_dir: expected the folder to write the diagnostics to, found None")
     data = to_inference_data(

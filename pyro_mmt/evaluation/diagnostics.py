@@ -476,11 +476,14 @@ def _is_estimator(obj) -> bool:
     return isinstance(obj, MultimodalSemiSupervisedClassifier)
 
 
-def _resolve_inputs(model, guide, dataset, y):
+def resolve_inputs(model, guide, dataset, y):
     """``(model, guide, dataset, threads)``: for a fitted estimator its ``model_`` (which
     holds its guide), ``dataset`` (X in any form ``fit`` accepts, with labels ``y``) checked,
     completed and standardised as ``predict`` does, and its thread setting; anything else as
-    given (``y`` is then refused: the dataset holds the labels)."""
+    given (``y`` is then refused: the dataset holds the labels), the model and guide checked.
+    Raises ``ValueError`` on bad arguments before anything is drawn; public (not in
+    ``__all__``) for :func:`pyro_mmt.evaluation.diagnose.diagnose`, which checks its arguments
+    with it before writing anything."""
     if _is_estimator(model):
         est = model
         check_is_fitted(est, "model_")
@@ -692,7 +695,7 @@ def to_inference_data(
     :param attrs: extra attributes (e.g. the estimator's ``get_params()``).
     :return: ``arviz.InferenceData`` (ArviZ 0.x) or ``xarray.DataTree`` (ArviZ 1.x).
     """
-    model, guide, dataset, threads, units = _resolve_inputs(model, guide, dataset, y)
+    model, guide, dataset, threads, units = resolve_inputs(model, guide, dataset, y)
     model_fn, guide_fn, guide = _model_and_guide(model, guide)
     if not isinstance(dataset, MultimodalDataset):
         raise ValueError(f"dataset: expected a MultimodalDataset, found {type(dataset).__name__}")

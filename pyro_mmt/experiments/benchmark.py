@@ -221,9 +221,9 @@ METHODS: dict[str, Method] = {
                                   {**GAUSSIAN_KL, "n_init": 3}),
     "t_gamma_label_kl": _deep_method("t_gamma_label_kl", "the defaults with the label under "
                                      "the KL at the γ-loss's own slope (label_weight='auto')",
-                                     {"objective": "gamma_label_kl"}),
+                                     {"label_divergence": "kl", "label_weight": "auto"}),
     "t_gamma_label_kl1": _deep_method("t_gamma_label_kl1", "the defaults with the label under "
-                                      "the KL at weight 1", {"objective": "gamma_label_kl1"}),
+                                      "the KL at weight 1", {"label_divergence": "kl"}),
     "t_gamma_sigma025": _deep_method("t_gamma_sigma025", "the defaults with decoder scale "
                                      "σ = 0.25 (entropy weight w0 ≈ 1)", {"sigma": 0.25}),
     "t_gamma_alpha5": _deep_method("t_gamma_alpha5", "the defaults with α = 5 per observed "

@@ -13,7 +13,9 @@ its switch:
   gives ``pyro.module`` itself the fast path, so a model written the idiomatic way, with
   ``pyro.module("name", net)``, trains as fast as the library's own. Both paths give the same
   loss and gradients (``tests/infer/test_module_registration.py``). A ``PyroModule``, which
-  registers through ``pyro.param``, keeps Pyro's path.
+  registers each parameter through ``pyro.param`` as it reads it, keeps Pyro's path: the
+  default model converted to one trains about 1.08× slower per epoch than the library's own
+  (``benchmarks/pyro_module_speed.py``, ``docs/performance.md``).
 """
 
 from __future__ import annotations
