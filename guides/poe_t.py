@@ -48,6 +48,7 @@ from pyro_mmt.nn import (
     LabelConditionedMLP,
     apply_label_network,
     mlp,
+    observed_cell_counts,
     observed_dimension,
     register_module,
 )
@@ -161,7 +162,7 @@ class PoETGuide(nn.Module):
             m: make_likelihood(cfg.likelihood[m], n, sigma=cfg.sigma[m],
                                num_categories=cfg.num_categories.get(m))
             for m, n in cfg.dims.items()}
-        in_dims = {m: lik.in_dim for m, lik in self.likelihoods.items()}
+        in_dims = self.input_dims(cfg, self.likelihoods)
         K, d = cfg.num_classes, cfg.latent_dim
         if classifier is not None and not isinstance(classifier, nn.Module):
             raise ValueError(f"classifier: expected an nn.Module, found "
@@ -186,6 +187,14 @@ class PoETGuide(nn.Module):
         self.register_buffer("label_log_freq", torch.zeros(K) if counts is None
                              else torch.log(counts / counts.sum()), persistent=False)
         self._owner = None
+
+    @staticmethod
+    def input_dims(config: ModelConfig, likelihoods: Mapping[str, Likelihood]) -> dict[str, int]:
+        """The input size of each modality's networks: the family's (:meth:`~pyro_mmt.
+        likelihoods.Likelihood.in_dim`), plus n_j for the cell mask with
+        ``missing_cells="indicator"``."""
+        extra = config.cell_indicators
+        return {m: lik.in_dim + (lik.dim if extra else 0) for m, lik in likelihoods.items()}
 
     def share_with(self, owner: nn.Module) -> PoETGuide:
         """Read ν (``owner.nu``) and the class prior (``owner.class_log_prior``) from the model
@@ -226,7 +235,7 @@ class PoETGuide(nn.Module):
     # ---------------------------------------------------------------------------- guide
     def guide(self, x: Mapping[str, torch.Tensor] | None = None,
               mask: torch.Tensor | None = None, y: torch.Tensor | None = None,
-              batch_size: int | None = None):
+              batch_size: int | None = None, cells: Mapping[str, torch.Tensor] | None = None):
         """q(y, z | x); same arguments as the model's. An unlabelled batch enumerates y; rows
         with y = -1 in a partly labelled batch draw y from q(y | x), the others keep their
         label (a point mass)."""
@@ -235,9 +244,10 @@ class PoETGuide(nn.Module):
         else:
             register_module("m2", self._owner)
         x, mask, batch = self.check_inputs(x, mask, y, batch_size)
+        cells, mask = self.check_cells(cells, x, mask)
         y, known = self.observed_labels(y)
         present = self.present(x, mask)
-        inputs = self.network_inputs(x)
+        inputs = self.network_inputs(x, cells)
         with pyro.plate("data", batch):
             if y is None or known is not None:
                 logits = self.classifier(inputs, present) + self.unlabelled_logit_shift()
@@ -248,11 +258,13 @@ class PoETGuide(nn.Module):
                     "y", dist.Categorical(logits=logits), infer={"enumerate": "parallel"}
                 )
             with poutine.scale(scale=self.config.latent_weight):
-                pyro.sample("z", self.encode(inputs, present, y))
+                pyro.sample("z", self.encode(inputs, present, y, cells))
 
     def encode(self, inputs: Mapping[str, torch.Tensor], present: torch.Tensor,
-               y: torch.Tensor) -> dist.TorchDistribution:
-        """q(z | x, y) from the network inputs, batched over y's shape ([B] or [K, 1])."""
+               y: torch.Tensor, cells: Mapping[str, torch.Tensor] | None = None
+               ) -> dist.TorchDistribution:
+        """q(z | x, y) from the network inputs, batched over y's shape ([B] or [K, 1]);
+        ``cells`` (missing cells) sets the observed dimension of the prior expert."""
         given = [m for m in self.modalities if m in inputs]
         columns = [self.modalities.index(m) for m in given]
         loc, scale2 = [], []
@@ -274,7 +286,8 @@ class PoETGuide(nn.Module):
                 expert_mask = None
         if self.gaussian:
             return gaussian_poe(loc, scale2, expert_mask)
-        obs_dim, log_det = observed_dimension(present, self._dims, self._log_sigma2)
+        counts = observed_cell_counts(cells, self.modalities, self._dims, present.shape[0])
+        obs_dim, log_det = observed_dimension(present, self._dims, self._log_sigma2, counts)
         tau0 = prior_expert_scale(self.nu, obs_dim, self.config.latent_dim, log_det)
         return student_t_poe(loc, scale2, expert_mask, nu=self.nu, obs_dim=obs_dim,
                              prior_scale=tau0)
@@ -292,23 +305,28 @@ class PoETGuide(nn.Module):
 
     @torch.no_grad()
     def predict_proba(self, x: Mapping[str, torch.Tensor], mask: torch.Tensor | None = None,
-                      *, logit_adjustment: float = 0.0) -> torch.Tensor:
+                      *, logit_adjustment: float = 0.0,
+                      cells: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """q(y | x) [B, K] for data with any subset of the modalities (absent keys or
-        ``mask``), optionally with post-hoc logit adjustment: logits − τ log π̂ (π̂ the
-        labelled class frequencies; Menon et al. 2021). Rows sum to 1."""
+        ``mask``) and of their cells (``cells``), optionally with post-hoc logit adjustment:
+        logits − τ log π̂ (π̂ the labelled class frequencies; Menon et al. 2021). Rows sum to
+        1."""
         x, mask, _ = self.check_inputs(x, mask, None, None)
+        cells, mask = self.check_cells(cells, x, mask)
         if logit_adjustment and self.config.label_counts is None:
             raise ValueError("logit_adjustment: post-hoc adjustment needs the labelled class "
                              "counts (config.label_counts), found None")
-        logits = self.classifier(self.network_inputs(x), self.present(x, mask))
+        logits = self.classifier(self.network_inputs(x, cells), self.present(x, mask))
         return torch.softmax(logits - logit_adjustment * self.label_log_freq, dim=-1)
 
     @torch.no_grad()
     def classifier_logits(self, x: Mapping[str, torch.Tensor],
-                          mask: torch.Tensor | None = None) -> torch.Tensor:
+                          mask: torch.Tensor | None = None,
+                          cells: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The classifier's logits f(x) [B, K] (no shift)."""
         x, mask, _ = self.check_inputs(x, mask, None, None)
-        return self.classifier(self.network_inputs(x), self.present(x, mask))
+        cells, mask = self.check_cells(cells, x, mask)
+        return self.classifier(self.network_inputs(x, cells), self.present(x, mask))
 
     # ------------------------------------------------------------------ shared checks
     @staticmethod
@@ -388,6 +406,51 @@ class PoETGuide(nn.Module):
         given = torch.tensor([m in x for m in self.modalities], device=mask.device)
         return mask & given
 
-    def network_inputs(self, x: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The modalities as the encoders and the classifier see them (e.g. one-hot codes)."""
-        return {m: self.likelihoods[m].as_input(v) for m, v in x.items()}
+    def check_cells(self, cells, x, mask) -> tuple[dict, torch.Tensor]:
+        """``cells`` checked (modality -> bool [B, n_j], True where a cell is observed, for
+        modalities given in ``x``; None: every cell of every observed row), and the mask with
+        a modality observed only where one of its cells is."""
+        if cells is None or (isinstance(cells, Mapping) and not cells):
+            return {}, mask
+        if not isinstance(cells, Mapping):
+            raise ValueError(f"cells: expected None or a mapping modality -> bool tensor "
+                             f"[B, n_j], found {type(cells).__name__}")
+        unknown = sorted(set(cells) - set(x))
+        if unknown:
+            raise ValueError(f"cells: modalities {unknown} are not given in x; expected some "
+                             f"of {list(x)}")
+        batch = mask.shape[0]
+        for m, value in cells.items():
+            width = self.likelihoods[m].dim
+            if (not isinstance(value, torch.Tensor) or value.dtype != torch.bool
+                    or value.shape != (batch, width)):
+                found = (f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor)
+                         else type(value).__name__)
+                raise ValueError(f"cells[{m!r}]: expected a bool tensor of shape ({batch}, "
+                                 f"{width}), found {found}")
+        any_cell = torch.stack([cells[m].any(-1) if m in cells else torch.ones_like(mask[:, j])
+                                for j, m in enumerate(self.modalities)], -1)
+        return dict(cells), mask & any_cell
+
+    def network_inputs(self, x: Mapping[str, torch.Tensor],
+                       cells: Mapping[str, torch.Tensor] | None = None
+                       ) -> dict[str, torch.Tensor]:
+        """The modalities as the encoders and the classifier see them (e.g. one-hot codes).
+
+        A missing cell (``cells``) enters as 0 in its family's code; with
+        ``missing_cells="indicator"`` the cell mask (1 = observed) follows the code, so the
+        networks tell a missing cell from an observed 0 (``docs/derivation.md`` §11)."""
+        inputs = {}
+        for m, v in x.items():
+            likelihood = self.likelihoods[m]
+            code = likelihood.as_input(v)
+            observed = None if not cells else cells.get(m)
+            if observed is not None:  # each cell's share of the code (C_j entries if one-hot)
+                per_cell = likelihood.in_dim // likelihood.dim
+                code = code * observed.repeat_interleave(per_cell, -1).to(code.dtype)
+            if self.config.cell_indicators:
+                indicator = (torch.ones_like(v, dtype=code.dtype) if observed is None
+                             else observed.to(code.dtype))
+                code = torch.cat([code, indicator], -1)
+            inputs[m] = code
+        return inputs

@@ -57,6 +57,7 @@ from pyro_mmt.likelihoods import Gaussian, Likelihood, StudentT, make_likelihood
 from pyro_mmt.nn import (
     LabelConditionedMLP,
     apply_label_network,
+    observed_cell_counts,
     observed_dimension,
     register_module,
 )
@@ -131,7 +132,7 @@ class MultimodalM2(nn.Module):
                                num_categories=cfg.num_categories.get(m))
             for m, n in cfg.dims.items()
         }
-        in_dims = {m: lik.in_dim for m, lik in self.likelihoods.items()}
+        in_dims = PoETGuide.input_dims(cfg, self.likelihoods)
         # (built in this order, classifier, decoders, encoders, so that a seed gives the same
         # initial weights as before the guide became a module of its own)
         if classifier is not None and not isinstance(classifier, nn.Module):
@@ -182,10 +183,10 @@ class MultimodalM2(nn.Module):
     # ------------------------------------------------------------------------- the guide
     def guide(self, x: Mapping[str, torch.Tensor] | None = None,
               mask: torch.Tensor | None = None, y: torch.Tensor | None = None,
-              batch_size: int | None = None):
+              batch_size: int | None = None, cells: Mapping[str, torch.Tensor] | None = None):
         """q(y, z | x): the guide module's (:meth:`~pyro_mmt.guides.PoETGuide.guide`); same
         arguments as the model's."""
-        return self.q.guide(x, mask, y, batch_size)
+        return self.q.guide(x, mask, y, batch_size, cells)
 
     @property
     def classifier(self) -> nn.Module:
@@ -210,21 +211,22 @@ class MultimodalM2(nn.Module):
         """log π̂, the labelled class frequencies (zeros without ``label_counts``)."""
         return self.q.label_log_freq
 
-    def encode(self, inputs, present, y) -> dist.TorchDistribution:
+    def encode(self, inputs, present, y, cells=None) -> dist.TorchDistribution:
         """q(z | x, y) (:meth:`~pyro_mmt.guides.PoETGuide.encode`)."""
-        return self.q.encode(inputs, present, y)
+        return self.q.encode(inputs, present, y, cells)
 
     def unlabelled_logit_shift(self) -> torch.Tensor:
         """τ' log π_u (:meth:`~pyro_mmt.guides.PoETGuide.unlabelled_logit_shift`)."""
         return self.q.unlabelled_logit_shift()
 
-    def predict_proba(self, x, mask=None, *, logit_adjustment: float = 0.0) -> torch.Tensor:
+    def predict_proba(self, x, mask=None, *, logit_adjustment: float = 0.0,
+                      cells=None) -> torch.Tensor:
         """q(y | x) (:meth:`~pyro_mmt.guides.PoETGuide.predict_proba`)."""
-        return self.q.predict_proba(x, mask, logit_adjustment=logit_adjustment)
+        return self.q.predict_proba(x, mask, logit_adjustment=logit_adjustment, cells=cells)
 
-    def classifier_logits(self, x, mask=None) -> torch.Tensor:
+    def classifier_logits(self, x, mask=None, cells=None) -> torch.Tensor:
         """The classifier's logits f(x) (:meth:`~pyro_mmt.guides.PoETGuide.classifier_logits`)."""
-        return self.q.classifier_logits(x, mask)
+        return self.q.classifier_logits(x, mask, cells)
 
     def check_inputs(self, x, mask, y, batch_size):
         """The model's and guide's arguments, checked (:meth:`~pyro_mmt.guides.PoETGuide.check_inputs`)."""
@@ -237,9 +239,9 @@ class MultimodalM2(nn.Module):
     #: ``(y, known)`` with -1 an unobserved label (:meth:`~pyro_mmt.guides.PoETGuide.observed_labels`).
     observed_labels = staticmethod(PoETGuide.observed_labels)
 
-    def network_inputs(self, x) -> dict[str, torch.Tensor]:
+    def network_inputs(self, x, cells=None) -> dict[str, torch.Tensor]:
         """The modalities as the networks see them."""
-        return self.q.network_inputs(x)
+        return self.q.network_inputs(x, cells)
 
     # ------------------------------------------------------------------------- settings
     @property
@@ -281,7 +283,7 @@ class MultimodalM2(nn.Module):
     # ---------------------------------------------------------------------------- model
     def model(self, x: Mapping[str, torch.Tensor] | None = None,
               mask: torch.Tensor | None = None, y: torch.Tensor | None = None,
-              batch_size: int | None = None):
+              batch_size: int | None = None, cells: Mapping[str, torch.Tensor] | None = None):
         """p(x, y, z), plus α Σ w_y log q(y | x) on labelled data.
 
         :param x: modality -> [B, n_j] (rows of a missing modality hold any finite value);
@@ -291,10 +293,17 @@ class MultimodalM2(nn.Module):
             the guide enumerate it); -1 in some rows: y is latent, the guide keeps the given
             labels and draws the others from q(y | x) (for ``Predictive``).
         :param batch_size: B, needed only when neither ``x`` nor ``y`` is given.
+        :param cells: missing cells: modality (given in ``x``) -> bool [B, n_j], True where a
+            cell is observed (missing cells hold any value in the family's support, e.g. 0).
+            Only the observed cells are scored (``docs/derivation.md`` §11), and the site
+            ``x_<name>_missing`` draws the modality from p(x_j | x_observed, y, z): its missing
+            cells are the posterior predictive draws under ``Predictive(model, guide=guide)``
+            (its log-density is masked out: it changes no objective).
         """
         register_module("m2", self)
         cfg = self.config
         x, mask, batch = self.check_inputs(x, mask, y, batch_size)
+        cells, mask = self.q.check_cells(cells, x, mask)
         y, known = self.observed_labels(y)  # -1 = unobserved
         labelled = y is not None and known is None
         # a modality given in x is observed where mask says so; one left out is sampled
@@ -312,52 +321,82 @@ class MultimodalM2(nn.Module):
                 z = pyro.sample("z", self.latent_prior())
 
             # the decoder chain: x_j | y, z (and the Student-t modalities before j)
+            missing = {}  # modality -> (family, decoder output), for its missing cells
             quad = z.pow(2).sum(-1)  # ‖z‖² + Σ_{k<j} R_k
             dof = (nu + cfg.latent_dim).expand(batch)  # ν + d + Σ_{k<j} n_k, per datum
             for j, m in enumerate(self.modalities):
                 likelihood, present = self.likelihoods[m], in_chain[:, j]
                 out = apply_label_network(self.decoders[m], f"decoders[{m!r}]", z, y)
                 chained = likelihood.joint_t and not self.gaussian
-                fn = (likelihood.conditional(out, nu, quad, dof) if chained
-                      else likelihood.distribution(out))
+                observed = cells.get(m)  # its cells, when some are missing
+                if chained:
+                    fn = likelihood.conditional(out, nu, quad, dof, observed)
+                else:
+                    fn = likelihood.distribution(out)
+                    if observed is not None:
+                        fn = likelihood.observed_cells(fn, observed)
                 x_m = pyro.sample(f"x_{m}", fn if everywhere else fn.mask(present),
                                   obs=x.get(m))
                 if chained:  # R_j = ‖x_j − μ_j‖²/σ_j², from the value the site returned
                     resid = fn.sum_of_squares(x_m) / likelihood.sigma**2
+                    size = cfg.dims[m] if observed is None else fn.observed_size
                     if everywhere:
-                        quad, dof = quad + resid, dof + cfg.dims[m]
+                        quad, dof = quad + resid, dof + size
                     else:
                         quad = quad + torch.where(present, resid, torch.zeros_like(resid))
-                        dof = dof + present.to(quad.dtype) * cfg.dims[m]
+                        dof = dof + present.to(quad.dtype) * size
+                if observed is not None:
+                    missing[m] = (likelihood, out)
+
+            # the missing cells given every observed one, y and z: the Student-t modalities
+            # continue the chain (exact), the others are independent given (y, z)
+            # (not under the enumeration of y: the sites are for Predictive, which draws y)
+            # (recorded as auxiliary sites whose log-density is masked out, like
+            # pyro.deterministic: they change no objective and need no guide site)
+            for m, (likelihood, out) in (missing.items() if y.dim() == 1 else ()):
+                chained = likelihood.joint_t and not self.gaussian
+                fn = (likelihood.conditional(out, nu, quad, dof) if chained
+                      else likelihood.distribution(out))
+                draw = fn.sample()
+                pyro.sample(f"x_{m}_missing", fn.mask(False), obs=draw,
+                            infer={"is_auxiliary": True})
+                if chained:
+                    hidden = ~cells[m]
+                    resid = torch.where(hidden, draw - out, torch.zeros_like(draw)).pow(2).sum(-1)
+                    quad = quad + resid / likelihood.sigma**2
+                    dof = dof + hidden.to(quad.dtype).sum(-1)
 
             # ‖p‖_{1+γ}, which no trace contains (GammaPowerELBO needs it; others ignore it)
-            declare_power_norm(self.power_norm(in_chain))
+            declare_power_norm(self.power_norm(in_chain, cells))
 
             # α Σ_labelled w_y log q(y | x): the M2 classification term
             if labelled and x and cfg.alpha > 0:
-                logits = (self.classifier(self.network_inputs(x), self.present(x, mask))
+                logits = (self.classifier(self.network_inputs(x, cells), self.present(x, mask))
                           + cfg.logit_adjustment * self.label_log_freq)
                 log_q = dist.Categorical(logits=logits).log_prob(y)
                 weight = cfg.alpha * self.class_weights[y]
                 if cfg.alpha_unit == "dimension":  # α per observed dimension of the datum
+                    counts = observed_cell_counts(cells, self.modalities, self._dims, batch)
                     weight = weight * observed_dimension(self.present(x, mask), self._dims,
-                                                         self._log_sigma2)[0]
+                                                         self._log_sigma2, counts)[0]
                 pyro.factor("classification", weight * log_q)
 
-    def power_norm(self, observed: torch.Tensor):
+    def power_norm(self, observed: torch.Tensor,
+                   cells: Mapping[str, torch.Tensor] | None = None):
         """The declaration of ‖p‖_{1+γ} for data whose observed modalities are ``observed``
         (bool [B, M]): closed form for the all-Student-t (or all-Gaussian) model; for a mixed
         model whose every family has a closed-form power integral, x summed or integrated
         exactly and z drawn (:class:`LatentMonteCarloPowerNorm`); otherwise ancestral draws of
         the whole model (:class:`~pyro_mmt.infer.MonteCarloPowerNorm`); ``docs/derivation.md``
-        §9."""
-        obs_dim, log_det = observed_dimension(observed, self._dims, self._log_sigma2)
+        §9. With missing cells (``cells``), n counts each datum's observed cells (§11)."""
+        counts = observed_cell_counts(cells, self.modalities, self._dims, observed.shape[0])
+        obs_dim, log_det = observed_dimension(observed, self._dims, self._log_sigma2, counts)
         if not self.closed_form_norm:
             nu = None if self.gaussian else self.nu
             if all(lik.joint_t or lik.has_power_integral for lik in self.likelihoods.values()):
-                return LatentMonteCarloPowerNorm(self, observed, obs_dim, nu=nu)
-            return MonteCarloPowerNorm(self.model, observed, obs_dim, self.config.latent_dim,
-                                       nu=nu)
+                return LatentMonteCarloPowerNorm(self, observed, obs_dim, nu=nu, cells=cells)
+            norm = _NoNormWithMissingCells if cells else MonteCarloPowerNorm
+            return norm(self.model, observed, obs_dim, self.config.latent_dim, nu=nu)
         if self.gaussian:
             return GaussianPowerNorm(obs_dim, self.config.latent_dim, log_det,
                                      self.class_log_prior)
@@ -392,6 +431,21 @@ class MultimodalM2(nn.Module):
             log_pi = torch.log(counts / counts.sum())
         self.class_log_prior.copy_(log_pi)
         return self.class_prior()
+
+
+class _NoNormWithMissingCells(MonteCarloPowerNorm):
+    """The norm of a model with missing cells and a family without a closed-form power
+    integral: the ancestral draws of :class:`MonteCarloPowerNorm` score whole modalities, so
+    the γ-objective refuses it (other objectives never ask for the norm)."""
+
+    def _refuse(self, *args, **kwargs):
+        raise ValueError(
+            "cells: missing cells under the gamma_power objective need every family of a mixed "
+            "model to have a closed-form power integral (Likelihood.log_power_integral with "
+            "cells=); found a family without one; expected the built-in families (or fill the "
+            "cells, or train with the kl objective)")
+
+    log_norm = log_conditional_norm = _refuse
 
 
 def _state_before_the_guide_module(state_dict, prefix, *args):
@@ -435,16 +489,20 @@ class LatentMonteCarloPowerNorm(PowerNorm):
     :param torch.Tensor obs_dim: n per datum (for the "auto" γ).
     :param nu: ν (None for the Gaussian model).
     :param int num_draws: S, draws of z.
+    :param cells: missing cells (modality -> bool [B, n_j], True where observed): a missing
+        cell drops out of its modality's factor, as a missing modality does (§11).
     """
 
     power_form = False
     #: S: draws of z (``docs/derivation.md`` §9).
     default_num_draws = 32
 
-    def __init__(self, m2: MultimodalM2, observed, obs_dim, *, nu=None, num_draws=None):
+    def __init__(self, m2: MultimodalM2, observed, obs_dim, *, nu=None, num_draws=None,
+                 cells=None):
         super().__init__(obs_dim, m2.config.latent_dim, torch.zeros_like(obs_dim),
                          class_log_prior=m2.class_log_prior)
         self.m2, self.observed, self.nu = m2, observed, nu
+        self.cells = dict(cells or {})
         self.num_draws = int(num_draws or self.default_num_draws)
 
     def auto_gamma(self):
@@ -480,7 +538,9 @@ class LatentMonteCarloPowerNorm(PowerNorm):
         m2, d = self.m2, self.latent_dim
         gamma = torch.as_tensor(gamma, dtype=self.obs_dim.dtype, device=self.obs_dim.device)
         gamma = gamma.expand(self.batch_shape)
-        patterns, which = torch.unique(self.observed, dim=0, return_inverse=True)
+        with_cells = [m for m in m2.likelihoods if m in self.cells]
+        key = torch.cat([self.observed] + [self.cells[m] for m in with_cells], -1)
+        patterns, which = torch.unique(key, dim=0, return_inverse=True)
         prior = m2.latent_prior()
         labels = torch.arange(m2.config.num_classes, device=self.obs_dim.device).unsqueeze(-1)
         values = []
@@ -491,11 +551,16 @@ class LatentMonteCarloPowerNorm(PowerNorm):
                                  "observed modalities")
             g = g[0]
             present = [m for j, m in enumerate(m2.likelihoods) if bool(pattern[j])]
+            pattern_cells, start = {}, len(m2.likelihoods)
+            for m in with_cells:  # this pattern's observed cells
+                pattern_cells[m] = pattern[start:start + m2.likelihoods[m].dim]
+                start += m2.likelihoods[m].dim
+            size = {m: int(pattern_cells[m].sum()) if m in pattern_cells
+                    else m2.likelihoods[m].dim for m in present}
             chained = [m for m in present
                        if m2.likelihoods[m].joint_t and not m2.gaussian]
-            n_t = sum(m2.likelihoods[m].dim for m in chained)
-            log_det_t = sum(m2.likelihoods[m].dim * 2 * math.log(m2.likelihoods[m].sigma)
-                            for m in chained)
+            n_t = sum(size[m] for m in chained)
+            log_det_t = sum(size[m] * 2 * math.log(m2.likelihoods[m].sigma) for m in chained)
             # z from the proposal, reparameterised: the weights p(z)^{1+γ} I_t(z)/r(z) are
             # constant for the Student-t part, so only the other families add variance
             proposal = self.proposal(g, n_t)
@@ -510,7 +575,10 @@ class LatentMonteCarloPowerNorm(PowerNorm):
             for m in present:
                 if m not in chained:  # a missing modality integrates to 1: left out
                     out = m2.decoders[m](z, labels)  # [K, S, out_dim]
-                    total = total + m2.likelihoods[m].log_power_integral(out, g)
+                    total = total + (
+                        m2.likelihoods[m].log_power_integral(out, g) if m not in pattern_cells
+                        else m2.likelihoods[m].log_power_integral(out, g,
+                                                                  cells=pattern_cells[m]))
             if conditional:  # one value per class
                 log_integral = torch.logsumexp(total, -1) - math.log(self.num_draws)
             else:

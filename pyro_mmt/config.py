@@ -43,6 +43,7 @@ __all__ = [
     "resumable_settings",
     "CLASS_PRIORS",
     "ALPHA_UNITS",
+    "MISSING_CELLS",
     "OBJECTIVES",
     "LABEL_DIVERGENCES",
     "OPTIMIZERS",
@@ -55,6 +56,9 @@ CLASS_PRIORS = ("uniform", "learned")
 
 #: What the classification weight α is counted per (``ModelConfig.alpha_unit``).
 ALPHA_UNITS = ("datum", "dimension")
+
+#: ``ModelConfig.missing_cells``: how the guide's networks see a missing cell.
+MISSING_CELLS = ("auto", "indicator", "zero")
 
 #: ``TrainingConfig.objective``: the γ-power divergence or the M2 ELBO (KL).
 OBJECTIVES = ("gamma_power", "kl")
@@ -318,6 +322,13 @@ class ModelConfig:
     label_counts: Sequence[int] | None = setting(None, data=True, help="labelled rows per class")
     joint_head: bool = setting(False, BOOLEAN, "add a head on the concatenated modalities to "
                                "the classifier")
+    missing_cells: str = setting(
+        "auto", one_of(*MISSING_CELLS),
+        "how the guide's networks see a missing cell (a NaN in a row with other values): "
+        "indicator (the values, missing ones 0, next to the cell mask), zero (the values, "
+        "missing ones 0: the training mean of standardised data) or auto (indicator when the "
+        "training data have a missing cell, else zero; a ModelConfig built by hand: zero); the "
+        "model scores the observed cells only in every case")
     latent_weight: float = setting(
         1.0, POSITIVE, "β > 0 scaling the z sites' log-densities (a β-VAE; the kl objective "
         "only: gamma_power refuses β ≠ 1)")
@@ -412,6 +423,13 @@ class ModelConfig:
     def modalities(self) -> tuple[str, ...]:
         """The modality names, in order."""
         return tuple(self.dims)
+
+    @property
+    def cell_indicators(self) -> bool:
+        """Whether the guide's networks take the cell mask next to the values
+        (``missing_cells="indicator"``; "auto" is "zero" here: the estimator turns it into
+        "indicator" when its training data miss a cell)."""
+        return self.missing_cells == "indicator"
 
     @property
     def gaussian(self) -> bool:

@@ -49,6 +49,7 @@ from pyro.distributions.util import sum_rightmost
 __all__ = [
     "DiagStudentT",
     "IsotropicStudentT",
+    "ObservedCellsStudentT",
     "auto_gamma",
     "gaussian_log_norm",
     "gaussian_poe",
@@ -291,6 +292,56 @@ class IsotropicStudentT(DiagStudentT):
         if self._validate_args:
             self._validate_sample(value)
         dim = self.event_shape[0]
+        scale2 = self.iso_scale.pow(2)
+        log_norm = _log_t_normaliser(self.df, dim) - dim / 2 * scale2.log()
+        return log_norm - 0.5 * (self.df + dim) * torch.log1p(
+            self.sum_of_squares(value) / (scale2 * self.df)
+        )
+
+
+class ObservedCellsStudentT(IsotropicStudentT):
+    r"""An :class:`IsotropicStudentT` :math:`t_D(m, s^2 I, \nu)` scored on the observed cells
+    of each value only: the marginal of a multivariate t over a subset of its coordinates is a
+    t with the same ν and scale over that subset (``docs/derivation.md`` §11), so
+
+    .. math::
+
+        \log p(v_o) = \log C(\nu, D_o) - D_o \log s
+            - \tfrac{\nu + D_o}{2} \log\big(1 + \|v_o - m_o\|^2 / (s^2 \nu)\big),
+
+    with :math:`D_o` the number of observed cells of the value (per batch element) and
+    :meth:`sum_of_squares` over them. Draws are of all D coordinates.
+
+    :param cells: bool [..., D], True where a cell is observed (broadcast against the batch).
+    """
+
+    def __init__(self, df, loc, scale, cells, validate_args=None):
+        super().__init__(df, loc, scale, validate_args=validate_args)
+        self.cells = cells
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(ObservedCellsStudentT, _instance)
+        new = super().expand(batch_shape, _instance=new)
+        new.cells = self.cells
+        return new
+
+    @property
+    def observed_size(self) -> torch.Tensor:
+        """D_o per batch element."""
+        size = self.cells.to(self.loc.dtype).sum(-1)
+        return size.expand(torch.broadcast_shapes(size.shape, self.batch_shape))
+
+    def sum_of_squares(self, value: torch.Tensor) -> torch.Tensor:
+        r""":math:`\|v_o - m_o\|^2`, over the observed cells."""
+        if self._squares.get("value") is not value:
+            squares = torch.where(self.cells, value - self.loc, torch.zeros_like(self.loc))
+            self._squares.update(value=value, result=squares.pow(2).sum(-1))
+        return self._squares["result"]
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        dim = self.observed_size
         scale2 = self.iso_scale.pow(2)
         log_norm = _log_t_normaliser(self.df, dim) - dim / 2 * scale2.log()
         return log_norm - 0.5 * (self.df + dim) * torch.log1p(

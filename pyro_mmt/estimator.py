@@ -22,13 +22,14 @@ import numpy as np
 import pandas as pd
 import pyro
 import torch
-from pyro.infer import TraceEnum_ELBO
+from pyro.infer import Predictive, TraceEnum_ELBO
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import balanced_accuracy_score
 from torch import nn
 
 from pyro_mmt.config import (
+    COUNT,
     EstimatorOptions,
     ModelConfig,
     TrainingConfig,
@@ -160,7 +161,9 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
 
     ``fit(X, y)`` takes ``X`` as
 
-    - a mapping modality name -> array or DataFrame [N, n_j] (a row of NaN = modality missing),
+    - a mapping modality name -> array or DataFrame [N, n_j] (a row of NaN = modality missing,
+      a NaN among values = a missing cell, left out of the model's density and filled by
+      :meth:`impute`),
     - a DataFrame whose columns are a two-level MultiIndex (modality, feature), e.g.
       ``pandas.concat({"top": top, "bottom": bottom}, axis=1)``: the form that scikit-learn's
       model selection (``cross_val_score``, ``GridSearchCV``) can split by rows, or
@@ -215,6 +218,11 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     __init__ = _init_from_declarations(estimator_settings())
 
     # ------------------------------------------------------------------- parameter checks
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # NaN: a missing cell, or a missing modality's row
+        return tags
+
     def _check_params(self) -> None:
         """Every parameter against its declared constraint (a ValueError naming it, one kind
         of message: :func:`~pyro_mmt.config.check_setting`), then what the settings cannot
@@ -395,7 +403,11 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             dims=dict(data.dims), num_classes=self.n_classes_, num_categories=num_categories,
             label_counts=tuple(int(c) for c in counts),
             **{**_model_settings(self), "likelihood": families,
-               "class_weight": self._class_weights()})
+               "class_weight": self._class_weights(),
+               # "auto": the cell mask enters the networks when the training data miss a cell
+               # (else "auto" stays, which is "zero": the ModelConfig of complete data)
+               "missing_cells": ("indicator" if self.missing_cells == "auto" and data.cells
+                                 else self.missing_cells)})
 
         device = torch.device(self.device)
         fit_fn = train
@@ -551,6 +563,89 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             data = self._dataset(X, fitted=True)
             device = torch.device(self.device)
             return np.mean([predict_proba(m2, data, device=device) for m2 in self.members_], 0)
+
+    def impute(self, X, *, num_samples: int = 100, return_draws: bool = False,
+               seed: int = 0, batch_size: int = 1024):
+        """``X`` with its missing cells (NaN in a row with other values) filled from the
+        posterior predictive p(x_miss | x_obs) of the fitted model, in the units of ``X``.
+
+        The draws come from Pyro's ``Predictive(model, guide=guide)``: y and z from the guide
+        q(y, z | x_obs), then the missing cells from the model given them and the observed
+        cells (the site ``x_<modality>_missing``; ``docs/derivation.md`` §11). Every
+        missing cell is filled with the mean of ``num_samples`` draws (for a categorical
+        modality, the most frequent category), a modality missing as a whole (a row entirely
+        NaN, or left out of ``X``) too, from the modalities observed; observed cells are
+        returned unchanged. With ``n_init > 1`` the draws are shared equally among the
+        members.
+
+        :param X: the data, as for :meth:`predict` (any subset of the modalities).
+        :param int num_samples: draws per row.
+        :param bool return_draws: also return the draws.
+        :param int seed: the seed of the draws.
+        :returns: modality -> float64 array [N, n_j] for the modalities of the fitted model;
+            with ``return_draws``, ``(filled, draws)`` where ``draws[m]`` is [num_samples, N,
+            n_j], the observed cells repeated in every draw.
+        """
+        self._check_fitted()
+        check_setting("num_samples", num_samples, COUNT)
+        check_setting("batch_size", batch_size, COUNT)
+        with self._threads():
+            data = self._dataset(X, fitted=True)
+            if isinstance(X, MultimodalDataset):  # the user's values, to return as they are
+                x_user = {m: v for m, v in X.to_numpy()[0].items() if m in self.modalities_}
+            else:
+                x_user = as_modality_mapping(X, self.modalities)
+            x_user = {m: np.array(v, dtype=np.float64) for m, v in self._complete(x_user).items()}
+            # the observed cells of every modality with something missing (a missing row: none)
+            observed = {m: (data.cells[m] if m in data.cells
+                            else data.mask[:, j:j + 1].expand(-1, data.dims[m]))
+                        for j, m in enumerate(data.modalities)
+                        if m in data.cells or not bool(data.mask[:, j].all())}
+            device = torch.device(self.device)
+            members = self.members_
+            shares = [len(a) for a in np.array_split(np.arange(num_samples), len(members))]
+            draws = {m: [] for m in observed}
+            for start in range(0, len(data), batch_size):
+                rows = np.arange(start, min(start + batch_size, len(data)))
+                sub = data[rows]
+                x = {m: v.to(device) for m, v in sub.x.items()}
+                cells = {m: c[rows].to(device) for m, c in observed.items()}
+                parts = {m: [] for m in observed}
+                for i, (m2, share) in enumerate(zip(members, shares)):
+                    if not share or not cells:
+                        continue
+                    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the user's
+                        torch.manual_seed(seed + 1000 * i + start)            # stream is kept
+                        out = Predictive(m2.model, guide=m2.guide, num_samples=share,
+                                         return_sites=[f"x_{m}_missing" for m in cells])(
+                            x, sub.mask.to(device), None, cells=cells)
+                    for m in cells:
+                        parts[m].append(out[f"x_{m}_missing"].detach().cpu().double().numpy())
+                for m in observed:
+                    draws[m].append(np.concatenate(parts[m]))
+        filled, all_draws = {}, {}
+        for m in data.modalities:
+            values = x_user[m]
+            if m in draws:
+                sample = np.concatenate(draws[m], axis=1)
+                if self.standardiser_ is not None:
+                    sample = self.standardiser_.inverse_transform_modality(m, sample)
+                hidden = ~observed[m].numpy()
+                likelihood = self.model_.likelihoods[m]
+                if likelihood.needs_categories:  # the most frequent category
+                    codes = np.rint(sample).astype(np.int64)
+                    counts = np.stack([(codes == c).sum(0)
+                                       for c in range(likelihood.num_categories)])
+                    estimate = counts.argmax(0).astype(np.float64)
+                else:
+                    estimate = sample.mean(0)
+                values[hidden] = estimate[hidden]
+                sample = np.where(hidden[None], sample, values[None])
+            else:
+                sample = np.repeat(values[None], num_samples, axis=0)
+            filled[m] = values
+            all_draws[m] = sample
+        return (filled, all_draws) if return_draws else filled
 
     def predict(self, X) -> np.ndarray:
         """The most probable class under q(y | x), as a label of ``classes_``."""
@@ -711,7 +806,8 @@ def _classifier_logits(m2: MultimodalM2, data: MultimodalDataset, device,
     for start in range(0, len(data), batch_size):
         sub = data[np.arange(start, min(start + batch_size, len(data)))]
         x = {m: v.to(device) for m, v in sub.x.items()}
-        out.append(m2.classifier_logits(x, sub.mask.to(device)))
+        cells = {m: c.to(device) for m, c in sub.cells.items()}
+        out.append(m2.classifier_logits(x, sub.mask.to(device), cells))
     return torch.cat(out)
 
 

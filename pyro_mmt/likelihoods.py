@@ -38,7 +38,7 @@ import pyro.distributions as dist
 import torch
 from torch.nn import functional as F
 
-from pyro_mmt.distributions import IsotropicStudentT
+from pyro_mmt.distributions import IsotropicStudentT, ObservedCellsStudentT
 
 __all__ = [
     "Likelihood",
@@ -94,13 +94,30 @@ class Likelihood:
         """p(x_j | y, z) from the decoder output ``out`` [..., out_dim]: event shape (n_j,)."""
         raise NotImplementedError
 
+    def observed_cells(self, fn: dist.TorchDistribution,
+                       cells: torch.Tensor) -> dist.TorchDistribution:
+        """``fn`` (from :meth:`distribution`) scored on the observed cells only: ``cells`` bool
+        [B, n_j], True where a cell is observed. The default masks the log-density of each
+        column, which is exact for a family whose columns are independent given (y, z) (every
+        built-in family but the Student-t chain, which :meth:`StudentT.conditional`
+        marginalises instead)."""
+        if not (isinstance(fn, dist.Independent) and fn.reinterpreted_batch_ndims == 1):
+            raise ValueError(
+                f"likelihood: the {self.name or type(self).__name__} family does not support "
+                f"missing cells (its distribution is {type(fn).__name__}); expected one with "
+                "independent columns, Independent(base, 1)"
+            )
+        return fn.base_dist.mask(cells).to_event(1)
+
     def check_values(self, values: np.ndarray, name: str) -> None:
         """Raise a ``ValueError`` naming ``name`` if an observed value is outside the support.
         ``values`` holds the observed rows only ([N_obs, n_j])."""
 
-    def log_power_integral(self, out: torch.Tensor, gamma) -> torch.Tensor:
+    def log_power_integral(self, out: torch.Tensor, gamma, cells=None) -> torch.Tensor:
         r""":math:`\log \int p(x_j \mid y, z)^{1+\gamma}\, dx_j` (a sum over x_j for a discrete
-        family) for the decoder output ``out`` [..., out_dim]: shape ``out.shape[:-1]``.
+        family) for the decoder output ``out`` [..., out_dim]: shape ``out.shape[:-1]``. With
+        ``cells`` (bool [n_j], the observed cells) the integral of the observed columns' density
+        (the built-in families' columns are independent: a sum over the observed columns).
 
         A family that has it lets the model compute its power norm with x summed or integrated
         exactly and only z drawn (``docs/derivation.md`` §9); without it (the default raises
@@ -135,19 +152,24 @@ class StudentT(Likelihood):
     continuous = True
     joint_t = True
 
-    def conditional(self, loc, nu, quad, dof) -> IsotropicStudentT:
-        """The chain's conditional t_{n_j}(μ_j, (ν + quad)/dof σ_j² I, dof)."""
+    def conditional(self, loc, nu, quad, dof, cells=None) -> IsotropicStudentT:
+        """The chain's conditional t_{n_j}(μ_j, (ν + quad)/dof σ_j² I, dof); with ``cells``
+        (bool [B, n_j]) its marginal over the observed cells (same ν, scale and dof,
+        ``docs/derivation.md`` §11)."""
         scale = ((nu + quad) / dof).sqrt() * self.sigma
+        if cells is not None:
+            return ObservedCellsStudentT(dof, loc, scale, cells)
         return IsotropicStudentT(dof, loc, scale)
 
     def distribution(self, out):
         return dist.Normal(out, self.sigma).to_event(1)
 
-    def log_power_integral(self, out, gamma):
+    def log_power_integral(self, out, gamma, cells=None):
         """The Gaussian case (ν = ∞); in the t model the chain's integral is the model's."""
         gamma = torch.as_tensor(gamma, dtype=out.dtype, device=out.device)
-        value = self.dim * (-gamma / 2 * math.log(2 * math.pi) - gamma * math.log(self.sigma)
-                            - 0.5 * torch.log1p(gamma))
+        dim = self.dim if cells is None else cells.to(out.dtype).sum(-1)
+        value = dim * (-gamma / 2 * math.log(2 * math.pi) - gamma * math.log(self.sigma)
+                       - 0.5 * torch.log1p(gamma))
         return value.expand(torch.broadcast_shapes(out.shape[:-1], value.shape))
 
 
@@ -160,11 +182,12 @@ class Gaussian(Likelihood):
     def distribution(self, out):
         return dist.Normal(out, self.sigma).to_event(1)
 
-    def log_power_integral(self, out, gamma):
+    def log_power_integral(self, out, gamma, cells=None):
         """n_j [−(γ/2) log 2π − γ log σ_j − ½ log(1 + γ)]: it does not depend on μ."""
         gamma = torch.as_tensor(gamma, dtype=out.dtype, device=out.device)
-        value = self.dim * (-gamma / 2 * math.log(2 * math.pi) - gamma * math.log(self.sigma)
-                            - 0.5 * torch.log1p(gamma))
+        dim = self.dim if cells is None else cells.to(out.dtype).sum(-1)
+        value = dim * (-gamma / 2 * math.log(2 * math.pi) - gamma * math.log(self.sigma)
+                       - 0.5 * torch.log1p(gamma))
         return value.expand(torch.broadcast_shapes(out.shape[:-1], value.shape))
 
 
@@ -176,11 +199,11 @@ class Bernoulli(Likelihood):
     def distribution(self, out):
         return dist.Bernoulli(logits=out).to_event(1)
 
-    def log_power_integral(self, out, gamma):
+    def log_power_integral(self, out, gamma, cells=None):
         """Σ_i log(p_i^{1+γ} + (1 − p_i)^{1+γ}), p_i = sigmoid(logit_i)."""
         gamma = torch.as_tensor(gamma, dtype=out.dtype, device=out.device).unsqueeze(-1)
         both = torch.stack([F.logsigmoid(out), F.logsigmoid(-out)], -1)
-        return torch.logsumexp((1 + gamma.unsqueeze(-1)) * both, -1).sum(-1)
+        return _sum_cells(torch.logsumexp((1 + gamma.unsqueeze(-1)) * both, -1), cells)
 
     def check_values(self, values, name):
         bad = ~np.isin(values, (0, 1))
@@ -199,7 +222,7 @@ class Poisson(Likelihood):
     def distribution(self, out):
         return dist.Poisson(F.softplus(out) + 1e-6).to_event(1)
 
-    def log_power_integral(self, out, gamma):
+    def log_power_integral(self, out, gamma, cells=None):
         """Σ_i log Σ_{k=0}^{k_max} Poisson(k; λ_i)^{1+γ}, the series cut at
         k_max = λ_max + 12 √λ_max + 30 (the terms beyond are below e^{-70} of the sum's
         largest for |γ| < 0.5)."""
@@ -210,7 +233,7 @@ class Poisson(Likelihood):
                          device=out.device)
         log_pmf = k * rate.unsqueeze(-1).log() - rate.unsqueeze(-1) - torch.lgamma(k + 1)
         scale = (1 + gamma).reshape(gamma.shape + (1, 1))
-        return torch.logsumexp(scale * log_pmf, -1).sum(-1)
+        return _sum_cells(torch.logsumexp(scale * log_pmf, -1), cells)
 
     def check_values(self, values, name):
         bad = (values < 0) | (values != np.round(values))
@@ -252,12 +275,12 @@ class Categorical(Likelihood):
         logits = out.reshape(out.shape[:-1] + (self.dim, self.num_categories))
         return dist.Categorical(logits=logits).to_event(1)
 
-    def log_power_integral(self, out, gamma):
+    def log_power_integral(self, out, gamma, cells=None):
         """Σ_i log Σ_c p_ic^{1+γ}."""
         gamma = torch.as_tensor(gamma, dtype=out.dtype, device=out.device)
         logits = out.reshape(out.shape[:-1] + (self.dim, self.num_categories))
         scale = (1 + gamma).reshape(gamma.shape + (1, 1))
-        return torch.logsumexp(scale * torch.log_softmax(logits, -1), -1).sum(-1)
+        return _sum_cells(torch.logsumexp(scale * torch.log_softmax(logits, -1), -1), cells)
 
     def check_values(self, values, name):
         bad = (values < 0) | (values >= self.num_categories) | (values != np.round(values))
@@ -267,6 +290,13 @@ class Categorical(Likelihood):
                 f"integer codes 0..{self.num_categories - 1}, found "
                 f"{np.unique(values[bad])[:5].tolist()}"
             )
+
+
+def _sum_cells(columns: torch.Tensor, cells) -> torch.Tensor:
+    """Σ over the last dimension, over the observed cells only when ``cells`` is given."""
+    if cells is None:
+        return columns.sum(-1)
+    return torch.where(cells, columns, torch.zeros_like(columns)).sum(-1)
 
 
 #: The families by name.

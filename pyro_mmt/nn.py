@@ -34,6 +34,7 @@ __all__ = [
     "apply_label_network",
     "concat_label",
     "mlp",
+    "observed_cell_counts",
     "observed_dimension",
     "register_module",
 ]
@@ -130,14 +131,33 @@ def apply_label_network(net: nn.Module, name: str, v: torch.Tensor,
 
 
 def observed_dimension(
-    mask: torch.Tensor, dims: torch.Tensor, log_sigma2: torch.Tensor
+    mask: torch.Tensor, dims: torch.Tensor, log_sigma2: torch.Tensor,
+    counts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-datum observed dimension n = Σ_j m_j n_j and log|Λ| = Σ_j m_j n_j log σ_j².
 
     :param torch.Tensor mask: bool [B, M], True where modality j is present.
     :param torch.Tensor dims: [M], the modality dimensions n_j (floating).
     :param torch.Tensor log_sigma2: [M], log σ_j².
+    :param counts: optional [B, M], the observed cells of modality j in each datum (missing
+        cells, :func:`observed_cell_counts`), in place of n_j.
     :return: (n, log|Λ|), each of shape [B].
     """
     present = mask.to(dims.dtype)
+    if counts is not None:
+        present = present * counts.to(dims.dtype)
+        return present.sum(-1), present @ log_sigma2
     return present @ dims, present @ (dims * log_sigma2)
+
+
+def observed_cell_counts(cells, modalities, dims: torch.Tensor, batch: int) -> torch.Tensor | None:
+    """[B, M] observed cells of each modality per datum (n_j where ``cells`` has no entry for
+    modality j), or None when ``cells`` is empty.
+
+    :param cells: modality -> bool [B, n_j], True where a cell is observed.
+    """
+    if not cells:
+        return None
+    return torch.stack([
+        cells[m].to(dims.dtype).sum(-1) if m in cells else dims[j].expand(batch)
+        for j, m in enumerate(modalities)], -1)

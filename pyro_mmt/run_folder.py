@@ -114,6 +114,9 @@ def fingerprint(data) -> str:
         digest.update(m.encode())
         digest.update(np.ascontiguousarray(data.x[m].numpy()).tobytes())
     digest.update(np.ascontiguousarray(data.mask.numpy()).tobytes())
+    for m, cells in data.cells.items():  # (none for data without missing cells)
+        digest.update(f"cells {m}".encode())
+        digest.update(np.ascontiguousarray(cells.numpy()).tobytes())
     digest.update(np.ascontiguousarray(data.y.numpy()).tobytes())
     return digest.hexdigest()[:16]
 

@@ -155,6 +155,26 @@ def test_select_defaults_smoke(tmp_path, capsys):
     assert "plain vs base (balanced_accuracy)" in capsys.readouterr().out
 
 
+def test_missing_cells_smoke(tmp_path):
+    """One data set, one pattern, one epoch: the classification rows of the four methods and
+    the imputation rows of the four imputers, with finite errors."""
+    import argparse
+
+    from benchmarks import missing_cells
+
+    out = tmp_path / "m.csv"
+    missing_cells.main(argparse.Namespace(
+        datasets=["breast"], patterns=["mcar30"], rho=10, beta=0.05, seed=0, epochs=1,
+        num_samples=2, threads=1, out=str(out)))
+    table = pd.read_csv(out)
+    classification = table[table["task"] == "classification"]
+    assert sorted(classification["method"]) == ["complete", "iterative+model", "mean+model",
+                                                 "model"]
+    imputation = table[table["task"] == "imputation"]
+    assert sorted(imputation["method"]) == ["iterative", "knn", "mean", "model"]
+    assert imputation["rmse"].gt(0).all() and imputation["missing_share"].between(0.25, 0.35).all()
+
+
 def test_pyro_module_speed_smoke(tmp_path):
     """A PyroModule copy of the model trains beside the library's own registration."""
     from benchmarks import pyro_module_speed

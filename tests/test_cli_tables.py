@@ -120,12 +120,25 @@ def test_a_file_run_says_what_evaluate_needs(biopsies, tmp_path):
         main(["evaluate", str(run)])
 
 
+def test_a_table_with_missing_cells_trains_and_predicts(biopsies, tmp_path):
+    """An empty cell in a modality whose other cells are filled is a missing cell: the table
+    trains and predicts (the model scores the observed cells), with the cell mask as input."""
+    path, schema, frame = biopsies
+    frame.loc[[3, 10, 20, 40], "radius"] = np.nan
+    frame.loc[[5, 41], "site"] = None
+    frame.to_csv(path, index=False)
+    run = tmp_path / "run"
+    assert main(["train", str(path), "--schema", str(schema), "--out", str(run), *SMALL]) == 0
+    assert main(["predict", str(run), str(path)]) == 0
+    proba = pd.read_csv(run / "predictions.csv", index_col="row")
+    assert len(proba) == len(frame) and np.isfinite(proba[["p_benign", "p_malignant"]]).all().all()
+
+
 def test_table_errors_name_the_file_column_and_row(biopsies, tmp_path):
     path, schema, frame = biopsies
-    frame.loc[3, "radius"] = np.nan  # area is filled: a partly empty modality
+    frame.loc[3, "radius"] = np.inf
     frame.to_csv(path, index=False)
-    with pytest.raises(SystemExit, match=r"biopsy.csv: modality 'size', row 3 \(line 5\): "
-                                         r"columns \['radius'\] are empty"):
+    with pytest.raises(SystemExit, match=r"column 'radius', row 3 \(line 5\): found inf"):
         main(["train", str(path), "--schema", str(schema), "--out", str(tmp_path / "r"),
               *SMALL])
     with pytest.raises(SystemExit, match=r"no label column 'label'; .*\(name the label column "

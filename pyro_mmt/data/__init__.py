@@ -4,7 +4,7 @@ checking of user input (X, y).
 
 The data contract: a mapping modality-name -> array [N, n_j] plus integer labels y, -1 for
 unlabelled; a row that is entirely NaN in one modality marks that modality missing for that
-datum. On disk: an ``.npz`` with arrays ``x_<modality>`` and ``y``, loaded without pickle.
+datum, a NaN among values a missing cell. On disk: an ``.npz`` with arrays ``x_<modality>`` and ``y``, loaded without pickle.
 """
 
 from pyro_mmt.data.convert import as_modality_mapping, check_labels, encode_labels

@@ -123,7 +123,7 @@ def as_modality_mapping(X, modalities=None) -> dict[str, np.ndarray]:
 
     arrays = {}
     for name, (value, label) in parts.items():
-        arrays[name], _ = check_modality(name, value, label)
+        arrays[name], _, _ = check_modality(name, value, label)
     rows = {name: array.shape[0] for name, array in arrays.items()}
     if len(set(rows.values())) != 1:
         raise ValueError(f"X: expected the same number of rows N in every modality; found {rows}")

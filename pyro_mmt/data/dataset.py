@@ -4,7 +4,8 @@ The data contract: a data set is a mapping modality-name -> array [N, n_j] plus 
 y with -1 for "unlabelled" (the scikit-learn semi-supervised convention). A row that is
 entirely NaN in one modality means that modality is missing for that datum; the model
 marginalises it out, so in memory the row is stored as zeros and ``mask[i, j]`` says whether
-modality j of datum i was observed. Everything the user passes is checked here, once: a bad
+modality j of datum i was observed. A NaN in a row with other values is a missing cell:
+stored as 0.0, with ``cells[name][i, k]`` False. Everything the user passes is checked here, once: a bad
 input raises ``ValueError`` naming the argument, what was found and what was expected, and
 nothing is silently dropped, truncated or converted with loss.
 
@@ -21,7 +22,7 @@ import os
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from os import PathLike
 
 import numpy as np
@@ -119,7 +120,9 @@ def modality_values(value, label):
 
 
 def check_modality(name, value, label=None):
-    """Convert one modality to a 2-D float numpy array and return (array, present-row mask).
+    """Convert one modality to a 2-D float numpy array and return (array, present-row mask,
+    observed-cell mask): a row that is entirely NaN marks the modality missing, a NaN in a
+    row with other values a missing cell.
 
     ``label`` names the argument in error messages (default ``x[<name>]``).
     """
@@ -140,12 +143,6 @@ def check_modality(name, value, label=None):
         array = array.astype(np.float64)
     nan = np.isnan(array)
     missing = nan.all(axis=1)
-    partial = np.flatnonzero(nan.any(axis=1) & ~missing)
-    if partial.size:
-        raise ValueError(
-            f"{label}: rows {_first(partial)} are partly NaN ({partial.size} rows); expected "
-            "finite values, or a row that is entirely NaN to mark the modality missing"
-        )
     infinite = np.flatnonzero(np.isinf(array).any(axis=1))
     if infinite.size:
         raise ValueError(
@@ -161,7 +158,7 @@ def check_modality(name, value, label=None):
                 f"({huge.size} rows, e.g. {value:.6g}); expected |value| <= {_FLOAT32_MAX:.6g} "
                 "(data are stored as float32, where these would become infinite: rescale them)"
             )
-    return array, ~missing
+    return array, ~missing, ~nan
 
 
 def check_aligned(frames, label):
@@ -413,6 +410,10 @@ class Batch:
         model then enumerates the label, as in M2 [1]).
     index : torch.Tensor
         Int64 [B], the rows' positions in the data set the batch came from.
+    cells : dict[str, torch.Tensor]
+        Modality name -> bool [B, n_j], True where a cell is observed, for the modalities with
+        missing cells in the data set (empty when every observed row is complete). A missing
+        cell holds 0.0; ``mask[b, j]`` is True when any cell of modality j is observed.
 
     References
     ----------
@@ -424,6 +425,7 @@ class Batch:
     mask: torch.Tensor
     y: torch.Tensor | None
     index: torch.Tensor
+    cells: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -453,7 +455,9 @@ class MultimodalDataset:
     the datum is unlabelled. Modality j of datum i is *missing* when its input row is entirely
     NaN; it is then stored as a row of zeros with ``mask[i, j] = False``, so a model that
     respects the mask marginalises the modality out. Every datum must observe at least one
-    modality.
+    modality. A NaN in a row that has other values is a *missing cell*: it is stored as 0.0
+    and ``cells[name][i, k]`` is False (``cells`` lists the modalities with missing cells), so
+    the model scores the observed cells only (``docs/derivation.md`` §11).
 
     Data sets are values: every method returns a new data set and nothing is modified in place
     (tensors may be shared between data sets, so do not write into them).
@@ -464,7 +468,7 @@ class MultimodalDataset:
         Modality name -> numpy array, pandas DataFrame or tensor of shape [N, n_j] (2-D: a single
         feature is a column), of real numbers or bools. The modality order is the mapping's
         order. Values are stored as float32, so they must be finite and within float32's range
-        (|v| <= 3.4e38); a row is either fully observed or entirely NaN (missing). DataFrames
+        (|v| <= 3.4e38); NaN marks a missing cell, a row entirely NaN a missing modality. DataFrames
         (and a ``y`` Series) are matched by position, so their row indexes must agree.
     y : array-like of int, optional
         Labels [N], -1 = unlabelled. ``None`` means every row is unlabelled. Float labels are
@@ -495,6 +499,9 @@ class MultimodalDataset:
         filled with 0.0.
     mask : torch.Tensor
         Bool [N, M], True = modality observed; columns in modality order.
+    cells : dict[str, torch.Tensor]
+        Modality name -> bool [N, n_j], True where a cell is observed, for the modalities with
+        a missing cell (a NaN in a row that has other values).
     y : torch.Tensor
         Int64 labels [N], -1 = unlabelled.
 
@@ -504,7 +511,7 @@ class MultimodalDataset:
         When the input breaks the data contract: no modality, an empty modality (no rows or no
         columns), a 1-D array, complex, string or object values, row counts or pandas row
         indexes that differ across modalities, infinite values or values beyond float32's
-        range, a partly-NaN row, a row missing every modality, a modality observed in no row
+        range, a row missing every modality, a modality observed in no row
         (unless allowed), non-integer labels (1.5, NaN, strings, None), labels outside [-1, K),
         or class names that do not match K. The message names the argument, what was found and
         what was expected.
@@ -531,11 +538,13 @@ class MultimodalDataset:
             )
         if len(x) == 0:
             raise ValueError(f"{args.x}: expected at least one modality; found an empty mapping")
-        arrays, present = {}, []
+        arrays, present, cells = {}, [], {}
         for name, value in x.items():
-            array, observed = check_modality(name, value, args.of(name))
+            array, observed, observed_cells = check_modality(name, value, args.of(name))
             arrays[name] = array
             present.append(observed)
+            if not observed_cells[observed].all():  # a partly observed row
+                cells[name] = torch.from_numpy(observed_cells)
         rows = {name: array.shape[0] for name, array in arrays.items()}
         if len(set(rows.values())) != 1:
             raise ValueError(
@@ -578,15 +587,19 @@ class MultimodalDataset:
         for j, (name, array) in enumerate(arrays.items()):
             filled = np.array(array, dtype=np.float32)  # always a copy: never alias user memory
             filled[~mask[:, j]] = 0.0
+            filled[np.isnan(filled)] = 0.0  # a missing cell: its value is never read
             tensors[name] = torch.from_numpy(filled)
         self._set(tensors, torch.from_numpy(mask), torch.from_numpy(labels), num_classes,
-                  class_names)
+                  class_names, cells)
 
     # -- internal construction, without validation (inputs already satisfy the contract) -----
 
-    def _set(self, x, mask, y, num_classes, class_names):
+    def _set(self, x, mask, y, num_classes, class_names, cells=None):
         self.x = dict(x)
         self.mask = mask
+        #: modality -> bool [N, n_j], True where a cell is observed, for the modalities with a
+        #: partly observed row (the others observe every cell of their observed rows)
+        self.cells = dict(cells or {})
         self.y = y
         self.num_classes = num_classes
         self.class_names = class_names
@@ -594,18 +607,19 @@ class MultimodalDataset:
         self.dims = {name: int(t.shape[1]) for name, t in self.x.items()}
 
     @classmethod
-    def _from_parts(cls, x, mask, y, num_classes, class_names):
+    def _from_parts(cls, x, mask, y, num_classes, class_names, cells=None):
         dataset = cls.__new__(cls)
-        dataset._set(x, mask, y, num_classes, class_names)
+        dataset._set(x, mask, y, num_classes, class_names, cells)
         return dataset
 
-    def _replace(self, *, x=None, mask=None, y=None):
+    def _replace(self, *, x=None, mask=None, y=None, cells=None):
         return type(self)._from_parts(
             self.x if x is None else x,
             self.mask if mask is None else mask,
             self.y if y is None else y,
             self.num_classes,
             self.class_names,
+            self.cells if cells is None else cells,
         )
 
     def _rows(self, index) -> np.ndarray:
@@ -652,7 +666,8 @@ class MultimodalDataset:
         """
         rows = torch.from_numpy(self._rows(index))
         return self._replace(
-            x={name: t[rows] for name, t in self.x.items()}, mask=self.mask[rows], y=self.y[rows]
+            x={name: t[rows] for name, t in self.x.items()}, mask=self.mask[rows], y=self.y[rows],
+            cells={name: c[rows] for name, c in self.cells.items()},
         )
 
     @property
@@ -712,7 +727,8 @@ class MultimodalDataset:
                 f"names: rows {_first(empty)} ({empty.size} rows) observe none of the modalities "
                 f"{list(names)}; expected every row to observe at least one (subset them out first)"
             )
-        return self._replace(x={name: self.x[name] for name in names}, mask=mask.clone())
+        return self._replace(x={name: self.x[name] for name in names}, mask=mask.clone(),
+                             cells={n: c for n, c in self.cells.items() if n in names})
 
     def to(self, dtype: torch.dtype) -> MultimodalDataset:
         """A copy whose ``x`` tensors have the floating dtype ``dtype`` (e.g. torch.float64)."""
@@ -750,6 +766,7 @@ class MultimodalDataset:
             mask=self.mask[rows],
             y=labels,
             index=rows,
+            cells={name: c[rows] for name, c in self.cells.items()},
         )
 
     # -- numpy and disk -----------------------------------------------------------------------
@@ -763,6 +780,8 @@ class MultimodalDataset:
         for j, (name, t) in enumerate(self.x.items()):
             array = t.detach().cpu().to(torch.float64).numpy().copy()
             array[~self.mask[:, j].numpy()] = np.nan
+            if name in self.cells:
+                array[~self.cells[name].numpy()] = np.nan
             x[name] = array
         return x, self.y.numpy().copy()
 
@@ -784,6 +803,8 @@ class MultimodalDataset:
                 t = t.to(torch.float32)
             array = t.detach().cpu().numpy().copy()
             array[~self.mask[:, j].numpy()] = np.nan
+            if name in self.cells:
+                array[~self.cells[name].numpy()] = np.nan
             arrays[f"x_{name}"] = array
         arrays["y"] = self.y.numpy()
         arrays["class_names"] = np.array(self.class_names, dtype=np.str_)

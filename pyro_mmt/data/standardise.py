@@ -64,8 +64,18 @@ class Standardiser:
                     "observed row to fit its mean and scale"
                 )
             x = dataset.x[name][present].detach().cpu().to(torch.float64).numpy()
-            m = x.mean(axis=0)
-            s = x.std(axis=0, ddof=0)
+            if name in dataset.cells:  # the observed cells of each feature only
+                x = np.where(dataset.cells[name][present].numpy(), x, np.nan)
+                empty = np.flatnonzero(np.isnan(x).all(axis=0))
+                if empty.size:
+                    raise ValueError(
+                        f"dataset: features {empty[:5].tolist()} of modality {name!r} are "
+                        "observed in no row; expected each feature observed at least once"
+                    )
+                m, s = np.nanmean(x, axis=0), np.nanstd(x, axis=0, ddof=0)
+            else:
+                m = x.mean(axis=0)
+                s = x.std(axis=0, ddof=0)
             constant = s <= 1e-12 * np.maximum(np.abs(m), 1.0)
             mean[name] = m
             scale[name] = np.where(constant, 1.0, s)
@@ -97,6 +107,8 @@ class Standardiser:
             scale = torch.as_tensor(self.scale_[name], dtype=torch.float64, device=t.device)
             z = (t.to(torch.float64) - mean) / scale
             z[~dataset.mask[:, j].to(t.device)] = 0.0
+            if name in dataset.cells:  # missing cells stay 0.0
+                z[~dataset.cells[name].to(t.device)] = 0.0
             x[name] = z.to(t.dtype)
         return dataset._replace(x=x)
 

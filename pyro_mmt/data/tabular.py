@@ -15,8 +15,10 @@ The conventions:
   when its label is empty, NaN, None, ``pd.NA`` or -1 (also the text ``"-1"``). The classes
   are the sorted labelled values; class ``k`` of the data set is the k-th of them, and its
   name is ``str(value)``.
-- **Missing modalities**: a modality is missing for a row when every one of its cells is empty
-  (NaN); a row with some cells of a modality empty and others filled is refused.
+- **Missing modalities and cells**: a modality is missing for a row when every one of its
+  cells is empty (NaN); an empty cell in a row whose other cells of that modality are filled
+  is a missing cell, which the model leaves out of the row's density (and
+  ``estimator.impute`` fills).
 - **Strings**: a column of text (not numbers) is a categorical feature: its values are coded
   0..C-1 in sorted order (a pandas categorical: in its categories' order) and its modality gets
   the ``"categorical"`` likelihood; the category names are kept in ``schema.categories``. A
@@ -360,16 +362,6 @@ class TableSchema:
                 f"columns {[c for c in cols if c not in text]}; expected one kind per modality "
                 "(give the text columns their own modality)")
         array = np.stack(values, axis=1)
-        nan = np.isnan(array)
-        partial = np.flatnonzero(nan.any(axis=1) & ~nan.all(axis=1))
-        if partial.size:
-            r = partial[0]
-            empty = [c for c, missing in zip(cols, nan[r], strict=True) if missing]
-            raise ValueError(
-                f"{where}: modality {name!r}, {rows.name(r)}: columns {empty[:_SHOW]} are empty "
-                f"but its other columns are not ({partial.size} such rows, e.g. "
-                f"{rows.names(partial)}); expected every cell of a modality filled, or every "
-                "cell empty (the modality missing for that row)")
         infinite = np.flatnonzero(np.isinf(array).any(axis=1))
         if infinite.size:
             r = infinite[0]

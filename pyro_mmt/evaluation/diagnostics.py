@@ -699,6 +699,11 @@ def to_inference_data(
     model_fn, guide_fn, guide = _model_and_guide(model, guide)
     if not isinstance(dataset, MultimodalDataset):
         raise ValueError(f"dataset: expected a MultimodalDataset, found {type(dataset).__name__}")
+    if dataset.cells:
+        raise ValueError(
+            f"dataset: the diagnostics take rows without missing cells; found missing cells in "
+            f"modalities {list(dataset.cells)}; expected each modality's row complete or "
+            "entirely NaN (fill the cells first, e.g. with the estimator's impute)")
     with threads():
         return _to_inference_data(model, guide, model_fn, guide_fn, dataset, units, num_samples,
                                   num_predictive, condition_on_labels, seed, batch_size, attrs)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from numbers import Number
 
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.distributions.torch_distribution import MaskedDistribution
@@ -84,9 +85,27 @@ def _observed_size(site) -> torch.Tensor | float:
     mask = site["mask"]
     if isinstance(fn, MaskedDistribution) and isinstance(fn._mask, torch.Tensor):
         mask = fn._mask if mask is None else mask & fn._mask
+    if isinstance(fn, MaskedDistribution):
+        fn = fn.base_dist
+    cells = _observed_cells(fn)
+    if cells is not None:  # missing cells: the observed ones only
+        size = cells
     if mask is None:
-        return float(size)
+        return size if isinstance(size, torch.Tensor) else float(size)
     return mask.to(torch.get_default_dtype()) * size
+
+
+def _observed_cells(fn) -> torch.Tensor | None:
+    """Per-datum observed cells of a distribution scored on some of its cells (a t marginal
+    with ``observed_size``, or independent columns with a per-cell mask), else None."""
+    if hasattr(fn, "observed_size"):
+        return fn.observed_size.to(torch.get_default_dtype())
+    if (isinstance(fn, dist.Independent) and isinstance(fn.base_dist, MaskedDistribution)
+            and isinstance(fn.base_dist._mask, torch.Tensor)):
+        cells = fn.base_dist._mask.to(torch.get_default_dtype())
+        cells = cells.expand(fn.base_dist.batch_shape)
+        return cells.flatten(-fn.reinterpreted_batch_ndims).sum(-1)
+    return None
 
 
 def _rng_state() -> dict:

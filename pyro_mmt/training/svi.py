@@ -273,6 +273,7 @@ def batch_to(batch: Batch, device: torch.device | str) -> Batch:
         mask=batch.mask.to(device, non_blocking=True),
         y=None if batch.y is None else batch.y.to(device, non_blocking=True),
         index=batch.index,
+        cells={m: c.to(device, non_blocking=True) for m, c in batch.cells.items()},
     )
 
 
@@ -285,6 +286,8 @@ def predict_proba(module, dataset: MultimodalDataset, *, batch_size: int = 1024,
         rows = np.arange(start, min(start + batch_size, len(dataset)))
         sub = dataset[rows]
         x = {m: v.to(device) for m, v in sub.x.items()}
+        if sub.cells:  # missing cells (the argument only then: any module predicts complete rows)
+            kwargs = {**kwargs, "cells": {m: c.to(device) for m, c in sub.cells.items()}}
         out.append(module.predict_proba(x, sub.mask.to(device), **kwargs).cpu().numpy())
     return np.concatenate(out).astype(np.float64)
 
@@ -657,7 +660,7 @@ def _checked_step(svi, batch, scale, modules, epoch, step, ckpt_path, validate=N
             with poutine.scale(scale=scale), (
                 contextlib.nullcontext() if validate is None else pyro.validation_enabled(validate)
             ):
-                loss = svi.step(batch.x, batch.mask, batch.y)
+                loss = svi.step(batch.x, batch.mask, batch.y, **_cells(batch))
     except (ValueError, RuntimeError) as error:
         # e.g. a distribution's argument check meeting NaN: a divergence when the loss itself is
         # no longer finite; any other error (wrong shapes, bad input) is raised as it is
@@ -671,6 +674,11 @@ def _checked_step(svi, batch, scale, modules, epoch, step, ckpt_path, validate=N
     return loss
 
 
+def _cells(batch: Batch) -> dict:
+    """The model's ``cells`` argument for a batch with missing cells (none otherwise)."""
+    return {"cells": batch.cells} if batch.cells else {}
+
+
 def _diverged(svi, batch, scale, modules) -> bool:
     """Whether some parameter, or the loss evaluated without argument checks, is not finite."""
     for module in modules.values():
@@ -680,7 +688,7 @@ def _diverged(svi, batch, scale, modules) -> bool:
         with pyro.validation_enabled(False), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with poutine.scale(scale=scale):
-                loss = svi.evaluate_loss(batch.x, batch.mask, batch.y)
+                loss = svi.evaluate_loss(batch.x, batch.mask, batch.y, **_cells(batch))
     except Exception:  # the failure was not numerical
         return False
     return not math.isfinite(loss)

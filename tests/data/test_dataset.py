@@ -85,7 +85,6 @@ _ok = np.zeros((3, 2))
     "x, y, kwargs, match",
     [
         ({"m": _ok, "n": np.zeros((4, 2))}, None, {"num_classes": 2}, r"same number of rows"),
-        ({"m": np.array([[1.0, NAN], [0, 0], [0, 0]])}, [0, 1, 0], {}, r"partly NaN"),
         ({"m": np.array([[1.0, np.inf], [0, 0], [0, 0]])}, [0, 1, 0], {}, r"infinite"),
         ({"m": np.array([[NAN, NAN], [0, 0], [0, 0]]), "n": np.array([[NAN], [1], [1]])},
          [0, 1, 0], {}, r"rows 0 .*missing every modality"),
@@ -178,9 +177,16 @@ def test_x_must_be_a_mapping():
 
 
 def test_error_names_the_modality():
-    with pytest.raises(ValueError, match=r"x\['second'\]: rows 1 are partly NaN"):
-        MultimodalDataset({"first": _ok, "second": np.array([[0, 0], [NAN, 1], [0, 0]])},
+    with pytest.raises(ValueError, match=r"x\['second'\]: rows 1 hold infinite values"):
+        MultimodalDataset({"first": _ok, "second": np.array([[0, 0], [np.inf, 1], [0, 0]])},
                           [0, 1, 0])
+
+
+def test_a_partly_nan_row_has_missing_cells():
+    ds = MultimodalDataset({"first": _ok, "second": np.array([[0, 0], [NAN, 1], [0, 0]])},
+                           [0, 1, 0])
+    assert ds.mask.all() and list(ds.cells) == ["second"]
+    assert ds.cells["second"].tolist() == [[True, True], [False, True], [True, True]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -419,8 +425,8 @@ def test_from_npz_class_names_and_num_classes(small, tmp_path):
 
 def test_from_npz_names_the_files_arrays(tmp_path):
     path = tmp_path / "bad.npz"
-    np.savez(path, x_m=np.array([[1.0, NAN], [1, 1]]), y=np.array([0, 1]))
-    with pytest.raises(ValueError, match=r"path: array 'x_m' in .*bad\.npz: rows 0 are partly NaN"):
+    np.savez(path, x_m=np.array([[1.0, np.inf], [1, 1]]), y=np.array([0, 1]))
+    with pytest.raises(ValueError, match=r"path: array 'x_m' in .*bad\.npz: rows 0 hold infinite"):
         MultimodalDataset.from_npz(path)
     np.savez(path, x_m=np.ones((2, 1)), y=np.array([0, 1.5]))
     with pytest.raises(ValueError, match=r"path: array 'y' in .*bad\.npz: .*non-integer values"):

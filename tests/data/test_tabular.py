@@ -95,10 +95,16 @@ def test_schema_files(tmp_path, frame):
         TableSchema.from_file(tmp_path / "bad.json")
 
 
+def test_a_partly_empty_modality_row_has_missing_cells(frame, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    frame.assign(area=[3.0, 1.0, 2.0, 2.0, 0.5, 7.0]).to_csv("data.csv", index=False)
+    data = read_table("data.csv", TableSchema(**SCHEMA))[0]
+    j = data.modalities.index("size")
+    assert data.mask[2, j] and "size" in data.cells
+    assert not data.cells["size"][2].all() and data.cells["size"][2].any()
+
+
 @pytest.mark.parametrize("change, message", [
-    (lambda f: f.assign(area=[3.0, 1.0, 2.0, 2.0, 0.5, 7.0]),
-     r"^data.csv: modality 'size', row 2 \(line 4\): columns \['radius'\] are empty but its "
-     r"other columns are not"),
     (lambda f: f.assign(smoothness=["0.1", "x", "0.3", "0.4", "0.5", "0.6"]),
      r"^data.csv: column 'smoothness', row 1 \(line 3\): found 'x', not a number"),
     (lambda f: f.assign(extra=1.0),
