@@ -2,7 +2,7 @@
 # Both create .venv if needed, install CPU torch first (a bare `torch` requirement would pull a
 # multi-GB CUDA build), then the project with its extras.
 # Another interpreter gets its own virtual environment, e.g. the ArviZ 1.x line (Python >= 3.12):
-#   make test PYTHON=python3.12 VENV=.venv312 PYTEST_ARGS="tests/evaluation tests/test_estimator.py"
+#   make test PYTHON=python3.12 VENV=.venv312 TORCH=torch==2.14.1 PYTEST_ARGS="tests/evaluation tests/test_estimator.py"
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0

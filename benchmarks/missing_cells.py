@@ -72,7 +72,8 @@ def main(args):
         options = dict(seed=args.seed, epochs=args.epochs or TRAINING_EPOCHS.get(name, 40),
                        likelihood={m: families.get(m, "student_t") for m in dims})
 
-        def fit_and_score(train, test, pattern, method, tic):
+        def fit_and_score(train, test, pattern, method, tic, options=options, y_train=y_train,
+                          y_test=y_test, split=split, name=name):
             clf = MultimodalSemiSupervisedClassifier(**options).fit(train, y_train)
             metrics = classification_metrics(y_test, clf.predict(test),
                                              split.train_class_counts)

@@ -4,9 +4,9 @@ The candidates are benchmark methods (``pyro_mmt.experiments.benchmark.METHODS``
 development seeds of the public grid, each split scored on its own class-balanced test set::
 
     pyro-mmt benchmark --datasets digits breast mfeat pdspeech pbc --seeds 5 6 7 8 9 \\
-        --methods t_gamma t_kl gauss_kl t_gamma_label_kl --out runs/dev
-    python -m benchmarks.select_on_dev_seeds runs/dev/results.csv --reference t_gamma \\
-        --out docs/results/dev
+        --methods t_gamma_joint t_gamma t_kl gauss_kl t_gamma_label_auto --out runs/dev
+    python -m benchmarks.select_on_dev_seeds runs/dev/results.csv --reference t_gamma_joint \\
+        --out runs/dev-selection
 
 Seeds 0–4 are the reported benchmark and are refused here: nothing is chosen on them.
 

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from pyro_mmt.infer.gamma_power_elbo import LABEL_DIVERGENCES
+
 __all__ = [
     "ModelConfig",
     "TrainingConfig",
@@ -63,9 +65,6 @@ MISSING_CELLS = ("auto", "indicator", "zero")
 #: ``TrainingConfig.objective``: the γ-power divergence or the M2 ELBO (KL).
 OBJECTIVES = ("gamma_power", "kl")
 
-#: ``TrainingConfig.label_divergence``: the label under the γ-power divergence with (x, z), or
-#: under the KL (``docs/derivation.md`` §10).
-LABEL_DIVERGENCES = ("gamma", "kl")
 
 #: ``TrainingConfig.optimizer``.
 OPTIMIZERS = ("fused_adam", "clipped_adam")

@@ -611,7 +611,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
                 x = {m: v.to(device) for m, v in sub.x.items()}
                 cells = {m: c[rows].to(device) for m, c in observed.items()}
                 parts = {m: [] for m in observed}
-                for i, (m2, share) in enumerate(zip(members, shares)):
+                for i, (m2, share) in enumerate(zip(members, shares, strict=True)):
                     if not share or not cells:
                         continue
                     with torch.no_grad(), torch.random.fork_rng(devices=[]):  # the user's
@@ -872,6 +872,9 @@ def load_estimator(path, map_location="cpu", *, decoders=None,
                 f"pass the same {name}= to load_estimator, found {sorted(given[name] or {})}")
     params = dict(state["params"], **given)
     params["hidden"] = tuple(params["hidden"])
+    # a file saved before the label divergence was a setting was fitted with the joint
+    # γ-objective (the default then): it keeps saying so, so that clone() refits the same
+    params.setdefault("label_divergence", "gamma")
     est = MultimodalSemiSupervisedClassifier(**params)
     est.config_ = ModelConfig.from_dict(state["config"])
     est.modalities_ = tuple(state["modalities"])

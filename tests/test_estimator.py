@@ -708,3 +708,27 @@ def test_unlabelled_warmup_is_a_fraction_of_the_epochs_run(blobs, monkeypatch):
                                                 unlabelled_warmup=0.25).fit(X, y)
     assert seen == [0.0, 0.25]
     assert not np.allclose(plain.predict_proba(X), warmed.predict_proba(X))
+
+
+def test_a_file_saved_before_the_label_divergence_setting_loads_with_the_joint_objective(
+        tmp_path):
+    """Files written before `label_divergence` existed were fitted with the joint objective:
+    loading one keeps that setting, so that clone() refits what was fitted."""
+    import torch
+
+    from pyro_mmt.estimator import load_estimator, save_estimator
+
+    rng = np.random.default_rng(0)
+    X = {"a": rng.normal(size=(40, 3))}
+    y = np.where(np.arange(40) < 10, np.arange(40) % 2, -1)
+    est = MultimodalSemiSupervisedClassifier(epochs=1, hidden=(4,), latent_dim=2,
+                                             progress=False).fit(X, y)
+    path = tmp_path / "est.pt"
+    save_estimator(est, path)
+    assert load_estimator(path).get_params()["label_divergence"] == "kl"
+    state = torch.load(path, weights_only=True)
+    del state["params"]["label_divergence"]
+    torch.save(state, path)
+    old = load_estimator(path)
+    assert old.get_params()["label_divergence"] == "gamma"
+    np.testing.assert_allclose(old.predict_proba(X), est.predict_proba(X))

@@ -220,9 +220,9 @@ METHODS: dict[str, Method] = {
                                         {"unlabelled_warmup": 0.5, "n_init": 3}),
     "gauss_kl_ens3": _deep_method("gauss_kl_ens3", "gauss_kl with n_init = 3",
                                   {**GAUSSIAN_KL, "n_init": 3}),
-    "t_gamma_label_kl": _deep_method("t_gamma_label_kl", "the defaults with the label terms "
-                                     "at the γ-loss's own slope (label_weight='auto')",
-                                     {"label_weight": "auto"}),
+    "t_gamma_label_auto": _deep_method("t_gamma_label_auto", "the defaults with the label "
+                                       "terms at the γ-loss's own slope (label_weight='auto')",
+                                       {"label_weight": "auto"}),
     "t_gamma_joint": _deep_method("t_gamma_joint", "the defaults with ONE γ-power divergence "
                                   "over (x, y, z), the paper's objective (the previous "
                                   "release's default)", {"label_divergence": "gamma"}),

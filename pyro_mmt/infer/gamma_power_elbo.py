@@ -674,14 +674,7 @@ class GammaPowerELBO(ELBO):
 
         # entropy term: Σ_y q_y^{1+γ} ∫ q(z|x,y)^{1+γ} dz = Σ_y q_y exp(γ log q_y + log I_y)
         if self.closed_forms and continuous:
-            try:
-                log_int = log_power_integral(continuous[0]["fn"], gamma)
-            except NotImplementedError as error:
-                raise ValueError(
-                    f"guide site '{continuous[0]['name']}': closed_forms=True needs a guide "
-                    f"family with a closed-form power integral ({error}); pass "
-                    "closed_forms=False for the Monte Carlo estimator"
-                ) from error
+            log_int = self._closed_power_integral(continuous[0], gamma)
         else:  # log q(z | x, y) is only needed without the closed form
             log_int = gamma * _sum_log_prob(continuous)
         entropy = torch.expm1(gamma * log_q_enum + log_int)
@@ -699,6 +692,18 @@ class GammaPowerELBO(ELBO):
         return _ParticleTerms(cross_m1, inner_m1, elbo, aux, global_aux,
                               torch.where(kl, torch.zeros_like(safe_gamma), safe_gamma),
                               norm_site["scale"])
+
+    @staticmethod
+    def _closed_power_integral(site, gamma):
+        """log ∫ q^{1+γ} of the guide's continuous site in closed form, or a ValueError naming
+        the site when its family has none."""
+        try:
+            return log_power_integral(site["fn"], gamma)
+        except NotImplementedError as error:
+            raise ValueError(
+                f"guide site '{site['name']}': closed_forms=True needs a guide family with a "
+                f"closed-form power integral ({error}); pass closed_forms=False for the Monte "
+                "Carlo estimator") from error
 
     def _label_kl_terms(self, model_trace, guide_trace, norm, norm_site, gamma, kl, log_p,
                         log_q_enum, continuous, aux, global_aux, ref) -> _ParticleTerms:
@@ -726,8 +731,8 @@ class GammaPowerELBO(ELBO):
                                             with_class=False)
             cross_m1, slope = cross_m1 + rb, slope + rb
         if self.closed_forms and continuous:
-            log_int = log_power_integral(continuous[0]["fn"], gamma)
-        else:
+            log_int = self._closed_power_integral(continuous[0], gamma)
+        else:  # per particle: averaged after the power (the closed form has no such bias)
             log_int = gamma * _sum_log_prob(continuous)
         entropy_m1 = torch.expm1(log_int / (1.0 + safe))  # ‖q(z | x, y)‖_{1+γ} − 1
         per_label = -(cross_m1 - entropy_m1) / safe

@@ -957,13 +957,15 @@ def test_label_kl_differs_from_the_joint_divergence():
     assert abs(joint.item() - split.item()) > 1e-3 * abs(joint.item())
 
 
+@pytest.mark.parametrize("particles", [1, 3], ids=["one", "vectorised"])
 @pytest.mark.parametrize("labelled", [True, False], ids=["labelled", "unlabelled"])
-def test_label_kl_loss_and_grads_agree_with_differentiable_loss(labelled):
+def test_label_kl_loss_and_grads_agree_with_differentiable_loss(labelled, particles):
     model, guide = make_pair(5.0, alpha=0.5)
     params = list(model.parameters())
     x, mask, y = make_data(missing=True)
     args = (x, mask, y if labelled else None)
-    elbo = GammaPowerELBO(max_plate_nesting=1, label_divergence="kl")
+    elbo = GammaPowerELBO(max_plate_nesting=1, label_divergence="kl", num_particles=particles,
+                          vectorize_particles=particles > 1)
     loss = loss_at_seed(elbo, model.model, guide.guide, *args)
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     pyro.set_rng_seed(0)
