@@ -209,18 +209,25 @@ def measure(data, *, rounds: int, repeats: int, clipped: bool = True, hidden=DEF
     return row
 
 
-def profile(data, epochs: int, *, sort: str = "tottime", lines: int = 30,
-            settings: str = "defaults") -> str:
-    """cProfile of ``epochs`` epochs of ``train`` (after one warm-up epoch)."""
-    m2 = build_default(data, settings=settings)
+def _profiled(make, m2, data, epochs: int, *, average: bool) -> cProfile.Profile:
+    """cProfile of ``epochs`` epochs of ``make(m2, data, average=...)`` after one warm-up
+    epoch, in a scope of the param store of its own."""
     with pyro.get_param_store().scope():
-        run = train_epoch(m2, data, average=SETTINGS[settings][1] > 0)
+        run = make(m2, data, average=average)
         run()
         prof = cProfile.Profile()
         prof.enable()
         for _ in range(epochs):
             run()
         prof.disable()
+    return prof
+
+
+def profile(data, epochs: int, *, sort: str = "tottime", lines: int = 30,
+            settings: str = "defaults") -> str:
+    """cProfile of ``epochs`` epochs of ``train`` (after one warm-up epoch)."""
+    prof = _profiled(train_epoch, build_default(data, settings=settings), data, epochs,
+                     average=SETTINGS[settings][1] > 0)
     text = io.StringIO()
     pstats.Stats(prof, stream=text).sort_stats(sort).print_stats(lines)
     return text.getvalue()
@@ -244,15 +251,8 @@ def profile_by_package(data, epochs: int, *, settings: str = "defaults") -> str:
     average = SETTINGS[settings][1] > 0
     totals = {}
     for name, make in (("plain", plain_epoch), ("train", train_epoch)):
-        m2 = build_default(data, settings=settings)
-        with pyro.get_param_store().scope():
-            run = make(m2, data, average=average)
-            run()
-            prof = cProfile.Profile()
-            prof.enable()
-            for _ in range(epochs):
-                run()
-            prof.disable()
+        prof = _profiled(make, build_default(data, settings=settings), data, epochs,
+                         average=average)
         sums: dict[str, float] = {}
         for (filename, _, function), (_, _, own, _, _) in pstats.Stats(prof).stats.items():
             key = _package(filename, function)

@@ -392,6 +392,24 @@ def linear_model_pair(alpha):
     return model, guide
 
 
+def _linear_class_terms(model, q_z, x, present, i, k, n, gamma):
+    """For datum i and class k of the linear-decoder model (§4, written out here): the bracket
+    1 + (|μ_k|² + ν/(ν+n−2) tr Σ_k + E recon_k)/ν of the cross term and log ∫ q(z|x,k)^{1+γ}."""
+    nu, d = model.config.nu, LATENT_DIM
+    mu = q_z.loc[k, i]
+    sigma2 = q_z.scale[k, i].pow(2) * (nu + n) / nu  # Σ_k (diagonal)
+    cov = nu / (nu + n - 2) * sigma2
+    e_recon = 0.0
+    for m in present:
+        dec = model.decoders[m]
+        w, b = dec.weight[k].detach(), dec.bias[k].detach()
+        resid = x[m][i] - w @ mu - b
+        e_recon += (resid.pow(2).sum() + (w.pow(2) * cov).sum()) / SIGMA[m] ** 2
+    bracket = 1 + (mu.pow(2).sum() + cov.sum() + e_recon) / nu
+    log_int = t_log_power_integral(nu + n, d, (nu / (nu + n) * sigma2).log().sum().item(), gamma)
+    return bracket, log_int
+
+
 def exact_objective(model, guide, x, mask, y):
     """Σ_i L(x_i) from the closed form of docs/derivation.md §4 (written out here):
 
@@ -419,20 +437,9 @@ def exact_objective(model, guide, x, mask, y):
         q_y = log_q_y[i].exp() if y is None else torch.nn.functional.one_hot(y[i], NUM_CLASSES)
         t1, inner = 0.0, 0.0
         for k in range(NUM_CLASSES):
-            mu = q_z.loc[k, i]
-            sigma2 = q_z.scale[k, i].pow(2) * (nu + n) / nu  # Σ_y (diagonal)
-            cov = nu / (nu + n - 2) * sigma2
-            e_recon = 0.0
-            for m in present:
-                dec = model.decoders[m]
-                w, b = dec.weight[k].detach(), dec.bias[k].detach()
-                resid = x[m][i] - w @ mu - b
-                e_recon += (resid.pow(2).sum() + (w.pow(2) * cov).sum()) / SIGMA[m] ** 2
-            bracket = 1 + (mu.pow(2).sum() + cov.sum() + e_recon) / nu
+            bracket, log_int = _linear_class_terms(model, q_z, x, present, i, k, n, gamma)
             log_coef = gamma * (pi[k].log() - log_pibar + log_k - log_norm0)
             t1 += q_y[k] * log_coef.exp() * bracket
-            log_int = t_log_power_integral(nu + n, d, (nu / (nu + n) * sigma2).log().sum().item(),
-                                           gamma)
             if q_y[k] > 0:
                 inner += q_y[k] ** (1 + gamma) * math.exp(log_int)
         t2 = inner ** (1 / (1 + gamma))
@@ -908,19 +915,8 @@ def exact_label_kl_objective(model, guide, x, mask, y, weight):
             q_y = torch.nn.functional.one_hot(y[i], NUM_CLASSES).to(log_q_y)
         per_label, slope = torch.zeros(NUM_CLASSES), torch.zeros(NUM_CLASSES)
         for k in range(NUM_CLASSES):
-            mu = q_z.loc[k, i]
-            sigma2 = q_z.scale[k, i].pow(2) * (nu + n) / nu
-            cov = nu / (nu + n - 2) * sigma2
-            e_recon = 0.0
-            for m in present:
-                dec = model.decoders[m]
-                w_, b_ = dec.weight[k].detach(), dec.bias[k].detach()
-                resid = x[m][i] - w_ @ mu - b_
-                e_recon += (resid.pow(2).sum() + (w_.pow(2) * cov).sum()) / SIGMA[m] ** 2
-            bracket = 1 + (mu.pow(2).sum() + cov.sum() + e_recon) / nu
+            bracket, log_int = _linear_class_terms(model, q_z, x, present, i, k, n, gamma)
             slope[k] = math.exp(gamma * (log_k - log_norm0)) * bracket
-            log_int = t_log_power_integral(nu + n, d, (nu / (nu + n) * sigma2).log().sum().item(),
-                                           gamma)
             per_label[k] = -(slope[k] - math.exp(log_int / (1 + gamma))) / gamma
         w = float((q_y * slope).sum()) if weight == "auto" else weight
         log_q = torch.where(q_y > 0, q_y.clamp_min(1e-300).log(), torch.zeros_like(q_y))
