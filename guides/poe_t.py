@@ -32,6 +32,7 @@ the encoder and τ_0, a parameter when learned) and the class prior π (learned 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import pyro
@@ -186,6 +187,9 @@ class PoETGuide(nn.Module):
             cfg.label_counts, dtype=torch.get_default_dtype())
         self.register_buffer("label_log_freq", torch.zeros(K) if counts is None
                              else torch.log(counts / counts.sum()), persistent=False)
+        # the δ predictions use (state: "auto" is calibrated after training; NaN until then)
+        self.register_buffer("decision_shift", torch.tensor(
+            math.nan if cfg.decision_shift == "auto" else cfg.decision_shift))
         self._owner = None
 
     @staticmethod
@@ -305,19 +309,61 @@ class PoETGuide(nn.Module):
 
     @torch.no_grad()
     def predict_proba(self, x: Mapping[str, torch.Tensor], mask: torch.Tensor | None = None,
-                      *, logit_adjustment: float = 0.0,
+                      *, logit_adjustment: float | None = None,
                       cells: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """q(y | x) [B, K] for data with any subset of the modalities (absent keys or
-        ``mask``) and of their cells (``cells``), optionally with post-hoc logit adjustment:
-        logits − τ log π̂ (π̂ the labelled class frequencies; Menon et al. 2021). Rows sum to
-        1."""
+        ``mask``) and of their cells (``cells``), with the post-hoc logit adjustment of the
+        prediction: logits − δ log π̂ (π̂ the labelled class frequencies; Menon et al. 2021).
+        δ is ``logit_adjustment`` when given, else :meth:`prediction_shift` (the config's
+        ``decision_shift``, calibrated for ``"auto"``; it shifts nothing without
+        ``label_counts``: π̂ is then uniform). Rows sum to 1."""
         x, mask, _ = self.check_inputs(x, mask, None, None)
         cells, mask = self.check_cells(cells, x, mask)
-        if logit_adjustment and self.config.label_counts is None:
+        if logit_adjustment is None:
+            logit_adjustment = self.prediction_shift()
+        elif self.config.label_counts is None and logit_adjustment:
             raise ValueError("logit_adjustment: post-hoc adjustment needs the labelled class "
                              "counts (config.label_counts), found None")
         logits = self.classifier(self.network_inputs(x, cells), self.present(x, mask))
         return torch.softmax(logits - logit_adjustment * self.label_log_freq, dim=-1)
+
+    def prediction_shift(self) -> float:
+        """The decision shift δ predictions use: the config's number, or for
+        ``decision_shift="auto"`` the one :meth:`calibrate_decision_shift` chose (0, with a
+        warning, before it ran)."""
+        value = float(self.decision_shift)
+        if math.isnan(value):
+            warnings.warn("decision_shift='auto' has not been calibrated: predicting with δ = 0 "
+                          "(call calibrate_decision_shift(logits of the unlabelled rows) after "
+                          "training; pyro_mmt.training.train and the estimator do)",
+                          stacklevel=3)
+            return 0.0
+        return value
+
+    @torch.no_grad()
+    def calibrate_decision_shift(self, logits: torch.Tensor) -> float:
+        """Choose δ for ``decision_shift="auto"`` from the classifier's logits f(x) on the
+        unlabelled training rows [N, K] (:func:`pyro_mmt.decision.choose_decision_shift`,
+        aimed at π^λ with π the learned class prior for ``class_prior="learned"``, else the
+        labelled class frequencies, λ = ``decision_shares``), store it and return it. A
+        config with a number keeps it (returned unchanged)."""
+        from pyro_mmt.decision import choose_decision_shift
+
+        cfg = self.config
+        if cfg.decision_shift != "auto":
+            return float(self.decision_shift)
+        target = self.class_log_prior if cfg.class_prior == "learned" else self.label_log_freq
+        delta = choose_decision_shift(logits.detach().cpu(), self.label_log_freq.cpu(),
+                                      target_log_prior=target.detach().cpu(),
+                                      shares=cfg.decision_shares)
+        self.decision_shift.fill_(delta)
+        return delta
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a state saved before the decision shift was state predicted with δ = 0
+        state_dict.setdefault(prefix + "decision_shift", torch.tensor(
+            0.0 if self.config.decision_shift == "auto" else self.config.decision_shift))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def classifier_logits(self, x: Mapping[str, torch.Tensor],

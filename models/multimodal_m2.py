@@ -219,10 +219,15 @@ class MultimodalM2(nn.Module):
         """τ' log π_u (:meth:`~pyro_mmt.guides.PoETGuide.unlabelled_logit_shift`)."""
         return self.q.unlabelled_logit_shift()
 
-    def predict_proba(self, x, mask=None, *, logit_adjustment: float = 0.0,
+    def predict_proba(self, x, mask=None, *, logit_adjustment: float | None = None,
                       cells=None) -> torch.Tensor:
         """q(y | x) (:meth:`~pyro_mmt.guides.PoETGuide.predict_proba`)."""
         return self.q.predict_proba(x, mask, logit_adjustment=logit_adjustment, cells=cells)
+
+    def calibrate_decision_shift(self, logits: torch.Tensor) -> float:
+        """δ of ``decision_shift="auto"`` from the classifier's logits on the unlabelled
+        training rows (:meth:`~pyro_mmt.guides.PoETGuide.calibrate_decision_shift`)."""
+        return self.q.calibrate_decision_shift(logits)
 
     def classifier_logits(self, x, mask=None, cells=None) -> torch.Tensor:
         """The classifier's logits f(x) (:meth:`~pyro_mmt.guides.PoETGuide.classifier_logits`)."""

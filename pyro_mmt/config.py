@@ -318,6 +318,20 @@ class ModelConfig:
         1.0, NON_NEGATIVE, "τ' >= 0: the enumerated q(y | x) of unlabelled rows uses the logits "
         "f(x) + τ' log π_u (π_u the learned π, else the labelled class frequencies)",
         aliases=("--prior-shift",))
+    decision_shift: float | str = setting(
+        0.75, Constraint(lambda v: v == "auto" or (_is_number(v) and _finite32(v)),
+                         "'auto' or a finite number"),
+        "δ of the prediction: predict and predict_proba use the logits f(x) − δ log π̂ (π̂ "
+        "the labelled class frequencies); 0 is the class-balanced classifier as trained, δ > 0 "
+        "moves the boundary towards the rarer classes (more minority recall for some "
+        "balanced accuracy; 0.75 chosen on development seeds), δ < 0 towards the common ones; "
+        "auto: chosen after training from the predictions on the unlabelled training rows "
+        "(decision_shares; docs/imbalance.md)", parse=_number_or_auto)
+    decision_shares: float = setting(
+        0.5, Constraint(lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+        "λ of decision_shift='auto': δ is where the classes predicted for the unlabelled "
+        "training rows are spread most like π^λ (normalised; π their class proportions): 1 "
+        "their own proportions, 0 equal shares (unused by a numeric decision_shift)")
     label_counts: Sequence[int] | None = setting(None, data=True, help="labelled rows per class")
     joint_head: bool = setting(False, BOOLEAN, "add a head on the concatenated modalities to "
                                "the classifier")
@@ -385,8 +399,10 @@ class ModelConfig:
                                  f"to 1, found {list(values)}")
             put("class_prior", values)
         for name in ("prior_concentration", "alpha", "logit_adjustment",
-                     "unlabelled_prior_shift", "latent_weight"):
+                     "unlabelled_prior_shift", "decision_shares", "latent_weight"):
             put(name, float(getattr(self, name)))
+        if self.decision_shift != "auto":
+            put("decision_shift", float(self.decision_shift))
         if self.label_counts is not None:
             if isinstance(self.label_counts, str) or not isinstance(
                     self.label_counts, Sequence | np.ndarray):

@@ -56,6 +56,8 @@ from pyro_mmt.training.parallel import MemberHooks, fit_members
 from pyro_mmt.training.svi import (
     AUTO_STEPS,
     TrainingInterrupted,
+    calibrate_decision_shift,
+    classifier_logits,
     default_optimizer,
     load_weights,
     number_of_epochs,
@@ -87,7 +89,8 @@ IMBALANCE_OPTIONS = {"class_weight": "balanced", "logit_adjustment": 1.0,
 #: many classes and many features (``docs/benchmark.md``).
 PRESETS: dict[str, dict] = {
     "imbalanced": dict(IMBALANCE_OPTIONS),
-    "plain": {"class_weight": None, "logit_adjustment": 0.0, "unlabelled_prior_shift": 0.0},
+    "plain": {"class_weight": None, "logit_adjustment": 0.0, "unlabelled_prior_shift": 0.0,
+              "decision_shift": 0.0},
     "gaussian_kl": {"objective": "kl", "nu": math.inf},
 }
 
@@ -186,15 +189,18 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     The fitted Pyro pieces stay available: ``model_`` (the :class:`MultimodalM2`: ``model_.model``
     and ``model_.guide`` are the Pyro callables, ``model_.config`` every setting), ``members_``
     (all of them when ``n_init > 1``), ``history_`` (per-epoch DataFrame), ``standardiser_``,
-    ``class_prior_`` (π, estimated from the unlabelled rows when ``class_prior="learned"``).
+    ``class_prior_`` (π, estimated from the unlabelled rows when ``class_prior="learned"``),
+    ``decision_shift_`` (the decision shift δ its predictions use).
 
     **The defaults** are the configuration that scored best on validation folds of the public
     training splits (``docs/benchmark.md``: chosen without looking at any test split): the
-    Student-t model with the γ-power objective (auto γ), α = 1.5 per observed dimension of a
-    labelled datum, the logit-adjusted classification term and the matching prior shift for
-    the unlabelled rows (τ = τ' = 1, no class weights), about 300 SVI steps
-    (``epochs="auto"``) and predictions from the parameters averaged over the second half of
-    the epochs (``averaging=0.5``). ``pyro-mmt train`` runs the same.
+    Student-t model with the γ-power objective (auto γ, the label under the KL), α = 1.5 per
+    observed dimension of a labelled datum, the logit-adjusted classification term and the
+    matching prior shift for the unlabelled rows (τ = τ' = 1, no class weights), about 300 SVI
+    steps (``epochs="auto"``) and predictions from the parameters averaged over the second
+    half of the epochs (``averaging=0.5``), with the decision shift δ = 0.75 towards the rare
+    classes (chosen on development seeds; ``docs/imbalance.md``). ``pyro-mmt train`` runs the
+    same.
 
     **Parameters.** Every parameter is declared once in :mod:`pyro_mmt.config`, with its
     default, its constraint and its help text: the settings of
@@ -428,15 +434,19 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
 
             def on_epoch_end(epoch):
                 if learn_prior:  # the EM update of π from the unlabelled rows
-                    m2.update_class_prior(_classifier_logits(m2, unlabelled, device))
+                    m2.update_class_prior(classifier_logits(m2, unlabelled, device=device))
                 if average is not None:
                     average.update(m2, epoch)
 
+            def finish():  # the averaged weights, then the decision shift they imply
+                if average is not None:
+                    average.apply(m2)
+                calibrate_decision_shift(m2, data, device=device)
+
             if average is None:
-                return MemberHooks(on_epoch_end=on_epoch_end)
+                return MemberHooks(on_epoch_end=on_epoch_end, finish=finish)
             return MemberHooks(on_epoch_end=on_epoch_end,
-                               modules={"model": m2, "average": average},
-                               finish=lambda: average.apply(m2))
+                               modules={"model": m2, "average": average}, finish=finish)
 
         members = range(int(self.n_init))
         # member 0 uses `seed`, so n_init = 1 is the single model; member i uses seed + 1000 i
@@ -462,6 +472,14 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         self.history_ = self.histories_[0]
         self.class_prior_ = np.mean([m2.class_prior() for m2 in self.members_], 0)
         return self
+
+    @property
+    def decision_shift_(self) -> float:
+        """The decision shift δ the fitted model predicts with (``decision_shift``; for
+        ``"auto"`` the one chosen after training; with ``n_init > 1`` the members' mean, each
+        member predicting with its own)."""
+        self._check_fitted()
+        return float(np.mean([m2.q.prediction_shift() for m2 in self.members_]))
 
     # ------------------------------------------------------------------------ checkpoints
 
@@ -798,19 +816,6 @@ def _jsonable(value):
     return repr(value)
 
 
-@torch.no_grad()
-def _classifier_logits(m2: MultimodalM2, data: MultimodalDataset, device,
-                       batch_size: int = 1024) -> torch.Tensor:
-    """The classifier's logits f(x) on every row of ``data``, [N, K]."""
-    out = []
-    for start in range(0, len(data), batch_size):
-        sub = data[np.arange(start, min(start + batch_size, len(data)))]
-        x = {m: v.to(device) for m, v in sub.x.items()}
-        cells = {m: c.to(device) for m, c in sub.cells.items()}
-        out.append(m2.classifier_logits(x, sub.mask.to(device), cells))
-    return torch.cat(out)
-
-
 # ---------------------------------------------------------------------------- save / load
 _FORMAT = "pyro_mmt.estimator/2"
 
@@ -875,6 +880,9 @@ def load_estimator(path, map_location="cpu", *, decoders=None,
     # a file saved before the label divergence was a setting was fitted with the joint
     # γ-objective (the default then): it keeps saying so, so that clone() refits the same
     params.setdefault("label_divergence", "gamma")
+    # ... and one saved before the decision shift predicted with δ = 0
+    params.setdefault("decision_shift", 0.0)
+    state["config"].setdefault("decision_shift", 0.0)
     est = MultimodalSemiSupervisedClassifier(**params)
     est.config_ = ModelConfig.from_dict(state["config"])
     est.modalities_ = tuple(state["modalities"])

@@ -187,7 +187,8 @@ def test_the_guide_is_a_module_built_from_the_config():
 
     config = ModelConfig(DIMS, K, latent_dim=D, hidden=(4,), nu=NU, label_counts=(3, 2, 1))
     guide = PoETGuide(config)
-    assert {k.split(".")[0] for k in guide.state_dict()} == {"classifier", "encoders"}
+    assert {k.split(".")[0] for k in guide.state_dict()} == {"classifier", "encoders",
+                                                             "decision_shift"}
     x = {m: torch.randn(6, n) for m, n in DIMS.items()}
     mask = torch.ones(6, len(DIMS), dtype=torch.bool)
     mask[0, 1] = False
@@ -205,5 +206,6 @@ def test_the_guide_is_a_module_built_from_the_config():
     m2 = MultimodalM2(config.replace(learn_nu=True))
     assert m2.q.nu is m2.nu or torch.equal(m2.q.nu, m2.nu)
     assert m2.guide.__self__ is m2 and m2.classifier is m2.q.classifier
-    assert all(m2.q.state_dict()[k] is m2.state_dict()[f"q.{k}"] or torch.equal(
-        m2.q.state_dict()[k], m2.state_dict()[f"q.{k}"]) for k in m2.q.state_dict())
+    assert all(m2.q.state_dict()[k] is m2.state_dict()[f"q.{k}"] or torch.allclose(
+        m2.q.state_dict()[k], m2.state_dict()[f"q.{k}"], equal_nan=True)
+        for k in m2.q.state_dict())

@@ -624,7 +624,8 @@ def to_inference_data(
       summarises it, one row per class.
     - ``latent``: the per-datum draws, ``z`` [chain, draw, datum, latent]; ``y`` [chain, draw,
       datum]; ``class_prob`` [chain, draw, datum, class], the classifier's q(y | x) from
-      ``guide.predict_proba(x, mask)`` (the same for every draw). A group of its own, so that
+      ``guide.predict_proba(x, mask)``, with the model's decision shift as its predictions
+      use it (the same for every draw). A group of its own, so that
       ArviZ's functions that read ``posterior`` are not handed N × d rows.
     - ``posterior_predictive``: ``x_<m>`` [chain, draw, datum, <m>_feature], a draw of
       :math:`p(x_m \mid y_s, z_s)` for the first ``num_predictive`` draws, also for data whose

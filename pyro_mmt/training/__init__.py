@@ -8,6 +8,8 @@ from pyro_mmt.training.svi import (
     Checkpoint,
     TrainingDivergedError,
     batch_to,
+    calibrate_decision_shift,
+    classifier_logits,
     default_optimizer,
     load_checkpoint,
     load_weights,
@@ -21,6 +23,8 @@ from pyro_mmt.training.svi import (
 __all__ = [
     "train",
     "AUTO_STEPS",
+    "calibrate_decision_shift",
+    "classifier_logits",
     "predict_proba",
     "number_of_epochs",
     "TrainingDivergedError",

@@ -43,6 +43,8 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "load_weights",
+    "calibrate_decision_shift",
+    "classifier_logits",
     "predict_proba",
     "batch_to",
     "default_optimizer",
@@ -292,6 +294,39 @@ def predict_proba(module, dataset: MultimodalDataset, *, batch_size: int = 1024,
     return np.concatenate(out).astype(np.float64)
 
 
+def classifier_logits(module, dataset: MultimodalDataset, *, batch_size: int = 1024,
+                      device: str | torch.device = "cpu") -> torch.Tensor:
+    """The classifier's logits f(x) for every row of ``dataset`` from
+    ``module.classifier_logits(x, mask, cells)`` (e.g. a :class:`~pyro_mmt.models.
+    MultimodalM2`), in batches: a tensor [N, K] on ``device``."""
+    out = []
+    for start in range(0, len(dataset), batch_size):
+        sub = dataset[np.arange(start, min(start + batch_size, len(dataset)))]
+        x = {m: v.to(device) for m, v in sub.x.items()}
+        cells = {m: c.to(device) for m, c in sub.cells.items()}
+        out.append(module.classifier_logits(x, sub.mask.to(device), cells))
+    if not out:
+        return torch.zeros(0, dataset.num_classes, device=device)
+    return torch.cat(out)
+
+
+def calibrate_decision_shift(module, dataset: MultimodalDataset, *, batch_size: int = 1024,
+                             device: str | torch.device = "cpu") -> float | None:
+    """For a module with ``decision_shift="auto"`` (e.g. a :class:`~pyro_mmt.models.
+    MultimodalM2`), choose δ from its classifier on the unlabelled rows of ``dataset``
+    (:meth:`~pyro_mmt.guides.PoETGuide.calibrate_decision_shift`; 0 without unlabelled
+    rows) and return it; None for a module without a calibrated decision shift."""
+    config = getattr(module, "config", None)
+    if (not hasattr(module, "calibrate_decision_shift")
+            or getattr(config, "decision_shift", None) != "auto"):
+        return None
+    unlabelled = ~dataset.is_labelled
+    logits = (classifier_logits(module, dataset.unlabelled(), batch_size=batch_size,
+                                device=device) if bool(unlabelled.any())
+              else torch.zeros(0, dataset.num_classes))
+    return module.calibrate_decision_shift(logits)
+
+
 #: Gradient clamp of the default optimiser (``pyro.optim.ClippedAdam``'s default ``clip_norm``).
 DEFAULT_CLIP_VALUE = 10.0
 
@@ -494,6 +529,10 @@ def train(
     if patience is not None and best is not None:
         for name, module in modules.items():
             module.load_state_dict(best["modules"][name])
+    # the decision shift of a model that chooses it after training ("auto")
+    owner = getattr(guide, "__self__", None)
+    if owner is not None:
+        calibrate_decision_shift(owner, dataset, device=device)
     return pd.DataFrame(history)
 
 

@@ -1,0 +1,198 @@
+"""The decision shift δ: predictions use f(x) − δ log π̂; ``decision_shift="auto"`` chooses δ
+after training so that the classes predicted for the unlabelled rows are spread like π^λ.
+The choice is checked against a plain loop written out here; the estimator, the Pyro-level
+``train`` and save/load against the rule applied by hand to the fitted classifier."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_mmt.config import ModelConfig
+from pyro_mmt.data import MultimodalDataset
+from pyro_mmt.decision import DECISION_SHIFT_GRID, choose_decision_shift, predicted_shares
+from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier, load_estimator, save_estimator
+from pyro_mmt.models import MultimodalM2
+from pyro_mmt.training import calibrate_decision_shift, classifier_logits
+
+SMALL = {"hidden": (8,), "latent_dim": 2, "epochs": 2, "batch_size": 16}
+
+
+def _by_hand(logits, log_freq, log_target, shares):
+    """The rule written out: every δ of the grid, its predicted shares, their total variation
+    from π^λ (normalised); the smallest distance, then the smallest |δ|."""
+    target = np.exp(shares * log_target)
+    target /= target.sum()
+    best = None
+    for delta in DECISION_SHIFT_GRID:
+        pred = np.argmax(logits - delta * log_freq, axis=1)
+        share = np.bincount(pred, minlength=logits.shape[1]) / len(pred)
+        tv = 0.5 * np.abs(share - target).sum()
+        key = (round(tv, 12), abs(delta))
+        if best is None or key < best[0]:
+            best = (key, delta)
+    return best[1]
+
+
+@pytest.mark.parametrize("shares", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_choice_is_the_rule_written_out(shares, seed):
+    rng = np.random.default_rng(seed)
+    counts = np.array([40, 12, 5, 2])
+    log_freq = np.log(counts / counts.sum())
+    logits = rng.normal(size=(300, 4)) * 2.0
+    target = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    got = choose_decision_shift(logits, log_freq, target_log_prior=target, shares=shares)
+    assert got == pytest.approx(_by_hand(logits, log_freq, target, shares))
+
+
+def test_a_known_answer_for_two_classes():
+    """Logits 0 for class 0 and s_i for class 1 with s evenly spread on (−1, 1): at δ the
+    rows with s_i > δ (log π̂_1 − log π̂_0) are predicted 1; with π̂ = (e/(1+e), 1/(1+e))
+    that is s_i > −δ, so equal shares (λ = 0) need δ = 0 and a quarter of ones δ = −0.5."""
+    s = np.linspace(-0.999, 0.999, 400)
+    logits = np.stack([np.zeros_like(s), s], 1)
+    log_freq = np.log(np.array([math.e, 1.0]) / (1 + math.e))
+    assert choose_decision_shift(logits, log_freq, shares=0.0) == 0.0
+    quarter = np.log(np.array([0.75, 0.25]))
+    assert choose_decision_shift(logits, log_freq, target_log_prior=quarter,
+                                 shares=1.0) == pytest.approx(-0.5, abs=0.05)
+
+
+def test_predicted_shares_are_the_argmax_counts():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.5, 0.0]])
+    log_freq = torch.log(torch.tensor([0.8, 0.2]))
+    shares = predicted_shares(logits, log_freq, torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(shares, torch.tensor([[2 / 3, 1 / 3], [1 / 3, 2 / 3]]))
+
+
+def test_no_rows_choose_no_shift_and_bad_inputs_are_refused():
+    log_freq = np.log([0.5, 0.5])
+    assert choose_decision_shift(np.zeros((0, 2)), log_freq) == 0.0
+    with pytest.raises(ValueError, match="shares"):
+        choose_decision_shift(np.zeros((3, 2)), log_freq, shares=1.5)
+    with pytest.raises(ValueError, match="logits"):
+        choose_decision_shift(np.array([[0.0, np.nan]]), log_freq)
+    with pytest.raises(ValueError, match="shapes"):
+        choose_decision_shift(np.zeros((3, 3)), log_freq)
+
+
+@pytest.mark.parametrize("value", ["often", math.inf, math.nan, None])
+def test_bad_settings_are_refused_naming_them(value):
+    with pytest.raises(ValueError, match="decision_shift"):
+        ModelConfig({"a": 2}, 2, decision_shift=value)
+    with pytest.raises(ValueError, match="decision_shares"):
+        ModelConfig({"a": 2}, 2, decision_shares=1.5)
+    with pytest.raises(ValueError, match="decision_shift"):
+        MultimodalSemiSupervisedClassifier(decision_shift=value).fit(
+            {"a": np.zeros((4, 2))}, [0, 1, -1, -1])
+
+
+def test_a_number_shifts_the_prediction_and_auto_waits_for_calibration():
+    counts = (6, 3, 1)
+    log_freq = torch.log(torch.tensor(counts, dtype=torch.float32) / 10)
+    x = {"a": torch.randn(7, 3)}
+    fixed = MultimodalM2(ModelConfig({"a": 3}, 3, hidden=(4,), label_counts=counts,
+                                     decision_shift=0.7))
+    torch.testing.assert_close(fixed.predict_proba(x),
+                               torch.softmax(fixed.classifier_logits(x) - 0.7 * log_freq, -1))
+    default = MultimodalM2(ModelConfig({"a": 3}, 3, hidden=(4,), label_counts=counts))
+    assert default.q.prediction_shift() == 0.75  # the estimator's default, no calibration
+    auto = MultimodalM2(ModelConfig({"a": 3}, 3, hidden=(4,), label_counts=counts,
+                                    decision_shift="auto"))
+    assert math.isnan(float(auto.q.decision_shift))
+    with pytest.warns(UserWarning, match="not been calibrated"):
+        proba = auto.predict_proba(x)
+    torch.testing.assert_close(proba, torch.softmax(auto.classifier_logits(x), -1))
+    delta = auto.calibrate_decision_shift(auto.classifier_logits(x))
+    assert delta == choose_decision_shift(auto.classifier_logits(x), log_freq.double(),
+                                          shares=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(auto.predict_proba(x), torch.softmax(
+            auto.classifier_logits(x) - delta * log_freq, -1))
+    # state: the chosen δ travels with the state dict; the config's number is not replaced
+    again = MultimodalM2(auto.config)
+    again.load_state_dict(auto.state_dict())
+    assert float(again.q.decision_shift) == pytest.approx(delta)
+    assert fixed.calibrate_decision_shift(fixed.classifier_logits(x)) == pytest.approx(0.7)
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    rng = np.random.default_rng(0)
+    y_true = np.repeat(np.arange(3), [40, 15, 5])
+    x = 2.0 * rng.normal(size=(3, 5))[y_true] + rng.normal(size=(60, 5))
+    y = np.full(60, -1)
+    for k in range(3):
+        y[np.flatnonzero(y_true == k)[:max(2, (y_true == k).sum() // 4)]] = k
+    return {"a": x[:, :3], "b": x[:, 3:]}, y
+
+
+def test_the_estimator_chooses_delta_on_its_unlabelled_rows_and_keeps_it(blobs, tmp_path):
+    X, y = blobs
+    est = MultimodalSemiSupervisedClassifier(**SMALL, progress=False,
+                                             decision_shift="auto").fit(X, y)
+    data = est.prepare(X, y)
+    m2 = est.model_
+    logits = classifier_logits(m2, data.unlabelled())
+    log_freq = np.log(est.label_counts_ / est.label_counts_.sum())
+    expected = choose_decision_shift(logits, log_freq, shares=0.5)
+    assert est.decision_shift_ == pytest.approx(expected)
+    all_logits = classifier_logits(m2, data).double()
+    np.testing.assert_allclose(est.predict_proba(X), torch.softmax(
+        all_logits - float(m2.q.decision_shift) * torch.tensor(log_freq), -1).numpy(),
+        atol=1e-5)
+    path = tmp_path / "est.pt"
+    save_estimator(est, path)
+    loaded = load_estimator(path)
+    assert loaded.decision_shift_ == est.decision_shift_
+    np.testing.assert_array_equal(loaded.predict_proba(X), est.predict_proba(X))
+    # a number is used as given (the default 0.75); without unlabelled rows auto chooses 0
+    assert MultimodalSemiSupervisedClassifier(**SMALL, progress=False).fit(
+        X, y).decision_shift_ == 0.75
+    fixed = MultimodalSemiSupervisedClassifier(**SMALL, progress=False,
+                                               decision_shift=-0.4).fit(X, y)
+    assert fixed.decision_shift_ == pytest.approx(-0.4)
+    labelled = y >= 0
+    only = MultimodalSemiSupervisedClassifier(**SMALL, progress=False,
+                                              decision_shift="auto").fit(
+        {m: v[labelled] for m, v in X.items()}, y[labelled])
+    assert only.decision_shift_ == 0.0
+
+
+def test_a_file_saved_before_the_decision_shift_predicts_as_trained(blobs, tmp_path):
+    X, y = blobs
+    est = MultimodalSemiSupervisedClassifier(**SMALL, progress=False).fit(X, y)
+    path = tmp_path / "old.pt"
+    save_estimator(est, path)
+    state = torch.load(path, weights_only=True)
+    del state["params"]["decision_shift"], state["params"]["decision_shares"]
+    del state["config"]["decision_shift"], state["config"]["decision_shares"]
+    for member in state["members"]:
+        del member["q.decision_shift"]
+    torch.save(state, path)
+    old = load_estimator(path)
+    assert old.decision_shift == 0.0 and old.decision_shift_ == 0.0
+    assert old.config_.decision_shift == 0.0
+
+
+def test_pyro_level_train_calibrates_as_the_estimator_does(blobs):
+    import pyro
+
+    from pyro_mmt.estimator import make_objective
+    from pyro_mmt.training import default_optimizer, train
+
+    X, y = blobs
+    data = MultimodalDataset(X, y)
+    m2 = MultimodalM2(ModelConfig(data.dims, data.num_classes, label_counts=data.class_counts(),
+                                  hidden=(8,), latent_dim=2, decision_shift="auto"))
+    pyro.clear_param_store()
+    with pyro.get_param_store().scope():
+        train(m2.model, m2.guide, data, objective=make_objective("kl"),
+              optimizer=default_optimizer(), epochs=1, batch_size=16, progress=False)
+    chosen = float(m2.q.decision_shift)
+    assert not math.isnan(chosen)
+    assert calibrate_decision_shift(m2, data) == pytest.approx(chosen)
