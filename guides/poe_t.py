@@ -331,6 +331,8 @@ class PoETGuide(nn.Module):
         """The decision shift δ predictions use: the config's number, or for
         ``decision_shift="auto"`` the one :meth:`calibrate_decision_shift` chose (0, with a
         warning, before it ran)."""
+        if self.config.decision_shift != "auto":  # the config owns a number
+            return self.config.decision_shift
         value = float(self.decision_shift)
         if math.isnan(value):
             warnings.warn("decision_shift='auto' has not been calibrated: predicting with δ = 0 "
@@ -360,9 +362,14 @@ class PoETGuide(nn.Module):
         return delta
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # a state saved before the decision shift was state predicted with δ = 0
-        state_dict.setdefault(prefix + "decision_shift", torch.tensor(
-            0.0 if self.config.decision_shift == "auto" else self.config.decision_shift))
+        # the config owns a number (a state saved with another, e.g. a checkpoint resumed with
+        # a new decision_shift, takes it); for "auto" the state's choice, and δ = 0 for a
+        # state saved before the decision shift was state (what such a model predicted with)
+        key = prefix + "decision_shift"
+        if self.config.decision_shift != "auto":
+            state_dict[key] = torch.tensor(self.config.decision_shift)
+        else:
+            state_dict.setdefault(key, torch.tensor(0.0))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()

@@ -913,8 +913,9 @@ def _add_model_options(p: argparse.ArgumentParser, *, with_help_defaults: bool =
             g.add_argument(*flags, dest=name, default=None, help=text,
                            type=functools.partial(_read_value, name, declared))
     g.add_argument("--imbalance", action=argparse.BooleanOptionalAction, default=None,
-                   help="--imbalance: class-balanced weights, logit adjustment τ = 1 and prior "
-                        "shift τ' = 1 (PRESETS['imbalanced']); --no-imbalance: none of them "
+                   help="--imbalance: class-balanced weights, logit adjustment τ = 1, prior "
+                        "shift τ' = 1 and no decision shift (PRESETS['imbalanced'], the "
+                        "previous release's choice); --no-imbalance: none of them, δ = 0 "
                         "(PRESETS['plain']); default: the estimator's")
     g.add_argument("--distributed", action="store_true",
                    help="data-parallel over torchrun's processes (gloo on CPU, nccl on GPUs); "

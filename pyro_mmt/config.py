@@ -326,12 +326,13 @@ class ModelConfig:
         "moves the boundary towards the rarer classes (more minority recall for some "
         "balanced accuracy; 0.75 chosen on development seeds), δ < 0 towards the common ones; "
         "auto: chosen after training from the predictions on the unlabelled training rows "
-        "(decision_shares; docs/imbalance.md)", parse=_number_or_auto)
+        "(decision_shares; docs/imbalance.md)", parse=_number_or_auto, resumable=True)
     decision_shares: float = setting(
         0.5, Constraint(lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
         "λ of decision_shift='auto': δ is where the classes predicted for the unlabelled "
         "training rows are spread most like π^λ (normalised; π their class proportions): 1 "
-        "their own proportions, 0 equal shares (unused by a numeric decision_shift)")
+        "their own proportions, 0 equal shares (unused by a numeric decision_shift)",
+        resumable=True)
     label_counts: Sequence[int] | None = setting(None, data=True, help="labelled rows per class")
     joint_head: bool = setting(False, BOOLEAN, "add a head on the concatenated modalities to "
                                "the classifier")

@@ -17,6 +17,9 @@ option, not the default.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 
 __all__ = ["DECISION_SHIFT_GRID", "choose_decision_shift", "predicted_shares"]
@@ -62,15 +65,25 @@ def choose_decision_shift(logits, log_freq, *, target_log_prior=None, shares: fl
     if logits.ndim != 2 or log_freq.shape != (logits.shape[1],):
         raise ValueError(f"logits, log_freq: expected shapes [N, K] and [K], found "
                          f"{tuple(logits.shape)} and {tuple(log_freq.shape)}")
-    if not (isinstance(shares, int | float) and 0.0 <= shares <= 1.0):
+    if (isinstance(shares, bool) or not isinstance(shares, numbers.Real)
+            or not 0.0 <= shares <= 1.0):
         raise ValueError(f"shares: expected a number in [0, 1], found {shares!r}")
+    if not torch.isfinite(log_freq).all():
+        raise ValueError(f"log_freq: expected finite log-frequencies, found "
+                         f"{log_freq.tolist()}")
+    target = log_freq if target_log_prior is None else torch.as_tensor(
+        target_log_prior, dtype=torch.float64)
+    if (target.shape != log_freq.shape or torch.isnan(target).any()
+            or (target == math.inf).any()):
+        raise ValueError(f"target_log_prior: expected {log_freq.shape[0]} log-probabilities "
+                         f"(−inf allowed), found {target.tolist()}")
     if logits.shape[0] == 0:
         return 0.0
     if not torch.isfinite(logits).all():
         raise ValueError("logits: expected finite values, found a NaN or an infinity")
-    target = log_freq if target_log_prior is None else torch.as_tensor(
-        target_log_prior, dtype=torch.float64)
-    target = torch.softmax(shares * target, -1)
+    # π^λ normalised; λ = 0 is equal shares (also where π has a zero)
+    target = (torch.full_like(target, 1.0 / target.shape[0]) if shares == 0
+              else torch.softmax(float(shares) * target, -1))
     shifts = torch.tensor(grid, dtype=torch.float64)
     distance = 0.5 * (predicted_shares(logits, log_freq, shifts) - target).abs().sum(-1)
     nearest = distance <= distance.min() + 1e-12

@@ -76,10 +76,11 @@ __all__ = [
     "load_estimator",
 ]
 
-#: The class-imbalance devices of the model (``docs/imbalance.md``): class-balanced
-#: classification term, logit-adjusted classification term, prior shift in the enumeration.
+#: The class-imbalance devices of the model (``docs/imbalance.md``) as the previous release
+#: set them: class-balanced classification term, logit-adjusted classification term, prior
+#: shift in the enumeration, predictions as trained (no decision shift).
 IMBALANCE_OPTIONS = {"class_weight": "balanced", "logit_adjustment": 1.0,
-                     "unlabelled_prior_shift": 1.0}
+                     "unlabelled_prior_shift": 1.0, "decision_shift": 0.0}
 
 #: Named settings of the estimator: ``MultimodalSemiSupervisedClassifier(**PRESETS[name])``.
 #: ``"plain"`` turns every class-imbalance device off; ``"imbalanced"`` adds class-balanced

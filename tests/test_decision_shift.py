@@ -71,12 +71,23 @@ def test_predicted_shares_are_the_argmax_counts():
 def test_no_rows_choose_no_shift_and_bad_inputs_are_refused():
     log_freq = np.log([0.5, 0.5])
     assert choose_decision_shift(np.zeros((0, 2)), log_freq) == 0.0
+    assert choose_decision_shift(np.zeros((3, 2)), log_freq, shares=np.float32(0.5)) == 0.0
     with pytest.raises(ValueError, match="shares"):
         choose_decision_shift(np.zeros((3, 2)), log_freq, shares=1.5)
     with pytest.raises(ValueError, match="logits"):
         choose_decision_shift(np.array([[0.0, np.nan]]), log_freq)
     with pytest.raises(ValueError, match="shapes"):
         choose_decision_shift(np.zeros((3, 3)), log_freq)
+    with pytest.raises(ValueError, match="log_freq"):
+        choose_decision_shift(np.zeros((3, 2)), np.array([0.0, -np.inf]))
+    with pytest.raises(ValueError, match="target_log_prior"):
+        choose_decision_shift(np.zeros((3, 2)), log_freq, target_log_prior=[0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="target_log_prior"):
+        choose_decision_shift(np.zeros((3, 2)), log_freq, target_log_prior=[0.0, np.nan])
+    # λ = 0 aims at equal shares even where the target has a zero probability
+    logits = np.stack([np.zeros(10), np.linspace(-1, 1, 10)], 1)
+    assert choose_decision_shift(logits, log_freq, target_log_prior=[0.0, -np.inf],
+                                 shares=0.0) == choose_decision_shift(logits, log_freq, shares=0)
 
 
 @pytest.mark.parametrize("value", ["often", math.inf, math.nan, None])
@@ -118,6 +129,11 @@ def test_a_number_shifts_the_prediction_and_auto_waits_for_calibration():
     again.load_state_dict(auto.state_dict())
     assert float(again.q.decision_shift) == pytest.approx(delta)
     assert fixed.calibrate_decision_shift(fixed.classifier_logits(x)) == pytest.approx(0.7)
+    # a state saved with another number (e.g. a checkpoint resumed with a new decision_shift)
+    # predicts with the config's
+    other = MultimodalM2(fixed.config.replace(decision_shift=0.2))
+    other.load_state_dict(fixed.state_dict())
+    assert other.q.prediction_shift() == 0.2 and float(other.q.decision_shift) == pytest.approx(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +193,8 @@ def test_a_file_saved_before_the_decision_shift_predicts_as_trained(blobs, tmp_p
     old = load_estimator(path)
     assert old.decision_shift == 0.0 and old.decision_shift_ == 0.0
     assert old.config_.decision_shift == 0.0
+    as_trained = torch.softmax(classifier_logits(old.model_, old.prepare(X)), -1).numpy()
+    np.testing.assert_allclose(old.predict_proba(X), as_trained, atol=1e-6)
 
 
 def test_pyro_level_train_calibrates_as_the_estimator_does(blobs):
@@ -194,5 +212,56 @@ def test_pyro_level_train_calibrates_as_the_estimator_does(blobs):
         train(m2.model, m2.guide, data, objective=make_objective("kl"),
               optimizer=default_optimizer(), epochs=1, batch_size=16, progress=False)
     chosen = float(m2.q.decision_shift)
-    assert not math.isnan(chosen)
+    unlabelled = data.unlabelled()
+    by_hand = choose_decision_shift(m2.classifier_logits(unlabelled.x, unlabelled.mask),
+                                    np.log(data.class_counts() / data.class_counts().sum()),
+                                    shares=0.5)
+    assert chosen == pytest.approx(by_hand)
     assert calibrate_decision_shift(m2, data) == pytest.approx(chosen)
+
+
+def test_a_learned_class_prior_is_the_target_of_auto():
+    counts = (6, 3, 1)
+    log_freq = torch.log(torch.tensor(counts, dtype=torch.float64) / 10)
+    m2 = MultimodalM2(ModelConfig({"a": 3}, 3, hidden=(4,), label_counts=counts,
+                                  class_prior="learned", decision_shift="auto",
+                                  decision_shares=1.0))
+    logits = torch.randn(50, 3)
+    m2.update_class_prior(logits)
+    target = m2.class_log_prior.double()
+    assert not torch.allclose(target, log_freq)  # the EM moved π away from the counts
+    assert m2.calibrate_decision_shift(logits) == choose_decision_shift(
+        logits, log_freq, target_log_prior=target, shares=1.0)
+
+
+def test_each_member_of_an_ensemble_predicts_with_its_own_shift(blobs):
+    X, y = blobs
+    est = MultimodalSemiSupervisedClassifier(**SMALL, progress=False, n_init=2,
+                                             decision_shift="auto").fit(X, y)
+    shifts = [m2.q.prediction_shift() for m2 in est.members_]
+    assert est.decision_shift_ == pytest.approx(np.mean(shifts))
+    data = est.prepare(X)
+    log_freq = torch.log(torch.tensor(est.label_counts_ / est.label_counts_.sum()))
+    expected = np.mean([torch.softmax(classifier_logits(m2, data).double() - d * log_freq,
+                                      -1).numpy() for m2, d in zip(est.members_, shifts, strict=True)], 0)
+    np.testing.assert_allclose(est.predict_proba(X), expected, atol=1e-5)
+
+
+def test_validation_during_training_scores_an_uncalibrated_auto_as_trained(blobs):
+    import pyro
+
+    from pyro_mmt.estimator import make_objective
+    from pyro_mmt.training import default_optimizer, train
+
+    X, y = blobs
+    data = MultimodalDataset(X, y)
+    m2 = MultimodalM2(ModelConfig(data.dims, data.num_classes, label_counts=data.class_counts(),
+                                  hidden=(8,), latent_dim=2, decision_shift="auto"))
+    pyro.clear_param_store()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "not been calibrated" warning per epoch
+        with pyro.get_param_store().scope():
+            history = train(m2.model, m2.guide, data, objective=make_objective("kl"),
+                            optimizer=default_optimizer(), epochs=2, batch_size=16,
+                            validation=data.labelled(), progress=False)
+    assert "val_balanced_accuracy" in history

@@ -33,6 +33,7 @@ from pyro_mmt.estimator import IMBALANCE_OPTIONS, MultimodalSemiSupervisedClassi
 from pyro_mmt.evaluation.metrics import classification_metrics, minority_classes, summarise
 from pyro_mmt.experiments import baselines
 from pyro_mmt.experiments.baselines import LABELSPREADING_NEIGHBOURS
+from pyro_mmt.training import predict_proba
 
 __all__ = [
     "Method",
@@ -160,8 +161,11 @@ def estimator_fit_predict(options: dict, *, view: str | None = None) -> Callable
         if opts.get("class_prior") == "learned":
             pred.estimates["class_prior"] = clf.class_prior_
         unlabelled = ~train.is_labelled.numpy()
-        if unlabelled.any():  # q(y | x) on the unlabelled training rows: the pseudo-labels
-            pred.estimates["unlabelled_proba"] = clf.predict_proba(train[unlabelled])
+        if unlabelled.any():  # q(y | x) on the unlabelled training rows: the pseudo-labels,
+            # as the enumeration sees them (no decision shift: that is the prediction's)
+            rows = clf.prepare(train[unlabelled])
+            pred.estimates["unlabelled_proba"] = np.mean(
+                [predict_proba(m2, rows, logit_adjustment=0.0) for m2 in clf.members_], 0)
         return pred
 
     return fit_predict
@@ -189,7 +193,7 @@ V1 = {"alpha": 1000.0, "alpha_unit": "datum", **IMBALANCE_OPTIONS, "averaging": 
 METHODS: dict[str, Method] = {
     "t_gamma": _deep_method("t_gamma", "the estimator's defaults: Student-t model, γ-power "
                             "divergence for (x, z) given y (auto γ), the label under the KL, "
-                            "the decision shift chosen on the unlabelled rows", {}),
+                            "predictions with the decision shift δ = 0.75", {}),
     "t_gamma_shift0": _deep_method("t_gamma_shift0", "the defaults predicting with the "
                                    "classifier as trained (decision shift δ = 0; the previous "
                                    "release's default)", {"decision_shift": 0.0}),

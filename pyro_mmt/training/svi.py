@@ -404,7 +404,12 @@ def train(
     :param validation: labelled data scored after every epoch (balanced accuracy, macro-F1, ...).
     :param predictor: ``predictor(dataset) -> proba [N, K]``; default
         ``predict_proba(guide.__self__, dataset)`` for a bound ``guide`` method (e.g.
-        ``m2.guide``).
+        ``m2.guide``), with δ = 0 while a ``decision_shift="auto"`` is still to be chosen.
+
+    At the end, a bound guide's owner with ``decision_shift="auto"`` (e.g. a
+    :class:`~pyro_mmt.models.MultimodalM2`) has its decision shift chosen from the unlabelled
+    rows of ``dataset`` (:func:`calibrate_decision_shift`; under data-parallel training, of
+    this process's shard: the estimator chooses it again on all rows after training).
     :param patience: stop when validation balanced accuracy has not improved for this many
         epochs, and restore the best epoch's weights (needs ``validation`` and ``modules``).
     :param checkpoint_dir: write ``checkpoint.pt`` there after every epoch.
@@ -474,8 +479,13 @@ def train(
         if owner is None or not hasattr(owner, "predict_proba"):
             raise ValueError("predictor: pass one, the guide has no predict_proba to score with")
 
+        # a decision shift still to be chosen ("auto", after training) scores as trained
+        shift = ({"logit_adjustment": 0.0}
+                 if getattr(getattr(owner, "config", None), "decision_shift", None) == "auto"
+                 else {})
+
         def predictor(data, _owner=owner):
-            return predict_proba(_owner, data, device=device)
+            return predict_proba(_owner, data, device=device, **shift)
 
     _check_param_store(modules)
     optimizer = optimizer or default_optimizer()
