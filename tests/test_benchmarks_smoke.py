@@ -184,3 +184,43 @@ def test_pyro_module_speed_smoke(tmp_path):
     pyro_module_speed.main(["--quick", "--out", str(tmp_path / "p.csv")])
     row = pd.read_csv(tmp_path / "p.csv").iloc[0]
     assert row["ratio"] > 0 and row["pyro_module_param_calls"] > row["module_param_calls"] > 0
+
+
+def test_decision_shift_scores_saved_arrays_and_matches_the_lean(tmp_path):
+    """Every δ of the grid is the argmax of log q − δ log π̂ scored by the benchmark's metrics;
+    the matched comparison gives the other model the δ of the reference's tail share."""
+    import numpy as np
+
+    from benchmarks import decision_shift as ds
+    from pyro_mmt.evaluation.metrics import classification_metrics
+
+    rng = np.random.default_rng(0)
+    counts = np.array([30, 10, 3])
+    log_freq = np.log(counts / counts.sum())
+    (tmp_path / "arrays").mkdir()
+    for method, scale in (("t_gamma", 3.0), ("gauss_kl", 1.0)):
+        np.savez(tmp_path / "arrays" / f"{ds._key('x', 10, 0.2, 5, method)}.npz",
+                 test_proba=rng.dirichlet(np.ones(3) / scale, size=30),
+                 test_y=np.repeat(np.arange(3), 10),
+                 unlabelled_proba=rng.dirichlet(np.ones(3), size=40),
+                 unlabelled_y=np.zeros(40, dtype=int), labelled_counts=counts,
+                 train_counts=counts * 4)
+    path = tmp_path / "arrays" / f"{ds._key('x', 10, 0.2, 5, 't_gamma')}.npz"
+    rows = {r["method"]: r for r in ds.score(path, "x", 10, 0.2, 5, "t_gamma")}
+    a = np.load(path)
+    for delta in ds.SHIFTS:
+        pred = (np.log(a["test_proba"]) - delta * log_freq).argmax(1)
+        expected = classification_metrics(a["test_y"], pred, a["train_counts"])
+        assert rows[f"t_gamma@{delta:g}"]["balanced_accuracy"] == expected["balanced_accuracy"]
+    assert {f"t_gamma@auto{lam:g}" for lam in ds.SHARES} <= set(rows)
+
+    todo = [("x", 10, 0.2, 5, m) for m in ("t_gamma", "gauss_kl")]
+    matched = ds.matched_lean(tmp_path, todo).set_index("method")
+    assert matched.loc["t_gamma", "shift"] == 0.75
+    b = np.load(tmp_path / "arrays" / f"{ds._key('x', 10, 0.2, 5, 'gauss_kl')}.npz")
+
+    def tail(arr, d):
+        return ((np.log(arr["unlabelled_proba"]) - d * log_freq).argmax(1) == 2).mean()
+
+    gap = abs(tail(b, matched.loc["gauss_kl", "shift"]) - tail(a, 0.75))
+    assert gap == min(abs(tail(b, g) - tail(a, 0.75)) for g in ds.MATCH_GRID)
