@@ -36,10 +36,11 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.select_on_dev_seeds import DEVELOPMENT_SEEDS
-from pyro_mmt.data import SplitSkippedError, load_dataset, long_tailed_split
+from pyro_mmt.config import ModelConfig
+from pyro_mmt.data import load_dataset, long_tailed_split
 from pyro_mmt.decision import choose_decision_shift
 from pyro_mmt.evaluation.metrics import classification_metrics
-from pyro_mmt.experiments.benchmark import DEFAULT_GRID
+from pyro_mmt.experiments.benchmark import grid_splits
 
 #: The fixed shifts scored for every fit.
 SHIFTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
@@ -101,11 +102,24 @@ def score(path: Path, dataset, rho, beta, seed, method, shifts=SHIFTS,
     return rows
 
 
+def benchmark_rows(results: pd.DataFrame, delta: float = ModelConfig.decision_shift
+                   ) -> pd.DataFrame:
+    """The rows of ``<model>@<delta>`` and ``<model>@0`` renamed as the benchmark names the
+    methods (``<model>``, which predicts with the default δ, and ``<model>_shift0``), so that
+    ``pyro-mmt report`` reads them with the baselines' rows."""
+    names = {f"{m}@{delta:g}": m for m in results["base_method"].unique()}
+    names |= {f"{m}@0": f"{m}_shift0" for m in results["base_method"].unique()}
+    rows = results[results["method"].isin(names)].copy()
+    rows["method"] = rows["method"].map(names)
+    return rows.drop(columns=["base_method", "shift", "shares"])
+
+
 #: The shifts searched when matching the tail lean (``--matched``).
 MATCH_GRID = tuple(round(-2.0 + 0.05 * i, 2) for i in range(121))
 
 
-def matched_lean(out: Path, todo, reference: str = "t_gamma", delta: float = 0.75) -> pd.DataFrame:
+def matched_lean(out: Path, todo, reference: str = "t_gamma",
+                 delta: float = ModelConfig.decision_shift) -> pd.DataFrame:
     """An analysis, not a choice: every other model's fit shifted to the δ at which it predicts
     the minority classes (the rarest third by labelled count) for the unlabelled training rows
     as often as ``reference`` does at ``delta`` (no label used), and scored on the test set.
@@ -145,19 +159,9 @@ def matched_lean(out: Path, todo, reference: str = "t_gamma", delta: float = 0.7
 
 
 def tasks(datasets, seeds, methods, rhos=None, betas=None):
-    out = []
-    for name in datasets:
-        data = load_dataset(name)
-        grid = DEFAULT_GRID.get(name, DEFAULT_GRID["digits"])
-        for rho in rhos or grid["rho"]:
-            for beta in betas or grid["beta"]:
-                for seed in seeds:
-                    try:
-                        long_tailed_split(data, rho, beta, seed)
-                    except SplitSkippedError:
-                        break
-                    out += [(name, rho, beta, seed, m) for m in methods]
-    return out
+    """(data set, ρ, β, seed, method) for every split of the grid and method."""
+    return [(*split, m) for split in grid_splits(datasets, rhos=rhos, betas=betas, seeds=seeds)
+            for m in methods]
 
 
 def main(argv=None):
@@ -174,8 +178,12 @@ def main(argv=None):
                         help="allow the reported seeds 0–4 (to report a rule chosen on the "
                         "development seeds, never to choose one)")
     parser.add_argument("--matched", action="store_true",
-                        help="also write matched.csv: the other models shifted to t_gamma@0.75's "
-                        "tail lean on the unlabelled rows (an analysis)")
+                        help="also write matched.csv: the other models shifted to the tail lean "
+                        "of t_gamma at the default δ on the unlabelled rows (an analysis)")
+    parser.add_argument("--benchmark-rows", action="store_true",
+                        help="also write benchmark_rows.csv: the rows at the default δ and at "
+                        "δ = 0 under the benchmark's method names (<model>, <model>_shift0), "
+                        "for pyro-mmt report")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     bad = sorted(set(args.seeds) - set(DEVELOPMENT_SEEDS))
@@ -204,6 +212,8 @@ def main(argv=None):
         ["balanced_accuracy", "minority_recall"]].mean()
     summary["criterion"] = summary.mean(axis=1)
     print(summary.round(3).to_string())
+    if args.benchmark_rows:
+        benchmark_rows(results).to_csv(args.out / "benchmark_rows.csv", index=False)
     if args.matched:
         matched = matched_lean(args.out, todo)
         matched.to_csv(args.out / "matched.csv", index=False)

@@ -28,7 +28,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -228,8 +228,39 @@ def _hidden(text: str) -> tuple[int, ...]:
     return tuple(int(h) for h in text.replace("x", " ").split())
 
 
+class _Settings:
+    """What a frozen dataclass of settings offers besides its fields: JSON-able values and
+    back, and a checked copy with changes."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (mappings as dicts, tuples as lists; ``inf`` stays a float)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Mapping):
+                value = dict(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Self:
+        """The inverse of :meth:`to_dict` (unknown keys are refused)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"values: unknown settings {unknown}; expected some of "
+                             f"{sorted(names)}")
+        return cls(**values)
+
+    def replace(self, **changes) -> Self:
+        """A copy with some settings changed (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Settings):
     r"""The settings of the multimodal M2 model and its product-of-experts guide, with the
     estimator's validated defaults (``docs/benchmark.md``): ``ModelConfig(dims, K,
     label_counts=counts)`` is the model that ``MultimodalSemiSupervisedClassifier()`` fits.
@@ -452,19 +483,6 @@ class ModelConfig:
         """True for the ν = ∞ (Gaussian) model."""
         return math.isinf(self.nu)
 
-    # ------------------------------------------------------------------------------ JSON
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able values (``inf`` stays a float)."""
-        return _to_dict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
-        """The inverse of :meth:`to_dict` (unknown keys are refused)."""
-        return _from_dict(cls, values)
-
-    def replace(self, **changes) -> ModelConfig:
-        """A copy with some settings changed (checked again)."""
-        return dataclasses.replace(self, **changes)
 
 
 def check_combination(settings) -> None:
@@ -475,30 +493,9 @@ def check_combination(settings) -> None:
                          "finite starting nu > 2")
 
 
-def _to_dict(config) -> dict[str, Any]:
-    out = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if isinstance(value, Mapping):
-            value = dict(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        out[f.name] = value
-    return out
-
-
-def _from_dict(cls, values: Mapping[str, Any]):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"values: unknown settings {unknown}; expected some of "
-                         f"{sorted(names)}")
-    return cls(**values)
-
-
 # -------------------------------------------------------------------------------- training
 @dataclass(frozen=True)
-class TrainingConfig:
+class TrainingConfig(_Settings):
     """How the model and its guide are trained, with the estimator's validated defaults.
 
     The estimator's training parameters are these fields; :func:`~pyro_mmt.training.train`
@@ -559,18 +556,6 @@ class TrainingConfig:
             check_setting(f.name, getattr(self, f.name), f.metadata["constraint"])
         check_objective(self)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able values."""
-        return _to_dict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> TrainingConfig:
-        """The inverse of :meth:`to_dict` (unknown keys are refused)."""
-        return _from_dict(cls, values)
-
-    def replace(self, **changes) -> TrainingConfig:
-        """A copy with some settings changed (checked again)."""
-        return dataclasses.replace(self, **changes)
 
 
 def check_objective(settings) -> None:

@@ -197,7 +197,9 @@ def test_a_file_saved_before_the_decision_shift_predicts_as_trained(blobs, tmp_p
     np.testing.assert_allclose(old.predict_proba(X), as_trained, atol=1e-6)
 
 
-def test_pyro_level_train_calibrates_as_the_estimator_does(blobs):
+def _trained_by_hand(blobs, **options):
+    """A model with decision_shift="auto" trained by the library's Pyro-level loop on the blobs:
+    (model, data, history)."""
     import pyro
 
     from pyro_mmt.estimator import make_objective
@@ -209,8 +211,13 @@ def test_pyro_level_train_calibrates_as_the_estimator_does(blobs):
                                   hidden=(8,), latent_dim=2, decision_shift="auto"))
     pyro.clear_param_store()
     with pyro.get_param_store().scope():
-        train(m2.model, m2.guide, data, objective=make_objective("kl"),
-              optimizer=default_optimizer(), epochs=1, batch_size=16, progress=False)
+        history = train(m2.model, m2.guide, data, objective=make_objective("kl"),
+                        optimizer=default_optimizer(), batch_size=16, progress=False, **options)
+    return m2, data, history
+
+
+def test_pyro_level_train_calibrates_as_the_estimator_does(blobs):
+    m2, data, _ = _trained_by_hand(blobs, epochs=1)
     chosen = float(m2.q.decision_shift)
     unlabelled = data.unlabelled()
     by_hand = choose_decision_shift(m2.classifier_logits(unlabelled.x, unlabelled.mask),
@@ -242,26 +249,15 @@ def test_each_member_of_an_ensemble_predicts_with_its_own_shift(blobs):
     assert est.decision_shift_ == pytest.approx(np.mean(shifts))
     data = est.prepare(X)
     log_freq = torch.log(torch.tensor(est.label_counts_ / est.label_counts_.sum()))
-    expected = np.mean([torch.softmax(classifier_logits(m2, data).double() - d * log_freq,
-                                      -1).numpy() for m2, d in zip(est.members_, shifts, strict=True)], 0)
+    expected = np.mean([torch.softmax(classifier_logits(m2, data).double() - d * log_freq, -1)
+                        .numpy() for m2, d in zip(est.members_, shifts, strict=True)], 0)
     np.testing.assert_allclose(est.predict_proba(X), expected, atol=1e-5)
 
 
 def test_validation_during_training_scores_an_uncalibrated_auto_as_trained(blobs):
-    import pyro
-
-    from pyro_mmt.estimator import make_objective
-    from pyro_mmt.training import default_optimizer, train
-
     X, y = blobs
-    data = MultimodalDataset(X, y)
-    m2 = MultimodalM2(ModelConfig(data.dims, data.num_classes, label_counts=data.class_counts(),
-                                  hidden=(8,), latent_dim=2, decision_shift="auto"))
-    pyro.clear_param_store()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "not been calibrated" warning per epoch
-        with pyro.get_param_store().scope():
-            history = train(m2.model, m2.guide, data, objective=make_objective("kl"),
-                            optimizer=default_optimizer(), epochs=2, batch_size=16,
-                            validation=data.labelled(), progress=False)
+        _, _, history = _trained_by_hand(blobs, epochs=2,
+                                         validation=MultimodalDataset(X, y).labelled())
     assert "val_balanced_accuracy" in history

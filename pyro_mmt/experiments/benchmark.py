@@ -46,6 +46,7 @@ __all__ = [
     "COLLAPSE_MARGIN",
     "entropy_weight_w0",
     "estimator_fit_predict",
+    "grid_splits",
     "run_benchmark",
     "results_table",
     "headline_table",
@@ -296,6 +297,30 @@ DEEP_BASELINES = ("ssl_mlp",)
 COLLAPSE_MARGIN = 0.05
 
 
+def grid_splits(datasets: Iterable[str], *, rhos: Iterable[float] | None = None,
+                betas: Iterable[float] | None = None, seeds: Iterable[int] | None = None,
+                unlabelled: str = "same",
+                progress: Callable[[str], None] | None = None) -> list[tuple]:
+    """The (data set, ρ, β, seed) of the grid (:data:`DEFAULT_GRID`, or the given ρ, β,
+    seeds), in order, leaving out the settings the split rule skips (reported through
+    ``progress``)."""
+    out = []
+    for name in datasets:
+        data = load_dataset(name)
+        grid = DEFAULT_GRID.get(name, DEFAULT_GRID["digits"])
+        for rho in rhos or grid["rho"]:
+            for beta in betas or grid["beta"]:
+                for seed in seeds if seeds is not None else grid["seeds"]:
+                    try:
+                        long_tailed_split(data, rho, beta, seed, unlabelled=unlabelled)
+                    except SplitSkippedError as error:
+                        if progress:
+                            progress(f"skip {name} rho={rho}: {error}")
+                        break
+                    out.append((name, rho, beta, seed))
+    return out
+
+
 def run_benchmark(
     datasets: Iterable[str],
     methods: Iterable[str],
@@ -328,21 +353,11 @@ def run_benchmark(
         _method(method)  # unknown names fail before any fit
     if isinstance(jobs, bool) or int(jobs) != jobs or (jobs < 1 and jobs != -1):
         raise ValueError(f"jobs: expected a positive integer or -1, found {jobs!r}")
-    tasks = []
-    for name in datasets:
-        data = load_dataset(name)
-        grid = DEFAULT_GRID.get(name, DEFAULT_GRID["digits"])
-        for rho in rhos or grid["rho"]:
-            for beta in betas or grid["beta"]:
-                for seed in seeds if seeds is not None else grid["seeds"]:
-                    try:
-                        long_tailed_split(data, rho, beta, seed, unlabelled=unlabelled)
-                    except SplitSkippedError as error:
-                        if progress:
-                            progress(f"skip {name} rho={rho}: {error}")
-                        break
-                    tasks += [(name, rho, beta, seed, unlabelled, method, epochs)
-                              for method in methods]
+    tasks = [(name, rho, beta, seed, unlabelled, method, epochs)
+             for name, rho, beta, seed in grid_splits(datasets, rhos=rhos, betas=betas,
+                                                      seeds=seeds, unlabelled=unlabelled,
+                                                      progress=progress)
+             for method in methods]
     if jobs == 1:
         rows = []
         for task in tasks:
