@@ -641,3 +641,43 @@ def test_student_t_poe_gaussian_limit():
         torch.testing.assert_close(t.scale, gauss.base_dist.scale, rtol=20 / nu, atol=0)
     x = torch.randn(B, d)
     torch.testing.assert_close(t.log_prob(x), gauss.log_prob(x), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("gamma", [-2 / 6, 0.3])
+@pytest.mark.parametrize("loc, scale", [(2.0, 1.0), (-1.5, 0.6)])
+def test_class_conditional_prior_is_a_change_of_variables(gamma, loc, scale):
+    """docs/derivation.md §12: a class's prior t(μ, a²) and the standard prior with the decoder
+    read at a z' + μ give per-class γ-losses ℓ' = a^{γ/(1+γ)} ℓ (equal for a shift alone),
+    ℓ = −(1/γ)[E_q (p(x, z)/‖p‖)^γ − ‖q‖], every integral by quadrature (d = n = 1)."""
+    nu, sigma, x_obs = 4.0, 0.7, 1.3
+    q_loc, q_scale, q_df = 0.8, 0.5, 7.0
+
+    def mean(z):
+        return math.sin(2 * z) + z**2 / 3
+
+    def model(mu, a, read_at):  # p(z) = t(μ, a²), x | z ~ t(mean(read_at(z)), s²σ², ν + 1)
+        def log_p(x, z):
+            s2 = (nu + ((z - mu) / a) ** 2) / (nu + 1)
+            return (ref_log_t([z], [mu], [a * a], nu)
+                    + ref_log_t([x], [mean(read_at(z))], [s2 * sigma**2], nu + 1))
+        return log_p, mu, lambda z: mean(read_at(z))
+
+    def loss(log_p, z_centre, x_centre, m, b):
+        def integral(f):
+            return integrate.quad(f, -np.inf, np.inf, epsabs=0, epsrel=1e-11)[0]
+
+        norm = quad_2d(lambda x, z: math.exp((1 + gamma) * log_p(x, z)), z_centre,
+                       x_centre) ** (1 / (1 + gamma))
+        cross = integral(lambda z: math.exp(ref_log_t([z], [m], [b * b], q_df)
+                                            + gamma * log_p(x_obs, z)))
+        q_norm = integral(lambda z: math.exp((1 + gamma) * ref_log_t([z], [m], [b * b], q_df)))
+        return -(cross / norm**gamma - q_norm ** (1 / (1 + gamma))) / gamma
+
+    shifted = loss(*model(loc, scale, lambda z: z), q_loc, q_scale)
+    standard = loss(*model(0.0, 1.0, lambda z: scale * z + loc), (q_loc - loc) / scale,
+                    q_scale / scale)
+    np.testing.assert_allclose(standard, scale ** (gamma / (1 + gamma)) * shifted, rtol=1e-7)
+    if scale == 1.0:  # a shift alone: the same loss
+        np.testing.assert_allclose(standard, shifted, rtol=1e-7)
+    else:  # a scale is not invisible: the factor is not 1
+        assert abs(standard - shifted) > 1e-3 * abs(shifted)
