@@ -461,7 +461,9 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         train_options = dict(epochs=epochs, batch_size=self.batch_size,
                              labelled_batch_size=self.labelled_batch_size, device=device,
                              progress=self.progress, resume=self.resume,
-                             unlabelled_warmup=float(self.unlabelled_warmup))
+                             unlabelled_warmup=float(self.unlabelled_warmup),
+                             # chosen once, by each member's finish(), from the averaged weights
+                             choose_decision_shift=False)
         with _resume_advice(self):
             fitted = fit_members(
                 lambda: self._build(self.config_).to(device), data, seeds,

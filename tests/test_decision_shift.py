@@ -227,6 +227,24 @@ def test_pyro_level_train_calibrates_as_the_estimator_does(blobs):
     assert calibrate_decision_shift(m2, data) == pytest.approx(chosen)
 
 
+def test_auto_is_chosen_once_per_member_after_averaging(blobs, monkeypatch):
+    """The estimator chooses δ once per member, from the averaged weights; train() leaves it
+    to the caller with choose_decision_shift=False."""
+    from pyro_mmt.guides import PoETGuide
+
+    calls = []
+    original = PoETGuide.calibrate_decision_shift
+    monkeypatch.setattr(PoETGuide, "calibrate_decision_shift",
+                        lambda self, logits: calls.append(self) or original(self, logits))
+    X, y = blobs
+    est = MultimodalSemiSupervisedClassifier(**SMALL, progress=False, n_init=2,
+                                             decision_shift="auto").fit(X, y)
+    assert calls == [m2.q for m2 in est.members_]
+    calls.clear()
+    m2, _, _ = _trained_by_hand(blobs, epochs=1, choose_decision_shift=False)
+    assert calls == [] and math.isnan(float(m2.q.decision_shift))
+
+
 def test_a_learned_class_prior_is_the_target_of_auto():
     counts = (6, 3, 1)
     log_freq = torch.log(torch.tensor(counts, dtype=torch.float64) / 10)

@@ -385,6 +385,7 @@ def train(
     on_epoch_end: Callable[[int], None] | None = None,
     unlabelled_warmup: float = TrainingConfig.unlabelled_warmup,
     desc: str = "training",
+    choose_decision_shift: bool = True,
 ) -> pd.DataFrame:
     """Train ``model``/``guide`` with SVI and return the per-epoch history.
 
@@ -409,7 +410,7 @@ def train(
     At the end, a bound guide's owner with ``decision_shift="auto"`` (e.g. a
     :class:`~pyro_mmt.models.MultimodalM2`) has its decision shift chosen from the unlabelled
     rows of ``dataset`` (:func:`calibrate_decision_shift`; under data-parallel training, of
-    this process's shard: the estimator chooses it again on all rows after training).
+    this process's shard), unless ``choose_decision_shift=False``.
     :param patience: stop when validation balanced accuracy has not improved for this many
         epochs, and restore the best epoch's weights (needs ``validation`` and ``modules``).
     :param checkpoint_dir: write ``checkpoint.pt`` there after every epoch.
@@ -452,6 +453,8 @@ def train(
         no ramp. The weight depends on the epoch and step only, so a resumed run ramps as an
         uninterrupted one. The history's losses are those of the data, without the ramp.
     :param str desc: the progress bar's label.
+    :param bool choose_decision_shift: choose a ``decision_shift="auto"`` at the end (False:
+        the caller chooses it later, as the estimator does once the parameters are averaged).
     :return: a DataFrame with one row per epoch: ``epoch``, ``loss`` (per datum),
         ``loss_labelled``, ``loss_unlabelled``, ``seconds`` and validation metrics.
     :raises TrainingDivergedError: when a step's loss is not finite.
@@ -541,7 +544,7 @@ def train(
             module.load_state_dict(best["modules"][name])
     # the decision shift of a model that chooses it after training ("auto")
     owner = getattr(guide, "__self__", None)
-    if owner is not None:
+    if owner is not None and choose_decision_shift:
         calibrate_decision_shift(owner, dataset, device=device)
     return pd.DataFrame(history)
 
