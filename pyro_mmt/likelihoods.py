@@ -166,11 +166,17 @@ class StudentT(Likelihood):
 
     def log_power_integral(self, out, gamma, cells=None):
         """The Gaussian case (ν = ∞); in the t model the chain's integral is the model's."""
-        gamma = torch.as_tensor(gamma, dtype=out.dtype, device=out.device)
-        dim = self.dim if cells is None else cells.to(out.dtype).sum(-1)
-        value = dim * (-gamma / 2 * math.log(2 * math.pi) - gamma * math.log(self.sigma)
-                       - 0.5 * torch.log1p(gamma))
-        return value.expand(torch.broadcast_shapes(out.shape[:-1], value.shape))
+        return _gaussian_log_power_integral(self, out, gamma, cells)
+
+
+def _gaussian_log_power_integral(likelihood, out, gamma, cells=None):
+    """log ∫ N(x; μ, σ_j² I)^{1+γ} dx over the modality's (observed) cells, for each μ in
+    ``out``: n_j [−(γ/2) log 2π − γ log σ_j − ½ log(1 + γ)]."""
+    gamma = torch.as_tensor(gamma, dtype=out.dtype, device=out.device)
+    dim = likelihood.dim if cells is None else cells.to(out.dtype).sum(-1)
+    value = dim * (-gamma / 2 * math.log(2 * math.pi) - gamma * math.log(likelihood.sigma)
+                   - 0.5 * torch.log1p(gamma))
+    return value.expand(torch.broadcast_shapes(out.shape[:-1], value.shape))
 
 
 class Gaussian(Likelihood):
@@ -184,11 +190,7 @@ class Gaussian(Likelihood):
 
     def log_power_integral(self, out, gamma, cells=None):
         """n_j [−(γ/2) log 2π − γ log σ_j − ½ log(1 + γ)]: it does not depend on μ."""
-        gamma = torch.as_tensor(gamma, dtype=out.dtype, device=out.device)
-        dim = self.dim if cells is None else cells.to(out.dtype).sum(-1)
-        value = dim * (-gamma / 2 * math.log(2 * math.pi) - gamma * math.log(self.sigma)
-                       - 0.5 * torch.log1p(gamma))
-        return value.expand(torch.broadcast_shapes(out.shape[:-1], value.shape))
+        return _gaussian_log_power_integral(self, out, gamma, cells)
 
 
 class Bernoulli(Likelihood):
