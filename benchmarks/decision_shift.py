@@ -102,13 +102,17 @@ def score(path: Path, dataset, rho, beta, seed, method, shifts=SHIFTS,
     return rows
 
 
-def benchmark_rows(results: pd.DataFrame, delta: float = ModelConfig.decision_shift
-                   ) -> pd.DataFrame:
-    """The rows of ``<model>@<delta>`` and ``<model>@0`` renamed as the benchmark names the
-    methods (``<model>``, which predicts with the default δ, and ``<model>_shift0``), so that
-    ``pyro-mmt report`` reads them with the baselines' rows."""
-    names = {f"{m}@{delta:g}": m for m in results["base_method"].unique()}
-    names |= {f"{m}@0": f"{m}_shift0" for m in results["base_method"].unique()}
+def benchmark_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``<model>@<δ>`` (δ the method's own decision shift: the default's, unless
+    the method sets one) and ``<model>@0`` renamed as the benchmark names the methods
+    (``<model>`` and ``<model>_shift0``), so that ``pyro-mmt report`` reads them with the
+    baselines' rows."""
+    from pyro_mmt.experiments.benchmark import METHODS
+
+    names = {}
+    for m in results["base_method"].unique():
+        delta = METHODS[m].options.get("decision_shift", ModelConfig.decision_shift)
+        names |= {f"{m}@{delta:g}": m, f"{m}@0": f"{m}_shift0"}
     rows = results[results["method"].isin(names)].copy()
     rows["method"] = rows["method"].map(names)
     return rows.drop(columns=["base_method", "shift", "shares"])

@@ -56,12 +56,11 @@ from pyro_mmt.training.parallel import MemberHooks, fit_members
 from pyro_mmt.training.svi import (
     AUTO_STEPS,
     TrainingInterrupted,
-    calibrate_decision_shift,
     classifier_logits,
     default_optimizer,
+    ensemble_log_proba,
     load_weights,
     number_of_epochs,
-    predict_proba,
     train,
 )
 
@@ -441,15 +440,11 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
                 if average is not None:
                     average.update(m2, epoch)
 
-            def finish():  # the averaged weights, then the decision shift they imply
-                if average is not None:
-                    average.apply(m2)
-                calibrate_decision_shift(m2, data, device=device)
-
             if average is None:
-                return MemberHooks(on_epoch_end=on_epoch_end, finish=finish)
+                return MemberHooks(on_epoch_end=on_epoch_end)
             return MemberHooks(on_epoch_end=on_epoch_end,
-                               modules={"model": m2, "average": average}, finish=finish)
+                               modules={"model": m2, "average": average},
+                               finish=lambda: average.apply(m2))  # predict with the mean
 
         members = range(int(self.n_init))
         # member 0 uses `seed`, so n_init = 1 is the single model; member i uses seed + 1000 i
@@ -462,7 +457,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
                              labelled_batch_size=self.labelled_batch_size, device=device,
                              progress=self.progress, resume=self.resume,
                              unlabelled_warmup=float(self.unlabelled_warmup),
-                             # chosen once, by each member's finish(), from the averaged weights
+                             # chosen once, below, from the members' averaged weights
                              choose_decision_shift=False)
         with _resume_advice(self):
             fitted = fit_members(
@@ -476,13 +471,18 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         self.model_ = self.members_[0]
         self.history_ = self.histories_[0]
         self.class_prior_ = np.mean([m2.class_prior() for m2 in self.members_], 0)
+        if self.decision_shift == "auto":  # from the ensemble's q̄(y | x) of the unlabelled rows
+            log_q = (ensemble_log_proba(self.members_, unlabelled, device=device)
+                     if unlabelled is not None else torch.zeros(0, data.num_classes))
+            for m2 in self.members_:
+                m2.calibrate_decision_shift(log_q)
         return self
 
     @property
     def decision_shift_(self) -> float:
         """The decision shift δ the fitted model predicts with (``decision_shift``; for
-        ``"auto"`` the one chosen after training; with ``n_init > 1`` the members' mean, each
-        member predicting with its own)."""
+        ``"auto"`` the one chosen after training, from the unlabelled rows' q̄(y | x); the
+        members' mean when a learned class prior gives each its own)."""
         self._check_fitted()
         return float(np.mean([m2.q.prediction_shift() for m2 in self.members_]))
 
@@ -579,13 +579,16 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
 
     # ---------------------------------------------------------------------------- predict
     def predict_proba(self, X) -> np.ndarray:
-        """q(y | x), shape [N, K], rows summing to 1; any subset of modalities. With
-        ``n_init > 1``, the mean of the members' q(y | x)."""
+        """The predicted class probabilities, shape [N, K], rows summing to 1; any subset of
+        modalities: softmax(log q̄(y | x) − δ log π̂), q̄ the members' q(y | x) averaged (for
+        ``n_init = 1`` the model's own), δ = :attr:`decision_shift_` and π̂ the labelled class
+        frequencies (``docs/imbalance.md``)."""
         self._check_fitted()
         with self._threads():
             data = self._dataset(X, fitted=True)
-            device = torch.device(self.device)
-            return np.mean([predict_proba(m2, data, device=device) for m2 in self.members_], 0)
+            log_q = ensemble_log_proba(self.members_, data, device=torch.device(self.device))
+            log_freq = self.model_.label_log_freq.cpu().double()
+            return torch.softmax(log_q - self.decision_shift_ * log_freq, -1).numpy()
 
     def impute(self, X, *, num_samples: int = 100, return_draws: bool = False,
                seed: int = 0, batch_size: int = 1024):

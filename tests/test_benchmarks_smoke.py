@@ -9,6 +9,7 @@ from pyro import poutine
 
 from benchmarks import overhead, scaling
 from benchmarks.plain_step import plain_loss
+from pyro_mmt.config import ModelConfig
 from pyro_mmt.distributions import DiagStudentT, IsotropicStudentT
 from pyro_mmt.estimator import build_model, make_objective
 
@@ -216,11 +217,12 @@ def test_decision_shift_scores_saved_arrays_and_matches_the_lean(tmp_path):
 
     todo = [("x", 10, 0.2, 5, m) for m in ("t_gamma", "gauss_kl")]
     matched = ds.matched_lean(tmp_path, todo).set_index("method")
-    assert matched.loc["t_gamma", "shift"] == 0.75
+    assert matched.loc["t_gamma", "shift"] == ModelConfig.decision_shift
     b = np.load(tmp_path / "arrays" / f"{ds._key('x', 10, 0.2, 5, 'gauss_kl')}.npz")
 
     def tail(arr, d):
         return ((np.log(arr["unlabelled_proba"]) - d * log_freq).argmax(1) == 2).mean()
 
-    gap = abs(tail(b, matched.loc["gauss_kl", "shift"]) - tail(a, 0.75))
-    assert gap == min(abs(tail(b, g) - tail(a, 0.75)) for g in ds.MATCH_GRID)
+    reference = tail(a, ModelConfig.decision_shift)
+    gap = abs(tail(b, matched.loc["gauss_kl", "shift"]) - reference)
+    assert gap == min(abs(tail(b, g) - reference) for g in ds.MATCH_GRID)

@@ -229,7 +229,7 @@ def _fail_in_training(monkeypatch, epoch, error=KeyboardInterrupt):
     monkeypatch.setattr(pyro_mmt.estimator, "train", failing)
 
 
-THREE_EPOCHS = [*SMALL[:1], "3", *SMALL[2:]]
+THREE_EPOCHS = [*SMALL[:1], "3", *SMALL[2:], "--n-init", "1"]  # one checkpoint folder
 
 
 def _proba(run, tiny_npz, tmp_path, name):

@@ -17,7 +17,8 @@ from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier, load_estimato
 from pyro_mmt.models import MultimodalM2
 from pyro_mmt.training import calibrate_decision_shift, classifier_logits
 
-SMALL = {"hidden": (8,), "latent_dim": 2, "epochs": 2, "batch_size": 16}
+#: one initialisation (the ensemble has its own tests below)
+SMALL = {"hidden": (8,), "latent_dim": 2, "epochs": 2, "batch_size": 16, "n_init": 1}
 
 
 def _by_hand(logits, log_freq, log_target, shares):
@@ -110,7 +111,7 @@ def test_a_number_shifts_the_prediction_and_auto_waits_for_calibration():
     torch.testing.assert_close(fixed.predict_proba(x),
                                torch.softmax(fixed.classifier_logits(x) - 0.7 * log_freq, -1))
     default = MultimodalM2(ModelConfig({"a": 3}, 3, hidden=(4,), label_counts=counts))
-    assert default.q.prediction_shift() == 0.75  # the estimator's default, no calibration
+    assert default.q.prediction_shift() == 0.5  # the estimator's default, no calibration
     auto = MultimodalM2(ModelConfig({"a": 3}, 3, hidden=(4,), label_counts=counts,
                                     decision_shift="auto"))
     assert math.isnan(float(auto.q.decision_shift))
@@ -166,9 +167,9 @@ def test_the_estimator_chooses_delta_on_its_unlabelled_rows_and_keeps_it(blobs, 
     loaded = load_estimator(path)
     assert loaded.decision_shift_ == est.decision_shift_
     np.testing.assert_array_equal(loaded.predict_proba(X), est.predict_proba(X))
-    # a number is used as given (the default 0.75); without unlabelled rows auto chooses 0
+    # a number is used as given (the default 0.5); without unlabelled rows auto chooses 0
     assert MultimodalSemiSupervisedClassifier(**SMALL, progress=False).fit(
-        X, y).decision_shift_ == 0.75
+        X, y).decision_shift_ == 0.5
     fixed = MultimodalSemiSupervisedClassifier(**SMALL, progress=False,
                                                decision_shift=-0.4).fit(X, y)
     assert fixed.decision_shift_ == pytest.approx(-0.4)
@@ -228,8 +229,8 @@ def test_pyro_level_train_calibrates_as_the_estimator_does(blobs):
 
 
 def test_auto_is_chosen_once_per_member_after_averaging(blobs, monkeypatch):
-    """The estimator chooses δ once per member, from the averaged weights; train() leaves it
-    to the caller with choose_decision_shift=False."""
+    """The estimator chooses δ once per member, after training (from the averaged weights);
+    train() leaves it to the caller with choose_decision_shift=False."""
     from pyro_mmt.guides import PoETGuide
 
     calls = []
@@ -237,7 +238,7 @@ def test_auto_is_chosen_once_per_member_after_averaging(blobs, monkeypatch):
     monkeypatch.setattr(PoETGuide, "calibrate_decision_shift",
                         lambda self, logits: calls.append(self) or original(self, logits))
     X, y = blobs
-    est = MultimodalSemiSupervisedClassifier(**SMALL, progress=False, n_init=2,
+    est = MultimodalSemiSupervisedClassifier(**{**SMALL, "n_init": 2}, progress=False,
                                              decision_shift="auto").fit(X, y)
     assert calls == [m2.q for m2 in est.members_]
     calls.clear()
@@ -259,17 +260,33 @@ def test_a_learned_class_prior_is_the_target_of_auto():
         logits, log_freq, target_log_prior=target, shares=1.0)
 
 
-def test_each_member_of_an_ensemble_predicts_with_its_own_shift(blobs):
+def test_an_ensemble_shifts_its_averaged_q_by_one_delta_chosen_on_it(blobs):
+    """n_init = 2, "auto": δ is the rule applied to log q̄(y | x) = log of the members' mean
+    softmax(f) on the unlabelled rows, and the prediction is softmax(log q̄ − δ log π̂)."""
     X, y = blobs
-    est = MultimodalSemiSupervisedClassifier(**SMALL, progress=False, n_init=2,
+    est = MultimodalSemiSupervisedClassifier(**{**SMALL, "n_init": 2}, progress=False,
                                              decision_shift="auto").fit(X, y)
-    shifts = [m2.q.prediction_shift() for m2 in est.members_]
-    assert est.decision_shift_ == pytest.approx(np.mean(shifts))
-    data = est.prepare(X)
     log_freq = torch.log(torch.tensor(est.label_counts_ / est.label_counts_.sum()))
-    expected = np.mean([torch.softmax(classifier_logits(m2, data).double() - d * log_freq, -1)
-                        .numpy() for m2, d in zip(est.members_, shifts, strict=True)], 0)
-    np.testing.assert_allclose(est.predict_proba(X), expected, atol=1e-5)
+
+    def mean_q(data):  # the members' q(y | x) averaged, by hand
+        return np.mean([torch.softmax(classifier_logits(m2, data).double(), -1).numpy()
+                        for m2 in est.members_], 0)
+
+    data = est.prepare(X, y)
+    by_hand = choose_decision_shift(torch.tensor(np.log(mean_q(data.unlabelled()))),
+                                    log_freq, shares=0.5)
+    assert [m2.q.prediction_shift() for m2 in est.members_] == pytest.approx([by_hand] * 2)
+    assert est.decision_shift_ == pytest.approx(by_hand)
+    expected = torch.softmax(torch.tensor(np.log(mean_q(est.prepare(X))))
+                             - by_hand * log_freq, -1).numpy()
+    np.testing.assert_allclose(est.predict_proba(X), expected, atol=1e-6)
+    # a number: the same shift of the averaged q̄
+    fixed = MultimodalSemiSupervisedClassifier(**{**SMALL, "n_init": 2}, progress=False,
+                                               decision_shift=0.6).fit(X, y)
+    q_bar = np.mean([torch.softmax(classifier_logits(m2, fixed.prepare(X)).double(), -1).numpy()
+                     for m2 in fixed.members_], 0)
+    np.testing.assert_allclose(fixed.predict_proba(X), torch.softmax(
+        torch.tensor(np.log(q_bar)) - 0.6 * log_freq, -1).numpy(), atol=1e-6)
 
 
 def test_validation_during_training_scores_an_uncalibrated_auto_as_trained(blobs):

@@ -22,7 +22,8 @@ from pyro_mmt.estimator import (
 )
 from pyro_mmt.training.svi import TrainingDivergedError
 
-SMALL = {"hidden": (8,), "latent_dim": 2, "epochs": 1, "batch_size": 16}
+#: a small single model (n_init = 1: the ensemble of the defaults has its own tests)
+SMALL = {"hidden": (8,), "latent_dim": 2, "epochs": 1, "batch_size": 16, "n_init": 1}
 
 
 @pytest.fixture(scope="module")
@@ -265,23 +266,34 @@ def test_other_objectives_and_options_fit(blobs, options):
 
 
 def test_n_init_averages_the_members_and_round_trips(tmp_path):
-    """n_init = 2 trains two initialisations; predict_proba is the mean of their q(y | x), the
-    first member is the n_init = 1 fit, and save/load keeps every member."""
+    """n_init = 2 trains two initialisations; predict_proba shifts the mean of their q(y | x)
+    by δ (softmax(log q̄ − δ log π̂)), the first member is the n_init = 1 fit, and save/load
+    keeps every member. The default is three members."""
     from pyro_mmt.data import load_digits
     from pyro_mmt.estimator import load_estimator, save_estimator
     from pyro_mmt.training.svi import predict_proba
 
+    assert MultimodalSemiSupervisedClassifier().n_init == 3
     data = load_digits()[:80]
     x, y = data.to_numpy()
     y[40:] = -1
-    options = {"hidden": (8,), "latent_dim": 2, "epochs": 1, "batch_size": 32, "seed": 3}
+    options = {"hidden": (8,), "latent_dim": 2, "epochs": 1, "batch_size": 32, "seed": 3,
+               "decision_shift": 0.6}
     pair = MultimodalSemiSupervisedClassifier(n_init=2, **options).fit(x, y)
-    single = MultimodalSemiSupervisedClassifier(**options).fit(x, y)
+    single = MultimodalSemiSupervisedClassifier(n_init=1, **options).fit(x, y)
     assert len(pair.members_) == 2 and len(pair.histories_) == 2
     test = {m: v[:10] for m, v in x.items()}
-    members = [predict_proba(m2, pair._dataset(test, fitted=True)) for m2 in pair.members_]
-    np.testing.assert_allclose(pair.predict_proba(test), np.mean(members, 0), rtol=1e-6)
-    np.testing.assert_allclose(members[0], single.predict_proba(test), rtol=1e-5)
+    members = [predict_proba(m2, pair._dataset(test, fitted=True), logit_adjustment=0.0)
+               for m2 in pair.members_]  # each member's q(y | x) as trained
+    log_freq = np.log(pair.label_counts_ / pair.label_counts_.sum())
+    shifted = np.log(np.mean(members, 0)) - 0.6 * log_freq
+    expected = np.exp(shifted - shifted.max(1, keepdims=True))
+    np.testing.assert_allclose(pair.predict_proba(test),
+                               expected / expected.sum(1, keepdims=True), atol=1e-6)
+    first = pair.members_[0]  # the n_init = 1 fit, predicting with the same δ
+    assert first.q.prediction_shift() == 0.6
+    np.testing.assert_allclose(predict_proba(first, pair._dataset(test, fitted=True)),
+                               single.predict_proba(test), atol=1e-6)
     assert not np.allclose(members[0], members[1])
     save_estimator(pair, tmp_path / "pair.pt")
     loaded = load_estimator(tmp_path / "pair.pt")
@@ -544,7 +556,7 @@ def test_each_member_has_its_own_progress_bar_label(blobs, monkeypatch):
         return train(*args, desc=desc, **kwargs)
 
     monkeypatch.setattr(pyro_mmt.estimator, "train", recording)
-    MultimodalSemiSupervisedClassifier(**SMALL, n_init=3).fit(X, y)
+    MultimodalSemiSupervisedClassifier(**{**SMALL, "n_init": 3}).fit(X, y)
     MultimodalSemiSupervisedClassifier(**SMALL, progress=True).fit(X, y)
     assert seen == [("init 1/3", False), ("init 2/3", False), ("init 3/3", False),
                     ("training", True)]

@@ -45,6 +45,7 @@ __all__ = [
     "load_weights",
     "calibrate_decision_shift",
     "classifier_logits",
+    "ensemble_log_proba",
     "predict_proba",
     "batch_to",
     "default_optimizer",
@@ -308,6 +309,18 @@ def classifier_logits(module, dataset: MultimodalDataset, *, batch_size: int = 1
     if not out:
         return torch.zeros(0, dataset.num_classes, device=device)
     return torch.cat(out)
+
+
+def ensemble_log_proba(modules, dataset: MultimodalDataset, *, batch_size: int = 1024,
+                       device: str | torch.device = "cpu") -> torch.Tensor:
+    """log q̄(y | x) [N, K] (float64, on the CPU) of an ensemble: the log of the modules' q(y |
+    x) = softmax(f(x)) averaged (their classifiers' logits, :func:`classifier_logits`; no
+    decision shift). For one module, its log-softmax."""
+    logs = torch.stack([
+        torch.log_softmax(classifier_logits(m, dataset, batch_size=batch_size,
+                                            device=device).cpu().double(), -1)
+        for m in modules])
+    return torch.logsumexp(logs, 0) - math.log(len(modules))
 
 
 def calibrate_decision_shift(module, dataset: MultimodalDataset, *, batch_size: int = 1024,
