@@ -200,9 +200,11 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     observed dimension of a labelled datum, the logit-adjusted classification term and the
     matching prior shift for the unlabelled rows (τ = τ' = 1, no class weights), about 300 SVI
     steps (``epochs="auto"``) and predictions from the parameters averaged over the second
-    half of the epochs (``averaging=0.5``), with the decision shift δ = 0.75 towards the rare
-    classes (chosen on development seeds; ``docs/imbalance.md``). ``pyro-mmt train`` runs the
-    same.
+    half of the epochs (``averaging=0.5``); three initialisations (``n_init=3``) whose
+    q(y | x) are averaged, and predictions from that average moved towards the rare classes by
+    the decision shift δ = 0.5 (both chosen on development seeds; ``docs/imbalance.md``).
+    ``pyro-mmt train`` runs the same. ``n_init=1, decision_shift=0.75`` is the previous
+    release's single model, three times faster; ``n_jobs=3`` fits the three at once.
 
     **Parameters.** Every parameter is declared once in :mod:`pyro_mmt.config`, with its
     default, its constraint and its help text: the settings of
@@ -214,9 +216,8 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
 
     Notes on some of them: with few labels per class one fit depends on its seed; on one
     mfeat split ``n_init=5`` brought the spread of balanced accuracy over seeds from 0.043 to
-    0.013, three members did little, and ``unlabelled_warmup=0.5`` narrowed the spread by a
-    third at 0.017 lower mean balanced accuracy (below the defaults on validation folds;
-    ``docs/benchmark.md``). ``checkpoint_dir`` with ``resume=True`` continues a fit that was
+    0.013 (three members: 0.038), and ``unlabelled_warmup=0.5`` narrowed a single model's
+    spread by a third at 0.017 lower mean balanced accuracy (``docs/benchmark.md``). ``checkpoint_dir`` with ``resume=True`` continues a fit that was
     interrupted (Ctrl-C: :class:`~pyro_mmt.training.svi.TrainingInterrupted`) or stopped by a
     :class:`~pyro_mmt.training.svi.TrainingDivergedError`; only the settings of
     :func:`~pyro_mmt.config.resumable_settings` (``lr``, ``epochs``, threads, jobs, progress,
