@@ -118,6 +118,15 @@ def benchmark_rows(results: pd.DataFrame) -> pd.DataFrame:
     return rows.drop(columns=["base_method", "shift", "shares"])
 
 
+def other_rows(paths, rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the ``results.csv`` files at ``paths`` for methods that ``rows`` lacks, on the
+    splits (data set, ρ, β, seed) of ``rows``: the baselines beside the rescored deep rows."""
+    split = ["dataset", "rho", "beta", "seed"]
+    others = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+    others = others[~others["method"].isin(set(rows["method"]))]
+    return others.merge(rows[split].drop_duplicates(), on=split)
+
+
 #: The shifts searched when matching the tail lean (``--matched``).
 MATCH_GRID = tuple(round(-2.0 + 0.05 * i, 2) for i in range(121))
 
@@ -185,9 +194,13 @@ def main(argv=None):
                         help="also write matched.csv: the other models shifted to the tail lean "
                         "of t_gamma at the default δ on the unlabelled rows (an analysis)")
     parser.add_argument("--benchmark-rows", action="store_true",
-                        help="also write benchmark_rows.csv: the rows at the default δ and at "
+                        help="also write benchmark_rows.csv: the rows at the method's δ and at "
                         "δ = 0 under the benchmark's method names (<model>, <model>_shift0), "
                         "for pyro-mmt report")
+    parser.add_argument("--with-rows", nargs="+", type=Path, default=[], metavar="CSV",
+                        help="with --benchmark-rows: add the rows of these results.csv (e.g. the "
+                        "baselines of a pyro-mmt benchmark run on the same splits) for methods "
+                        "not scored here, on the splits scored here")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     bad = sorted(set(args.seeds) - set(DEVELOPMENT_SEEDS))
@@ -217,7 +230,10 @@ def main(argv=None):
     summary["criterion"] = summary.mean(axis=1)
     print(summary.round(3).to_string())
     if args.benchmark_rows:
-        benchmark_rows(results).to_csv(args.out / "benchmark_rows.csv", index=False)
+        rows = benchmark_rows(results)
+        if args.with_rows:
+            rows = pd.concat([rows, other_rows(args.with_rows, rows)], ignore_index=True)
+        rows.to_csv(args.out / "benchmark_rows.csv", index=False)
     if args.matched:
         matched = matched_lean(args.out, todo)
         matched.to_csv(args.out / "matched.csv", index=False)

@@ -1,6 +1,7 @@
 """The benchmarks' reference step is the library's step, the fast decoder density is the
 DiagStudentT's, and each benchmark script runs in its smoke mode."""
 
+import numpy as np
 import pandas as pd
 import pyro
 import pytest
@@ -226,3 +227,27 @@ def test_decision_shift_scores_saved_arrays_and_matches_the_lean(tmp_path):
     reference = tail(a, ModelConfig.decision_shift)
     gap = abs(tail(b, matched.loc["gauss_kl", "shift"]) - reference)
     assert gap == min(abs(tail(b, g) - reference) for g in ds.MATCH_GRID)
+
+
+def test_decision_shift_benchmark_rows_take_each_methods_delta_and_the_baselines(tmp_path):
+    """--benchmark-rows renames <model>@<its δ> to <model> and <model>@0 to <model>_shift0 (the
+    single model at its own 0.75, the defaults at theirs), and --with-rows adds the other
+    methods' rows of the same splits only."""
+    from benchmarks import decision_shift as ds
+
+    rows = []
+    for base in ("t_gamma", "t_gamma_single"):
+        for delta in ds.SHIFTS:
+            rows.append({"dataset": "x", "rho": 10, "beta": 0.2, "seed": 5, "unlabelled": "same",
+                         "method": f"{base}@{delta:g}", "base_method": base, "shift": delta,
+                         "shares": np.nan, "balanced_accuracy": delta})
+    named = ds.benchmark_rows(pd.DataFrame(rows)).set_index("method")["balanced_accuracy"]
+    assert named.to_dict() == {"t_gamma": ModelConfig.decision_shift, "t_gamma_shift0": 0.0,
+                               "t_gamma_single": 0.75, "t_gamma_single_shift0": 0.0}
+    baselines = pd.DataFrame({"dataset": ["x", "x", "y"], "rho": 10, "beta": 0.2,
+                              "seed": [5, 5, 5], "method": ["lr", "t_gamma", "lr"],
+                              "balanced_accuracy": [0.5, 0.9, 0.4]})
+    baselines.to_csv(tmp_path / "b.csv", index=False)
+    added = ds.other_rows([tmp_path / "b.csv"], named.reset_index().assign(
+        dataset="x", rho=10, beta=0.2, seed=5))
+    assert added[["dataset", "method"]].values.tolist() == [["x", "lr"]]
