@@ -18,7 +18,9 @@ from pyro_mmt.cli import main
 from pyro_mmt.data import MultimodalDataset, load_digits
 from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
 
-SMALL = ["--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--batch-size", "32", "--quiet"]
+#: a small single model (the ensemble of the defaults is tested with the estimator)
+SMALL = ["--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--batch-size", "32", "--quiet",
+         "--n-init", "1"]
 
 
 @pytest.fixture
@@ -229,7 +231,7 @@ def _fail_in_training(monkeypatch, epoch, error=KeyboardInterrupt):
     monkeypatch.setattr(pyro_mmt.estimator, "train", failing)
 
 
-THREE_EPOCHS = [*SMALL[:1], "3", *SMALL[2:], "--n-init", "1"]  # one checkpoint folder
+THREE_EPOCHS = [*SMALL[:1], "3", *SMALL[2:]]
 
 
 def _proba(run, tiny_npz, tmp_path, name):

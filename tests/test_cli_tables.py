@@ -14,7 +14,9 @@ from pyro_mmt.cli import main
 from pyro_mmt.data import MultimodalDataset, TableSchema
 from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
 
-SMALL = ["--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--batch-size", "32", "--quiet"]
+#: a small single model (the ensemble of the defaults is tested with the estimator)
+SMALL = ["--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--batch-size", "32", "--quiet",
+         "--n-init", "1"]
 
 SCHEMA_TOML = """\
 label = "diagnosis"
