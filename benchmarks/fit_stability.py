@@ -25,8 +25,10 @@ from pyro_mmt.experiments.benchmark import METHODS
 #: The configurations compared: name -> the benchmark method that fits it (the method's
 #: ``fit_predict(split, seed, ...)`` takes the fit seed apart from the split). The saved
 #: ``benchmarks/results/fit_stability*.csv`` were measured when the default was one
-#: initialisation: their "default" is today's "single", "default_ens3" today's "default",
-#: "default_warmup" today's "single_warmup" and "default_warmup_ens3" today's "default_warmup".
+#: initialisation with the joint objective, predicting as trained (δ = 0): their "default"
+#: corresponds to today's "single", "default_ens3" to today's "default", "default_warmup" to
+#: "single_warmup" and "default_warmup_ens3" to "default_warmup" (same number of
+#: initialisations and warm-up; the objective and δ were that release's).
 CONFIGS = {"single": "t_gamma_single", "default": "t_gamma",
            "single_warmup": "t_gamma_warmup", "v1": "t_gamma_v1",
            "default_ens5": "t_gamma_ens5", "default_warmup": "t_gamma_warmup_ens3"}
