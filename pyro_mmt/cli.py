@@ -703,7 +703,7 @@ def cmd_tune(args) -> int:
 
 def cmd_report(args) -> int:
     from pyro_mmt.evaluation.paired import win_table
-    from pyro_mmt.experiments.benchmark import headline_table
+    from pyro_mmt.experiments.benchmark import headline_table, setting_counts
 
     frames = []
     for path in args.results:
@@ -721,12 +721,13 @@ def cmd_report(args) -> int:
     others = args.others
     if others is None:
         others = [m for m in ("gauss_kl",) if m in found]
-    for option, names in (("--ours", [args.ours]), ("--others", others)):
+    for option, names in (("--ours", [args.ours]), ("--others", others),
+                          ("--rivals", args.rivals)):
         unknown = [n for n in names if n not in found]
         if unknown:
             raise SystemExit(f"error: {option}: no results for {unknown} in "
                              f"{', '.join(args.results)}; expected methods among {found}")
-    table = headline_table(results, ours=args.ours, others=others)
+    table = headline_table(results, ours=args.ours, others=others, rivals=args.rivals)
     if table.empty:
         raise SystemExit(f"error: --ours: no setting (data set, rho, beta) has results for "
                          f"{args.ours!r}")
@@ -734,6 +735,9 @@ def cmd_report(args) -> int:
     wins = win_table(results, args.ours, compared) if compared else None
     markdown = _markdown(table)
     print(markdown)
+    counts = setting_counts(table)
+    print("\nsettings where ours is at least the compared methods' mean:\n")
+    print(_markdown(counts))
     if wins is not None:
         wins = wins.sort_values("balanced_accuracy wins", ascending=True, kind="mergesort")
         print(f"\n{args.ours} against each method, paired split by split over every shared "
@@ -744,10 +748,12 @@ def cmd_report(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         table.to_csv(out / "headline.csv", index=False)
         (out / "headline.md").write_text(markdown + "\n")
+        counts.to_csv(out / "settings.csv", index=False)
+        (out / "settings.md").write_text(_markdown(counts) + "\n")
         if wins is not None:
             wins.to_csv(out / "wins.csv", index=False)
             (out / "wins.md").write_text(_markdown(wins.round(4)) + "\n")
-        print(f"\nwrote {out}/headline.csv, headline.md" +
+        print(f"\nwrote {out}/headline.csv, headline.md, settings.csv, settings.md" +
               (", wins.csv, wins.md" if wins is not None else ""))
     return 0
 
@@ -1072,6 +1078,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--others", nargs="*", default=None,
                    help="other deep methods with results in RESULTS to show beside ours "
                         "(default: gauss_kl when present)")
+    p.add_argument("--rivals", nargs="*", default=[],
+                   help="methods with results in RESULTS shown beside ours and compared with it "
+                        "setting by setting: 'ours ≥ rivals' is ours at least each of them")
     p.add_argument("--out", help="also write headline.csv/.md and wins.csv/.md to this folder")
     p.set_defaults(func=cmd_report)
 

@@ -50,6 +50,7 @@ __all__ = [
     "run_benchmark",
     "results_table",
     "headline_table",
+    "setting_counts",
 ]
 
 #: The previous release's epochs per data set (an epoch is one pass over the unlabelled rows),
@@ -500,7 +501,8 @@ def headline_table(results: pd.DataFrame, ours: str = "t_gamma",
                    classical: Iterable[str] = CLASSICAL_BASELINES,
                    others: Iterable[str] = ("gauss_kl",),
                    deep_baselines: Iterable[str] = DEEP_BASELINES,
-                   num_classes: int | Mapping[str, int] | None = None) -> pd.DataFrame:
+                   num_classes: int | Mapping[str, int] | None = None,
+                   rivals: Iterable[str] = ()) -> pd.DataFrame:
     """One row per (data set, ρ, β) setting: our method against the baselines.
 
     Each method is shown as "balanced accuracy / minority recall", mean ± std (ddof 0) over
@@ -511,7 +513,9 @@ def headline_table(results: pd.DataFrame, ours: str = "t_gamma",
     and ``"ours ≥ classical (minority)"`` ("yes", or "no (name)" naming the classical baseline
     with the highest mean of that metric, which beats ours), the same two comparisons against
     the deep baselines (``"ours ≥ deep baselines (bacc)"``, ``"ours ≥ deep baselines
-    (minority)"``, when one is present) and ``"collapsed"`` (the baselines set aside, see below,
+    (minority)"``, when one is present) and against ``rivals`` (``"ours ≥ rivals (bacc)"``,
+    ``"ours ≥ rivals (minority)"``: at least every rival, when ``rivals`` is given; each rival
+    also has its own column) and ``"collapsed"`` (the baselines set aside, see below,
     comma-separated; empty when none).
 
     **Collapse rule.** A baseline whose mean balanced accuracy in a setting lies within
@@ -535,6 +539,8 @@ def headline_table(results: pd.DataFrame, ours: str = "t_gamma",
     :param others: other deep models shown beside ours, not compared.
     :param deep_baselines: deep baselines shown in their own columns and compared with ours.
     :param num_classes: K, as one int for every data set or a mapping data set -> K.
+    :param rivals: other models shown in their own columns and compared with ours as one pool
+        (e.g. the KL models at our settings: "ours ≥ rivals" is ours at least each of them).
     :returns: pandas.DataFrame, one row per setting (in the order of first appearance).
     """
     keys = ["dataset", "rho", "beta"]
@@ -543,6 +549,7 @@ def headline_table(results: pd.DataFrame, ours: str = "t_gamma",
     if missing:
         raise ValueError(f"results: missing columns {missing}; expected at least {required}")
     classical, others, deep_baselines = list(classical), list(others), list(deep_baselines)
+    rivals = list(rivals)
     if num_classes is not None and not isinstance(num_classes, Mapping) and (
             isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral)
             or num_classes < 2):
@@ -573,12 +580,13 @@ def headline_table(results: pd.DataFrame, ours: str = "t_gamma",
                 abs(means.loc[method, "balanced_accuracy"] - 1.0 / k) <= COLLAPSE_MARGIN
 
         row[ours] = cell(ours)
-        for method in others + deep_baselines:
+        for method in dict.fromkeys(others + rivals + deep_baselines):
             if method in means.index and method != ours:
                 row[method] = cell(method)
         set_aside = []
         pools = {}
-        for label, pool in (("classical", classical), ("deep baselines", deep_baselines)):
+        for label, pool in (("classical", classical), ("deep baselines", deep_baselines),
+                            ("rivals", rivals)):
             present = [m for m in pool if m != ours and usable(m)]
             set_aside += [m for m in present if collapsed(m)]
             pools[label] = [m for m in present if not collapsed(m)]
@@ -595,6 +603,22 @@ def headline_table(results: pd.DataFrame, ours: str = "t_gamma",
         row["collapsed"] = ", ".join(set_aside)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def setting_counts(table: pd.DataFrame) -> pd.DataFrame:
+    """How many settings of a :func:`headline_table` each "ours ≥ …" column answers "yes".
+
+    :param pandas.DataFrame table: as :func:`headline_table` returns.
+    :returns: pandas.DataFrame with ``comparison`` (the column's name), ``settings`` (settings
+        where it was compared: the column is not empty) and ``ours at least`` (of those, how
+        many say "yes").
+    """
+    rows = []
+    for column in (c for c in table.columns if str(c).startswith("ours ≥ ")):
+        answered = table[column].dropna()
+        rows.append({"comparison": column, "settings": len(answered),
+                     "ours at least": int((answered == "yes").sum())})
+    return pd.DataFrame(rows, columns=["comparison", "settings", "ours at least"])
 
 
 def _num_classes(dataset, group: pd.DataFrame, num_classes) -> int | None:

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from pyro_mmt.cli import main
-from pyro_mmt.experiments.benchmark import METHODS, entropy_weight_w0, headline_table
+from pyro_mmt.experiments.benchmark import (METHODS, entropy_weight_w0, headline_table,
+                                            setting_counts)
 
 
 def _results():
@@ -39,6 +40,34 @@ def test_headline_table_picks_the_best_classical_baseline():
     assert row["ours ≥ classical (bacc)"] == "yes"
     # labelspread (0.76) beats ours on minority recall; gauss_kl (0.90) is not classical
     assert row["ours ≥ classical (minority)"] == "no (labelspread)"
+
+
+def test_rivals_are_compared_as_one_pool_and_counted():
+    """ours (0.85 / 0.75) against gauss_kl (0.75 / 0.90) and a rival it beats on both: at
+    least every rival on balanced accuracy, not on minority recall (gauss_kl names the miss)."""
+    results = _results()
+    weak = results[results["method"] == "lr"].assign(method="t_kl")
+    table = headline_table(pd.concat([results, weak]), others=(), rivals=("gauss_kl", "t_kl"))
+    row = table.iloc[0]
+    assert row["gauss_kl"] == "0.750 ± 0.050 / 0.900 ± 0.000" and "t_kl" in table.columns
+    assert row["ours ≥ rivals (bacc)"] == "yes"
+    assert row["ours ≥ rivals (minority)"] == "no (gauss_kl)"
+    counts = setting_counts(table).set_index("comparison")
+    assert counts.loc["ours ≥ rivals (bacc)"].tolist() == [1, 1]
+    assert counts.loc["ours ≥ rivals (minority)"].tolist() == [1, 0]
+    assert counts.loc["ours ≥ classical (minority)"].tolist() == [1, 0]
+
+
+def test_report_command_counts_the_settings_against_the_rivals(tmp_path, capsys):
+    path = tmp_path / "results.csv"
+    _results().to_csv(path, index=False)
+    assert main(["report", str(path), "--rivals", "gauss_kl", "--out", str(tmp_path / "r")]) == 0
+    counts = pd.read_csv(tmp_path / "r" / "settings.csv").set_index("comparison")
+    assert counts.loc["ours ≥ rivals (minority)", "ours at least"] == 0
+    assert counts.loc["ours ≥ rivals (bacc)", "ours at least"] == 1
+    assert "ours ≥ rivals (minority)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--rivals"):
+        main(["report", str(path), "--rivals", "t_kl"])
 
 
 def test_report_command_prints_the_headline_table(tmp_path, capsys):
