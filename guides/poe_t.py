@@ -190,6 +190,9 @@ class PoETGuide(nn.Module):
         # the δ predictions use (state: "auto" is calibrated after training; NaN until then)
         self.register_buffer("decision_shift", torch.tensor(
             math.nan if cfg.decision_shift == "auto" else cfg.decision_shift))
+        # log r of decision_reference="predicted": the mean q(y | x) of the unlabelled training
+        # rows (state, calibrated after training; NaN until then)
+        self.register_buffer("decision_log_shares", torch.full((K,), math.nan))
         self._owner = None
 
     @staticmethod
@@ -312,50 +315,87 @@ class PoETGuide(nn.Module):
                       *, logit_adjustment: float | None = None,
                       cells: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """q(y | x) [B, K] for data with any subset of the modalities (absent keys or
-        ``mask``) and of their cells (``cells``), with the post-hoc logit adjustment of the
-        prediction: logits − δ log π̂ (π̂ the labelled class frequencies; Menon et al. 2021).
-        δ is ``logit_adjustment`` when given, else :meth:`prediction_shift` (the config's
-        ``decision_shift``, calibrated for ``"auto"``; it shifts nothing without
-        ``label_counts``: π̂ is then uniform). Rows sum to 1."""
+        ``mask``) and of their cells (``cells``), with the decision shift of the prediction:
+        logits − δ log r, r the reference shares (:meth:`decision_log_reference`: the
+        classifier's mean prediction on the unlabelled training rows, or the labelled class
+        frequencies π̂; :mod:`pyro_mmt.decision`). δ is ``logit_adjustment`` when given, else
+        :meth:`prediction_shift` (the config's ``decision_shift``, calibrated for ``"auto"``;
+        it shifts nothing while r is uniform, e.g. π̂ without ``label_counts``). Rows sum
+        to 1."""
         x, mask, _ = self.check_inputs(x, mask, None, None)
         cells, mask = self.check_cells(cells, x, mask)
         if logit_adjustment is None:
             logit_adjustment = self.prediction_shift()
-        elif self.config.label_counts is None and logit_adjustment:
+        elif logit_adjustment and self.config.decision_reference == "labelled" \
+                and self.config.label_counts is None:
             raise ValueError("logit_adjustment: post-hoc adjustment needs the labelled class "
                              "counts (config.label_counts), found None")
+        elif logit_adjustment and torch.isnan(self.decision_log_reference()).any():
+            raise ValueError("logit_adjustment: the predicted reference shares are not "
+                             "calibrated yet (call calibrate_decision_shift(logits of the "
+                             "unlabelled rows) first), found NaN")
         logits = self.classifier(self.network_inputs(x, cells), self.present(x, mask))
-        return torch.softmax(logits - logit_adjustment * self.label_log_freq, dim=-1)
+        if not logit_adjustment:
+            return torch.softmax(logits, dim=-1)
+        return torch.softmax(logits - logit_adjustment * self.decision_log_reference(), dim=-1)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether what the decision rule learns after training (the predicted shares of
+        ``decision_reference="predicted"``, the δ of ``decision_shift="auto"``) is in place;
+        True when there is nothing to learn."""
+        cfg = self.config
+        return not ((cfg.decision_reference == "predicted" and cfg.decision_shift != 0
+                     and bool(torch.isnan(self.decision_log_shares).any()))
+                    or (cfg.decision_shift == "auto" and math.isnan(float(self.decision_shift))))
+
+    def decision_log_reference(self) -> torch.Tensor:
+        """log r [K], the reference shares of the decision shift: the stored mean prediction
+        on the unlabelled training rows for ``decision_reference="predicted"``
+        (:meth:`calibrate_decision_shift`), else the labelled class frequencies π̂."""
+        if self.config.decision_reference == "predicted":
+            return self.decision_log_shares.to(self.label_log_freq)
+        return self.label_log_freq
 
     def prediction_shift(self) -> float:
         """The decision shift δ predictions use: the config's number, or for
-        ``decision_shift="auto"`` the one :meth:`calibrate_decision_shift` chose (0, with a
-        warning, before it ran)."""
-        if self.config.decision_shift != "auto":  # the config owns a number
-            return self.config.decision_shift
-        value = float(self.decision_shift)
-        if math.isnan(value):
-            warnings.warn("decision_shift='auto' has not been calibrated: predicting with δ = 0 "
-                          "(call calibrate_decision_shift(logits of the unlabelled rows) after "
+        ``decision_shift="auto"`` the one :meth:`calibrate_decision_shift` chose; 0, with a
+        warning, before that ran (for ``"auto"``, or for ``decision_reference="predicted"``,
+        whose shares are learned at the same time)."""
+        if not self.calibrated:
+            warnings.warn("the decision rule has not been calibrated (decision_reference="
+                          f"{self.config.decision_reference!r}, decision_shift="
+                          f"{self.config.decision_shift!r}): predicting with δ = 0 (call "
+                          "calibrate_decision_shift(logits of the unlabelled rows) after "
                           "training; pyro_mmt.training.train and the estimator do)",
                           stacklevel=3)
             return 0.0
-        return value
+        if self.config.decision_shift != "auto":  # the config owns a number
+            return self.config.decision_shift
+        return float(self.decision_shift)
 
     @torch.no_grad()
     def calibrate_decision_shift(self, logits: torch.Tensor) -> float:
-        """Choose δ for ``decision_shift="auto"`` from the classifier's logits f(x) on the
-        unlabelled training rows [N, K] (:func:`pyro_mmt.decision.choose_decision_shift`,
-        aimed at π^λ with π the learned class prior for ``class_prior="learned"``, else the
-        labelled class frequencies, λ = ``decision_shares``), store it and return it. A
-        config with a number keeps it (returned unchanged)."""
-        from pyro_mmt.decision import choose_decision_shift
+        """Learn the decision rule from the classifier's logits f(x) on the unlabelled training
+        rows [N, K] (or the log of an ensemble's averaged q̄), store it and return δ: for
+        ``decision_reference="predicted"`` the reference shares r = the mean of softmax(f(x))
+        over the rows (:func:`pyro_mmt.decision.log_mean_proba`; π̂ when N = 0), and for
+        ``decision_shift="auto"`` δ (:func:`pyro_mmt.decision.choose_decision_shift` along
+        log r, aimed at π^λ with π the learned class prior for ``class_prior="learned"``, else
+        the labelled class frequencies, λ = ``decision_shares``). A config with a number
+        keeps it."""
+        from pyro_mmt.decision import choose_decision_shift, log_mean_proba
 
         cfg = self.config
+        logits = logits.detach().cpu().double()
+        if cfg.decision_reference == "predicted":
+            self.decision_log_shares.copy_(
+                log_mean_proba(torch.log_softmax(logits, -1)) if logits.shape[0]
+                else self.label_log_freq)
         if cfg.decision_shift != "auto":
-            return float(self.decision_shift)
+            return float(cfg.decision_shift)
         target = self.class_log_prior if cfg.class_prior == "learned" else self.label_log_freq
-        delta = choose_decision_shift(logits.detach().cpu(), self.label_log_freq.cpu(),
+        delta = choose_decision_shift(logits, self.decision_log_reference().cpu(),
                                       target_log_prior=target.detach().cpu(),
                                       shares=cfg.decision_shares)
         self.decision_shift.fill_(delta)
@@ -364,12 +404,16 @@ class PoETGuide(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # the config owns a number (a state saved with another, e.g. a checkpoint resumed with
         # a new decision_shift, takes it); for "auto" the state's choice, and δ = 0 for a
-        # state saved before the decision shift was state (what such a model predicted with)
+        # state saved before the decision shift was state (what such a model predicted with);
+        # the predicted shares of a state saved before they were state: not calibrated (such
+        # a state was saved with the labelled reference, which its config then names)
         key = prefix + "decision_shift"
         if self.config.decision_shift != "auto":
             state_dict[key] = torch.tensor(self.config.decision_shift)
         else:
             state_dict.setdefault(key, torch.tensor(0.0))
+        state_dict.setdefault(prefix + "decision_log_shares",
+                              torch.full_like(self.decision_log_shares, math.nan))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()

@@ -225,8 +225,9 @@ class MultimodalM2(nn.Module):
         return self.q.predict_proba(x, mask, logit_adjustment=logit_adjustment, cells=cells)
 
     def calibrate_decision_shift(self, logits: torch.Tensor) -> float:
-        """δ of ``decision_shift="auto"`` from the classifier's logits on the unlabelled
-        training rows (:meth:`~pyro_mmt.guides.PoETGuide.calibrate_decision_shift`)."""
+        """Learn the decision rule (the predicted reference shares, the δ of ``"auto"``) from
+        the classifier's logits on the unlabelled training rows
+        (:meth:`~pyro_mmt.guides.PoETGuide.calibrate_decision_shift`); returns δ."""
         return self.q.calibrate_decision_shift(logits)
 
     def classifier_logits(self, x, mask=None, cells=None) -> torch.Tensor:

@@ -32,6 +32,7 @@ from typing import Any, Self
 
 import numpy as np
 
+from pyro_mmt.decision import DECISION_REFERENCES
 from pyro_mmt.infer.gamma_power_elbo import LABEL_DIVERGENCES
 
 __all__ = [
@@ -350,15 +351,21 @@ class ModelConfig(_Settings):
         "f(x) + τ' log π_u (π_u the learned π, else the labelled class frequencies)",
         aliases=("--prior-shift",))
     decision_shift: float | str = setting(
-        0.5, Constraint(lambda v: v == "auto" or (_is_number(v) and _finite32(v)),
+        1.5, Constraint(lambda v: v == "auto" or (_is_number(v) and _finite32(v)),
                          "'auto' or a finite number"),
-        "δ of the prediction: predict and predict_proba use the logits f(x) − δ log π̂ (π̂ "
-        "the labelled class frequencies); 0 is the class-balanced classifier as trained, δ > 0 "
-        "moves the boundary towards the rarer classes (more minority recall for some "
-        "balanced accuracy; 0.5 chosen on development seeds for the estimator's three "
-        "averaged initialisations, 0.75 for a single model), δ < 0 towards the common ones; "
-        "auto: chosen after training from the predictions on the unlabelled training rows "
+        "δ of the prediction: predict and predict_proba use the logits f(x) − δ log r (r the "
+        "reference shares, decision_reference); 0 is the class-balanced classifier as trained, "
+        "δ > 0 moves the boundary towards the classes with the smaller share (more minority "
+        "recall for some balanced accuracy; 1.5 with the predicted shares chosen on "
+        "development seeds, for one initialisation and for three), δ < 0 the other way; auto: "
+        "chosen after training from the predictions on the unlabelled training rows "
         "(decision_shares; docs/imbalance.md)", parse=_number_or_auto, resumable=True)
+    decision_reference: str = setting(
+        "predicted", one_of(*DECISION_REFERENCES),
+        "the reference shares r of decision_shift: predicted (the classifier's mean q(y | x) "
+        "over the unlabelled training rows, computed after training: the shift corrects the "
+        "model's own lean; π̂ without unlabelled rows) or labelled (the labelled class "
+        "frequencies π̂, the post-hoc logit adjustment)", resumable=True)
     decision_shares: float = setting(
         0.5, Constraint(lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
         "λ of decision_shift='auto': δ is where the classes predicted for the unlabelled "
@@ -549,8 +556,8 @@ class TrainingConfig(_Settings):
                                 "training rows")
     n_init: int = setting(3, COUNT, "independent initialisations (seeds seed + 1000 i), each a "
                           "full model; predictions average their q(y | x), then shift the "
-                          "average by decision_shift (3, with δ = 0.5, chosen on development "
-                          "seeds; 1: a single model, three times faster)")
+                          "average by decision_shift (3 chosen on development seeds; 1: a single "
+                          "model, three times faster)")
     seed: int = setting(0, Constraint(lambda v: _is_int(v, low=0), "an integer >= 0"),
                         "random seed (initial weights, draws, batch order)", cli="--seed")
 

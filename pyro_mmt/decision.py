@@ -1,19 +1,32 @@
 """Where the prediction puts the boundary between head and tail classes: the decision shift.
 
 The classifier q(y | x) is trained class-balanced (logit adjustment), and predicts with the
-logits f(x) − δ log π̂ (π̂ the labelled class frequencies). δ = 0 is the classifier as
-trained; δ > 0 moves the boundary towards the rarer classes, δ < 0 towards the common ones.
-The default δ = 0.5 (for the estimator's three averaged initialisations; 0.75 for one model)
-was chosen on the development seeds (``docs/imbalance.md``).
+logits f(x) − δ log r, where r, the *reference shares* (``decision_reference``), is one of
+
+* ``"predicted"`` (the default): the classifier's own mean prediction on the unlabelled
+  training rows, r_y = (1/N) Σ_n q(y | x_n) (:func:`log_mean_proba`). A class the fitted model
+  predicts often for those rows is penalised, one it rarely predicts is favoured: the shift
+  corrects the model's own lean, whatever the objective, the number of initialisations or
+  the data made it. With δ = 1 this is the prior correction q(y | x) / r_y, the distribution
+  alignment of semi-supervised learning aimed at equal shares; δ > 1 corrects further.
+  Without unlabelled rows r is π̂.
+* ``"labelled"``: the labelled class frequencies π̂ (the post-hoc logit adjustment of Menon
+  et al., 2021). The same δ moves a soft q(y | x) further than a sharp one, so its best δ
+  depends on the model.
+
+δ = 0 is the classifier as trained; δ > 0 moves the boundary towards the classes with the
+smaller reference share, δ < 0 towards the larger. The default, δ = 1.5 with the predicted
+shares, was chosen on the development seeds (``docs/imbalance.md``); it is the best δ of that
+rule for one model and for three, and for the KL models as well.
 
 ``decision_shift="auto"`` instead chooses δ after training from the model's own predictions
 on the unlabelled training rows, which follow the data's long tail: δ is where the classes the
 model predicts for those rows are spread most like π^λ (normalised; π the class proportions of
 the unlabelled rows: the learned π of ``class_prior="learned"``, else π̂), λ =
-``decision_shares``. λ = 1 aims at the rows' own class proportions, λ = 0 at equal shares. No
-label of an unlabelled row is used. On the development seeds it did not beat the fixed
-default (it chose large negative shifts on PBC and very large ones on mfeat), so it is an
-option, not the default.
+``decision_shares``, the shift taken along the reference. λ = 1 aims at the rows' own class
+proportions, λ = 0 at equal shares. No label of an unlabelled row is used. On the development
+seeds it did not beat a fixed δ (it chose large negative shifts on PBC and very large ones on
+mfeat), so it is an option, not the default.
 """
 
 from __future__ import annotations
@@ -23,12 +36,34 @@ import numbers
 
 import torch
 
-__all__ = ["DECISION_SHIFT_GRID", "choose_decision_shift", "predicted_shares"]
+__all__ = ["DECISION_REFERENCES", "DECISION_SHIFT_GRID", "choose_decision_shift",
+           "log_mean_proba", "predicted_shares"]
+
+#: The reference shares r of the decision shift f(x) − δ log r (module docstring).
+DECISION_REFERENCES = ("predicted", "labelled")
 
 #: The shifts ``choose_decision_shift`` considers: −3 to 5 in steps of 0.05.
 DECISION_SHIFT_GRID = tuple(round(-3.0 + 0.05 * i, 2) for i in range(161))
 
 _CHUNK = 16  # grid points scored at once (memory: chunk × rows × classes)
+
+
+def log_mean_proba(log_proba) -> torch.Tensor:
+    """log r_y = log (1/N) Σ_n q(y | x_n): the log of the classifier's mean prediction over the
+    rows of ``log_proba`` [N, K] (normalised log-probabilities, e.g. ``log_softmax`` of its
+    logits, or the log of the averaged q̄ of several initialisations), in float64; finite for
+    finite inputs, however small a class's share (a log-sum-exp, not the log of a sum).
+
+    :raises ValueError: not [N, K] with N >= 1, or a value that is NaN or +inf.
+    """
+    log_proba = torch.as_tensor(log_proba, dtype=torch.float64)
+    if log_proba.ndim != 2 or log_proba.shape[0] == 0:
+        raise ValueError(f"log_proba: expected log-probabilities of shape [N >= 1, K], found "
+                         f"shape {tuple(log_proba.shape)}")
+    if torch.isnan(log_proba).any() or (log_proba == math.inf).any():
+        raise ValueError("log_proba: expected log-probabilities (−inf allowed), found a NaN or "
+                         "+inf")
+    return torch.logsumexp(log_proba, 0) - math.log(log_proba.shape[0])
 
 
 def predicted_shares(logits: torch.Tensor, log_freq: torch.Tensor,
@@ -52,8 +87,10 @@ def choose_decision_shift(logits, log_freq, *, target_log_prior=None, shares: fl
     """The decision shift δ of ``decision_shift="auto"`` (module docstring).
 
     :param logits: the classifier's logits f(x) on the unlabelled training rows, [N, K].
-    :param log_freq: log π̂ [K], the direction of the shift (the labelled class frequencies).
-    :param target_log_prior: log π [K] of the unlabelled rows (default ``log_freq``).
+    :param log_freq: log r [K], the direction of the shift (the reference shares: the labelled
+        class frequencies π̂, or the predicted shares of :func:`log_mean_proba`).
+    :param target_log_prior: log π [K] of the unlabelled rows (default ``log_freq``; the
+        estimator passes π̂, or the learned π).
     :param float shares: λ in [0, 1]: the predicted class shares are aimed at π^λ, normalised.
     :param grid: the shifts considered.
     :returns: the δ of ``grid`` whose predicted class shares are nearest the target in total

@@ -60,6 +60,7 @@ from pyro_mmt.training.svi import (
     default_optimizer,
     ensemble_log_proba,
     load_weights,
+    needs_calibration,
     number_of_epochs,
     train,
 )
@@ -192,7 +193,8 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     and ``model_.guide`` are the Pyro callables, ``model_.config`` every setting), ``members_``
     (all of them when ``n_init > 1``), ``history_`` (per-epoch DataFrame), ``standardiser_``,
     ``class_prior_`` (π, estimated from the unlabelled rows when ``class_prior="learned"``),
-    ``decision_shift_`` (the decision shift δ its predictions use).
+    ``decision_shift_`` (the decision shift δ its predictions use) and ``reference_shares_``
+    (the reference shares r it shifts along).
 
     **The defaults** are the configuration that scored best on validation folds of the public
     training splits (``docs/benchmark.md``: chosen without looking at any test split): the
@@ -201,10 +203,13 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     matching prior shift for the unlabelled rows (τ = τ' = 1, no class weights), about 300 SVI
     steps (``epochs="auto"``) and predictions from the parameters averaged over the second
     half of the epochs (``averaging=0.5``); three initialisations (``n_init=3``) whose
-    q(y | x) are averaged, and predictions from that average moved towards the rare classes by
-    the decision shift δ = 0.5 (both chosen on development seeds; ``docs/imbalance.md``).
-    ``pyro-mmt train`` runs the same. ``n_init=1, decision_shift=0.75`` is the previous
-    release's single model, three times faster; ``n_jobs=3`` fits the three at once.
+    q(y | x) are averaged, and predictions from that average corrected for the model's own
+    lean by the decision shift: logits − 1.5 log r, r the average's mean prediction on the
+    unlabelled training rows (``decision_reference="predicted"``; both chosen on development
+    seeds; ``docs/imbalance.md``). ``pyro-mmt train`` runs the same. ``n_init=1`` is one
+    model, three times faster, with the same decision rule; ``n_jobs=3`` fits the three at
+    once. ``decision_reference="labelled", decision_shift=0.5`` is the previous release's
+    rule.
 
     **Parameters.** Every parameter is declared once in :mod:`pyro_mmt.config`, with its
     default, its constraint and its help text: the settings of
@@ -473,7 +478,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         self.model_ = self.members_[0]
         self.history_ = self.histories_[0]
         self.class_prior_ = np.mean([m2.class_prior() for m2 in self.members_], 0)
-        if self.decision_shift == "auto":  # from the ensemble's q̄(y | x) of the unlabelled rows
+        if needs_calibration(self.model_):  # from the ensemble's q̄(y | x) of the unlabelled rows
             log_q = (ensemble_log_proba(self.members_, unlabelled, device=device)
                      if unlabelled is not None else torch.zeros(0, data.num_classes))
             for m2 in self.members_:
@@ -487,6 +492,14 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         members' mean when a learned class prior gives each its own)."""
         self._check_fitted()
         return float(np.mean([m2.q.prediction_shift() for m2 in self.members_]))
+
+    @property
+    def reference_shares_(self) -> np.ndarray:
+        """The reference shares r [K] (in ``classes_`` order) the decision shift moves the
+        prediction along: the averaged q(y | x)'s mean over the unlabelled training rows
+        for ``decision_reference="predicted"``, else the labelled class frequencies π̂."""
+        self._check_fitted()
+        return self.model_.q.decision_log_reference().detach().cpu().double().exp().numpy()
 
     # ------------------------------------------------------------------------ checkpoints
 
@@ -589,8 +602,11 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         with self._threads():
             data = self._dataset(X, fitted=True)
             log_q = ensemble_log_proba(self.members_, data, device=torch.device(self.device))
-            log_freq = self.model_.label_log_freq.cpu().double()
-            return torch.softmax(log_q - self.decision_shift_ * log_freq, -1).numpy()
+            delta = self.decision_shift_
+            if not delta:
+                return torch.softmax(log_q, -1).numpy()
+            log_ref = self.model_.q.decision_log_reference().cpu().double()
+            return torch.softmax(log_q - delta * log_ref, -1).numpy()
 
     def impute(self, X, *, num_samples: int = 100, return_draws: bool = False,
                seed: int = 0, batch_size: int = 1024):
@@ -893,6 +909,9 @@ def load_estimator(path, map_location="cpu", *, decoders=None,
     # ... and one saved before the decision shift predicted with δ = 0
     params.setdefault("decision_shift", 0.0)
     state["config"].setdefault("decision_shift", 0.0)
+    # ... and one saved before the predicted reference shares shifted along π̂
+    params.setdefault("decision_reference", "labelled")
+    state["config"].setdefault("decision_reference", "labelled")
     est = MultimodalSemiSupervisedClassifier(**params)
     est.config_ = ModelConfig.from_dict(state["config"])
     est.modalities_ = tuple(state["modalities"])

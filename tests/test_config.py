@@ -106,7 +106,8 @@ def test_training_config_checks_its_fields_and_their_combination():
 def test_the_settings_a_resume_may_change_are_declared():
     assert set(resumable_settings()) == {"lr", "epochs", "n_threads", "n_jobs", "progress",
                                          "checkpoint_dir", "resume", "decoders", "encoders",
-                                         "decision_shift", "decision_shares"}
+                                         "decision_shift", "decision_shares",
+                                         "decision_reference"}
 
 
 def test_train_help_offers_every_parameter(capsys):

@@ -1,7 +1,10 @@
-"""The decision shift δ: predictions use f(x) − δ log π̂; ``decision_shift="auto"`` chooses δ
-after training so that the classes predicted for the unlabelled rows are spread like π^λ.
-The choice is checked against a plain loop written out here; the estimator, the Pyro-level
-``train`` and save/load against the rule applied by hand to the fitted classifier."""
+"""The decision shift δ: predictions use f(x) − δ log r, r the reference shares: the labelled
+class frequencies π̂ (``decision_reference="labelled"``) or the classifier's mean prediction
+on the unlabelled training rows (``"predicted"``, the default, learned after training);
+``decision_shift="auto"`` chooses δ after training so that the classes predicted for the
+unlabelled rows are spread like π^λ. The choice is checked against a plain loop written out
+here; the estimator, the Pyro-level ``train`` and save/load against the rule applied by hand
+to the fitted classifier."""
 
 import math
 import warnings
@@ -19,6 +22,8 @@ from pyro_mmt.training import calibrate_decision_shift, classifier_logits
 
 #: one initialisation (the ensemble has its own tests below)
 SMALL = {"hidden": (8,), "latent_dim": 2, "epochs": 2, "batch_size": 16, "n_init": 1}
+#: the shift along the labelled class frequencies π̂
+LABELLED = {"decision_reference": "labelled"}
 
 
 def _by_hand(logits, log_freq, log_target, shares):
@@ -107,13 +112,11 @@ def test_a_number_shifts_the_prediction_and_auto_waits_for_calibration():
     log_freq = torch.log(torch.tensor(counts, dtype=torch.float32) / 10)
     x = {"a": torch.randn(7, 3)}
     fixed = MultimodalM2(ModelConfig({"a": 3}, 3, hidden=(4,), label_counts=counts,
-                                     decision_shift=0.7))
+                                     decision_shift=0.7, **LABELLED))
     torch.testing.assert_close(fixed.predict_proba(x),
                                torch.softmax(fixed.classifier_logits(x) - 0.7 * log_freq, -1))
-    default = MultimodalM2(ModelConfig({"a": 3}, 3, hidden=(4,), label_counts=counts))
-    assert default.q.prediction_shift() == 0.5  # the estimator's default, no calibration
     auto = MultimodalM2(ModelConfig({"a": 3}, 3, hidden=(4,), label_counts=counts,
-                                    decision_shift="auto"))
+                                    decision_shift="auto", **LABELLED))
     assert math.isnan(float(auto.q.decision_shift))
     with pytest.warns(UserWarning, match="not been calibrated"):
         proba = auto.predict_proba(x)
@@ -150,7 +153,7 @@ def blobs():
 
 def test_the_estimator_chooses_delta_on_its_unlabelled_rows_and_keeps_it(blobs, tmp_path):
     X, y = blobs
-    est = MultimodalSemiSupervisedClassifier(**SMALL, progress=False,
+    est = MultimodalSemiSupervisedClassifier(**SMALL, **LABELLED, progress=False,
                                              decision_shift="auto").fit(X, y)
     data = est.prepare(X, y)
     m2 = est.model_
@@ -167,9 +170,9 @@ def test_the_estimator_chooses_delta_on_its_unlabelled_rows_and_keeps_it(blobs, 
     loaded = load_estimator(path)
     assert loaded.decision_shift_ == est.decision_shift_
     np.testing.assert_array_equal(loaded.predict_proba(X), est.predict_proba(X))
-    # a number is used as given (the default 0.5); without unlabelled rows auto chooses 0
+    # a number is used as given (the default 1.5); without unlabelled rows auto chooses 0
     assert MultimodalSemiSupervisedClassifier(**SMALL, progress=False).fit(
-        X, y).decision_shift_ == 0.5
+        X, y).decision_shift_ == 1.5
     fixed = MultimodalSemiSupervisedClassifier(**SMALL, progress=False,
                                                decision_shift=-0.4).fit(X, y)
     assert fixed.decision_shift_ == pytest.approx(-0.4)
@@ -198,9 +201,9 @@ def test_a_file_saved_before_the_decision_shift_predicts_as_trained(blobs, tmp_p
     np.testing.assert_allclose(old.predict_proba(X), as_trained, atol=1e-6)
 
 
-def _trained_by_hand(blobs, **options):
-    """A model with decision_shift="auto" trained by the library's Pyro-level loop on the blobs:
-    (model, data, history)."""
+def _trained_by_hand(blobs, config=(), **options):
+    """A model with decision_shift="auto" along π̂ (or ``config``'s settings) trained by the
+    library's Pyro-level loop on the blobs: (model, data, history)."""
     import pyro
 
     from pyro_mmt.estimator import make_objective
@@ -208,8 +211,9 @@ def _trained_by_hand(blobs, **options):
 
     X, y = blobs
     data = MultimodalDataset(X, y)
+    settings = {"decision_shift": "auto", **LABELLED, **dict(config)}
     m2 = MultimodalM2(ModelConfig(data.dims, data.num_classes, label_counts=data.class_counts(),
-                                  hidden=(8,), latent_dim=2, decision_shift="auto"))
+                                  hidden=(8,), latent_dim=2, **settings))
     pyro.clear_param_store()
     with pyro.get_param_store().scope():
         history = train(m2.model, m2.guide, data, objective=make_objective("kl"),
@@ -251,7 +255,7 @@ def test_a_learned_class_prior_is_the_target_of_auto():
     log_freq = torch.log(torch.tensor(counts, dtype=torch.float64) / 10)
     m2 = MultimodalM2(ModelConfig({"a": 3}, 3, hidden=(4,), label_counts=counts,
                                   class_prior="learned", decision_shift="auto",
-                                  decision_shares=1.0))
+                                  decision_shares=1.0, **LABELLED))
     logits = torch.randn(50, 3)
     m2.update_class_prior(logits)
     target = m2.class_log_prior.double()
@@ -264,8 +268,8 @@ def test_an_ensemble_shifts_its_averaged_q_by_one_delta_chosen_on_it(blobs):
     """n_init = 2, "auto": δ is the rule applied to log q̄(y | x) = log of the members' mean
     softmax(f) on the unlabelled rows, and the prediction is softmax(log q̄ − δ log π̂)."""
     X, y = blobs
-    est = MultimodalSemiSupervisedClassifier(**{**SMALL, "n_init": 2}, progress=False,
-                                             decision_shift="auto").fit(X, y)
+    est = MultimodalSemiSupervisedClassifier(**{**SMALL, "n_init": 2}, **LABELLED,
+                                             progress=False, decision_shift="auto").fit(X, y)
     log_freq = torch.log(torch.tensor(est.label_counts_ / est.label_counts_.sum()))
 
     def mean_q(data):  # the members' q(y | x) averaged, by hand
@@ -281,8 +285,8 @@ def test_an_ensemble_shifts_its_averaged_q_by_one_delta_chosen_on_it(blobs):
                              - by_hand * log_freq, -1).numpy()
     np.testing.assert_allclose(est.predict_proba(X), expected, atol=1e-6)
     # a number: the same shift of the averaged q̄
-    fixed = MultimodalSemiSupervisedClassifier(**{**SMALL, "n_init": 2}, progress=False,
-                                               decision_shift=0.6).fit(X, y)
+    fixed = MultimodalSemiSupervisedClassifier(**{**SMALL, "n_init": 2}, **LABELLED,
+                                               progress=False, decision_shift=0.6).fit(X, y)
     q_bar = np.mean([torch.softmax(classifier_logits(m2, fixed.prepare(X)).double(), -1).numpy()
                      for m2 in fixed.members_], 0)
     np.testing.assert_allclose(fixed.predict_proba(X), torch.softmax(
@@ -296,3 +300,130 @@ def test_validation_during_training_scores_an_uncalibrated_auto_as_trained(blobs
         _, _, history = _trained_by_hand(blobs, epochs=2,
                                          validation=MultimodalDataset(X, y).labelled())
     assert "val_balanced_accuracy" in history
+
+
+# ---------------------------------------------------------------- the predicted reference
+
+
+def test_log_mean_proba_is_the_log_of_the_mean_prediction():
+    from pyro_mmt.decision import log_mean_proba
+
+    rng = np.random.default_rng(3)
+    proba = rng.dirichlet(np.ones(4), size=25)
+    np.testing.assert_allclose(log_mean_proba(torch.tensor(np.log(proba))).numpy(),
+                               np.log(proba.mean(0)), rtol=1e-12)
+    # a class no row gives any mass in float64 terms: still finite (a log-sum-exp)
+    log_p = torch.tensor([[0.0, -800.0], [0.0, -900.0]], dtype=torch.float64)
+    assert log_mean_proba(log_p)[1].item() == pytest.approx(-800.0 + math.log1p(math.exp(-100))
+                                                            - math.log(2))
+    with pytest.raises(ValueError, match=r"log_proba: .*found shape \(0, 3\)"):
+        log_mean_proba(torch.zeros(0, 3))
+    with pytest.raises(ValueError, match="log_proba: .*NaN"):
+        log_mean_proba(torch.tensor([[math.nan, 0.0]]))
+
+
+def test_the_predicted_reference_is_learned_after_training_and_is_state():
+    counts = (6, 3, 1)
+    x = {"a": torch.randn(9, 3)}
+    unlabelled = {"a": torch.randn(20, 3)}
+    m2 = MultimodalM2(ModelConfig({"a": 3}, 3, hidden=(4,), label_counts=counts))
+    assert m2.config.decision_reference == "predicted" and m2.config.decision_shift == 1.5
+    assert not m2.q.calibrated
+    with pytest.warns(UserWarning, match="not been calibrated"):
+        proba = m2.predict_proba(x)
+    torch.testing.assert_close(proba, torch.softmax(m2.classifier_logits(x), -1))
+    with pytest.raises(ValueError, match="logit_adjustment: .*not calibrated"):
+        m2.predict_proba(x, logit_adjustment=1.0)
+    logits = m2.classifier_logits(unlabelled)
+    assert m2.calibrate_decision_shift(logits) == 1.5
+    shares = torch.softmax(logits.double(), -1).mean(0)  # by hand
+    torch.testing.assert_close(m2.q.decision_log_shares.double(), shares.log())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(m2.predict_proba(x), torch.softmax(
+            m2.classifier_logits(x) - 1.5 * shares.log().float(), -1))
+    # the shares travel with the state dict; a state without them is not calibrated
+    again = MultimodalM2(m2.config)
+    again.load_state_dict(m2.state_dict())
+    torch.testing.assert_close(again.predict_proba(x), m2.predict_proba(x))
+    state = {k: v for k, v in m2.state_dict().items() if not k.endswith("decision_log_shares")}
+    old = MultimodalM2(m2.config)
+    old.load_state_dict(state)
+    assert not old.q.calibrated
+    # δ = 0 has nothing to learn
+    plain = MultimodalM2(m2.config.replace(decision_shift=0.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(plain.predict_proba(x),
+                                   torch.softmax(plain.classifier_logits(x), -1))
+
+
+def test_auto_moves_along_the_predicted_reference():
+    m2 = MultimodalM2(ModelConfig({"a": 3}, 3, hidden=(4,), label_counts=(6, 3, 1),
+                                  decision_shift="auto"))
+    logits = torch.randn(40, 3)
+    delta = m2.calibrate_decision_shift(logits)
+    log_ref = torch.softmax(logits.double(), -1).mean(0).log()
+    log_freq = torch.log(torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64))
+    assert delta == choose_decision_shift(logits, log_ref, target_log_prior=log_freq, shares=0.5)
+
+
+def test_the_estimator_shifts_its_averaged_q_along_its_mean_prediction(blobs, tmp_path):
+    """The defaults' rule, n_init = 2: r = the mean over the unlabelled rows of the members'
+    averaged q̄(y | x), and the prediction is softmax(log q̄ − 1.5 log r); saved and loaded
+    exactly; without unlabelled rows r = π̂."""
+    X, y = blobs
+    est = MultimodalSemiSupervisedClassifier(**{**SMALL, "n_init": 2}, progress=False).fit(X, y)
+    assert est.decision_shift_ == 1.5
+
+    def mean_q(data):  # the members' q(y | x) averaged, by hand
+        return np.mean([torch.softmax(classifier_logits(m2, data).double(), -1).numpy()
+                        for m2 in est.members_], 0)
+
+    shares = mean_q(est.prepare(X, y).unlabelled()).mean(0)
+    np.testing.assert_allclose(est.reference_shares_, shares, rtol=1e-5)
+    expected = torch.softmax(torch.tensor(np.log(mean_q(est.prepare(X)))
+                                          - 1.5 * np.log(shares)), -1).numpy()
+    np.testing.assert_allclose(est.predict_proba(X), expected, atol=1e-5)
+    path = tmp_path / "est.pt"
+    save_estimator(est, path)
+    loaded = load_estimator(path)
+    np.testing.assert_array_equal(loaded.reference_shares_, est.reference_shares_)
+    np.testing.assert_array_equal(loaded.predict_proba(X), est.predict_proba(X))
+    labelled = y >= 0
+    only = MultimodalSemiSupervisedClassifier(**SMALL, progress=False).fit(
+        {m: v[labelled] for m, v in X.items()}, y[labelled])
+    np.testing.assert_allclose(only.reference_shares_,
+                               only.label_counts_ / only.label_counts_.sum(), rtol=1e-6)
+
+
+def test_a_file_saved_with_the_labelled_reference_keeps_it(blobs, tmp_path):
+    """A file saved before the reference was a setting shifted along π̂: it still does."""
+    X, y = blobs
+    est = MultimodalSemiSupervisedClassifier(**SMALL, **LABELLED, decision_shift=0.5,
+                                             progress=False).fit(X, y)
+    path = tmp_path / "old.pt"
+    save_estimator(est, path)
+    state = torch.load(path, weights_only=True)
+    del state["params"]["decision_reference"], state["config"]["decision_reference"]
+    for member in state["members"]:
+        del member["q.decision_log_shares"]
+    torch.save(state, path)
+    old = load_estimator(path)
+    assert old.decision_reference == "labelled" and old.config_.decision_reference == "labelled"
+    np.testing.assert_array_equal(old.predict_proba(X), est.predict_proba(X))
+
+
+def test_pyro_level_train_learns_the_predicted_reference(blobs):
+    """The design card's way: a MultimodalM2 with the config's defaults trained with
+    pyro_mmt.training.train predicts with the defaults' rule, learned at the end of train."""
+    m2, data, _ = _trained_by_hand(blobs, config={"decision_reference": "predicted",
+                                                  "decision_shift": 1.5}, epochs=1)
+    unlabelled = data.unlabelled()
+    logits = m2.classifier_logits(unlabelled.x, unlabelled.mask).double()
+    torch.testing.assert_close(m2.q.decision_log_shares.double(),
+                               torch.softmax(logits, -1).mean(0).log())
+    m2b, _, _ = _trained_by_hand(blobs, config={"decision_reference": "predicted",
+                                                "decision_shift": 1.5}, epochs=1,
+                                 choose_decision_shift=False)
+    assert not m2b.q.calibrated

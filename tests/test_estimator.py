@@ -278,7 +278,7 @@ def test_n_init_averages_the_members_and_round_trips(tmp_path):
     x, y = data.to_numpy()
     y[40:] = -1
     options = {"hidden": (8,), "latent_dim": 2, "epochs": 1, "batch_size": 32, "seed": 3,
-               "decision_shift": 0.6}
+               "decision_shift": 0.6, "decision_reference": "labelled"}
     pair = MultimodalSemiSupervisedClassifier(n_init=2, **options).fit(x, y)
     single = MultimodalSemiSupervisedClassifier(n_init=1, **options).fit(x, y)
     assert len(pair.members_) == 2 and len(pair.histories_) == 2

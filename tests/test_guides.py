@@ -108,13 +108,14 @@ def test_logit_adjustment_and_unlabelled_prior_shift():
     counts = (6, 3, 1)
     log_freq = torch.log(torch.tensor(counts, dtype=torch.float64) / 10)
     guide = build_model(DIMS, K, latent_dim=D, hidden=(4,), nu=NU,
-                        unlabelled_prior_shift=0.5, label_counts=counts)
+                        unlabelled_prior_shift=0.5, label_counts=counts,
+                        decision_reference="labelled")
     torch.testing.assert_close(guide.unlabelled_logit_shift(), 0.5 * log_freq)
     x, mask = _data()
     adjusted = guide.predict_proba(x, mask, logit_adjustment=1.0)
     expected = torch.softmax(guide.classifier(x, mask) - log_freq, -1)
     torch.testing.assert_close(adjusted, expected)
-    plain = build_model(DIMS, K, latent_dim=D, hidden=(4,), nu=NU)
+    plain = build_model(DIMS, K, latent_dim=D, hidden=(4,), nu=NU, decision_reference="labelled")
     with pytest.raises(ValueError, match="label_counts"):
         plain.predict_proba(x, mask, logit_adjustment=1.0)
     with pytest.raises(ValueError, match="unlabelled_prior_shift"):
@@ -152,7 +153,7 @@ def test_learned_class_prior_is_the_em_fixed_point():
 
 @pytest.mark.parametrize("present", [["a"], ["b", "c"], ["a", "b", "c"]])
 def test_predict_proba_with_any_subset(present):
-    guide = build_model(DIMS, K, latent_dim=D, hidden=(4,), nu=NU)
+    guide = build_model(DIMS, K, latent_dim=D, hidden=(4,), nu=NU, decision_shift=0.0)
     x, _ = _data()
     mask = torch.tensor([[m in present for m in DIMS]] * 5)
     proba = guide.predict_proba({m: x[m] if m in present else torch.zeros_like(x[m])
@@ -188,10 +189,12 @@ def test_the_guide_is_a_module_built_from_the_config():
     config = ModelConfig(DIMS, K, latent_dim=D, hidden=(4,), nu=NU, label_counts=(3, 2, 1))
     guide = PoETGuide(config)
     assert {k.split(".")[0] for k in guide.state_dict()} == {"classifier", "encoders",
-                                                             "decision_shift"}
+                                                             "decision_shift",
+                                                             "decision_log_shares"}
     x = {m: torch.randn(6, n) for m, n in DIMS.items()}
     mask = torch.ones(6, len(DIMS), dtype=torch.bool)
     mask[0, 1] = False
+    guide.calibrate_decision_shift(guide.classifier_logits(x, mask))
     proba = guide.predict_proba(x, mask)
     assert proba.shape == (6, K)
     torch.testing.assert_close(proba.sum(-1), torch.ones(6))

@@ -179,7 +179,7 @@ def test_indicator_inputs(float64):
     """With missing_cells="indicator" the networks see the cell mask next to the values; a
     missing cell and an observed 0 then give different q(y | x)."""
     m2 = MultimodalM2(ModelConfig(dims={"a": 4}, num_classes=K, latent_dim=D, hidden=(8,),
-                                  missing_cells="indicator"))
+                                  missing_cells="indicator", decision_shift=0.0))
     x = {"a": torch.zeros(2, 4)}
     cells = torch.tensor([[True] * 4, [True, False, True, True]])
     inputs = m2.network_inputs(x, {"a": cells})

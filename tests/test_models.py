@@ -368,12 +368,14 @@ def test_one_module_owns_every_network_and_setting(tmp_path):
     with torch.no_grad():
         m2.nu_unconstrained.add_(0.3)
     m2.class_log_prior.copy_(torch.log(torch.tensor([0.2, 0.3, 0.5])))
+    x, mask, _ = _data()
+    m2.calibrate_decision_shift(m2.classifier_logits(x, mask))  # the predicted shares: state
     torch.save(m2.state_dict(), tmp_path / "m2.pt")
     again = MultimodalM2(ModelConfig.from_dict(config.to_dict()))
     again.load_state_dict(torch.load(tmp_path / "m2.pt", weights_only=True))
     assert float(again.nu.detach()) == float(m2.nu.detach())
     np.testing.assert_allclose(again.class_prior(), [0.2, 0.3, 0.5], rtol=1e-6)
-    x, mask, _ = _data()
+    torch.testing.assert_close(again.q.decision_log_shares, m2.q.decision_log_shares)
     torch.testing.assert_close(again.predict_proba(x, mask), m2.predict_proba(x, mask))
     assert m2.double().class_weights.dtype == torch.float64
 
@@ -383,15 +385,17 @@ def test_a_state_dict_from_before_the_guide_module_loads():
     submodule ``q``) load into ``q``."""
     from pyro_mmt.models import MultimodalM2
 
-    config = ModelConfig(DIMS, K, latent_dim=D, hidden=(5,))
+    # the layout before q predates the decision shift (and so its reference shares)
+    config = ModelConfig(DIMS, K, latent_dim=D, hidden=(5,), decision_reference="labelled")
     m2 = MultimodalM2(config)
+    newer = ("q.decision_shift", "q.decision_log_shares")
     old = {k.removeprefix("q."): v.clone() for k, v in m2.state_dict().items()
-           if k != "q.decision_shift"}  # the layout before q predates the decision shift
+           if k not in newer}
     assert any(k.startswith("classifier.") for k in old)
     again = MultimodalM2(config)
     again.load_state_dict(old)
     for k, v in m2.state_dict().items():
-        if k != "q.decision_shift":
+        if k not in newer:
             torch.testing.assert_close(again.state_dict()[k], v)
     assert again.q.prediction_shift() == config.decision_shift  # the config owns a number
 
@@ -450,7 +454,7 @@ def test_mixed_families_are_independent_given_y_and_z(float64):
 def test_categorical_modality_uses_one_hot_inputs_and_generates_codes():
     m2 = build_model({"a": 3, "codes": 2}, K, latent_dim=D, hidden=(5,),
                      likelihood={"a": "student_t", "codes": "categorical"},
-                     num_categories={"codes": 4})
+                     num_categories={"codes": 4}, decision_shift=0.0)
     assert m2.decoders["codes"].body[-1][-1].out_features == 8  # n_j × C_j logits
     x = {"a": torch.randn(5, 3), "codes": torch.randint(0, 4, (5, 2)).float()}
     proba = m2.predict_proba(x)

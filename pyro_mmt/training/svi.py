@@ -44,6 +44,7 @@ __all__ = [
     "load_checkpoint",
     "load_weights",
     "calibrate_decision_shift",
+    "needs_calibration",
     "classifier_logits",
     "ensemble_log_proba",
     "predict_proba",
@@ -325,19 +326,27 @@ def ensemble_log_proba(modules, dataset: MultimodalDataset, *, batch_size: int =
 
 def calibrate_decision_shift(module, dataset: MultimodalDataset, *, batch_size: int = 1024,
                              device: str | torch.device = "cpu") -> float | None:
-    """For a module with ``decision_shift="auto"`` (e.g. a :class:`~pyro_mmt.models.
-    MultimodalM2`), choose δ from its classifier on the unlabelled rows of ``dataset``
-    (:meth:`~pyro_mmt.guides.PoETGuide.calibrate_decision_shift`; 0 without unlabelled
-    rows) and return it; None for a module without a calibrated decision shift."""
-    config = getattr(module, "config", None)
-    if (not hasattr(module, "calibrate_decision_shift")
-            or getattr(config, "decision_shift", None) != "auto"):
+    """For a module whose decision rule is learned after training (e.g. a
+    :class:`~pyro_mmt.models.MultimodalM2` with ``decision_reference="predicted"``, the
+    default, or ``decision_shift="auto"``), learn it from its classifier on the unlabelled
+    rows of ``dataset`` (:meth:`~pyro_mmt.guides.PoETGuide.calibrate_decision_shift`; without
+    unlabelled rows the reference is π̂ and an "auto" δ is 0) and return δ; None for a module
+    without one."""
+    if not hasattr(module, "calibrate_decision_shift") or not needs_calibration(module):
         return None
     unlabelled = ~dataset.is_labelled
     logits = (classifier_logits(module, dataset.unlabelled(), batch_size=batch_size,
                                 device=device) if bool(unlabelled.any())
               else torch.zeros(0, dataset.num_classes))
     return module.calibrate_decision_shift(logits)
+
+
+def needs_calibration(module) -> bool:
+    """Whether ``module``'s config has a decision rule learned after training
+    (``decision_reference="predicted"`` or ``decision_shift="auto"``)."""
+    config = getattr(module, "config", None)
+    return (getattr(config, "decision_shift", None) == "auto"
+            or getattr(config, "decision_reference", None) == "predicted")
 
 
 #: Gradient clamp of the default optimiser (``pyro.optim.ClippedAdam``'s default ``clip_norm``).
@@ -418,12 +427,13 @@ def train(
     :param validation: labelled data scored after every epoch (balanced accuracy, macro-F1, ...).
     :param predictor: ``predictor(dataset) -> proba [N, K]``; default
         ``predict_proba(guide.__self__, dataset)`` for a bound ``guide`` method (e.g.
-        ``m2.guide``), with δ = 0 while a ``decision_shift="auto"`` is still to be chosen.
+        ``m2.guide``), with δ = 0 while its decision rule is still to be learned.
 
-    At the end, a bound guide's owner with ``decision_shift="auto"`` (e.g. a
-    :class:`~pyro_mmt.models.MultimodalM2`) has its decision shift chosen from the unlabelled
-    rows of ``dataset`` (:func:`calibrate_decision_shift`; under data-parallel training, of
-    this process's shard), unless ``choose_decision_shift=False``.
+    At the end, a bound guide's owner whose decision rule is learned after training (e.g. a
+    :class:`~pyro_mmt.models.MultimodalM2` with the default ``decision_reference=
+    "predicted"``, or ``decision_shift="auto"``) learns it from the unlabelled rows of
+    ``dataset`` (:func:`calibrate_decision_shift`; under data-parallel training, of this
+    process's shard), unless ``choose_decision_shift=False``.
     :param patience: stop when validation balanced accuracy has not improved for this many
         epochs, and restore the best epoch's weights (needs ``validation`` and ``modules``).
     :param checkpoint_dir: write ``checkpoint.pt`` there after every epoch.
@@ -466,8 +476,8 @@ def train(
         no ramp. The weight depends on the epoch and step only, so a resumed run ramps as an
         uninterrupted one. The history's losses are those of the data, without the ramp.
     :param str desc: the progress bar's label.
-    :param bool choose_decision_shift: choose a ``decision_shift="auto"`` at the end (False:
-        the caller chooses it later, as the estimator does once the parameters are averaged).
+    :param bool choose_decision_shift: learn the decision rule at the end (False: the caller
+        does it later, as the estimator does once the parameters are averaged).
     :return: a DataFrame with one row per epoch: ``epoch``, ``loss`` (per datum),
         ``loss_labelled``, ``loss_unlabelled``, ``seconds`` and validation metrics.
     :raises TrainingDivergedError: when a step's loss is not finite.
@@ -495,10 +505,8 @@ def train(
         if owner is None or not hasattr(owner, "predict_proba"):
             raise ValueError("predictor: pass one, the guide has no predict_proba to score with")
 
-        # a decision shift still to be chosen ("auto", after training) scores as trained
-        shift = ({"logit_adjustment": 0.0}
-                 if getattr(getattr(owner, "config", None), "decision_shift", None) == "auto"
-                 else {})
+        # a decision rule still to be learned (after training) scores as trained
+        shift = {"logit_adjustment": 0.0} if needs_calibration(owner) else {}
 
         def predictor(data, _owner=owner):
             return predict_proba(_owner, data, device=device, **shift)
@@ -555,7 +563,7 @@ def train(
     if patience is not None and best is not None:
         for name, module in modules.items():
             module.load_state_dict(best["modules"][name])
-    # the decision shift of a model that chooses it after training ("auto")
+    # the decision rule of a model that learns it after training ("predicted", "auto")
     owner = getattr(guide, "__self__", None)
     if owner is not None and choose_decision_shift:
         calibrate_decision_shift(owner, dataset, device=device)

@@ -258,7 +258,8 @@ def test_pyro_mmt_model_with_missing_modalities(nu):
     y = np.array([0, 1, 2, -1, -1, 0, -1, 1, -1])
     data = MultimodalDataset(x, y, num_classes=3)
     m2 = build_model(data.dims, 3, latent_dim=2, hidden=(16,), nu=nu,
-                     sigma={"a": 0.8, "b": 1.0, "c": 1.3}, label_counts=[2, 2, 2])
+                     sigma={"a": 0.8, "b": 1.0, "c": 1.3}, label_counts=[2, 2, 2],
+                     decision_shift=0.0)  # untrained: no decision rule to learn
     idata = D.to_inference_data(m2, dataset=data, num_samples=6, condition_on_labels=False)
     post = D.get_group(idata, "latent")
     assert post["z"].shape == (1, 6, n, 2)
@@ -293,7 +294,8 @@ def test_the_model_object_is_its_own_guide_and_its_settings_are_the_attributes(t
     x["b"][[1]] = np.nan
     data = MultimodalDataset(x, np.array([0, 1, 2, -1, -1, -1]), num_classes=3)
     m2 = build_model(data.dims, 3, latent_dim=2, hidden=(8,), alpha=0.7, learn_nu=True,
-                     sigma={"a": 0.5, "b": 2.0}, class_weight="balanced", label_counts=[1, 1, 1])
+                     sigma={"a": 0.5, "b": 2.0}, class_weight="balanced", label_counts=[1, 1, 1],
+                     decision_shift=0.0)
     with torch.no_grad():
         m2.nu_unconstrained.fill_(1.5)  # as if training had moved ν away from its start
     calls = [
@@ -341,7 +343,7 @@ def test_log_weights_agree_with_pyro_elbo(float64, nu):
     x = {"a": rng.normal(size=(8, 4)), "b": rng.normal(size=(8, 3))}
     x["a"][[1, 4]] = np.nan
     data = MultimodalDataset(x, None, num_classes=3).to(torch.float64)
-    m2 = build_model(data.dims, 3, latent_dim=2, hidden=(16,), nu=nu).double()
+    m2 = build_model(data.dims, 3, latent_dim=2, hidden=(16,), nu=nu, decision_shift=0.0).double()
     S = 1000
     idata = D.to_inference_data(m2, None, data, num_samples=S, num_predictive=1)
     lw = D.get_group(idata, "sample_stats")["log_weight"].values[0]  # [S, N]
