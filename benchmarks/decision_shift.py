@@ -38,12 +38,15 @@ import pandas as pd
 from benchmarks.select_on_dev_seeds import DEVELOPMENT_SEEDS
 from pyro_mmt.config import ModelConfig
 from pyro_mmt.data import load_dataset, long_tailed_split
-from pyro_mmt.decision import choose_decision_shift
+from pyro_mmt.decision import choose_decision_shift, log_mean_proba
 from pyro_mmt.evaluation.metrics import classification_metrics
 from pyro_mmt.experiments.benchmark import grid_splits
 
-#: The fixed shifts scored for every fit.
+#: The fixed shifts scored for every fit, along the labelled class frequencies π̂
+#: (``<method>@<δ>``) and along the fit's mean prediction on its unlabelled rows
+#: (``<method>@pred<δ>``, ``decision_reference="predicted"``).
 SHIFTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+PREDICTED_SHIFTS = (0.5, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5)
 
 #: The λ of ``decision_shares`` scored for the data-adaptive shift.
 SHARES = (0.25, 0.4, 0.5, 0.6, 0.75)
@@ -80,19 +83,24 @@ def fit_one(dataset, rho, beta, seed, method, out: Path) -> Path:
 
 
 def score(path: Path, dataset, rho, beta, seed, method, shifts=SHIFTS,
-          shares=SHARES) -> list[dict]:
-    """The benchmark's metrics at every fixed shift (``<method>@<δ>``) and at the shift
-    ``decision_shift="auto"`` chooses at each λ of ``shares`` (``<method>@auto<λ>``)."""
+          shares=SHARES, predicted_shifts=PREDICTED_SHIFTS) -> list[dict]:
+    """The benchmark's metrics at every fixed shift along π̂ (``<method>@<δ>``) and along the
+    fit's mean prediction on its unlabelled rows (``<method>@pred<δ>``, the rule of
+    ``decision_reference="predicted"``: :func:`pyro_mmt.decision.log_mean_proba`), and at the
+    shift ``decision_shift="auto"`` chooses along π̂ at each λ of ``shares``
+    (``<method>@auto<λ>``)."""
     a = np.load(path, allow_pickle=False)
     log_freq = np.log(a["labelled_counts"] / a["labelled_counts"].sum())
     log_q = np.log(np.clip(a["test_proba"], 1e-300, None))
     log_u = np.log(np.clip(a["unlabelled_proba"], 1e-300, None))
-    rules = [(f"{method}@{d:g}", d, np.nan) for d in shifts]
-    rules += [(f"{method}@auto{lam:g}", choose_decision_shift(log_u, log_freq, shares=lam), lam)
-              for lam in shares]
+    log_ref = (log_mean_proba(log_u).numpy() if len(log_u) else log_freq)
+    rules = [(f"{method}@{d:g}", d, np.nan, log_freq) for d in shifts]
+    rules += [(f"{method}@pred{d:g}", d, np.nan, log_ref) for d in predicted_shifts]
+    rules += [(f"{method}@auto{lam:g}", choose_decision_shift(log_u, log_freq, shares=lam), lam,
+               log_freq) for lam in shares]
     rows = []
-    for name, delta, lam in rules:
-        pred = (log_q - delta * log_freq).argmax(1)
+    for name, delta, lam, direction in rules:
+        pred = (log_q - delta * direction).argmax(1)
         row = {"dataset": dataset, "rho": rho, "beta": beta, "seed": seed,
                "unlabelled": "same", "method": name, "base_method": method,
                "shift": delta, "shares": lam, "n_labelled": int(a["labelled_counts"].sum()),
@@ -102,17 +110,37 @@ def score(path: Path, dataset, rho, beta, seed, method, shifts=SHIFTS,
     return rows
 
 
+#: The settings of the decision rule: methods that differ only in them share one fit.
+RULE_SETTINGS = ("decision_shift", "decision_reference")
+
+
+def rule_name(base: str, options) -> str:
+    """The name of ``score``'s rows for a method with ``options`` scored on the fits of
+    ``base``: ``<base>@<δ>`` along π̂ (and for δ = 0), ``<base>@pred<δ>`` along the predicted
+    shares."""
+    delta = options.get("decision_shift", ModelConfig.decision_shift)
+    reference = options.get("decision_reference", ModelConfig.decision_reference)
+    if delta == "auto":  # scored as <base>@auto<λ> along π̂, not a fixed rule
+        return f"{base}@auto"
+    return (f"{base}@{delta:g}" if reference == "labelled" or delta == 0
+            else f"{base}@pred{delta:g}")
+
+
 def benchmark_rows(results: pd.DataFrame) -> pd.DataFrame:
-    """The rows of ``<model>@<δ>`` (δ the method's own decision shift: the default's, unless
-    the method sets one) and ``<model>@0`` renamed as the benchmark names the methods
-    (``<model>`` and ``<model>_shift0``), so that ``pyro-mmt report`` reads them with the
-    baselines' rows."""
+    """Every benchmark method whose fit is one of ``results``' (its options differ from the
+    fitted method's only in the decision rule, :data:`RULE_SETTINGS`): the rows of its rule,
+    renamed as the benchmark names the method (``t_gamma`` at the default rule,
+    ``t_gamma_shift0`` at δ = 0, ``t_gamma_labelled`` along π̂, ...), so that ``pyro-mmt
+    report`` reads them with the baselines' rows."""
     from pyro_mmt.experiments.benchmark import METHODS
 
+    def fit(method):
+        return method.view, {k: v for k, v in method.options.items() if k not in RULE_SETTINGS}
+
     names = {}
-    for m in results["base_method"].unique():
-        delta = METHODS[m].options.get("decision_shift", ModelConfig.decision_shift)
-        names |= {f"{m}@{delta:g}": m, f"{m}@0": f"{m}_shift0"}
+    for base in results["base_method"].unique():
+        names |= {rule_name(base, method.options): name for name, method in METHODS.items()
+                  if method.options is not None and fit(method) == fit(METHODS[base])}
     rows = results[results["method"].isin(names)].copy()
     rows["method"] = rows["method"].map(names)
     return rows.drop(columns=["base_method", "shift", "shares"])

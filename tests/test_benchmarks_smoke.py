@@ -230,20 +230,25 @@ def test_decision_shift_scores_saved_arrays_and_matches_the_lean(tmp_path):
 
 
 def test_decision_shift_benchmark_rows_take_each_methods_delta_and_the_baselines(tmp_path):
-    """--benchmark-rows renames <model>@<its δ> to <model> and <model>@0 to <model>_shift0 (the
-    single model at its own 0.75, the defaults at theirs), and --with-rows adds the other
-    methods' rows of the same splits only."""
+    """--benchmark-rows names, for every fit scored, the rows of each benchmark method with that
+    fit by the method's own rule (the defaults' δ along the predicted shares for t_gamma and
+    t_gamma_single, δ = 0 for t_gamma_shift0, δ = 0.5 along π̂ for t_gamma_labelled), and
+    --with-rows adds the other methods' rows of the same splits only."""
     from benchmarks import decision_shift as ds
 
+    rules = [f"@{d:g}" for d in ds.SHIFTS] + [f"@pred{d:g}" for d in ds.PREDICTED_SHIFTS]
     rows = []
     for base in ("t_gamma", "t_gamma_single"):
-        for delta in ds.SHIFTS:
+        for code, rule in enumerate(rules):
             rows.append({"dataset": "x", "rho": 10, "beta": 0.2, "seed": 5, "unlabelled": "same",
-                         "method": f"{base}@{delta:g}", "base_method": base, "shift": delta,
-                         "shares": np.nan, "balanced_accuracy": delta})
+                         "method": f"{base}{rule}", "base_method": base, "shift": np.nan,
+                         "shares": np.nan, "balanced_accuracy": code})
     named = ds.benchmark_rows(pd.DataFrame(rows)).set_index("method")["balanced_accuracy"]
-    assert named.to_dict() == {"t_gamma": ModelConfig.decision_shift, "t_gamma_shift0": 0.0,
-                               "t_gamma_single": 0.75, "t_gamma_single_shift0": 0.0}
+    default = rules.index(f"@pred{ModelConfig.decision_shift:g}")
+    assert ModelConfig.decision_reference == "predicted"
+    assert named.to_dict() == {"t_gamma": default, "t_gamma_shift0": rules.index("@0"),
+                               "t_gamma_labelled": rules.index("@0.5"),
+                               "t_gamma_single": default}
     baselines = pd.DataFrame({"dataset": ["x", "x", "y"], "rho": 10, "beta": 0.2,
                               "seed": [5, 5, 5], "method": ["lr", "t_gamma", "lr"],
                               "balanced_accuracy": [0.5, 0.9, 0.4]})

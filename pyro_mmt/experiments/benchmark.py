@@ -90,6 +90,7 @@ class Method:
     fit_predict: Callable[..., np.ndarray | None]
     deep: bool = False
     options: dict | None = None
+    view: str | None = None
 
 
 class Predictions(np.ndarray):
@@ -103,7 +104,7 @@ class Predictions(np.ndarray):
 def _deep_method(name: str, description: str, options: dict, view: str | None = None) -> Method:
     """A registry entry for the estimator with ``options`` (see :func:`estimator_fit_predict`)."""
     return Method(name, description, estimator_fit_predict(options, view=view), deep=True,
-                  options=dict(options))
+                  options=dict(options), view=view)
 
 
 def _concatenate(train: MultimodalDataset,
@@ -180,9 +181,12 @@ _views = baselines.views
 #: The options that turn the estimator's defaults into the Gaussian model with Pyro's ELBO.
 GAUSSIAN_KL = {"objective": "kl", "nu": math.inf}
 
-#: One initialisation predicting with δ = 0.75: the previous release's defaults (the single
-#: model's δ chosen on development seeds), against which the ensemble default was chosen.
-SINGLE = {"n_init": 1, "decision_shift": 0.75}
+#: One initialisation (the defaults' decision rule).
+SINGLE = {"n_init": 1}
+
+#: The previous release's decision rule: the shift along the labelled class frequencies π̂ by
+#: δ = 0.5 (chosen on development seeds for three initialisations).
+LABELLED_SHIFT = {"decision_reference": "labelled", "decision_shift": 0.5}
 
 #: No class-imbalance device at all (see ``docs/imbalance.md``).
 NO_IMBALANCE = {"class_weight": None, "logit_adjustment": 0.0, "unlabelled_prior_shift": 0.0,
@@ -199,28 +203,32 @@ V1 = {"alpha": 1000.0, "alpha_unit": "datum", **IMBALANCE_OPTIONS, "averaging": 
 METHODS: dict[str, Method] = {
     "t_gamma": _deep_method("t_gamma", "the estimator's defaults: Student-t model, γ-power "
                             "divergence for (x, z) given y (auto γ), the label under the KL, "
-                            "three initialisations averaged, predictions with the decision "
-                            "shift δ = 0.5", {}),
+                            "three initialisations averaged, predictions shifted by δ = 1.5 "
+                            "along the average's mean prediction on the unlabelled rows", {}),
     "t_gamma_shift0": _deep_method("t_gamma_shift0", "the defaults predicting with the "
                                    "averaged q(y | x) as trained (decision shift δ = 0)",
                                    {"decision_shift": 0.0}),
-    "t_gamma_single": _deep_method("t_gamma_single", "the defaults with one initialisation "
-                                   "and δ = 0.75 (the previous release's default)", SINGLE),
+    "t_gamma_labelled": _deep_method("t_gamma_labelled", "the defaults with the shift along "
+                                     "the labelled class frequencies, δ = 0.5 (the previous "
+                                     "release's default)", LABELLED_SHIFT),
+    "t_gamma_single": _deep_method("t_gamma_single", "the defaults with one initialisation",
+                                   SINGLE),
     "gauss_kl": _deep_method("gauss_kl", "the defaults with the Gaussian model (ν = ∞) and the "
                              "KL objective (M2 ELBO, TraceEnum_ELBO)", GAUSSIAN_KL),
     "t_kl": _deep_method("t_kl", "the defaults with the KL objective (Student-t model, "
                          "TraceEnum_ELBO)", {"objective": "kl"}),
-    "gauss_kl_single": _deep_method("gauss_kl_single", "gauss_kl with one initialisation and "
-                                    "δ = 0.75 (t_gamma_single's settings)",
+    "gauss_kl_labelled": _deep_method("gauss_kl_labelled", "gauss_kl with t_gamma_labelled's "
+                                      "decision rule", {**GAUSSIAN_KL, **LABELLED_SHIFT}),
+    "t_kl_labelled": _deep_method("t_kl_labelled", "t_kl with t_gamma_labelled's decision "
+                                  "rule", {"objective": "kl", **LABELLED_SHIFT}),
+    "gauss_kl_shift0": _deep_method("gauss_kl_shift0", "gauss_kl predicting as trained "
+                                    "(δ = 0)", {**GAUSSIAN_KL, "decision_shift": 0.0}),
+    "t_kl_shift0": _deep_method("t_kl_shift0", "t_kl predicting as trained (δ = 0)",
+                                {"objective": "kl", "decision_shift": 0.0}),
+    "gauss_kl_single": _deep_method("gauss_kl_single", "gauss_kl with one initialisation",
                                     {**GAUSSIAN_KL, **SINGLE}),
-    "t_kl_single": _deep_method("t_kl_single", "t_kl with one initialisation and δ = 0.75",
+    "t_kl_single": _deep_method("t_kl_single", "t_kl with one initialisation",
                                 {"objective": "kl", **SINGLE}),
-    "gauss_kl_single_shift0": _deep_method("gauss_kl_single_shift0", "gauss_kl_single "
-                                           "predicting as trained (δ = 0)",
-                                           {**GAUSSIAN_KL, **SINGLE, "decision_shift": 0.0}),
-    "t_kl_single_shift0": _deep_method("t_kl_single_shift0", "t_kl_single predicting as "
-                                       "trained (δ = 0)",
-                                       {"objective": "kl", **SINGLE, "decision_shift": 0.0}),
     "t_gamma_auto_shift": _deep_method("t_gamma_auto_shift", "the defaults with the decision "
                                        "shift chosen on the unlabelled rows "
                                        "(decision_shift='auto', λ = ½)",

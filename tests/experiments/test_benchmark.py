@@ -8,8 +8,12 @@ import pandas as pd
 import pytest
 
 from pyro_mmt.cli import main
-from pyro_mmt.experiments.benchmark import (METHODS, entropy_weight_w0, headline_table,
-                                            setting_counts)
+from pyro_mmt.experiments.benchmark import (
+    METHODS,
+    entropy_weight_w0,
+    headline_table,
+    setting_counts,
+)
 
 
 def _results():
