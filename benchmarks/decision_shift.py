@@ -38,7 +38,7 @@ import pandas as pd
 from benchmarks.select_on_dev_seeds import DEVELOPMENT_SEEDS
 from pyro_mmt.config import ModelConfig
 from pyro_mmt.data import load_dataset, long_tailed_split
-from pyro_mmt.decision import choose_decision_shift, log_mean_proba
+from pyro_mmt.decision import choose_decision_shift, reference_log_shares
 from pyro_mmt.evaluation.metrics import classification_metrics
 from pyro_mmt.experiments.benchmark import grid_splits
 
@@ -86,14 +86,14 @@ def score(path: Path, dataset, rho, beta, seed, method, shifts=SHIFTS,
           shares=SHARES, predicted_shifts=PREDICTED_SHIFTS) -> list[dict]:
     """The benchmark's metrics at every fixed shift along π̂ (``<method>@<δ>``) and along the
     fit's mean prediction on its unlabelled rows (``<method>@pred<δ>``, the rule of
-    ``decision_reference="predicted"``: :func:`pyro_mmt.decision.log_mean_proba`), and at the
+    ``decision_reference="predicted"``: :func:`pyro_mmt.decision.reference_log_shares`), and at the
     shift ``decision_shift="auto"`` chooses along π̂ at each λ of ``shares``
     (``<method>@auto<λ>``)."""
     a = np.load(path, allow_pickle=False)
     log_freq = np.log(a["labelled_counts"] / a["labelled_counts"].sum())
     log_q = np.log(np.clip(a["test_proba"], 1e-300, None))
     log_u = np.log(np.clip(a["unlabelled_proba"], 1e-300, None))
-    log_ref = (log_mean_proba(log_u).numpy() if len(log_u) else log_freq)
+    log_ref = reference_log_shares(log_u).numpy()
     rules = [(f"{method}@{d:g}", d, np.nan, log_freq) for d in shifts]
     rules += [(f"{method}@pred{d:g}", d, np.nan, log_ref) for d in predicted_shifts]
     rules += [(f"{method}@auto{lam:g}", choose_decision_shift(log_u, log_freq, shares=lam), lam,

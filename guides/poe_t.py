@@ -378,20 +378,18 @@ class PoETGuide(nn.Module):
     def calibrate_decision_shift(self, logits: torch.Tensor) -> float:
         """Learn the decision rule from the classifier's logits f(x) on the unlabelled training
         rows [N, K] (or the log of an ensemble's averaged q̄), store it and return δ: for
-        ``decision_reference="predicted"`` the reference shares r = the mean of softmax(f(x))
-        over the rows (:func:`pyro_mmt.decision.log_mean_proba`; π̂ when N = 0), and for
-        ``decision_shift="auto"`` δ (:func:`pyro_mmt.decision.choose_decision_shift` along
-        log r, aimed at π^λ with π the learned class prior for ``class_prior="learned"``, else
-        the labelled class frequencies, λ = ``decision_shares``). A config with a number
-        keeps it."""
-        from pyro_mmt.decision import choose_decision_shift, log_mean_proba
+        ``decision_reference="predicted"`` the reference shares r, the rows' softmax(f(x))
+        summed with one pseudo-count per class (:func:`pyro_mmt.decision.
+        reference_log_shares`; uniform when N = 0), and for ``decision_shift="auto"`` δ
+        (:func:`pyro_mmt.decision.choose_decision_shift` along log r, aimed at π^λ with π the
+        learned class prior for ``class_prior="learned"``, else the labelled class frequencies,
+        λ = ``decision_shares``). A config with a number keeps it."""
+        from pyro_mmt.decision import choose_decision_shift, reference_log_shares
 
         cfg = self.config
         logits = logits.detach().cpu().double()
         if cfg.decision_reference == "predicted":
-            self.decision_log_shares.copy_(
-                log_mean_proba(torch.log_softmax(logits, -1)) if logits.shape[0]
-                else self.label_log_freq)
+            self.decision_log_shares.copy_(reference_log_shares(torch.log_softmax(logits, -1)))
         if cfg.decision_shift != "auto":
             return float(cfg.decision_shift)
         target = self.class_log_prior if cfg.class_prior == "learned" else self.label_log_freq

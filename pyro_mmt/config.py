@@ -363,9 +363,10 @@ class ModelConfig(_Settings):
     decision_reference: str = setting(
         "predicted", one_of(*DECISION_REFERENCES),
         "the reference shares r of decision_shift: predicted (the classifier's mean q(y | x) "
-        "over the unlabelled training rows, computed after training: the shift corrects the "
-        "model's own lean; π̂ without unlabelled rows) or labelled (the labelled class "
-        "frequencies π̂, the post-hoc logit adjustment)", resumable=True)
+        "over the unlabelled training rows with one pseudo-count per class, computed after "
+        "training: the shift corrects the model's own lean; uniform, so no shift, without "
+        "unlabelled rows) or labelled (the labelled class frequencies π̂, the post-hoc logit "
+        "adjustment)", resumable=True)
     decision_shares: float = setting(
         0.5, Constraint(lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
         "λ of decision_shift='auto': δ is where the classes predicted for the unlabelled "

@@ -4,12 +4,13 @@ The classifier q(y | x) is trained class-balanced (logit adjustment), and predic
 logits f(x) − δ log r, where r, the *reference shares* (``decision_reference``), is one of
 
 * ``"predicted"`` (the default): the classifier's own mean prediction on the unlabelled
-  training rows, r_y = (1/N) Σ_n q(y | x_n) (:func:`log_mean_proba`). A class the fitted model
+  training rows, r_y = (Σ_n q(y | x_n) + 1) / (N + K) (:func:`reference_log_shares`: the
+  mean with one pseudo-count per class, so that a handful of rows cannot push the shift far;
+  without unlabelled rows r is uniform and the shift does nothing). A class the fitted model
   predicts often for those rows is penalised, one it rarely predicts is favoured: the shift
   corrects the model's own lean, whatever the objective, the number of initialisations or
   the data made it. With δ = 1 this is the prior correction q(y | x) / r_y, the distribution
   alignment of semi-supervised learning aimed at equal shares; δ > 1 corrects further.
-  Without unlabelled rows r is π̂.
 * ``"labelled"``: the labelled class frequencies π̂ (the post-hoc logit adjustment of Menon
   et al., 2021). The same δ moves a soft q(y | x) further than a sharp one, so its best δ
   depends on the model.
@@ -17,7 +18,7 @@ logits f(x) − δ log r, where r, the *reference shares* (``decision_reference`
 δ = 0 is the classifier as trained; δ > 0 moves the boundary towards the classes with the
 smaller reference share, δ < 0 towards the larger. The default, δ = 1.5 with the predicted
 shares, was chosen on the development seeds (``docs/imbalance.md``); it is the best δ of that
-rule for one model and for three, and for the KL models as well.
+rule, or level with the best, for one model and for three.
 
 ``decision_shift="auto"`` instead chooses δ after training from the model's own predictions
 on the unlabelled training rows, which follow the data's long tail: δ is where the classes the
@@ -36,11 +37,14 @@ import numbers
 
 import torch
 
-__all__ = ["DECISION_REFERENCES", "DECISION_SHIFT_GRID", "choose_decision_shift",
-           "log_mean_proba", "predicted_shares"]
+__all__ = ["DECISION_REFERENCES", "DECISION_SHIFT_GRID", "REFERENCE_PSEUDO_COUNT",
+           "choose_decision_shift", "predicted_shares", "reference_log_shares"]
 
 #: The reference shares r of the decision shift f(x) − δ log r (module docstring).
 DECISION_REFERENCES = ("predicted", "labelled")
+
+#: The pseudo-count per class of the predicted reference shares (:func:`reference_log_shares`).
+REFERENCE_PSEUDO_COUNT = 1.0
 
 #: The shifts ``choose_decision_shift`` considers: −3 to 5 in steps of 0.05.
 DECISION_SHIFT_GRID = tuple(round(-3.0 + 0.05 * i, 2) for i in range(161))
@@ -48,22 +52,38 @@ DECISION_SHIFT_GRID = tuple(round(-3.0 + 0.05 * i, 2) for i in range(161))
 _CHUNK = 16  # grid points scored at once (memory: chunk × rows × classes)
 
 
-def log_mean_proba(log_proba) -> torch.Tensor:
-    """log r_y = log (1/N) Σ_n q(y | x_n): the log of the classifier's mean prediction over the
-    rows of ``log_proba`` [N, K] (normalised log-probabilities, e.g. ``log_softmax`` of its
-    logits, or the log of the averaged q̄ of several initialisations), in float64; finite for
-    finite inputs, however small a class's share (a log-sum-exp, not the log of a sum).
+def reference_log_shares(log_proba, *,
+                         pseudo_count: float = REFERENCE_PSEUDO_COUNT) -> torch.Tensor:
+    """log r_y, the predicted reference shares: the classifier's predictions over the rows of
+    ``log_proba`` [N, K] (normalised log-probabilities, e.g. ``log_softmax`` of its logits, or
+    the log of the averaged q̄ of several initialisations) summed with ``pseudo_count`` c per
+    class, r_y = (Σ_n q(y | x_n) + c) / (N + cK): the posterior mean of the shares under a
+    Dirichlet(c) prior, so that a few rows cannot move the shift far and no rows leave r uniform (the shift
+    then does nothing). In float64, and finite for finite inputs however small a class's share
+    (log-sum-exp, not the log of a sum).
 
-    :raises ValueError: not [N, K] with N >= 1, or a value that is NaN or +inf.
+    :raises ValueError: not [N, K], a value that is NaN or +inf, a negative or non-finite
+        ``pseudo_count``, or N = 0 with c = 0 (nothing to average).
     """
     log_proba = torch.as_tensor(log_proba, dtype=torch.float64)
-    if log_proba.ndim != 2 or log_proba.shape[0] == 0:
-        raise ValueError(f"log_proba: expected log-probabilities of shape [N >= 1, K], found "
+    if log_proba.ndim != 2 or log_proba.shape[1] == 0:
+        raise ValueError(f"log_proba: expected log-probabilities of shape [N, K >= 1], found "
                          f"shape {tuple(log_proba.shape)}")
     if torch.isnan(log_proba).any() or (log_proba == math.inf).any():
         raise ValueError("log_proba: expected log-probabilities (−inf allowed), found a NaN or "
                          "+inf")
-    return torch.logsumexp(log_proba, 0) - math.log(log_proba.shape[0])
+    if (isinstance(pseudo_count, bool) or not isinstance(pseudo_count, numbers.Real)
+            or not math.isfinite(pseudo_count) or pseudo_count < 0):
+        raise ValueError(f"pseudo_count: expected a finite number >= 0, found {pseudo_count!r}")
+    rows, num_classes = log_proba.shape
+    if rows == 0 and pseudo_count == 0:
+        raise ValueError("log_proba: expected at least one row when pseudo_count is 0, found "
+                         "shape (0, K)")
+    log_sum = torch.logsumexp(log_proba, 0)  # −inf for N = 0
+    if pseudo_count > 0:
+        log_sum = torch.logaddexp(log_sum, torch.tensor(math.log(pseudo_count),
+                                                        dtype=torch.float64))
+    return log_sum - math.log(rows + pseudo_count * num_classes)
 
 
 def predicted_shares(logits: torch.Tensor, log_freq: torch.Tensor,
@@ -88,7 +108,7 @@ def choose_decision_shift(logits, log_freq, *, target_log_prior=None, shares: fl
 
     :param logits: the classifier's logits f(x) on the unlabelled training rows, [N, K].
     :param log_freq: log r [K], the direction of the shift (the reference shares: the labelled
-        class frequencies π̂, or the predicted shares of :func:`log_mean_proba`).
+        class frequencies π̂, or the predicted shares of :func:`reference_log_shares`).
     :param target_log_prior: log π [K] of the unlabelled rows (default ``log_freq``; the
         estimator passes π̂, or the learned π).
     :param float shares: λ in [0, 1]: the predicted class shares are aimed at π^λ, normalised.

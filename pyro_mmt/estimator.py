@@ -496,8 +496,9 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     @property
     def reference_shares_(self) -> np.ndarray:
         """The reference shares r [K] (in ``classes_`` order) the decision shift moves the
-        prediction along: the averaged q(y | x)'s mean over the unlabelled training rows
-        for ``decision_reference="predicted"``, else the labelled class frequencies π̂."""
+        prediction along: the averaged q(y | x)'s mean over the unlabelled training rows, with
+        one pseudo-count per class, for ``decision_reference="predicted"`` (uniform without
+        unlabelled rows), else the labelled class frequencies π̂."""
         self._check_fitted()
         return self.model_.q.decision_log_reference().detach().cpu().double().exp().numpy()
 

@@ -305,21 +305,28 @@ def test_validation_during_training_scores_an_uncalibrated_auto_as_trained(blobs
 # ---------------------------------------------------------------- the predicted reference
 
 
-def test_log_mean_proba_is_the_log_of_the_mean_prediction():
-    from pyro_mmt.decision import log_mean_proba
+def test_reference_shares_are_the_mean_prediction_with_a_pseudo_count():
+    from pyro_mmt.decision import reference_log_shares
 
     rng = np.random.default_rng(3)
     proba = rng.dirichlet(np.ones(4), size=25)
-    np.testing.assert_allclose(log_mean_proba(torch.tensor(np.log(proba))).numpy(),
+    log_p = torch.tensor(np.log(proba))
+    np.testing.assert_allclose(reference_log_shares(log_p, pseudo_count=0).numpy(),
                                np.log(proba.mean(0)), rtol=1e-12)
+    np.testing.assert_allclose(reference_log_shares(log_p).numpy(),  # one pseudo-count per class
+                               np.log((proba.sum(0) + 1) / (25 + 4)), rtol=1e-12)
+    # no rows: uniform (the shift then does nothing)
+    np.testing.assert_allclose(reference_log_shares(torch.zeros(0, 4)).numpy(), np.log(0.25))
     # a class no row gives any mass in float64 terms: still finite (a log-sum-exp)
-    log_p = torch.tensor([[0.0, -800.0], [0.0, -900.0]], dtype=torch.float64)
-    assert log_mean_proba(log_p)[1].item() == pytest.approx(-800.0 + math.log1p(math.exp(-100))
-                                                            - math.log(2))
-    with pytest.raises(ValueError, match=r"log_proba: .*found shape \(0, 3\)"):
-        log_mean_proba(torch.zeros(0, 3))
+    tiny = torch.tensor([[0.0, -800.0], [0.0, -900.0]], dtype=torch.float64)
+    assert reference_log_shares(tiny, pseudo_count=0)[1].item() == pytest.approx(
+        -800.0 + math.log1p(math.exp(-100)) - math.log(2))
+    with pytest.raises(ValueError, match=r"log_proba: .*at least one row"):
+        reference_log_shares(torch.zeros(0, 3), pseudo_count=0)
     with pytest.raises(ValueError, match="log_proba: .*NaN"):
-        log_mean_proba(torch.tensor([[math.nan, 0.0]]))
+        reference_log_shares(torch.tensor([[math.nan, 0.0]]))
+    with pytest.raises(ValueError, match="pseudo_count: .*found -1"):
+        reference_log_shares(log_p, pseudo_count=-1)
 
 
 def test_the_predicted_reference_is_learned_after_training_and_is_state():
@@ -336,7 +343,7 @@ def test_the_predicted_reference_is_learned_after_training_and_is_state():
         m2.predict_proba(x, logit_adjustment=1.0)
     logits = m2.classifier_logits(unlabelled)
     assert m2.calibrate_decision_shift(logits) == 1.5
-    shares = torch.softmax(logits.double(), -1).mean(0)  # by hand
+    shares = (torch.softmax(logits.double(), -1).sum(0) + 1) / (20 + 3)  # by hand
     torch.testing.assert_close(m2.q.decision_log_shares.double(), shares.log())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -363,15 +370,16 @@ def test_auto_moves_along_the_predicted_reference():
                                   decision_shift="auto"))
     logits = torch.randn(40, 3)
     delta = m2.calibrate_decision_shift(logits)
-    log_ref = torch.softmax(logits.double(), -1).mean(0).log()
+    log_ref = ((torch.softmax(logits.double(), -1).sum(0) + 1) / (40 + 3)).log()
     log_freq = torch.log(torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64))
     assert delta == choose_decision_shift(logits, log_ref, target_log_prior=log_freq, shares=0.5)
 
 
 def test_the_estimator_shifts_its_averaged_q_along_its_mean_prediction(blobs, tmp_path):
-    """The defaults' rule, n_init = 2: r = the mean over the unlabelled rows of the members'
-    averaged q̄(y | x), and the prediction is softmax(log q̄ − 1.5 log r); saved and loaded
-    exactly; without unlabelled rows r = π̂."""
+    """The defaults' rule, n_init = 2: r = the members' averaged q̄(y | x) summed over the
+    unlabelled rows with one pseudo-count per class, normalised, and the prediction is
+    softmax(log q̄ − 1.5 log r); saved and loaded exactly; without unlabelled rows r is uniform
+    and the prediction q̄ itself."""
     X, y = blobs
     est = MultimodalSemiSupervisedClassifier(**{**SMALL, "n_init": 2}, progress=False).fit(X, y)
     assert est.decision_shift_ == 1.5
@@ -380,7 +388,8 @@ def test_the_estimator_shifts_its_averaged_q_along_its_mean_prediction(blobs, tm
         return np.mean([torch.softmax(classifier_logits(m2, data).double(), -1).numpy()
                         for m2 in est.members_], 0)
 
-    shares = mean_q(est.prepare(X, y).unlabelled()).mean(0)
+    q_unlabelled = mean_q(est.prepare(X, y).unlabelled())
+    shares = (q_unlabelled.sum(0) + 1) / (len(q_unlabelled) + 3)
     np.testing.assert_allclose(est.reference_shares_, shares, rtol=1e-5)
     expected = torch.softmax(torch.tensor(np.log(mean_q(est.prepare(X)))
                                           - 1.5 * np.log(shares)), -1).numpy()
@@ -393,8 +402,10 @@ def test_the_estimator_shifts_its_averaged_q_along_its_mean_prediction(blobs, tm
     labelled = y >= 0
     only = MultimodalSemiSupervisedClassifier(**SMALL, progress=False).fit(
         {m: v[labelled] for m, v in X.items()}, y[labelled])
-    np.testing.assert_allclose(only.reference_shares_,
-                               only.label_counts_ / only.label_counts_.sum(), rtol=1e-6)
+    np.testing.assert_allclose(only.reference_shares_, np.full(3, 1 / 3), rtol=1e-6)
+    np.testing.assert_allclose(only.predict_proba(X), np.mean(
+        [torch.softmax(classifier_logits(m2, only.prepare(X)).double(), -1).numpy()
+         for m2 in only.members_], 0), atol=1e-6)
 
 
 def test_a_file_saved_with_the_labelled_reference_keeps_it(blobs, tmp_path):
@@ -421,8 +432,8 @@ def test_pyro_level_train_learns_the_predicted_reference(blobs):
                                                   "decision_shift": 1.5}, epochs=1)
     unlabelled = data.unlabelled()
     logits = m2.classifier_logits(unlabelled.x, unlabelled.mask).double()
-    torch.testing.assert_close(m2.q.decision_log_shares.double(),
-                               torch.softmax(logits, -1).mean(0).log())
+    torch.testing.assert_close(m2.q.decision_log_shares.double(), (
+        (torch.softmax(logits, -1).sum(0) + 1) / (len(logits) + data.num_classes)).log())
     m2b, _, _ = _trained_by_hand(blobs, config={"decision_reference": "predicted",
                                                 "decision_shift": 1.5}, epochs=1,
                                  choose_decision_shift=False)

@@ -330,8 +330,8 @@ def calibrate_decision_shift(module, dataset: MultimodalDataset, *, batch_size: 
     :class:`~pyro_mmt.models.MultimodalM2` with ``decision_reference="predicted"``, the
     default, or ``decision_shift="auto"``), learn it from its classifier on the unlabelled
     rows of ``dataset`` (:meth:`~pyro_mmt.guides.PoETGuide.calibrate_decision_shift`; without
-    unlabelled rows the reference is π̂ and an "auto" δ is 0) and return δ; None for a module
-    without one."""
+    unlabelled rows the predicted reference is uniform and an "auto" δ is 0) and return δ;
+    None for a module without one."""
     if not hasattr(module, "calibrate_decision_shift") or not needs_calibration(module):
         return None
     unlabelled = ~dataset.is_labelled
