@@ -22,7 +22,16 @@ import numpy as np
 import pandas as pd
 
 from pyro_mmt.config import default, resumable_settings
-from pyro_mmt.run_folder import FINISHED, holds_files, partial_dir, publish, read_json, write_json
+from pyro_mmt.run_folder import (
+    FINISHED,
+    holds_files,
+    partial_dir,
+    publish,
+    read_json,
+    write_atomic,
+    write_json,
+    write_text_atomic,
+)
 from pyro_mmt.run_folder import changed_settings as _changed_settings
 from pyro_mmt.run_folder import set_status as _set_file_status
 
@@ -494,7 +503,7 @@ def cmd_evaluate(args) -> int:
                                      np.asarray(config["train_class_counts"]))
     print(metrics.round(4).to_string())
     if args.out:
-        metrics.to_frame("value").to_csv(args.out)
+        write_atomic(args.out, metrics.to_frame("value").to_csv)
     return 0
 
 
@@ -508,7 +517,7 @@ def cmd_predict(args) -> int:
     frame = pd.DataFrame(proba, columns=[f"p_{name}" for name in names])
     frame.insert(0, "predicted", np.asarray(names, dtype=object)[proba.argmax(1)])
     out = Path(args.out) if args.out else run / RUN_FILES["predictions"]
-    frame.to_csv(out, index_label="row")
+    write_atomic(out, lambda tmp: frame.to_csv(tmp, index_label="row"))
     print(f"wrote {len(frame)} rows of class probabilities to {out}")
     return 0
 
@@ -539,11 +548,11 @@ def cmd_benchmark(args) -> int:
     results = run_benchmark(args.datasets, args.methods, rhos=args.rho, betas=args.beta,
                             seeds=args.seeds, epochs=args.epochs, jobs=args.jobs,
                             unlabelled=args.unlabelled)
-    results.to_csv(out / "results.csv", index=False)
+    write_atomic(out / "results.csv", lambda tmp: results.to_csv(tmp, index=False))
     table = results_table(results)
-    table.to_csv(out / "table.csv", index=False)
+    write_atomic(out / "table.csv", lambda tmp: table.to_csv(tmp, index=False))
     markdown = table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False)
-    (out / "table.md").write_text(markdown + "\n")
+    write_text_atomic(out / "table.md", markdown + "\n")
     print(markdown)
     print(f"{len(results)} runs in {time.perf_counter() - tic:.0f} s; wrote {out}/results.csv, "
           "table.csv, table.md")
@@ -746,13 +755,13 @@ def cmd_report(args) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out / "headline.csv", index=False)
-        (out / "headline.md").write_text(markdown + "\n")
-        counts.to_csv(out / "settings.csv", index=False)
-        (out / "settings.md").write_text(_markdown(counts) + "\n")
+        write_atomic(out / "headline.csv", lambda tmp: table.to_csv(tmp, index=False))
+        write_text_atomic(out / "headline.md", markdown + "\n")
+        write_atomic(out / "settings.csv", lambda tmp: counts.to_csv(tmp, index=False))
+        write_text_atomic(out / "settings.md", _markdown(counts) + "\n")
         if wins is not None:
-            wins.to_csv(out / "wins.csv", index=False)
-            (out / "wins.md").write_text(_markdown(wins.round(4)) + "\n")
+            write_atomic(out / "wins.csv", lambda tmp: wins.to_csv(tmp, index=False))
+            write_text_atomic(out / "wins.md", _markdown(wins.round(4)) + "\n")
         print(f"\nwrote {out}/headline.csv, headline.md, settings.csv, settings.md" +
               (", wins.csv, wins.md" if wins is not None else ""))
     return 0

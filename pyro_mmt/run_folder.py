@@ -5,6 +5,8 @@ resumed. Used by the estimator (``checkpoint_dir``: ``fit.json`` and the checkpo
 - :func:`partial_dir`: the hidden sibling ``.<name>.partial`` in which a run is written until
   it is complete; :func:`publish` renames it into place, so the run folder is at every instant
   the old run, absent, or the new run, never parts of both.
+- :func:`write_atomic`/:func:`write_text_atomic`: a file written to a temporary sibling and
+  renamed into place (the outputs of ``evaluate``, ``predict``, ``benchmark`` and ``report``).
 - :func:`read_json`/:func:`write_json` (atomic: a temporary file renamed into place) and
   :func:`set_status` (``config.json``'s ``"status"``: ``running``, ``interrupted``,
   ``diverged``, ``failed`` or :data:`FINISHED`).
@@ -20,7 +22,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,9 @@ __all__ = [
     "FINISHED",
     "partial_dir",
     "read_json",
+    "write_atomic",
     "write_json",
+    "write_text_atomic",
     "set_status",
     "holds_files",
     "publish",
@@ -63,12 +67,27 @@ def read_json(path) -> dict | None:
     return value
 
 
+def write_atomic(path, write: Callable[[Path], object]) -> None:
+    """Write the file ``path`` atomically: ``write(tmp)`` writes a temporary sibling, which is
+    then renamed into place, so ``path`` holds either its old content or the whole new one. A
+    failed ``write`` leaves ``path`` as it was and removes the temporary file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (:func:`write_atomic`)."""
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
 def write_json(path, value: Mapping) -> None:
     """Write ``value`` as JSON atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
 def set_status(path, status: str, **extra) -> None:
