@@ -4,14 +4,16 @@
 The classifier is trained class-balanced (logit adjustment τ = 1); how far its argmax leans
 to the tail is then a property of the fit (the KL models lean further than the γ-objective's
 sharper fits). This script fits each method once per split and scores its test predictions
-at every shift of a grid,
+at every shift of a grid along two references,
 
-    argmax_y  log q(y | x) − δ log π̂_y        (π̂ the labelled class frequencies),
+    argmax_y  log q(y | x) − δ log π̂_y        (π̂ the labelled class frequencies: <name>@<δ>)
+    argmax_y  log q(y | x) − δ log r_y        (r the fit's mean prediction on its unlabelled
+                                               rows, one pseudo-count per class: <name>@pred<δ>),
 
 so the whole curve costs one fit. It also scores the data-adaptive choice of δ that
-``decision_shift="auto"`` makes (:func:`pyro_mmt.decision.choose_decision_shift`) on the fit's own unlabelled training rows,
-at several λ = ``decision_shares`` (the methods ``<name>@auto<λ>``); it uses no label the
-estimator would not have::
+``decision_shift="auto"`` makes along π̂ (:func:`pyro_mmt.decision.choose_decision_shift`) on
+the fit's own unlabelled training rows, at several λ = ``decision_shares`` (the methods
+``<name>@auto<λ>``); it uses no label the estimator would not have::
 
     python -m benchmarks.decision_shift --datasets digits breast mfeat pdspeech pbc \\
         --seeds 5 6 7 8 9 --methods t_gamma gauss_kl t_kl --jobs 2 --out runs/shift
@@ -20,8 +22,8 @@ estimator would not have::
 Each (split, method) keeps its arrays in ``<out>/arrays/`` (test and unlabelled q(y | x), the
 true labels, the class counts), so a new rule is scored again without refitting
 (``--rescore``); ``--matched`` adds the comparison at a matched tail lean
-(:func:`matched_lean`). Rows of ``results.csv`` are the benchmark's, the method named
-``<name>@<δ>``; seeds 0–4 are refused unless ``--reported`` (to report a rule already
+(:func:`matched_lean`). Rows of ``results.csv`` are the benchmark's, the method named by its
+rule; seeds 0–4 are refused unless ``--reported`` (to report a rule already
 chosen on the development seeds, never to choose one). The fits predict with δ = 0 (the
 decision shift changes no training) and the shifts are applied here.
 """
@@ -42,10 +44,12 @@ from pyro_mmt.decision import choose_decision_shift, reference_log_shares
 from pyro_mmt.evaluation.metrics import classification_metrics
 from pyro_mmt.experiments.benchmark import grid_splits
 
-#: The fixed shifts scored for every fit, along the labelled class frequencies π̂
-#: (``<method>@<δ>``) and along the fit's mean prediction on its unlabelled rows
-#: (``<method>@pred<δ>``, ``decision_reference="predicted"``).
+#: The fixed shifts scored for every fit along the labelled class frequencies π̂
+#: (``<method>@<δ>``, ``decision_reference="labelled"``).
 SHIFTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+
+#: The fixed shifts scored for every fit along its predicted reference shares r
+#: (``<method>@pred<δ>``, ``decision_reference="predicted"``, the default).
 PREDICTED_SHIFTS = (0.5, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5)
 
 #: The λ of ``decision_shares`` scored for the data-adaptive shift.
@@ -117,11 +121,13 @@ RULE_SETTINGS = ("decision_shift", "decision_reference")
 def rule_name(base: str, options) -> str:
     """The name of ``score``'s rows for a method with ``options`` scored on the fits of
     ``base``: ``<base>@<δ>`` along π̂ (and for δ = 0), ``<base>@pred<δ>`` along the predicted
-    shares."""
+    shares, ``<base>@auto<λ>`` for ``decision_shift="auto"`` along π̂ (the data-adaptive shift
+    along the predicted shares is not scored here: ``<base>@auto-pred``, a name no row has)."""
     delta = options.get("decision_shift", ModelConfig.decision_shift)
     reference = options.get("decision_reference", ModelConfig.decision_reference)
-    if delta == "auto":  # scored as <base>@auto<λ> along π̂, not a fixed rule
-        return f"{base}@auto"
+    if delta == "auto":
+        shares = options.get("decision_shares", ModelConfig.decision_shares)
+        return f"{base}@auto{shares:g}" if reference == "labelled" else f"{base}@auto-pred"
     return (f"{base}@{delta:g}" if reference == "labelled" or delta == 0
             else f"{base}@pred{delta:g}")
 
@@ -160,10 +166,11 @@ MATCH_GRID = tuple(round(-2.0 + 0.05 * i, 2) for i in range(121))
 
 
 def matched_lean(out: Path, todo, reference: str = "t_gamma",
-                 delta: float = ModelConfig.decision_shift) -> pd.DataFrame:
-    """An analysis, not a choice: every other model's fit shifted to the δ at which it predicts
-    the minority classes (the rarest third by labelled count) for the unlabelled training rows
-    as often as ``reference`` does at ``delta`` (no label used), and scored on the test set.
+                 delta: float = 0.5) -> pd.DataFrame:
+    """An analysis, not a choice: every other model's fit shifted along π̂ to the δ at which it
+    predicts the minority classes (the rarest third by labelled count) for the unlabelled
+    training rows as often as ``reference`` does at ``delta`` along π̂ (by default the
+    ensemble's previous default, δ = 0.5; no label used), and scored on the test set.
     One row per (split, model): the δ and the benchmark's metrics."""
     from pyro_mmt.evaluation.metrics import minority_classes
 

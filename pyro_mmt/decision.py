@@ -26,8 +26,8 @@ model predicts for those rows are spread most like π^λ (normalised; π the cla
 the unlabelled rows: the learned π of ``class_prior="learned"``, else π̂), λ =
 ``decision_shares``, the shift taken along the reference. λ = 1 aims at the rows' own class
 proportions, λ = 0 at equal shares. No label of an unlabelled row is used. On the development
-seeds it did not beat a fixed δ (it chose large negative shifts on PBC and very large ones on
-mfeat), so it is an option, not the default.
+seeds, measured along π̂, it did not beat a fixed δ (it chose large negative shifts on PBC and
+very large ones on mfeat), so it is an option, not the default.
 """
 
 from __future__ import annotations
@@ -88,8 +88,9 @@ def reference_log_shares(log_proba, *,
 
 def predicted_shares(logits: torch.Tensor, log_freq: torch.Tensor,
                      shifts: torch.Tensor) -> torch.Tensor:
-    """The share of rows predicted as each class, argmax f(x) − δ log π̂, for every δ of
-    ``shifts`` [G]: a tensor [G, K] whose rows sum to 1."""
+    """The share of rows predicted as each class, argmax f(x) − δ log r, for every δ of
+    ``shifts`` [G] (``log_freq``: log r, the direction, π̂ or the predicted reference shares):
+    a tensor [G, K] whose rows sum to 1."""
     logits = torch.as_tensor(logits)
     num_classes = logits.shape[-1]
     out = []

@@ -596,9 +596,10 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     # ---------------------------------------------------------------------------- predict
     def predict_proba(self, X) -> np.ndarray:
         """The predicted class probabilities, shape [N, K], rows summing to 1; any subset of
-        modalities: softmax(log q̄(y | x) − δ log π̂), q̄ the members' q(y | x) averaged (for
-        ``n_init = 1`` the model's own), δ = :attr:`decision_shift_` and π̂ the labelled class
-        frequencies (``docs/imbalance.md``)."""
+        modalities: softmax(log q̄(y | x) − δ log r), q̄ the members' q(y | x) averaged (for
+        ``n_init = 1`` the model's own), δ = :attr:`decision_shift_` and r =
+        :attr:`reference_shares_` (the mean of q̄ over the unlabelled training rows, or the
+        labelled class frequencies: ``decision_reference``; ``docs/imbalance.md``)."""
         self._check_fitted()
         with self._threads():
             data = self._dataset(X, fitted=True)

@@ -218,13 +218,13 @@ def test_decision_shift_scores_saved_arrays_and_matches_the_lean(tmp_path):
 
     todo = [("x", 10, 0.2, 5, m) for m in ("t_gamma", "gauss_kl")]
     matched = ds.matched_lean(tmp_path, todo).set_index("method")
-    assert matched.loc["t_gamma", "shift"] == ModelConfig.decision_shift
+    assert matched.loc["t_gamma", "shift"] == 0.5  # the previous default along π̂
     b = np.load(tmp_path / "arrays" / f"{ds._key('x', 10, 0.2, 5, 'gauss_kl')}.npz")
 
     def tail(arr, d):
         return ((np.log(arr["unlabelled_proba"]) - d * log_freq).argmax(1) == 2).mean()
 
-    reference = tail(a, ModelConfig.decision_shift)
+    reference = tail(a, 0.5)
     gap = abs(tail(b, matched.loc["gauss_kl", "shift"]) - reference)
     assert gap == min(abs(tail(b, g) - reference) for g in ds.MATCH_GRID)
 

@@ -83,7 +83,10 @@ def entropy_weight_w0(nu: float, obs_dim: int, latent_dim: int, sigma: float = 1
 class Method:
     """A benchmark method: a name, a description and ``fit_predict(split, seed, dataset,
     epochs) -> predicted test labels`` (None when the method cannot run on that split, e.g.
-    SMOTE with a single labelled row in a class). ``epochs`` only matters to deep methods."""
+    SMOTE with a single labelled row in a class). ``epochs`` only matters to deep methods.
+    A deep method also keeps the estimator ``options`` it changes from the defaults and the
+    ``view`` of the data it is fitted on (None: the modalities; ``"concat"``: one modality),
+    which together say which fit it is."""
 
     name: str
     description: str
@@ -230,9 +233,10 @@ METHODS: dict[str, Method] = {
     "t_kl_single": _deep_method("t_kl_single", "t_kl with one initialisation",
                                 {"objective": "kl", **SINGLE}),
     "t_gamma_auto_shift": _deep_method("t_gamma_auto_shift", "the defaults with the decision "
-                                       "shift chosen on the unlabelled rows "
+                                       "shift along π̂ chosen on the unlabelled rows "
                                        "(decision_shift='auto', λ = ½)",
-                                       {"decision_shift": "auto"}),
+                                       {"decision_shift": "auto",
+                                        "decision_reference": "labelled"}),
     "gauss_kl_w0": _deep_method("gauss_kl_w0", "gauss_kl with the latent KL tempered to β = w0 "
                                 "(the γ-objective's entropy weight)",
                                 {**GAUSSIAN_KL, "latent_weight": "w0"}),

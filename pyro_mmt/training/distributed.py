@@ -173,7 +173,10 @@ def train_distributed(model: Callable, guide: Callable, dataset: MultimodalDatas
     Each rank writes its own checkpoints to ``checkpoint_dir/rank<r>`` (the weights are the
     same; the random state is the rank's), so ``resume=True`` resumes every rank exactly. The
     returned history is the same on every rank: the loss columns are averaged over ranks.
-    A divergence (``TrainingDivergedError``) raised on one rank leaves the others waiting at
+    A decision rule learned after training (the default predicted reference shares, or
+    ``decision_shift="auto"``) is learned on every rank from the whole ``dataset`` (every
+    rank has the same weights, so the same rule), not from the rank's shard, unless
+    ``choose_decision_shift=False``. A divergence (``TrainingDivergedError``) raised on one rank leaves the others waiting at
     their next all-reduce until the process group's timeout.
 
     :param optimizer: a Pyro optimiser; default :class:`~pyro_mmt.training.optim.MultiTensorAdam` with
@@ -186,7 +189,7 @@ def train_distributed(model: Callable, guide: Callable, dataset: MultimodalDatas
         ``validation``, ``patience``, ``resume``, ``device``, ``on_epoch_end``, ``desc``, ...).
     """
     from pyro_mmt.training.optim import MultiTensorAdam
-    from pyro_mmt.training.svi import default_modules, train
+    from pyro_mmt.training.svi import calibrate_decision_shift, default_modules, train
 
     rank = dist.get_rank(group) if dist.is_initialized() else 0
     world = dist.get_world_size(group) if dist.is_initialized() else 1
@@ -199,11 +202,17 @@ def train_distributed(model: Callable, guide: Callable, dataset: MultimodalDatas
     local_labelled = None if labelled_batch_size is None else -(-int(labelled_batch_size) // world)
     if checkpoint_dir is not None:
         checkpoint_dir = os.path.join(os.fspath(checkpoint_dir), f"rank{rank}")
+    # the decision rule from every unlabelled row, after training (not from this shard)
+    choose = train_kwargs.pop("choose_decision_shift", True)
     history = train(model, guide, local, objective=objective,
                     optimizer=DistributedOptim(optimizer, group=group), batch_size=local_batch,
                     labelled_batch_size=local_labelled, seed=seed + rank,
                     checkpoint_dir=checkpoint_dir, modules=modules,
-                    progress=progress and rank == 0, **train_kwargs)
+                    progress=progress and rank == 0, choose_decision_shift=False,
+                    **train_kwargs)
+    owner = getattr(guide, "__self__", None)
+    if choose and owner is not None:
+        calibrate_decision_shift(owner, dataset, device=train_kwargs.get("device", "cpu"))
     if world > 1 and len(history):
         columns = [c for c in ("loss", "loss_labelled", "loss_unlabelled") if c in history]
         values = torch.tensor(history[columns].to_numpy(dtype=np.float64))

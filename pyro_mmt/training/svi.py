@@ -432,8 +432,10 @@ def train(
     At the end, a bound guide's owner whose decision rule is learned after training (e.g. a
     :class:`~pyro_mmt.models.MultimodalM2` with the default ``decision_reference=
     "predicted"``, or ``decision_shift="auto"``) learns it from the unlabelled rows of
-    ``dataset`` (:func:`calibrate_decision_shift`; under data-parallel training, of this
-    process's shard), unless ``choose_decision_shift=False``.
+    ``dataset`` (:func:`calibrate_decision_shift`; :func:`~pyro_mmt.training.distributed.
+    train_distributed` does it from the whole data set), unless
+    ``choose_decision_shift=False``. Validation during training scores such a model as trained
+    (δ = 0): early stopping and the ``val_*`` columns see the classifier without the shift.
     :param patience: stop when validation balanced accuracy has not improved for this many
         epochs, and restore the best epoch's weights (needs ``validation`` and ``modules``).
     :param checkpoint_dir: write ``checkpoint.pt`` there after every epoch.

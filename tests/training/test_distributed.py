@@ -15,6 +15,7 @@ from pyro.infer import SVI
 from torch import distributed as dist
 
 from pyro_mmt.data import Standardiser, load_digits
+from pyro_mmt.decision import reference_log_shares
 from pyro_mmt.estimator import build_model, make_objective
 from pyro_mmt.training.distributed import (
     DistributedOptim,
@@ -24,6 +25,7 @@ from pyro_mmt.training.distributed import (
     train_distributed,
 )
 from pyro_mmt.training.optim import MultiTensorAdam
+from pyro_mmt.training.svi import classifier_logits
 
 WORLD = 2
 NUM_DATA = 100.0  # the group size the scale pretends (num_data in the training loop)
@@ -91,6 +93,10 @@ def _worker(rank, init_method, out):
                                     epochs=2, batch_size=16, seed=3, progress=False)
         result["train_params"] = _params()
         result["train_loss"] = history["loss"].tolist()
+        # the decision rule's reference shares: from every unlabelled row, not this shard's
+        result["shares"] = m2.q.decision_log_shares.clone()
+        logits = classifier_logits(m2, data.unlabelled()).double()
+        result["shares_by_hand"] = reference_log_shares(torch.log_softmax(logits, -1))
         torch.save(result, out / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -128,6 +134,9 @@ def test_two_processes_match_one(tmp_path):
         for name in ranks[0][key]:
             torch.testing.assert_close(ranks[1][key][name], ranks[0][key][name], rtol=0, atol=0)
     assert ranks[0]["train_loss"] == ranks[1]["train_loss"]
+    # one decision rule, learned from the whole data set on every rank
+    for rank in ranks:
+        torch.testing.assert_close(rank["shares"].double(), ranks[0]["shares_by_hand"])
     assert np.isfinite(ranks[0]["train_loss"]).all() and len(ranks[0]["train_loss"]) == 2
 
     # the loss and the parameters of one process on the same global batches
