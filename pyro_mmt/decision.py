@@ -10,7 +10,8 @@ logits f(x) − δ log r, where r, the *reference shares* (``decision_reference`
   predicts often for those rows is penalised, one it rarely predicts is favoured: the shift
   corrects the model's own lean, whatever the objective, the number of initialisations or
   the data made it. With δ = 1 this is the prior correction q(y | x) / r_y, the distribution
-  alignment of semi-supervised learning aimed at equal shares; δ > 1 corrects further.
+  alignment of semi-supervised learning aimed at equal shares (``docs/derivation.md`` §13);
+  δ > 1 corrects further.
 * ``"labelled"``: the labelled class frequencies π̂ (the post-hoc logit adjustment of Menon
   et al., 2021). The same δ moves a soft q(y | x) further than a sharp one, so its best δ
   depends on the model.

@@ -438,3 +438,53 @@ def test_pyro_level_train_learns_the_predicted_reference(blobs):
                                                 "decision_shift": 1.5}, epochs=1,
                                  choose_decision_shift=False)
     assert not m2b.q.calibrated
+
+
+def test_dividing_by_the_mean_prediction_recovers_the_balanced_bayes_rule():
+    """docs/derivation.md §13, float64: a classifier calibrated to the unlabelled rows' class
+    proportions π (unknown to the rule), q(y | x) = π_y p(x | y) / p(x), has the mean
+    prediction r = π over those rows (by quadrature), so q / r ∝ p(x | y), the Bayes rule for a
+    class-balanced test set; reference_log_shares on rows drawn by stratified quantiles of p(x)
+    gets r within 1e-3, and the shift δ = 1 along it gives the balanced rule's balanced accuracy
+    (by quadrature), which the classifier as trained (δ = 0) does not."""
+    from scipy import integrate, optimize, stats
+
+    from pyro_mmt.decision import reference_log_shares
+
+    pi, mu = np.array([0.7, 0.2, 0.1]), np.array([-1.5, 0.0, 1.5])
+
+    def log_lik(x):  # log p(x | y), [len(x), 3]
+        return stats.norm.logpdf(np.asarray(x, dtype=np.float64)[:, None], mu)
+
+    def log_q(x):  # calibrated to π
+        joint = log_lik(x) + np.log(pi)
+        return joint - np.logaddexp.reduce(joint, axis=1, keepdims=True)
+
+    def density(x):
+        return float(np.exp(np.logaddexp.reduce(log_lik([x])[0] + np.log(pi))))
+
+    r = [integrate.quad(lambda x, y=y: density(x) * math.exp(log_q([x])[0, y]), -np.inf, np.inf,
+                        epsabs=0, epsrel=1e-12)[0] for y in range(3)]
+    np.testing.assert_allclose(r, pi, rtol=1e-9)
+
+    # rows: the mixture's quantiles at (n - 1/2) / N
+    def cdf(x):
+        return float(pi @ stats.norm.cdf(x, mu))
+
+    rows = np.array([optimize.brentq(lambda x, u=u: cdf(x) - u, -12, 12, xtol=1e-13)
+                     for u in (np.arange(4000) + 0.5) / 4000])
+    log_r = reference_log_shares(torch.tensor(log_q(rows)), pseudo_count=0).numpy()
+    np.testing.assert_allclose(np.exp(log_r), pi, atol=1e-3)
+
+    def balanced_accuracy(shift):  # mean over classes of P(argmax = y | y), midpoint rule
+        recalls = []
+        for y in range(3):
+            edges = np.linspace(mu[y] - 9, mu[y] + 9, 72001)
+            mid = 0.5 * (edges[1:] + edges[:-1])
+            correct = np.argmax(log_q(mid) - shift, axis=1) == y
+            recalls.append((stats.norm.pdf(mid, mu[y]) * correct).sum() * (edges[1] - edges[0]))
+        return np.mean(recalls)
+
+    bayes = balanced_accuracy(np.log(pi))  # argmax p(x | y): q / π
+    assert balanced_accuracy(log_r) == pytest.approx(bayes, abs=2e-3)
+    assert balanced_accuracy(np.zeros(3)) < bayes - 0.05
