@@ -55,7 +55,8 @@ RUN_PLOTS = ("training_curves.png", "recall_vs_frequency.png", "confusion_matrix
 EXIT_INTERRUPTED = 130
 
 RUN_FOLDER_HELP = (
-    "A run folder holds config.json (the settings and \"status\": \"finished\"), train.npz "
+    "A run folder holds config.json (the settings, \"status\": \"finished\" and the decision "
+    "rule its predictions use: decision_shift and reference_shares), train.npz "
     "(the rows trained on), test.npz (with a data set name: the held-out split), estimator.pt "
     "(load_estimator; torch.load(weights_only=True)), history.csv, metrics.csv (with a test "
     "split), schema.json (with a CSV or Parquet file: its modalities, label column, classes "
@@ -442,8 +443,13 @@ def _finish_run(est, partial: Path, test, train_counts, args, seconds: float) ->
         print(metrics.round(4).to_string())
     _write_plots(partial, est, test, train_counts, est.objective)
     shutil.rmtree(partial / "checkpoints", ignore_errors=True)
+    # the decision rule the predictions use, learned after training (docs/imbalance.md)
+    shares = [round(float(v), 6) for v in est.reference_shares_]
+    print(f"decision shift δ = {est.decision_shift_:g} along the "
+          f"{est.decision_reference} reference shares {shares}")
     _set_status(partial, FINISHED, epochs_done=int(len(est.history_)),
-                seconds=round(seconds, 3))
+                seconds=round(seconds, 3), decision_shift=float(est.decision_shift_),
+                reference_shares=shares)
 
 
 def _load_run(args):

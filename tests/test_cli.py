@@ -80,6 +80,13 @@ def test_train_on_a_named_data_set_writes_the_run_folder(tmp_path, capsys):
                  "confusion_matrix.png"):
         assert (run / name).is_file(), name
     assert "balanced_accuracy" in capsys.readouterr().out
+    # config.json records the decision rule the saved estimator predicts with
+    from pyro_mmt.estimator import load_estimator
+
+    config = json.loads((run / "config.json").read_text())
+    est = load_estimator(run / "estimator.pt")
+    assert config["decision_shift"] == est.decision_shift_ == 1.5
+    np.testing.assert_allclose(config["reference_shares"], est.reference_shares_, atol=1e-6)
     assert main(["evaluate", str(run)]) == 0  # its own test split by default
     shown = capsys.readouterr().out
     saved = pd.read_csv(run / "metrics.csv", index_col=0)["value"]
