@@ -87,12 +87,14 @@ def fit_one(dataset, rho, beta, seed, method, out: Path) -> Path:
 
 
 def score(path: Path, dataset, rho, beta, seed, method, shifts=SHIFTS,
-          shares=SHARES, predicted_shifts=PREDICTED_SHIFTS) -> list[dict]:
+          shares=SHARES, predicted_shifts=PREDICTED_SHIFTS,
+          pseudo_counts=()) -> list[dict]:
     """The benchmark's metrics at every fixed shift along π̂ (``<method>@<δ>``) and along the
     fit's mean prediction on its unlabelled rows (``<method>@pred<δ>``, the rule of
     ``decision_reference="predicted"``: :func:`pyro_mmt.decision.reference_log_shares`), and at the
     shift ``decision_shift="auto"`` chooses along π̂ at each λ of ``shares``
-    (``<method>@auto<λ>``)."""
+    (``<method>@auto<λ>``). Each c of ``pseudo_counts`` adds the default δ along r computed
+    with c pseudo-counts per class in place of the library's one (``<method>@pred<δ>c<c>``)."""
     a = np.load(path, allow_pickle=False)
     log_freq = np.log(a["labelled_counts"] / a["labelled_counts"].sum())
     log_q = np.log(np.clip(a["test_proba"], 1e-300, None))
@@ -100,6 +102,9 @@ def score(path: Path, dataset, rho, beta, seed, method, shifts=SHIFTS,
     log_ref = reference_log_shares(log_u).numpy()
     rules = [(f"{method}@{d:g}", d, np.nan, log_freq) for d in shifts]
     rules += [(f"{method}@pred{d:g}", d, np.nan, log_ref) for d in predicted_shifts]
+    delta = ModelConfig.decision_shift
+    rules += [(f"{method}@pred{delta:g}c{c:g}", delta, np.nan,
+               reference_log_shares(log_u, pseudo_count=c).numpy()) for c in pseudo_counts]
     rules += [(f"{method}@auto{lam:g}", choose_decision_shift(log_u, log_freq, shares=lam), lam,
                log_freq) for lam in shares]
     rows = []
@@ -220,6 +225,9 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=["t_gamma", "gauss_kl", "t_kl"])
     parser.add_argument("--rhos", nargs="+", type=float)
     parser.add_argument("--betas", nargs="+", type=float)
+    parser.add_argument("--pseudo-counts", nargs="+", type=float, default=[], metavar="C",
+                        help="also score the default δ along r with C pseudo-counts per class "
+                        "(<method>@pred<δ>c<C>; the library uses one)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--rescore", action="store_true", help="score the saved arrays only")
     parser.add_argument("--reported", action="store_true",
@@ -257,7 +265,7 @@ def main(argv=None):
     for t in todo:
         path = args.out / "arrays" / f"{_key(*t)}.npz"
         if path.exists():
-            rows += score(path, *t)
+            rows += score(path, *t, pseudo_counts=args.pseudo_counts)
     results = pd.DataFrame(rows)
     results.to_csv(args.out / "results.csv", index=False)
     summary = results.groupby(["base_method", "method"])[

@@ -335,19 +335,26 @@ class PoETGuide(nn.Module):
                              "calibrated yet (call calibrate_decision_shift(logits of the "
                              "unlabelled rows) first), found NaN")
         logits = self.classifier(self.network_inputs(x, cells), self.present(x, mask))
-        if not logit_adjustment:
-            return torch.softmax(logits, dim=-1)
-        return torch.softmax(logits - logit_adjustment * self.decision_log_reference(), dim=-1)
+        return torch.softmax(self.shift_logits(logits, logit_adjustment), dim=-1)
+
+    def shift_logits(self, logits: torch.Tensor, delta: float) -> torch.Tensor:
+        """logits − δ log r (:meth:`decision_log_reference`), in the logits' dtype and device;
+        the logits themselves for δ = 0 (r need not be known then). The estimator shifts its
+        members' log q̄ with it."""
+        if not delta:
+            return logits
+        return logits - delta * self.decision_log_reference().to(logits)
 
     @property
     def calibrated(self) -> bool:
         """Whether what the decision rule learns after training (the predicted shares of
-        ``decision_reference="predicted"``, the δ of ``decision_shift="auto"``) is in place;
-        True when there is nothing to learn."""
-        cfg = self.config
-        return not ((cfg.decision_reference == "predicted" and cfg.decision_shift != 0
-                     and bool(torch.isnan(self.decision_log_shares).any()))
-                    or (cfg.decision_shift == "auto" and math.isnan(float(self.decision_shift))))
+        ``decision_reference="predicted"``, the δ of ``decision_shift="auto"``:
+        :attr:`~pyro_mmt.config.ModelConfig.learned_decision`) is in place; True when there is
+        nothing to learn."""
+        if not self.config.learned_decision:
+            return True
+        return not (torch.isnan(self.decision_log_reference()).any()
+                    or math.isnan(float(self.decision_shift)))
 
     def decision_log_reference(self) -> torch.Tensor:
         """log r [K], the reference shares of the decision shift: the stored mean prediction
@@ -361,7 +368,10 @@ class PoETGuide(nn.Module):
         """The decision shift δ predictions use: the config's number, or for
         ``decision_shift="auto"`` the one :meth:`calibrate_decision_shift` chose; 0, with a
         warning, before that ran (for ``"auto"``, or for ``decision_reference="predicted"``,
-        whose shares are learned at the same time)."""
+        whose shares are learned at the same time). δ = 0 shifts along nothing and needs no
+        calibration."""
+        if self.config.decision_shift == 0:
+            return 0.0
         if not self.calibrated:
             warnings.warn("the decision rule has not been calibrated (decision_reference="
                           f"{self.config.decision_reference!r}, decision_shift="

@@ -1096,7 +1096,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rivals", nargs="*", default=[],
                    help="methods with results in RESULTS shown beside ours and compared with it "
                         "setting by setting: 'ours ≥ rivals' is ours at least each of them")
-    p.add_argument("--out", help="also write headline.csv/.md and wins.csv/.md to this folder")
+    p.add_argument("--out", help="also write headline.csv/.md, settings.csv/.md (the "
+                   "per-setting counts) and wins.csv/.md to this folder")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("diagnose", help="ArviZ diagnostics of a run: netCDF, summary, plots")

@@ -492,6 +492,13 @@ class ModelConfig(_Settings):
         """True for the ν = ∞ (Gaussian) model."""
         return math.isinf(self.nu)
 
+    @property
+    def learned_decision(self) -> bool:
+        """Whether the decision rule has something to learn after training: δ for
+        ``decision_shift="auto"``, or the reference shares r for
+        ``decision_reference="predicted"``."""
+        return self.decision_shift == "auto" or self.decision_reference == "predicted"
+
 
 
 def check_combination(settings) -> None:

@@ -604,11 +604,8 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         with self._threads():
             data = self._dataset(X, fitted=True)
             log_q = ensemble_log_proba(self.members_, data, device=torch.device(self.device))
-            delta = self.decision_shift_
-            if not delta:
-                return torch.softmax(log_q, -1).numpy()
-            log_ref = self.model_.q.decision_log_reference().cpu().double()
-            return torch.softmax(log_q - delta * log_ref, -1).numpy()
+            return torch.softmax(self.model_.q.shift_logits(log_q, self.decision_shift_),
+                                 -1).numpy()
 
     def impute(self, X, *, num_samples: int = 100, return_draws: bool = False,
                seed: int = 0, batch_size: int = 1024):

@@ -261,6 +261,10 @@ METHODS: dict[str, Method] = {
                                    "unlabelled term ramped up over the first half of the epochs",
                                    {"unlabelled_warmup": 0.5, "n_init": 1}),
     "t_gamma_ens5": _deep_method("t_gamma_ens5", "the defaults with n_init = 5", {"n_init": 5}),
+    "gauss_kl_ens5": _deep_method("gauss_kl_ens5", "gauss_kl with n_init = 5",
+                                  {**GAUSSIAN_KL, "n_init": 5}),
+    "t_kl_ens5": _deep_method("t_kl_ens5", "t_kl with n_init = 5",
+                              {"objective": "kl", "n_init": 5}),
     "t_gamma_warmup_ens3": _deep_method("t_gamma_warmup_ens3", "t_gamma_warmup (three "
                                         "initialisations, the default)",
                                         {"unlabelled_warmup": 0.5}),

@@ -343,10 +343,9 @@ def calibrate_decision_shift(module, dataset: MultimodalDataset, *, batch_size: 
 
 def needs_calibration(module) -> bool:
     """Whether ``module``'s config has a decision rule learned after training
-    (``decision_reference="predicted"`` or ``decision_shift="auto"``)."""
-    config = getattr(module, "config", None)
-    return (getattr(config, "decision_shift", None) == "auto"
-            or getattr(config, "decision_reference", None) == "predicted")
+    (:attr:`~pyro_mmt.config.ModelConfig.learned_decision`: the predicted reference shares, or
+    ``decision_shift="auto"``); False for a module without such a config."""
+    return bool(getattr(getattr(module, "config", None), "learned_decision", False))
 
 
 #: Gradient clamp of the default optimiser (``pyro.optim.ClippedAdam``'s default ``clip_norm``).
