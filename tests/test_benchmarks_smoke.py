@@ -256,3 +256,48 @@ def test_decision_shift_benchmark_rows_take_each_methods_delta_and_the_baselines
     added = ds.other_rows([tmp_path / "b.csv"], named.reset_index().assign(
         dataset="x", rho=10, beta=0.2, seed=5))
     assert added[["dataset", "method"]].values.tolist() == [["x", "lr"]]
+
+
+def test_decision_shift_extends_a_saved_ensemble_by_the_members_it_lacks(tmp_path, monkeypatch):
+    """t_gamma_ens5 on a split whose three-member t_gamma fit is saved fits members 3 and 4
+    only (seeds seed + 3000, seed + 4000) and saves the five members' mean, which is what
+    fitting all five gives."""
+    from benchmarks import decision_shift as ds
+    from pyro_mmt.config import TrainingConfig
+    from pyro_mmt.experiments import benchmark
+
+    names, n = ds.fewer_members("t_gamma_ens5")
+    assert n == 3 and {"t_gamma", "t_gamma_labelled", "t_gamma_shift0"} <= set(names)
+    assert "t_gamma_single" not in names
+    assert ds.fewer_members("t_gamma_single") is None
+    calls = []
+
+    def member(seed, rows, k):  # one member's q(y | x): its own seed's draw
+        return np.random.default_rng(seed).dirichlet(np.ones(k), size=rows)
+
+    def fake_fit_predict(options):
+        def fit_predict(split, seed, dataset):
+            n, k = options.get("n_init", TrainingConfig.n_init), split.train.num_classes
+            calls.append((seed, n))
+            seeds = [seed + 1000 * i for i in range(n)]
+            pred = np.zeros(0).view(benchmark.Predictions)
+            unlabelled = int((~split.train.is_labelled.numpy()).sum())
+            pred.estimates = {
+                "test_proba": np.mean([member(s, len(split.test), k) for s in seeds], 0),
+                "unlabelled_proba": np.mean([member(s + 1, unlabelled, k) for s in seeds], 0)}
+            return pred
+        return fit_predict
+
+    monkeypatch.setattr(benchmark, "estimator_fit_predict", fake_fit_predict)
+    (tmp_path / "arrays").mkdir()
+    three = ds.fit_one("digits", 10.0, 0.2, 5, "t_gamma", tmp_path)
+    five = ds.fit_one("digits", 10.0, 0.2, 5, "t_gamma_ens5", tmp_path)
+    assert calls == [(5, 3), (3005, 2)]
+    whole = tmp_path / "whole"
+    (whole / "arrays").mkdir(parents=True)
+    alone = ds.fit_one("digits", 10.0, 0.2, 5, "t_gamma_ens5", whole)
+    assert calls[-1] == (5, 5)
+    a, b = np.load(five), np.load(alone)
+    for name in ("test_proba", "unlabelled_proba"):
+        np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-12)
+    assert not np.allclose(np.load(three)["test_proba"], a["test_proba"])
