@@ -21,6 +21,7 @@ import pandas as pd
 from pyro_mmt.data import load_dataset, long_tailed_split
 from pyro_mmt.evaluation.metrics import classification_metrics
 from pyro_mmt.experiments.benchmark import METHODS
+from pyro_mmt.run_folder import write_atomic
 
 #: The configurations compared: name -> the benchmark method that fits it (the method's
 #: ``fit_predict(split, seed, ...)`` takes the fit seed apart from the split). The saved
@@ -60,9 +61,7 @@ def main(args) -> pd.DataFrame:
     results = pd.DataFrame(rows)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    results.to_csv(tmp, index=False)
-    tmp.replace(out)
+    write_atomic(out, lambda tmp: results.to_csv(tmp, index=False))
     summary = results.groupby("config", sort=False)[["balanced_accuracy", "minority_recall"]]
     table = summary.agg(["mean", "std", "min", "max"]).round(3)  # std: ddof = 1
     print(f"{args.dataset} rho={args.rho} beta={args.beta} split seed {args.split_seed}, "

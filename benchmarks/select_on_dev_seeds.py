@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from pyro_mmt.evaluation.paired import paired_comparison
+from pyro_mmt.run_folder import write_atomic, write_text_atomic
 
 #: The seeds that choose the defaults; the reported benchmark uses 0–4.
 DEVELOPMENT_SEEDS = (5, 6, 7, 8, 9)
@@ -117,19 +118,15 @@ def plot_shares(results: pd.DataFrame, path: Path) -> bool:
     axes[0][0].set_ylabel("share of argmax q(y | x)")
     fig.suptitle("Pseudo-labels of the unlabelled training rows (development seeds)", y=1.02)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
-    tmp.replace(path)
     return True
 
 
 def _write(frame: pd.DataFrame, folder: Path, name: str, index: bool = False) -> None:
     for suffix, text in ((".csv", frame.to_csv(index=index)),
                          (".md", frame.to_markdown(index=index, floatfmt=".3f") + "\n")):
-        tmp = folder / f".{name}{suffix}.tmp"
-        tmp.write_text(text)
-        tmp.replace(folder / f"{name}{suffix}")
+        write_text_atomic(folder / f"{name}{suffix}", text)
 
 
 def main(argv=None) -> int:
