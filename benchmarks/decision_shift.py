@@ -57,12 +57,23 @@ PREDICTED_SHIFTS = (0.5, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5)
 SHARES = (0.25, 0.4, 0.5, 0.6, 0.75)
 
 
+#: The settings of the decision rule: methods that differ only in them share one fit.
+RULE_SETTINGS = ("decision_shift", "decision_reference")
+
+
 def _key(dataset, rho, beta, seed, method) -> str:
     return f"{dataset}_rho{rho:g}_beta{beta:g}_seed{seed}_{method}"
 
 
 def _n_init(method) -> int:
     return method.options.get("n_init", TrainingConfig.n_init)
+
+
+def _fit(method, ignore=RULE_SETTINGS):
+    """What a method fits: its view and options, the number of initialisations made explicit,
+    less the settings of ``ignore``."""
+    options = {"n_init": TrainingConfig.n_init, **method.options}
+    return method.view, {k: v for k, v in options.items() if k not in ignore}
 
 
 def fewer_members(method: str) -> tuple[list[str], int] | None:
@@ -72,8 +83,7 @@ def fewer_members(method: str) -> tuple[list[str], int] | None:
     from pyro_mmt.experiments.benchmark import METHODS
 
     def fit(m):
-        return m.view, {k: v for k, v in m.options.items()
-                        if k not in (*RULE_SETTINGS, "n_init")}
+        return _fit(m, ignore=(*RULE_SETTINGS, "n_init"))
 
     target = METHODS[method]
     if target.options is None:
@@ -164,10 +174,6 @@ def score(path: Path, dataset, rho, beta, seed, method, shifts=SHIFTS,
     return rows
 
 
-#: The settings of the decision rule: methods that differ only in them share one fit.
-RULE_SETTINGS = ("decision_shift", "decision_reference")
-
-
 def rule_name(base: str, options) -> str:
     """The name of ``score``'s rows for a method with ``options`` scored on the fits of
     ``base``: ``<base>@<δ>`` along π̂ (and for δ = 0), ``<base>@pred<δ>`` along the predicted
@@ -190,13 +196,10 @@ def benchmark_rows(results: pd.DataFrame) -> pd.DataFrame:
     report`` reads them with the baselines' rows."""
     from pyro_mmt.experiments.benchmark import METHODS
 
-    def fit(method):
-        return method.view, {k: v for k, v in method.options.items() if k not in RULE_SETTINGS}
-
     names = {}
     for base in results["base_method"].unique():
         names |= {rule_name(base, method.options): name for name, method in METHODS.items()
-                  if method.options is not None and fit(method) == fit(METHODS[base])}
+                  if method.options is not None and _fit(method) == _fit(METHODS[base])}
     rows = results[results["method"].isin(names)].copy()
     rows["method"] = rows["method"].map(names)
     return rows.drop(columns=["base_method", "shift", "shares"])

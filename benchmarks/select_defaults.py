@@ -32,7 +32,8 @@ from pyro_mmt.model_selection import validation_scores
 #: The estimator's defaults when the rounds ran (before this selection changed them): every
 #: candidate starts from these, so the rounds mean the same whatever the defaults are now.
 BEFORE = {"alpha_unit": "datum", "class_weight": None, "logit_adjustment": 0.0,
-          "unlabelled_prior_shift": 0.0, "averaging": 0.0, "label_divergence": "gamma"}
+          "unlabelled_prior_shift": 0.0, "averaging": 0.0, "label_divergence": "gamma",
+          "n_init": 1, "decision_shift": 0.0}
 
 #: Candidate settings (estimator parameters over :data:`BEFORE`). "base" is the configuration
 #: the previous release reported as ``t_gamma`` (chosen on test splits); the others change one

@@ -562,10 +562,10 @@ class TrainingConfig(_Settings):
         "epochs; labelled rows at full weight throughout (0: off)")
     standardise: bool = setting(True, BOOLEAN, "standardise each continuous modality on the "
                                 "training rows")
-    n_init: int = setting(3, COUNT, "independent initialisations (seeds seed + 1000 i), each a "
+    n_init: int = setting(5, COUNT, "independent initialisations (seeds seed + 1000 i), each a "
                           "full model; predictions average their q(y | x), then shift the "
-                          "average by decision_shift (3 chosen on development seeds; 1: a single "
-                          "model, three times faster)")
+                          "average by decision_shift (5 chosen on development seeds; 1: a single "
+                          "model, five times faster)")
     seed: int = setting(0, Constraint(lambda v: _is_int(v, low=0), "an integer >= 0"),
                         "random seed (initial weights, draws, batch order)", cli="--seed")
 

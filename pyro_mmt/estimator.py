@@ -202,14 +202,14 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     observed dimension of a labelled datum, the logit-adjusted classification term and the
     matching prior shift for the unlabelled rows (τ = τ' = 1, no class weights), about 300 SVI
     steps (``epochs="auto"``) and predictions from the parameters averaged over the second
-    half of the epochs (``averaging=0.5``); three initialisations (``n_init=3``) whose
+    half of the epochs (``averaging=0.5``); five initialisations (``n_init=5``) whose
     q(y | x) are averaged, and predictions from that average corrected for the model's own
     lean by the decision shift: logits − 1.5 log r, r the average's mean prediction on the
     unlabelled training rows (``decision_reference="predicted"``; both chosen on development
     seeds; ``docs/imbalance.md``). ``pyro-mmt train`` runs the same. ``n_init=1`` is one
-    model, three times faster, with the same decision rule; ``n_jobs=3`` fits the three at
-    once. ``decision_reference="labelled", decision_shift=0.5`` is the previous release's
-    rule.
+    model, five times faster, with the same decision rule; ``n_jobs`` fits members at once
+    (one process each). ``n_init=3`` with ``decision_reference="labelled",
+    decision_shift=0.5`` is the previous release's ensemble and rule.
 
     **Parameters.** Every parameter is declared once in :mod:`pyro_mmt.config`, with its
     default, its constraint and its help text: the settings of
@@ -221,7 +221,7 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
 
     Notes on some of them: with few labels per class one fit depends on its seed; on one
     mfeat split ``n_init=5`` brought the spread of balanced accuracy over seeds from 0.043 to
-    0.013 (three members: 0.038), and ``unlabelled_warmup=0.5`` narrowed a single model's
+    0.013 (three members: 0.038; the reason five are the default), and ``unlabelled_warmup=0.5`` narrowed a single model's
     spread by a third at 0.017 lower mean balanced accuracy (``docs/benchmark.md``).
     ``checkpoint_dir`` with ``resume=True`` continues a fit that was interrupted (Ctrl-C:
     :class:`~pyro_mmt.training.svi.TrainingInterrupted`) or stopped by a

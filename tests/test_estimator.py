@@ -268,12 +268,12 @@ def test_other_objectives_and_options_fit(blobs, options):
 def test_n_init_averages_the_members_and_round_trips(tmp_path):
     """n_init = 2 trains two initialisations; predict_proba shifts the mean of their q(y | x)
     by δ (softmax(log q̄ − δ log π̂)), the first member is the n_init = 1 fit, and save/load
-    keeps every member. The default is three members."""
+    keeps every member. The default is five members."""
     from pyro_mmt.data import load_digits
     from pyro_mmt.estimator import load_estimator, save_estimator
     from pyro_mmt.training.svi import predict_proba
 
-    assert MultimodalSemiSupervisedClassifier().n_init == 3
+    assert MultimodalSemiSupervisedClassifier().n_init == 5
     data = load_digits()[:80]
     x, y = data.to_numpy()
     y[40:] = -1
