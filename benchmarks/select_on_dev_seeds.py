@@ -141,19 +141,23 @@ def main(argv=None) -> int:
         parser.error(f"--reference: {args.reference!r} is not among the methods "
                      f"{sorted(results['method'].unique())}")
     table = ranking(results, args.reference)
-    mech = mechanism(results)
+    mech = mechanism(results)  # empty where the rows carry no pseudo-label statistics
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-        print()
-        print(mech.to_string(float_format=lambda v: f"{v:.3f}"))
+        if not mech.empty:
+            print()
+            print(mech.to_string(float_format=lambda v: f"{v:.3f}"))
     if args.out:
         folder = Path(args.out)
         folder.mkdir(parents=True, exist_ok=True)
         _write(table, folder, "ranking")
-        _write(mech, folder, "mechanism", index=True)
+        written = ["ranking.csv", "ranking.md"]
+        if not mech.empty:
+            _write(mech, folder, "mechanism", index=True)
+            written += ["mechanism.csv", "mechanism.md"]
         if plot_shares(results, folder / "pseudo_label_shares.png"):
-            print(f"wrote {folder / 'pseudo_label_shares.png'}")
-        print(f"wrote {folder}/ranking.csv, ranking.md, mechanism.csv, mechanism.md")
+            written.append("pseudo_label_shares.png")
+        print(f"wrote {', '.join(written)} in {folder}")
     return 0
 
 

@@ -220,6 +220,7 @@ def test_development_seed_selection_ranks_by_both_metrics_and_refuses_reported_s
     assert b["minority_recall w/t/l"] == "3 / 0 / 0"
     assert select_main([str(path), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "ranking.md").exists()
+    assert not (tmp_path / "out" / "mechanism.md").exists()  # no pseudo-label statistics
     pd.DataFrame([{**rows[0], "seed": 0}]).to_csv(tmp_path / "reported.csv", index=False)
     with pytest.raises(ValueError, match="not development seeds"):
         load_results([tmp_path / "reported.csv"])
