@@ -305,10 +305,15 @@ def main(argv=None):
         from joblib import Parallel, delayed
         from tqdm.auto import tqdm
 
+        from pyro_mmt.experiments.benchmark import METHODS
+
+        # in waves by number of members, so that an ensemble finds its first members saved
         parallel = Parallel(n_jobs=args.jobs, backend="loky", return_as="generator")
-        for _ in tqdm(parallel(delayed(fit_one)(*t, args.out) for t in todo), total=len(todo),
-                      desc="fits"):
-            pass
+        with tqdm(total=len(todo), desc="fits") as bar:
+            for n in sorted({_n_init(METHODS[t[4]]) for t in todo}):
+                wave = [t for t in todo if _n_init(METHODS[t[4]]) == n]
+                for _ in parallel(delayed(fit_one)(*t, args.out) for t in wave):
+                    bar.update()
     rows = []
     for t in todo:
         path = args.out / "arrays" / f"{_key(*t)}.npz"

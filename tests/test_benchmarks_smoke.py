@@ -300,3 +300,12 @@ def test_decision_shift_extends_a_saved_ensemble_by_the_members_it_lacks(tmp_pat
     for name in ("test_proba", "unlabelled_proba"):
         np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-12)
     assert not np.allclose(np.load(three)["test_proba"], a["test_proba"])
+
+    # the script fits in waves by number of members, whatever the order of --methods
+    calls.clear()
+    ds.main(["--datasets", "digits", "--seeds", "5", "--rhos", "10", "--betas", "0.2",
+             "--methods", "t_gamma", "t_gamma_ens3", "--jobs", "1", "--out",
+             str(tmp_path / "script")])
+    assert calls == [(5, 3), (3005, 2)]
+    rows = pd.read_csv(tmp_path / "script" / "results.csv")
+    assert set(rows["base_method"]) == {"t_gamma", "t_gamma_ens3"}
