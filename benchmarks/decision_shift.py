@@ -23,9 +23,10 @@ Each (split, method) keeps its arrays in ``<out>/arrays/`` (test and unlabelled 
 true labels, the class counts), so a new rule is scored again without refitting
 (``--rescore``); ``--matched`` adds the comparison at a matched tail lean
 (:func:`matched_lean`). Rows of ``results.csv`` are the benchmark's, the method named by its
-rule; an ensemble whose first members are saved (``t_gamma_ens5`` after ``t_gamma``) fits
-only the members it lacks (:func:`fit_one`); seeds 0–4 are refused unless ``--reported`` (to report a rule already
-chosen on the development seeds, never to choose one). The fits predict with δ = 0 (the
+rule; an ensemble whose first members are saved (``t_gamma`` after ``t_gamma_ens3``) fits
+only the members it lacks (:func:`fit_one`; each file records its number of members, and a
+file that disagrees with its method is refused); seeds 0–4 are refused unless ``--reported``
+(to report a rule already chosen on the development seeds, never to choose one). The fits predict with δ = 0 (the
 decision shift changes no training) and the shifts are applied here.
 """
 
@@ -79,7 +80,7 @@ def _fit(method, ignore=RULE_SETTINGS):
 def fewer_members(method: str) -> tuple[list[str], int] | None:
     """The registered methods whose fit is ``method``'s with fewer initialisations (the most
     of them; methods differing only in the decision rule share a fit), and their number:
-    ``(["t_gamma", "t_gamma_labelled", ...], 3)`` for ``t_gamma_ens5``; None if there are none."""
+    ``(["t_gamma_ens3"], 3)`` for ``t_gamma``; None if there are none."""
     from pyro_mmt.experiments.benchmark import METHODS
 
     def fit(m):
@@ -99,22 +100,26 @@ def fewer_members(method: str) -> tuple[list[str], int] | None:
 def fit_one(dataset, rho, beta, seed, method, out: Path) -> Path:
     """Fit ``method`` on the split and save its arrays (once: an existing file is kept). An
     ensemble whose first members are saved as another method's fit (:func:`fewer_members`:
-    ``t_gamma``'s three for ``t_gamma_ens5``) fits only the members it lacks."""
+    ``t_gamma_ens3``'s three for ``t_gamma``) fits only the members it lacks. The file records
+    its number of members (``n_init``); a saved file with another number than its method's is
+    refused (files from before that record have none and are trusted)."""
     import torch
 
     from pyro_mmt.experiments.benchmark import METHODS, estimator_fit_predict
 
     torch.set_num_threads(1)
     path = out / "arrays" / f"{_key(dataset, rho, beta, seed, method)}.npz"
+    total = _n_init(METHODS[method])
     if path.exists():
+        _check_members(path, total)
         return path
     split = long_tailed_split(load_dataset(dataset), rho, beta, seed)
     options = {**METHODS[method].options, "decision_shift": 0.0}
-    total = _n_init(METHODS[method])
     names, kept = fewer_members(method) or ([], 0)
     saved = [p for p in (out / "arrays" / f"{_key(dataset, rho, beta, seed, name)}.npz"
                          for name in names) if p.exists()]
     if saved:
+        _check_members(saved[0], kept)
         # member i of an ensemble is the fit with seed + 1000 i and nothing else depends on the
         # seed, so the members a saved ensemble already has are not fitted again
         options["n_init"] = total - kept
@@ -126,19 +131,28 @@ def fit_one(dataset, rho, beta, seed, method, out: Path) -> Path:
     unlabelled_proba = pred.estimates.get("unlabelled_proba",
                                           np.zeros((0, split.train.num_classes)))
     if kept:  # q̄ is the members' mean: weigh the saved mean by its members
-        first = np.load(saved[0], allow_pickle=False)
-        test_proba = (kept * first["test_proba"] + (total - kept) * test_proba) / total
-        unlabelled_proba = (kept * first["unlabelled_proba"]
-                            + (total - kept) * unlabelled_proba) / total
+        with np.load(saved[0], allow_pickle=False) as first:
+            test_proba = (kept * first["test_proba"] + (total - kept) * test_proba) / total
+            unlabelled_proba = (kept * first["unlabelled_proba"]
+                                + (total - kept) * unlabelled_proba) / total
     unlabelled = ~split.train.is_labelled.numpy()
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, test_proba=test_proba, test_y=split.test.y.numpy(),
              unlabelled_proba=unlabelled_proba,
              unlabelled_y=split.train_labels[unlabelled],
              labelled_counts=split.labelled_class_counts,
-             train_counts=split.train_class_counts)
+             train_counts=split.train_class_counts, n_init=np.int64(total))
     os.replace(tmp, path)
     return path
+
+
+def _check_members(path: Path, n_init: int) -> None:
+    """Refuse a saved fit whose recorded number of members is not ``n_init``."""
+    with np.load(path, allow_pickle=False) as saved:
+        found = int(saved["n_init"]) if "n_init" in saved.files else None
+    if found is not None and found != n_init:
+        raise ValueError(f"{path}: a fit of {found} members, expected {n_init}; remove it or "
+                         "use another --out")
 
 
 def score(path: Path, dataset, rho, beta, seed, method, shifts=SHIFTS,
@@ -299,13 +313,17 @@ def main(argv=None):
         raise SystemExit(f"--seeds: {bad} are not development seeds {list(DEVELOPMENT_SEEDS)}; "
                          "pass --reported to score the reported seeds with a rule already "
                          "chosen")
+    from pyro_mmt.experiments.benchmark import METHODS
+
+    not_deep = [m for m in args.methods if m not in METHODS or METHODS[m].options is None]
+    if not_deep:
+        parser.error(f"--methods: {not_deep} are not deep methods of the benchmark; expected "
+                     f"some of {sorted(m for m, v in METHODS.items() if v.options is not None)}")
     (args.out / "arrays").mkdir(parents=True, exist_ok=True)
     todo = tasks(args.datasets, args.seeds, args.methods, args.rhos, args.betas)
     if not args.rescore:
         from joblib import Parallel, delayed
         from tqdm.auto import tqdm
-
-        from pyro_mmt.experiments.benchmark import METHODS
 
         # in waves by number of members, so that an ensemble finds its first members saved
         parallel = Parallel(n_jobs=args.jobs, backend="loky", return_as="generator")

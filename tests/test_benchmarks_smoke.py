@@ -243,6 +243,11 @@ def test_decision_shift_benchmark_rows_take_each_methods_delta_and_the_baselines
             rows.append({"dataset": "x", "rho": 10, "beta": 0.2, "seed": 5, "unlabelled": "same",
                          "method": f"{base}{rule}", "base_method": base, "shift": np.nan,
                          "shares": np.nan, "balanced_accuracy": code})
+    ensemble = [{**r, "method": r["method"].replace("t_gamma_single", "t_gamma_ens3"),
+                 "base_method": "t_gamma_ens3"}
+                for r in rows if r["base_method"] == "t_gamma_single"]
+    three = ds.benchmark_rows(pd.DataFrame(ensemble))
+    assert set(three["method"]) == {"t_gamma_ens3"}  # not t_gamma's names: another fit
     named = ds.benchmark_rows(pd.DataFrame(rows)).set_index("method")["balanced_accuracy"]
     default = rules.index(f"@pred{ModelConfig.decision_shift:g}")
     assert ModelConfig.decision_reference == "predicted"
@@ -300,6 +305,15 @@ def test_decision_shift_extends_a_saved_ensemble_by_the_members_it_lacks(tmp_pat
     for name in ("test_proba", "unlabelled_proba"):
         np.testing.assert_allclose(a[name], b[name], rtol=0, atol=1e-12)
     assert not np.allclose(np.load(three)["test_proba"], a["test_proba"])
+    assert int(a["n_init"]) == 5 and int(np.load(three)["n_init"]) == 3
+    # a saved file of another number of members than its method's is refused, not reused
+    stale = tmp_path / "stale"
+    (stale / "arrays").mkdir(parents=True)
+    (stale / "arrays" / five.name).write_bytes((tmp_path / "arrays" / three.name).read_bytes())
+    with pytest.raises(ValueError, match="a fit of 3 members, expected 5"):
+        ds.fit_one("digits", 10.0, 0.2, 5, "t_gamma", stale)
+    with pytest.raises(SystemExit):  # a baseline has no q(y | x) to save
+        ds.main(["--methods", "lr", "--rescore", "--out", str(tmp_path / "x")])
 
     # the script fits in waves by number of members, whatever the order of --methods
     calls.clear()

@@ -302,6 +302,28 @@ def test_n_init_averages_the_members_and_round_trips(tmp_path):
         MultimodalSemiSupervisedClassifier(n_init=0, **options).fit(x, y)
 
 
+def test_members_depend_on_their_seed_only():
+    """Member i of an ensemble is the fit with seed + 1000 i and nothing else depends on the
+    seed: three members at seed s average (as trained, δ = 0) to the weighted mean of one at s
+    and two at s + 1000 (what the benchmark relies on to add members to a saved ensemble)."""
+    from pyro_mmt.data import load_digits
+
+    data = load_digits()[:80]
+    x, y = data.to_numpy()
+    y[40:] = -1
+    options = {"hidden": (8,), "latent_dim": 2, "epochs": 1, "batch_size": 32,
+               "decision_shift": 0.0}
+    test = {m: v[:10] for m, v in x.items()}
+
+    def proba(n_init, seed):
+        clf = MultimodalSemiSupervisedClassifier(n_init=n_init, seed=seed, **options)
+        return clf.fit(x, y).predict_proba(test)
+
+    one, rest = proba(1, 3), proba(2, 1003)
+    np.testing.assert_allclose(proba(3, 3), (one + 2 * rest) / 3, atol=1e-6)
+    assert not np.allclose(one, rest, atol=1e-3)
+
+
 def test_save_and_load_round_trip_every_setting(blobs, tmp_path):
     """Every hyper-parameter, the model's config (α included), a learned ν and π and the
     predictions come back exactly after save and load."""
