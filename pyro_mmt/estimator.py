@@ -208,8 +208,8 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     unlabelled training rows (``decision_reference="predicted"``; both chosen on development
     seeds; ``docs/imbalance.md``). ``pyro-mmt train`` runs the same. ``n_init=1`` is one
     model, five times faster, with the same decision rule; ``n_jobs`` fits members at once
-    (one process each). ``n_init=3`` with ``decision_reference="labelled",
-    decision_shift=0.5`` is the previous release's ensemble and rule.
+    (one process each). ``n_init=3`` is the previous release's default, and
+    ``n_init=3, decision_reference="labelled", decision_shift=0.5`` the release's before it.
 
     **Parameters.** Every parameter is declared once in :mod:`pyro_mmt.config`, with its
     default, its constraint and its help text: the settings of

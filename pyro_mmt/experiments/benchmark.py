@@ -190,8 +190,8 @@ SINGLE = {"n_init": 1}
 #: Three initialisations, the previous release's ensemble (the defaults' decision rule).
 THREE = {"n_init": 3}
 
-#: The previous release's decision rule: the shift along the labelled class frequencies π̂ by
-#: δ = 0.5 (chosen on development seeds for three initialisations, the default then).
+#: The decision rule of the release before the previous one: the shift along the labelled
+#: class frequencies π̂ by δ = 0.5 (chosen on development seeds for three initialisations).
 LABELLED_SHIFT = {"decision_reference": "labelled", "decision_shift": 0.5}
 
 #: No class-imbalance device at all (see ``docs/imbalance.md``).
