@@ -8,11 +8,11 @@ joint Student-t power form, the binary and categorical ones are Bernoulli and ca
 (``docs/derivation.md`` §9). This script fits that model and the same model forcing every
 modality to Student-t (the yes/no symptoms standardised as if continuous), on long-tailed
 splits of PBC (ρ = 10, β = 0.2: cirrhosis is the minority class), and prints both beside
-logistic regression. Time: 127 s wall (101 s of CPU, one torch thread) on a 2-core machine
-whose 1-minute load average was 6–8 from other jobs (``/usr/bin/time``); 151 s was measured
-on another, idle 2-core machine.
+logistic regression. Time: 923 s wall (one torch thread, ``/usr/bin/time``) on an idle 2-core
+machine: five seeds, two models, five initialisations each (the estimator's default);
+``--seeds 0`` takes a fifth of it.
 
-    python examples/mixed_types.py                           # about 2–3 min on 2 cores
+    python examples/mixed_types.py                           # about 15 min on 2 cores
     python examples/mixed_types.py --epochs 1 --seeds 0      # smoke
 """
 
