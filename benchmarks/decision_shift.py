@@ -26,14 +26,13 @@ true labels, the class counts), so a new rule is scored again without refitting
 rule; an ensemble whose first members are saved (``t_gamma`` after ``t_gamma_ens3``) fits
 only the members it lacks (:func:`fit_one`; each file records its number of members, and a
 file that disagrees with its method is refused); seeds 0–4 are refused unless ``--reported``
-(to report a rule already chosen on the development seeds, never to choose one). The fits predict with δ = 0 (the
-decision shift changes no training) and the shifts are applied here.
+(to report a rule already chosen on the development seeds, never to choose one). The fits
+predict with δ = 0 (the decision shift changes no training) and the shifts are applied here.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +44,7 @@ from pyro_mmt.data import load_dataset, long_tailed_split
 from pyro_mmt.decision import choose_decision_shift, reference_log_shares
 from pyro_mmt.evaluation.metrics import classification_metrics
 from pyro_mmt.experiments.benchmark import grid_splits
+from pyro_mmt.run_folder import write_atomic
 
 #: The fixed shifts scored for every fit along the labelled class frequencies π̂
 #: (``<method>@<δ>``, ``decision_reference="labelled"``).
@@ -73,7 +73,7 @@ def _n_init(method) -> int:
 def _fit(method, ignore=RULE_SETTINGS):
     """What a method fits: its view and options, the number of initialisations made explicit,
     less the settings of ``ignore``."""
-    options = {"n_init": TrainingConfig.n_init, **method.options}
+    options = {**method.options, "n_init": _n_init(method)}
     return method.view, {k: v for k, v in options.items() if k not in ignore}
 
 
@@ -136,13 +136,17 @@ def fit_one(dataset, rho, beta, seed, method, out: Path) -> Path:
             unlabelled_proba = (kept * first["unlabelled_proba"]
                                 + (total - kept) * unlabelled_proba) / total
     unlabelled = ~split.train.is_labelled.numpy()
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, test_proba=test_proba, test_y=split.test.y.numpy(),
-             unlabelled_proba=unlabelled_proba,
-             unlabelled_y=split.train_labels[unlabelled],
-             labelled_counts=split.labelled_class_counts,
-             train_counts=split.train_class_counts, n_init=np.int64(total))
-    os.replace(tmp, path)
+    arrays = {"test_proba": test_proba, "test_y": split.test.y.numpy(),
+              "unlabelled_proba": unlabelled_proba,
+              "unlabelled_y": split.train_labels[unlabelled],
+              "labelled_counts": split.labelled_class_counts,
+              "train_counts": split.train_class_counts, "n_init": np.int64(total)}
+
+    def save(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # a file object: np.savez adds no ".npz" to the name
+            np.savez(f, **arrays)
+
+    write_atomic(path, save)
     return path
 
 

@@ -59,9 +59,9 @@ def reference_log_shares(log_proba, *,
     ``log_proba`` [N, K] (normalised log-probabilities, e.g. ``log_softmax`` of its logits, or
     the log of the averaged q̄ of several initialisations) summed with ``pseudo_count`` c per
     class, r_y = (Σ_n q(y | x_n) + c) / (N + cK): the posterior mean of the shares under a
-    Dirichlet(c) prior, so that a few rows cannot move the shift far and no rows leave r uniform (the shift
-    then does nothing). In float64, and finite for finite inputs however small a class's share
-    (log-sum-exp, not the log of a sum).
+    Dirichlet(c) prior, so that a few rows cannot move the shift far and no rows leave r
+    uniform (the shift then does nothing). In float64, and finite for finite inputs however
+    small a class's share (log-sum-exp, not the log of a sum).
 
     :raises ValueError: not [N, K], a value that is NaN or +inf, a negative or non-finite
         ``pseudo_count``, or N = 0 with c = 0 (nothing to average).

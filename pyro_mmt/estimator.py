@@ -221,8 +221,9 @@ class MultimodalSemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
 
     Notes on some of them: with few labels per class one fit depends on its seed; on one
     mfeat split ``n_init=5`` brought the spread of balanced accuracy over seeds from 0.043 to
-    0.013 (three members: 0.038; the reason five are the default), and ``unlabelled_warmup=0.5`` narrowed a single model's
-    spread by a third at 0.017 lower mean balanced accuracy (``docs/benchmark.md``).
+    0.013 (three members: 0.038; the reason five are the default), and
+    ``unlabelled_warmup=0.5`` narrowed a single model's spread by a third at 0.017 lower mean
+    balanced accuracy (``docs/benchmark.md``).
     ``checkpoint_dir`` with ``resume=True`` continues a fit that was interrupted (Ctrl-C:
     :class:`~pyro_mmt.training.svi.TrainingInterrupted`) or stopped by a
     :class:`~pyro_mmt.training.svi.TrainingDivergedError`; only the settings of

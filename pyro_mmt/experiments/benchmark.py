@@ -215,8 +215,8 @@ METHODS: dict[str, Method] = {
                                    "averaged q(y | x) as trained (decision shift δ = 0)",
                                    {"decision_shift": 0.0}),
     "t_gamma_labelled": _deep_method("t_gamma_labelled", "the defaults with the shift along "
-                                     "the labelled class frequencies, δ = 0.5 (the previous "
-                                     "release's default)", LABELLED_SHIFT),
+                                     "the labelled class frequencies, δ = 0.5 (the rule of "
+                                     "two releases ago)", LABELLED_SHIFT),
     "t_gamma_single": _deep_method("t_gamma_single", "the defaults with one initialisation",
                                    SINGLE),
     "gauss_kl": _deep_method("gauss_kl", "the defaults with the Gaussian model (ν = ∞) and the "

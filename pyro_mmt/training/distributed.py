@@ -176,8 +176,8 @@ def train_distributed(model: Callable, guide: Callable, dataset: MultimodalDatas
     A decision rule learned after training (the default predicted reference shares, or
     ``decision_shift="auto"``) is learned on every rank from the whole ``dataset`` (every
     rank has the same weights, so the same rule), not from the rank's shard, unless
-    ``choose_decision_shift=False``. A divergence (``TrainingDivergedError``) raised on one rank leaves the others waiting at
-    their next all-reduce until the process group's timeout.
+    ``choose_decision_shift=False``. A divergence (``TrainingDivergedError``) raised on one
+    rank leaves the others waiting at their next all-reduce until the process group's timeout.
 
     :param optimizer: a Pyro optimiser; default :class:`~pyro_mmt.training.optim.MultiTensorAdam` with
         ``lr`` 1e-3 and gradients clamped to ±10 (as ``ClippedAdam``).
