@@ -11,6 +11,7 @@ summarise the runs (paired comparisons: :mod:`pyro_mmt.evaluation.paired`).
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import numbers
 import time
@@ -51,6 +52,7 @@ __all__ = [
     "results_table",
     "headline_table",
     "setting_counts",
+    "setting_count_spread",
 ]
 
 #: The previous release's epochs per data set (an epoch is one pass over the unlabelled rows),
@@ -272,6 +274,14 @@ METHODS: dict[str, Method] = {
     "t_gamma_warmup_ens3": _deep_method("t_gamma_warmup_ens3", "t_gamma_warmup with three "
                                         "initialisations",
                                         {"unlabelled_warmup": 0.5, **THREE}),
+    "t_gamma_prior_shift05_ens3": _deep_method(
+        "t_gamma_prior_shift05_ens3", "t_gamma_ens3 with half the prior shift of the unlabelled "
+        "rows' q(y | x) (τ' = 0.5): pseudo-labels that lean further to the tail in training",
+        {"unlabelled_prior_shift": 0.5, **THREE}),
+    "t_gamma_prior_shift0_ens3": _deep_method(
+        "t_gamma_prior_shift0_ens3", "t_gamma_ens3 without the prior shift of the unlabelled "
+        "rows' q(y | x) (τ' = 0): pseudo-labels from the class-balanced classifier",
+        {"unlabelled_prior_shift": 0.0, **THREE}),
     "t_gamma_label_auto": _deep_method("t_gamma_label_auto", "the defaults with the label "
                                        "terms at the γ-loss's own slope (label_weight='auto')",
                                        {"label_weight": "auto"}),
@@ -639,6 +649,74 @@ def setting_counts(table: pd.DataFrame) -> pd.DataFrame:
         rows.append({"comparison": column, "settings": len(answered),
                      "ours at least": int((answered == "yes").sum())})
     return pd.DataFrame(rows, columns=["comparison", "settings", "ours at least"])
+
+
+def setting_count_spread(results: pd.DataFrame, *, n_resamples: int = 1000, seed: int = 0,
+                         level: float = 0.9, progress: bool = False,
+                         **table_options) -> pd.DataFrame:
+    """:func:`setting_counts` with their spread over the split seeds: how far a per-setting
+    count such as "ours ≥ rivals (minority) in 7 of 14 settings" would move with other seeds.
+
+    Each resample draws, in every setting (data set, ρ, β), as many split seeds as the setting
+    has, with replacement, and keeps every method's row of each drawn seed (the comparison
+    stays paired: a drawn seed brings ours and the baselines of the same split); the
+    :func:`headline_table` of the resample, with ``table_options``, is then counted as
+    :func:`setting_counts` counts the table of ``results``. Seeds are resampled within each
+    setting, so this measures how much the counts owe to the particular seeds, not to the
+    choice of data sets. A resample may compare in another number of settings than
+    ``results`` (the collapse rule may set a baseline aside in one and not the other), so
+    ``high`` can exceed ``settings``.
+
+    :param pandas.DataFrame results: as for :func:`headline_table`.
+    :param int n_resamples: resamples drawn (>= 1).
+    :param int seed: seed of the draws.
+    :param float level: the central interval reported, in (0, 1): ``low`` and ``high`` are the
+        (1 − level)/2 and (1 + level)/2 quantiles of the resampled counts.
+    :param bool progress: a progress bar over the resamples.
+    :param table_options: passed to :func:`headline_table` (``ours``, ``rivals``, ...).
+    :returns: pandas.DataFrame: :func:`setting_counts`' columns for ``results`` itself, then
+        ``median``, ``low`` and ``high`` of "ours at least" over the resamples.
+    :raises ValueError: ``n_resamples`` not an int >= 1, ``level`` outside (0, 1), ``seed``
+        not an int, or ``results`` without a ``seed`` column.
+    """
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, numbers.Integral) \
+            or n_resamples < 1:
+        raise ValueError(f"n_resamples: expected an int >= 1, found {n_resamples!r}")
+    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
+        raise ValueError(f"level: expected a number in (0, 1), found {level!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed: expected an int, found {seed!r}")
+    if "seed" not in results.columns:
+        raise ValueError(f"results: missing column 'seed'; found columns {list(results.columns)}")
+    from tqdm.auto import tqdm
+
+    observed = setting_counts(headline_table(results, **table_options))
+    keys = ["dataset", "rho", "beta"]
+    defaults = inspect.signature(headline_table).parameters
+    used = {table_options.get("ours", defaults["ours"].default)}
+    for name in ("classical", "others", "deep_baselines", "rivals"):
+        used |= set(table_options.get(name, defaults[name].default))
+    results = results[results["method"].isin(used)].reset_index(drop=True)  # the rest is unread
+    # per setting, the row positions of each of its seeds
+    settings = [[np.flatnonzero((results.index.isin(group.index)) & (results["seed"] == s))
+                 for s in group["seed"].unique()]
+                for _, group in results.groupby(keys, sort=False)]
+    rng = np.random.default_rng(seed)
+    counts = []
+    for _ in tqdm(range(n_resamples), desc="resamples", disable=not progress):
+        rows, seeds = [], []
+        for by_seed in settings:
+            for new, drawn in enumerate(rng.integers(len(by_seed), size=len(by_seed))):
+                rows.append(by_seed[drawn])
+                seeds.append(np.full(len(by_seed[drawn]), new))
+        sample = results.iloc[np.concatenate(rows)].assign(seed=np.concatenate(seeds))
+        table = setting_counts(headline_table(sample, **table_options))
+        counts.append(table.set_index("comparison")["ours at least"])
+    counts = pd.DataFrame(counts).reindex(columns=observed["comparison"])
+    tail = (1 - level) / 2
+    return observed.assign(median=counts.median().to_numpy(),
+                           low=counts.quantile(tail).to_numpy(),
+                           high=counts.quantile(1 - tail).to_numpy())
 
 
 def _num_classes(dataset, group: pd.DataFrame, num_classes) -> int | None:

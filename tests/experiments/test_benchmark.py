@@ -12,6 +12,7 @@ from pyro_mmt.experiments.benchmark import (
     METHODS,
     entropy_weight_w0,
     headline_table,
+    setting_count_spread,
     setting_counts,
 )
 
@@ -224,3 +225,69 @@ def test_development_seed_selection_ranks_by_both_metrics_and_refuses_reported_s
     pd.DataFrame([{**rows[0], "seed": 0}]).to_csv(tmp_path / "reported.csv", index=False)
     with pytest.raises(ValueError, match="not development seeds"):
         load_results([tmp_path / "reported.csv"])
+
+
+def _two_seed_settings(n_settings, ours_minus_rival):
+    """n_settings copies of one setting with two seeds: ours and t_kl per seed, ours − t_kl on
+    both metrics given per seed; the level of both moves with the seed."""
+    rows = []
+    for setting in range(n_settings):
+        for seed, gap in enumerate(ours_minus_rival):
+            level = 0.5 + 0.2 * seed
+            for method, value in (("t_gamma", level + gap), ("t_kl", level)):
+                rows.append({"dataset": f"toy{setting}", "rho": 10, "beta": 0.05, "seed": seed,
+                             "method": method, "balanced_accuracy": value,
+                             "minority_recall": value})
+    return pd.DataFrame(rows)
+
+
+def test_setting_count_spread_matches_the_binomial_of_resampled_seeds():
+    """Ours wins seed 0 by 0.1 and loses seed 1 by 0.05: a resample of the two seeds keeps
+    ours ≥ the rival unless it draws seed 1 twice, so each setting says "yes" with
+    probability 3/4 and the count over 6 settings is Binomial(6, 3/4): median 5, 5% quantile
+    3, 95% quantile 6 (``scipy.stats.binom.ppf``), while the observed count is 6."""
+    from scipy.stats import binom
+
+    results = _two_seed_settings(6, (0.1, -0.05))
+    spread = setting_count_spread(results, n_resamples=300, seed=1, others=(),
+                                  rivals=("t_kl",)).set_index("comparison")
+    row = spread.loc["ours ≥ rivals (minority)"]
+    assert (row["settings"], row["ours at least"]) == (6, 6)
+    assert row["median"] == binom.ppf(0.5, 6, 0.75) == 5
+    assert (row["low"], row["high"]) == (binom.ppf(0.05, 6, 0.75), binom.ppf(0.95, 6, 0.75))
+
+
+def test_setting_count_spread_keeps_the_methods_of_a_seed_together():
+    """Ours is 0.01 above the rival in every split while both move by 0.2 from seed to seed:
+    resampling the seeds of each method apart would lose half the settings, keeping each
+    seed's rows together never loses one."""
+    results = _two_seed_settings(4, (0.01, 0.01))
+    spread = setting_count_spread(results, n_resamples=50, others=(), rivals=("t_kl",))
+    row = spread.set_index("comparison").loc["ours ≥ rivals (bacc)"]
+    assert row["low"] == row["median"] == row["high"] == 4
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"n_resamples": 0}, "n_resamples"), ({"n_resamples": 2.5}, "n_resamples"),
+    ({"level": 1.0}, "level"), ({"level": float("nan")}, "level"), ({"seed": 0.5}, "seed")])
+def test_setting_count_spread_refuses_bad_arguments(options, match):
+    with pytest.raises(ValueError, match=match):
+        setting_count_spread(_results(), **options)
+
+
+def test_setting_count_spread_needs_the_seed_column():
+    with pytest.raises(ValueError, match="seed"):
+        setting_count_spread(_results().drop(columns="seed"))
+
+
+def test_report_command_resamples_the_seeds(tmp_path, capsys):
+    path = tmp_path / "results.csv"
+    _two_seed_settings(3, (0.1, -0.05)).to_csv(path, index=False)
+    assert main(["report", str(path), "--rivals", "t_kl", "--resample", "40",
+                 "--out", str(tmp_path / "r")]) == 0
+    counts = pd.read_csv(tmp_path / "r" / "settings.csv").set_index("comparison")
+    assert counts.loc["ours ≥ rivals (bacc)", "ours at least"] == 3
+    assert {"median", "low", "high"} <= set(counts.columns)
+    assert "40 resamples" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--resample"):
+        main(["report", str(path), "--resample", "-1"])
