@@ -719,7 +719,11 @@ def cmd_tune(args) -> int:
 def cmd_report(args) -> int:
     from pyro_mmt.evaluation.paired import win_table
     from pyro_mmt.experiments.benchmark import headline_table, setting_count_spread, setting_counts
+    from pyro_mmt.training.svi import shows_progress
 
+    if args.resample < 0:
+        raise SystemExit(f"error: --resample: expected a number of resamples >= 0, found "
+                         f"{args.resample}")
     frames = []
     for path in args.results:
         if not Path(path).is_file():
@@ -750,11 +754,9 @@ def cmd_report(args) -> int:
     wins = win_table(results, args.ours, compared) if compared else None
     markdown = _markdown(table)
     print(markdown)
-    if args.resample < 0:
-        raise SystemExit(f"error: --resample: expected a number of resamples >= 0, found "
-                         f"{args.resample}")
     if args.resample:
-        counts = setting_count_spread(results, n_resamples=args.resample, progress=True,
+        counts = setting_count_spread(results, n_resamples=args.resample,
+                                      progress=shows_progress(True),
                                       ours=args.ours, others=others, rivals=args.rivals)
         print(f"\nsettings where ours is at least the compared methods' mean (median, low, "
               f"high: the median and central 90% over {args.resample} resamples of the split "

@@ -665,66 +665,79 @@ def setting_count_spread(results: pd.DataFrame, *, n_resamples: int = 1000, seed
     """:func:`setting_counts` with their spread over the split seeds: how far a per-setting
     count such as "ours ≥ rivals (minority) in 7 of 14 settings" would move with other seeds.
 
-    Each resample draws, in every setting (data set, ρ, β), as many split seeds as the setting
-    has, with replacement, and keeps every method's row of each drawn seed (the comparison
-    stays paired: a drawn seed brings ours and the baselines of the same split); the
+    Each resample draws, in every setting (data set, ρ, β), as many split seeds as ours has
+    there, with replacement from ours' seeds, and keeps every method's row of each drawn seed
+    (the comparison stays paired: a drawn seed brings ours and the baselines of the same
+    split; a baseline without a row for a drawn seed is compared on the seeds it has); the
     :func:`headline_table` of the resample, with ``table_options``, is then counted as
     :func:`setting_counts` counts the table of ``results``. Seeds are resampled within each
     setting, so this measures how much the counts owe to the particular seeds, not to the
-    choice of data sets. A resample may compare in another number of settings than
-    ``results`` (the collapse rule may set a baseline aside in one and not the other), so
-    ``high`` can exceed ``settings``.
+    choice of data sets, and with five seeds a setting has few distinct resamples: the spread
+    is a lower bound on what other splits would show. A resample may compare in another number
+    of settings than ``results`` (the collapse rule may set a baseline aside in one and not the
+    other), so ``high`` can exceed ``settings``; a comparison a resample cannot make at all
+    counts 0 there.
 
-    :param pandas.DataFrame results: as for :func:`headline_table`.
+    :param pandas.DataFrame results: as for :func:`headline_table`, with a ``seed`` column.
     :param int n_resamples: resamples drawn (>= 1).
-    :param int seed: seed of the draws.
+    :param int seed: seed of the draws (>= 0).
     :param float level: the central interval reported, in (0, 1): ``low`` and ``high`` are the
-        (1 − level)/2 and (1 + level)/2 quantiles of the resampled counts.
+        (1 − level)/2 and (1 + level)/2 quantiles of the resampled counts, each a count that
+        occurred (the nearest below and above).
     :param bool progress: a progress bar over the resamples.
     :param table_options: passed to :func:`headline_table` (``ours``, ``rivals``, ...).
     :returns: pandas.DataFrame: :func:`setting_counts`' columns for ``results`` itself, then
         ``median``, ``low`` and ``high`` of "ours at least" over the resamples.
     :raises ValueError: ``n_resamples`` not an int >= 1, ``level`` outside (0, 1), ``seed``
-        not an int, or ``results`` without a ``seed`` column.
+        not an int >= 0, ``results`` without a ``seed`` column or with a missing seed, or no
+        setting with rows of ours.
     """
     if isinstance(n_resamples, bool) or not isinstance(n_resamples, numbers.Integral) \
             or n_resamples < 1:
         raise ValueError(f"n_resamples: expected an int >= 1, found {n_resamples!r}")
     if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
         raise ValueError(f"level: expected a number in (0, 1), found {level!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"seed: expected an int, found {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed: expected an int >= 0, found {seed!r}")
     if "seed" not in results.columns:
         raise ValueError(f"results: missing column 'seed'; found columns {list(results.columns)}")
+    if results["seed"].isna().any():
+        raise ValueError(f"results: expected a split seed on every row, found "
+                         f"{int(results['seed'].isna().sum())} rows without one")
     from tqdm.auto import tqdm
 
-    observed = setting_counts(headline_table(results, **table_options))
-    keys = ["dataset", "rho", "beta"]
     defaults = inspect.signature(headline_table).parameters
-    used = {table_options.get("ours", defaults["ours"].default)}
-    for name in ("classical", "others", "deep_baselines", "rivals"):
-        used |= set(table_options.get(name, defaults[name].default))
+    options = {name: table_options.get(name, defaults[name].default)
+               for name in ("ours", "classical", "others", "deep_baselines", "rivals")}
+    options = {name: value if name == "ours" else list(value) for name, value in options.items()}
+    table_options = {**table_options, **options}  # lists: read again on every resample
+    observed = setting_counts(headline_table(results, **table_options))
+    ours = options["ours"]
+    used = {ours, *options["classical"], *options["others"], *options["deep_baselines"],
+            *options["rivals"]}
     results = results[results["method"].isin(used)].reset_index(drop=True)  # the rest is unread
-    # per setting, the row positions of each of its seeds
-    settings = [[np.flatnonzero((results.index.isin(group.index)) & (results["seed"] == s))
-                 for s in group["seed"].unique()]
-                for _, group in results.groupby(keys, sort=False)]
+    by_setting = []  # per setting, the row positions of each of ours' seeds
+    for _, group in results.groupby(["dataset", "rho", "beta"], sort=False):
+        seeds = group.loc[group["method"] == ours, "seed"].unique()
+        by_setting.append([group.index[group["seed"] == s].to_numpy() for s in seeds])
+    if not any(by_setting):
+        raise ValueError(f"results: no setting (data set, rho, beta) has rows of {ours!r}")
     rng = np.random.default_rng(seed)
     counts = []
     for _ in tqdm(range(n_resamples), desc="resamples", disable=not progress):
         rows, seeds = [], []
-        for by_seed in settings:
+        for by_seed in (b for b in by_setting if b):
             for new, drawn in enumerate(rng.integers(len(by_seed), size=len(by_seed))):
                 rows.append(by_seed[drawn])
                 seeds.append(np.full(len(by_seed[drawn]), new))
         sample = results.iloc[np.concatenate(rows)].assign(seed=np.concatenate(seeds))
         table = setting_counts(headline_table(sample, **table_options))
         counts.append(table.set_index("comparison")["ours at least"])
-    counts = pd.DataFrame(counts).reindex(columns=observed["comparison"])
+    counts = pd.DataFrame(counts).reindex(columns=observed["comparison"]).fillna(0)
     tail = (1 - level) / 2
     return observed.assign(median=counts.median().to_numpy(),
-                           low=counts.quantile(tail).to_numpy(),
-                           high=counts.quantile(1 - tail).to_numpy())
+                           low=counts.quantile(tail, interpolation="lower").to_numpy(int),
+                           high=counts.quantile(1 - tail, interpolation="higher").to_numpy(int))
 
 
 def _num_classes(dataset, group: pd.DataFrame, num_classes) -> int | None:

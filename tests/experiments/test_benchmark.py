@@ -269,17 +269,37 @@ def _two_seed_settings(n_settings, ours_minus_rival):
 def test_setting_count_spread_matches_the_binomial_of_resampled_seeds():
     """Ours wins seed 0 by 0.1 and loses seed 1 by 0.05: a resample of the two seeds keeps
     ours ≥ the rival unless it draws seed 1 twice, so each setting says "yes" with
-    probability 3/4 and the count over 6 settings is Binomial(6, 3/4): median 5, 5% quantile
-    3, 95% quantile 6 (``scipy.stats.binom.ppf``), while the observed count is 6."""
+    probability 3/4 and the count over 6 settings is Binomial(6, 3/4), while the observed
+    count is 6. Its quartiles are 4 and 5 (``scipy.stats.binom.ppf``; the binomial's CDF
+    is 0.17 and 0.47 at 3 and 4, 0.82 at 5: far from 1/4 and 3/4 for 300 draws)."""
     from scipy.stats import binom
 
     results = _two_seed_settings(6, (0.1, -0.05))
-    spread = setting_count_spread(results, n_resamples=300, seed=1, others=(),
+    spread = setting_count_spread(results, n_resamples=300, seed=1, level=0.5, others=(),
                                   rivals=("t_kl",)).set_index("comparison")
     row = spread.loc["ours ≥ rivals (minority)"]
     assert (row["settings"], row["ours at least"]) == (6, 6)
-    assert row["median"] == binom.ppf(0.5, 6, 0.75) == 5
-    assert (row["low"], row["high"]) == (binom.ppf(0.05, 6, 0.75), binom.ppf(0.95, 6, 0.75))
+    assert (row["low"], row["high"]) == (binom.ppf(0.25, 6, 0.75), binom.ppf(0.75, 6, 0.75))
+    assert (row["low"], row["high"]) == (4, 5)
+
+
+def test_setting_count_spread_resamples_within_each_setting():
+    """Ours is ahead of the rival on every seed of one setting and behind on every seed of
+    another, with a classical baseline below both: drawing seeds within each setting never
+    changes a count, drawing them across settings would."""
+    rows = []
+    for dataset, gap in (("ahead", 0.1), ("behind", -0.1)):
+        for seed in range(3):
+            for method, value in (("t_gamma", 0.6 + gap + 0.05 * seed), ("t_kl", 0.6),
+                                  ("lr", 0.3)):
+                rows.append({"dataset": dataset, "rho": 10, "beta": 0.05, "seed": seed,
+                             "method": method, "balanced_accuracy": value,
+                             "minority_recall": value})
+    spread = setting_count_spread(pd.DataFrame(rows), n_resamples=30, others=(),
+                                  rivals=("t_kl",)).set_index("comparison")
+    for comparison, expected in (("ours ≥ rivals (bacc)", 1), ("ours ≥ classical (bacc)", 2)):
+        row = spread.loc[comparison]
+        assert row["ours at least"] == row["low"] == row["median"] == row["high"] == expected
 
 
 def test_setting_count_spread_keeps_the_methods_of_a_seed_together():
@@ -294,7 +314,8 @@ def test_setting_count_spread_keeps_the_methods_of_a_seed_together():
 
 @pytest.mark.parametrize("options, match", [
     ({"n_resamples": 0}, "n_resamples"), ({"n_resamples": 2.5}, "n_resamples"),
-    ({"level": 1.0}, "level"), ({"level": float("nan")}, "level"), ({"seed": 0.5}, "seed")])
+    ({"level": 1.0}, "level"), ({"level": float("nan")}, "level"), ({"seed": 0.5}, "seed"),
+    ({"seed": -1}, "seed"), ({"ours": "t_kl"}, "no setting")])
 def test_setting_count_spread_refuses_bad_arguments(options, match):
     with pytest.raises(ValueError, match=match):
         setting_count_spread(_results(), **options)
@@ -303,6 +324,17 @@ def test_setting_count_spread_refuses_bad_arguments(options, match):
 def test_setting_count_spread_needs_the_seed_column():
     with pytest.raises(ValueError, match="seed"):
         setting_count_spread(_results().drop(columns="seed"))
+    with pytest.raises(ValueError, match="1 rows without one"):
+        setting_count_spread(_results().astype({"seed": float}).assign(
+            seed=lambda r: r["seed"].mask(r.index == 0)))
+
+
+def test_setting_count_spread_reads_generators_of_methods_on_every_resample():
+    results = _two_seed_settings(2, (0.01, 0.01))
+    spread = setting_count_spread(results, n_resamples=5, others=(),
+                                  rivals=(m for m in ["t_kl"]))
+    row = spread.set_index("comparison").loc["ours ≥ rivals (bacc)"]
+    assert row["low"] == row["high"] == 2
 
 
 def test_report_command_resamples_the_seeds(tmp_path, capsys):
