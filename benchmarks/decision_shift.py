@@ -342,7 +342,7 @@ def main(argv=None):
         if path.exists():
             rows += score(path, *t, pseudo_counts=args.pseudo_counts)
     results = pd.DataFrame(rows)
-    results.to_csv(args.out / "results.csv", index=False)
+    write_atomic(args.out / "results.csv", lambda tmp: results.to_csv(tmp, index=False))
     summary = results.groupby(["base_method", "method"])[
         ["balanced_accuracy", "minority_recall"]].mean()
     summary["criterion"] = summary.mean(axis=1)
@@ -351,10 +351,10 @@ def main(argv=None):
         rows = benchmark_rows(results)
         if args.with_rows:
             rows = pd.concat([rows, other_rows(args.with_rows, rows)], ignore_index=True)
-        rows.to_csv(args.out / "benchmark_rows.csv", index=False)
+        write_atomic(args.out / "benchmark_rows.csv", lambda tmp: rows.to_csv(tmp, index=False))
     if args.matched:
         matched = matched_lean(args.out, todo)
-        matched.to_csv(args.out / "matched.csv", index=False)
+        write_atomic(args.out / "matched.csv", lambda tmp: matched.to_csv(tmp, index=False))
         print(matched.groupby("method")[["balanced_accuracy", "minority_recall", "shift"]]
               .mean().round(3).to_string())
 
