@@ -43,7 +43,7 @@ from pyro_mmt.config import ModelConfig, TrainingConfig
 from pyro_mmt.data import load_dataset, long_tailed_split
 from pyro_mmt.decision import choose_decision_shift, reference_log_shares
 from pyro_mmt.evaluation.metrics import classification_metrics
-from pyro_mmt.experiments.benchmark import grid_splits
+from pyro_mmt.experiments.benchmark import grid_splits, pseudo_label_summary
 from pyro_mmt.run_folder import write_atomic
 
 #: The fixed shifts scored for every fit along the labelled class frequencies π̂
@@ -167,7 +167,10 @@ def score(path: Path, dataset, rho, beta, seed, method, shifts=SHIFTS,
     ``decision_reference="predicted"``: :func:`pyro_mmt.decision.reference_log_shares`), and at the
     shift ``decision_shift="auto"`` chooses along π̂ at each λ of ``shares``
     (``<method>@auto<λ>``). Each c of ``pseudo_counts`` adds the default δ along r computed
-    with c pseudo-counts per class in place of the library's one (``<method>@pred<δ>c<c>``)."""
+    with c pseudo-counts per class in place of the library's one (``<method>@pred<δ>c<c>``).
+    Every row also has the ``pseudo_*`` columns of
+    :func:`~pyro_mmt.experiments.benchmark.pseudo_label_summary`: the fit's q(y | x) as trained
+    on its unlabelled rows (the same for every rule of a fit)."""
     a = np.load(path, allow_pickle=False)
     log_freq = np.log(a["labelled_counts"] / a["labelled_counts"].sum())
     log_q = np.log(np.clip(a["test_proba"], 1e-300, None))
@@ -180,6 +183,7 @@ def score(path: Path, dataset, rho, beta, seed, method, shifts=SHIFTS,
                reference_log_shares(log_u, pseudo_count=c).numpy()) for c in pseudo_counts]
     rules += [(f"{method}@auto{lam:g}", choose_decision_shift(log_u, log_freq, shares=lam), lam,
                log_freq) for lam in shares]
+    pseudo = pseudo_label_summary(a["unlabelled_proba"], a["unlabelled_y"], a["train_counts"])
     rows = []
     for name, delta, lam, direction in rules:
         pred = (log_q - delta * direction).argmax(1)
@@ -188,6 +192,7 @@ def score(path: Path, dataset, rho, beta, seed, method, shifts=SHIFTS,
                "shift": delta, "shares": lam, "n_labelled": int(a["labelled_counts"].sum()),
                "num_classes": int(log_q.shape[1])}
         row.update(classification_metrics(a["test_y"], pred, a["train_counts"]))
+        row.update(pseudo)
         rows.append(row)
     return rows
 

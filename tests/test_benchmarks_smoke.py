@@ -215,6 +215,11 @@ def test_decision_shift_scores_saved_arrays_and_matches_the_lean(tmp_path):
         expected = classification_metrics(a["test_y"], pred, a["train_counts"])
         assert rows[f"t_gamma@{delta:g}"]["balanced_accuracy"] == expected["balanced_accuracy"]
     assert {f"t_gamma@auto{lam:g}" for lam in ds.SHARES} <= set(rows)
+    # the fit's pseudo-labels, the same on every rule's row: argmax of the saved q(y | x)
+    shares = np.bincount(a["unlabelled_proba"].argmax(1), minlength=3) / 40
+    for row in rows.values():
+        assert row["pseudo_tv"] == pytest.approx(1 - shares[0])  # every true label is 0
+        assert row["pseudo_class_shares"] == ";".join(f"{v:.6g}" for v in shares)
 
     todo = [("x", 10, 0.2, 5, m) for m in ("t_gamma", "gauss_kl")]
     matched = ds.matched_lean(tmp_path, todo).set_index("method")
