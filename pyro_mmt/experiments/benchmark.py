@@ -283,6 +283,9 @@ METHODS: dict[str, Method] = {
         "t_gamma_prior_shift0_ens3", "t_gamma_ens3 without the prior shift of the unlabelled "
         "rows' q(y | x) (τ' = 0): pseudo-labels from the class-balanced classifier",
         {"unlabelled_prior_shift": 0.0, **THREE}),
+    "t_gamma_prior_shift2": _deep_method(
+        "t_gamma_prior_shift2", "the defaults with the unlabelled rows' q(y | x) shifted twice "
+        "the log labelled frequencies in training (τ' = 2)", {"unlabelled_prior_shift": 2.0}),
     "t_gamma_prior_shift15_ens3": _deep_method(
         "t_gamma_prior_shift15_ens3", "t_gamma_ens3 with the unlabelled rows' q(y | x) shifted "
         "1.5 times the log labelled frequencies (τ' = 1.5): a classifier leaning further to "
