@@ -244,6 +244,16 @@ def test_development_seed_selection_ranks_by_both_metrics_and_refuses_reported_s
     b = table.set_index("method").loc["b"]
     assert b["balanced_accuracy w/t/l"] == "0 / 0 / 3"
     assert b["minority_recall w/t/l"] == "3 / 0 / 0"
+    assert b["criterion gain"] == pytest.approx((0.79 + 0.70 - 0.80 - 0.60) / 2)
+    # "c", fitted on the easiest split only (seed 7): the highest mean of its own splits,
+    # 0.7775 against b's 0.775, but less gain there over t_gamma (0.0425) than b (0.045)
+    easy = tmp_path / "easy.csv"
+    pd.DataFrame(rows + [{**rows[-1], "method": "c", "balanced_accuracy": 0.935,
+                          "minority_recall": 0.62}]).to_csv(easy, index=False)
+    table = ranking(load_results([easy]), "t_gamma").set_index("method")
+    assert table["criterion"].idxmax() == "c" and table.loc["c", "splits"] == 1
+    assert table.loc["c", "criterion gain"] == pytest.approx(0.7775 - 0.735)
+    assert list(table.index) == ["b", "c", "t_gamma", "a"]
     assert select_main([str(path), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "ranking.md").exists()
     assert not (tmp_path / "out" / "mechanism.md").exists()  # no pseudo-label statistics
