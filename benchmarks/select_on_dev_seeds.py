@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pyro_mmt.evaluation.paired import paired_comparison
+from pyro_mmt.evaluation.paired import TIE_TOLERANCE, paired_comparison
 from pyro_mmt.run_folder import write_atomic, write_text_atomic
 
 #: The seeds that choose the defaults; the reported benchmark uses 0–4.
@@ -82,7 +82,8 @@ def ranking(results: pd.DataFrame, reference: str) -> pd.DataFrame:
             ours, ref = means.loc[method], means.loc[reference]
             shared = ours.index.intersection(ref.index)
             for metric in ("balanced_accuracy", "minority_recall"):
-                ahead = (ours.loc[shared, metric] >= ref.loc[shared, metric] - 1e-12).sum()
+                ahead = (ours.loc[shared, metric]
+                         >= ref.loc[shared, metric] - TIE_TOLERANCE).sum()
                 row[f"settings >= {reference} ({metric})"] = f"{int(ahead)} of {len(shared)}"
         rows.append(row)
     table = pd.DataFrame(rows).sort_values("criterion gain", ascending=False, na_position="last",

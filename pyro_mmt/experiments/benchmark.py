@@ -32,6 +32,7 @@ from pyro_mmt.data.split import LongTailedSplit
 from pyro_mmt.distributions import prior_expert_scale
 from pyro_mmt.estimator import IMBALANCE_OPTIONS, MultimodalSemiSupervisedClassifier
 from pyro_mmt.evaluation.metrics import classification_metrics, minority_classes, summarise
+from pyro_mmt.evaluation.paired import TIE_TOLERANCE
 from pyro_mmt.experiments import baselines
 from pyro_mmt.experiments.baselines import LABELSPREADING_NEIGHBOURS
 from pyro_mmt.training import predict_proba
@@ -45,7 +46,6 @@ __all__ = [
     "CLASSICAL_BASELINES",
     "DEEP_BASELINES",
     "COLLAPSE_MARGIN",
-    "TIE_TOLERANCE",
     "entropy_weight_w0",
     "estimator_fit_predict",
     "grid_splits",
@@ -283,9 +283,6 @@ METHODS: dict[str, Method] = {
         "t_gamma_prior_shift0_ens3", "t_gamma_ens3 without the prior shift of the unlabelled "
         "rows' q(y | x) (τ' = 0): pseudo-labels from the class-balanced classifier",
         {"unlabelled_prior_shift": 0.0, **THREE}),
-    "t_gamma_prior_shift2": _deep_method(
-        "t_gamma_prior_shift2", "the defaults with the unlabelled rows' q(y | x) shifted twice "
-        "the log labelled frequencies in training (τ' = 2)", {"unlabelled_prior_shift": 2.0}),
     "t_gamma_prior_shift15_ens3": _deep_method(
         "t_gamma_prior_shift15_ens3", "t_gamma_ens3 with the unlabelled rows' q(y | x) shifted "
         "1.5 times the log labelled frequencies (τ' = 1.5): a classifier leaning further to "
@@ -293,6 +290,9 @@ METHODS: dict[str, Method] = {
     "t_gamma_prior_shift2_ens3": _deep_method(
         "t_gamma_prior_shift2_ens3", "t_gamma_ens3 with the unlabelled rows' q(y | x) shifted "
         "twice the log labelled frequencies (τ' = 2)", {"unlabelled_prior_shift": 2.0, **THREE}),
+    "t_gamma_prior_shift2": _deep_method(
+        "t_gamma_prior_shift2", "the defaults with the unlabelled rows' q(y | x) shifted twice "
+        "the log labelled frequencies in training (τ' = 2)", {"unlabelled_prior_shift": 2.0}),
     "t_gamma_label_auto": _deep_method("t_gamma_label_auto", "the defaults with the label "
                                        "terms at the γ-loss's own slope (label_weight='auto')",
                                        {"label_weight": "auto"}),
@@ -347,11 +347,6 @@ DEEP_BASELINES = ("ssl_mlp",)
 #: collapsed to (nearly) one class there; :func:`headline_table` leaves it out of the
 #: comparisons of that setting.
 COLLAPSE_MARGIN = 0.05
-
-#: Means of a setting that differ by less than this are equal (:func:`headline_table`): the
-#: metrics are ratios of counts, and the same ratios summed in another order differ in the
-#: last bits of a float64.
-TIE_TOLERANCE = 1e-9
 
 
 def grid_splits(datasets: Iterable[str], *, rhos: Iterable[float] | None = None,
@@ -562,8 +557,9 @@ def headline_table(results: pd.DataFrame, ours: str = "t_gamma",
     (minority)"``, when one is present) and against ``rivals`` (``"ours ≥ rivals (bacc)"``,
     ``"ours ≥ rivals (minority)"``: at least every rival, when ``rivals`` is given; each rival
     also has its own column) and ``"collapsed"`` (the baselines set aside, see below,
-    comma-separated; empty when none). "At least" allows :data:`TIE_TOLERANCE`: equal means
-    computed in another order are a tie, not a loss.
+    comma-separated; empty when none). "At least" allows the paired comparisons' tie
+    tolerance (:data:`pyro_mmt.evaluation.paired.TIE_TOLERANCE`): equal means summed in
+    another order differ in the last bits of a float64 and are a tie, not a loss.
 
     **Collapse rule.** A baseline whose mean balanced accuracy in a setting lies within
     :data:`COLLAPSE_MARGIN` = 0.05 of 1/K (K classes) predicts (nearly) a single class there:
@@ -717,26 +713,25 @@ def setting_count_spread(results: pd.DataFrame, *, n_resamples: int = 1000, seed
     from tqdm.auto import tqdm
 
     defaults = inspect.signature(headline_table).parameters
-    options = {name: table_options.get(name, defaults[name].default)
-               for name in ("ours", "classical", "others", "deep_baselines", "rivals")}
-    options = {name: value if name == "ours" else list(value) for name, value in options.items()}
-    table_options = {**table_options, **options}  # lists: read again on every resample
+    ours = table_options.get("ours", defaults["ours"].default)
+    pools = {name: list(table_options.get(name, defaults[name].default))  # read every resample
+             for name in ("classical", "others", "deep_baselines", "rivals")}
+    table_options = {**table_options, "ours": ours, **pools}
     observed = setting_counts(headline_table(results, **table_options))
-    ours = options["ours"]
-    used = {ours, *options["classical"], *options["others"], *options["deep_baselines"],
-            *options["rivals"]}
+    used = {ours}.union(*pools.values())
     results = results[results["method"].isin(used)].reset_index(drop=True)  # the rest is unread
-    by_setting = []  # per setting, the row positions of each of ours' seeds
+    by_setting = []  # per setting with ours, the row positions of each of ours' seeds
     for _, group in results.groupby(["dataset", "rho", "beta"], sort=False):
         seeds = group.loc[group["method"] == ours, "seed"].unique()
-        by_setting.append([group.index[group["seed"] == s].to_numpy() for s in seeds])
-    if not any(by_setting):
+        if len(seeds):
+            by_setting.append([group.index[group["seed"] == s].to_numpy() for s in seeds])
+    if not by_setting:
         raise ValueError(f"results: no setting (data set, rho, beta) has rows of {ours!r}")
     rng = np.random.default_rng(seed)
     counts = []
     for _ in tqdm(range(n_resamples), desc="resamples", disable=not progress):
         rows, seeds = [], []
-        for by_seed in (b for b in by_setting if b):
+        for by_seed in by_setting:
             for new, drawn in enumerate(rng.integers(len(by_seed), size=len(by_seed))):
                 rows.append(by_seed[drawn])
                 seeds.append(np.full(len(by_seed[drawn]), new))
