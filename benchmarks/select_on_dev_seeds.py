@@ -21,7 +21,16 @@ the reference on each (with the two-sided Wilcoxon p-value), the settings (data 
 which its mean is at least the reference's on each metric, and what it does to the
 pseudo-labels (the ``pseudo_*`` columns of the benchmark: class-share total variation, entropy
 of q(y | x), predicted/true share of the minority classes, minority recall on the unlabelled
-rows). With ``--out`` it writes ``ranking.csv``, ``ranking.md``, ``mechanism.csv``,
+rows).
+
+The ``verdict`` column applies the rule that changes a default: a candidate **replaces** the
+reference (the current default) when its criterion gain is positive and the paired two-sided
+Wilcoxon test of the criterion over the shared splits gives p < :data:`REPLACEMENT_LEVEL`
+(0.05); it is **below** when the gain is negative at that level, and **level** otherwise. A
+level candidate does not replace the default, however it ranks: a gain the development seeds
+cannot tell from their noise is not evidence that it generalises.
+
+With ``--out`` it writes ``ranking.csv``, ``ranking.md``, ``mechanism.csv``,
 ``mechanism.md`` and, where the results hold per-class shares, ``pseudo_label_shares.png``
 (predicted against true class share of the unlabelled rows, per method).
 """
@@ -41,6 +50,9 @@ from pyro_mmt.run_folder import write_atomic, write_text_atomic
 DEVELOPMENT_SEEDS = (5, 6, 7, 8, 9)
 
 METRICS = ("balanced_accuracy", "minority_recall", "criterion")
+
+#: The p-value below which a candidate's criterion gain over the default changes the default.
+REPLACEMENT_LEVEL = 0.05
 
 MECHANISM = ("pseudo_tv", "pseudo_entropy", "pseudo_minority_share", "pseudo_minority_recall",
              "minority_recall")
@@ -85,10 +97,22 @@ def ranking(results: pd.DataFrame, reference: str) -> pd.DataFrame:
                 ahead = (ours.loc[shared, metric]
                          >= ref.loc[shared, metric] - TIE_TOLERANCE).sum()
                 row[f"settings >= {reference} ({metric})"] = f"{int(ahead)} of {len(shared)}"
+            row["verdict"] = verdict(row["criterion gain"], row["criterion p"])
+        else:
+            row["verdict"] = "reference"
         rows.append(row)
     table = pd.DataFrame(rows).sort_values("criterion gain", ascending=False, na_position="last",
                                            kind="mergesort")
     return table.reset_index(drop=True)
+
+
+def verdict(gain: float, p_value: float) -> str:
+    """``"replaces"``, ``"below"`` or ``"level"``: the rule of the module docstring for a
+    candidate with this criterion gain over the reference and this Wilcoxon p-value (NaN when
+    too few splits differ, which is level)."""
+    if np.isfinite(p_value) and p_value < REPLACEMENT_LEVEL and gain != 0:
+        return "replaces" if gain > 0 else "below"
+    return "level"
 
 
 def mechanism(results: pd.DataFrame) -> pd.DataFrame:
@@ -157,6 +181,9 @@ def main(argv=None) -> int:
         if not mech.empty:
             print()
             print(mech.to_string(float_format=lambda v: f"{v:.3f}"))
+    winners = table.loc[table["verdict"] == "replaces", "method"].tolist()
+    print(f"\nreplaces {args.reference} (criterion gain > 0, p < {REPLACEMENT_LEVEL}): "
+          + (", ".join(winners) + f" (first by gain: {winners[0]})" if winners else "none"))
     if args.out:
         folder = Path(args.out)
         folder.mkdir(parents=True, exist_ok=True)

@@ -256,10 +256,43 @@ def test_development_seed_selection_ranks_by_both_metrics_and_refuses_reported_s
     assert list(table.index) == ["b", "c", "t_gamma", "a"]
     assert select_main([str(path), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "ranking.md").exists()
+    written = pd.read_csv(tmp_path / "out" / "ranking.csv").set_index("method")["verdict"]
+    # three splits cannot reach p < 0.05 (the smallest two-sided Wilcoxon p of 3 pairs is 0.25)
+    assert written.to_dict() == {"b": "level", "t_gamma": "reference", "a": "level"}
     assert not (tmp_path / "out" / "mechanism.md").exists()  # no pseudo-label statistics
     pd.DataFrame([{**rows[0], "seed": 0}]).to_csv(tmp_path / "reported.csv", index=False)
     with pytest.raises(ValueError, match="not development seeds"):
         load_results([tmp_path / "reported.csv"])
+
+
+def test_development_seed_verdict_needs_a_significant_criterion_gain(tmp_path, capsys):
+    """A candidate replaces the reference only when its criterion gain is positive at
+    p < 0.05: "up" gains 0.01 on each of 12 splits (two-sided Wilcoxon p = 2/2¹² ≈ 0.0005), "noisy"
+    gains more on average but with its sign flipping (p ≈ 0.5), "down" loses on every split."""
+    from benchmarks.select_on_dev_seeds import REPLACEMENT_LEVEL, ranking, verdict
+    from benchmarks.select_on_dev_seeds import main as select_main
+
+    rows = []
+    for split in range(12):
+        level = 0.6 + 0.01 * split
+        for method, gap in (("t_gamma", 0.0), ("up", 0.01), ("down", -0.01),
+                            ("noisy", (0.08 if split % 2 else -0.06) + 0.001 * split)):
+            rows.append({"dataset": f"toy{split % 3}", "rho": 10, "beta": 0.05,
+                         "seed": 5 + split // 3, "method": method,
+                         "balanced_accuracy": level + gap, "minority_recall": level + gap})
+    table = ranking(pd.DataFrame(rows).assign(
+        criterion=lambda f: (f["balanced_accuracy"] + f["minority_recall"]) / 2),
+        "t_gamma").set_index("method")
+    assert table.loc["noisy", "criterion gain"] > table.loc["up", "criterion gain"] > 0
+    assert table.loc["noisy", "criterion p"] > REPLACEMENT_LEVEL > table.loc["up", "criterion p"]
+    assert table["verdict"].to_dict() == {"noisy": "level", "up": "replaces",
+                                          "t_gamma": "reference", "down": "below"}
+    assert verdict(0.01, float("nan")) == "level"  # too few differing splits for a test
+    assert verdict(0.0, 0.01) == "level"
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    assert select_main([str(tmp_path / "results.csv")]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(
+        "replaces t_gamma (criterion gain > 0, p < 0.05): up (first by gain: up)")
 
 
 def _two_seed_settings(n_settings, ours_minus_rival):
