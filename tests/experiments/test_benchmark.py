@@ -256,6 +256,10 @@ def test_development_seed_selection_ranks_by_both_metrics_and_refuses_reported_s
     assert list(table.index) == ["b", "c", "t_gamma", "a"]
     assert select_main([str(path), "--out", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "ranking.md").exists()
+    means = pd.read_csv(tmp_path / "out" / "by_dataset.csv", index_col="method")
+    assert list(means.index) == ["b", "t_gamma", "a"]  # the ranking's order
+    # b: balanced accuracy 0.79 + 0.01 × seed over seeds 5, 6, 7 is 0.85; minority 0.70
+    assert means.loc["b", "toy"] == "0.850 / 0.700 (3)"
     written = pd.read_csv(tmp_path / "out" / "ranking.csv").set_index("method")["verdict"]
     # three splits cannot reach p < 0.05 (the smallest two-sided Wilcoxon p of 3 pairs is 0.25)
     assert written.to_dict() == {"b": "level", "t_gamma": "reference", "a": "level"}
