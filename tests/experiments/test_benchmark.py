@@ -226,7 +226,7 @@ def test_pseudo_label_summary_against_hand_counts():
 
 
 def test_development_seed_selection_ranks_by_both_metrics_and_refuses_reported_seeds(tmp_path):
-    from benchmarks.select_on_dev_seeds import load_results, ranking
+    from benchmarks.select_on_dev_seeds import by_dataset, load_results, ranking
     from benchmarks.select_on_dev_seeds import main as select_main
 
     rows = []
@@ -260,6 +260,13 @@ def test_development_seed_selection_ranks_by_both_metrics_and_refuses_reported_s
     assert list(means.index) == ["b", "t_gamma", "a"]  # the ranking's order
     # b: balanced accuracy 0.79 + 0.01 × seed over seeds 5, 6, 7 is 0.85; minority 0.70
     assert means.loc["b", "toy"] == "0.850 / 0.700 (3)"
+    # a split where b could not run (NaN metrics) is neither averaged nor counted, and a
+    # method of the order without rows is left out
+    failed = {**rows[2], "seed": 8, "balanced_accuracy": float("nan"),
+              "minority_recall": float("nan")}
+    assert rows[2]["method"] == "b"
+    table = by_dataset(pd.DataFrame(rows + [failed]), ["b", "absent", "a"])
+    assert list(table.index) == ["b", "a"] and table.loc["b", "toy"] == "0.850 / 0.700 (3)"
     written = pd.read_csv(tmp_path / "out" / "ranking.csv").set_index("method")["verdict"]
     # three splits cannot reach p < 0.05 (the smallest two-sided Wilcoxon p of 3 pairs is 0.25)
     assert written.to_dict() == {"b": "level", "t_gamma": "reference", "a": "level"}
@@ -270,17 +277,23 @@ def test_development_seed_selection_ranks_by_both_metrics_and_refuses_reported_s
 
 
 def test_development_seed_verdict_needs_a_significant_criterion_gain(tmp_path, capsys):
-    """A candidate replaces the reference only when its criterion gain is positive at
-    p < 0.05: "up" gains 0.01 on each of 12 splits (two-sided Wilcoxon p = 2/2¹² ≈ 0.0005), "noisy"
-    gains more on average but with its sign flipping (p ≈ 0.5), "down" loses on every split."""
-    from benchmarks.select_on_dev_seeds import REPLACEMENT_LEVEL, ranking, verdict
+    """A candidate replaces the reference only when its criterion gain is significant
+    (p < 0.05) with the mean and the ranks on its side: "up" gains 0.01 on each of 12 splits
+    (two-sided Wilcoxon p = 2/2¹² ≈ 0.0005); "noisy" gains more on average but with its
+    sign flipping (p ≈ 0.18); "down" loses on every split; "lopsided" gains 0.01 on 11
+    splits and loses 0.2 on one, so its mean is negative while the test, on ranks, finds it
+    ahead (p ≈ 0.03): neither side may claim it."""
+    from scipy.stats import wilcoxon
+
+    from benchmarks.select_on_dev_seeds import REPLACEMENT_LEVEL, rank_balance, ranking, verdict
     from benchmarks.select_on_dev_seeds import main as select_main
 
     rows = []
     for split in range(12):
         level = 0.6 + 0.01 * split
         for method, gap in (("t_gamma", 0.0), ("up", 0.01), ("down", -0.01),
-                            ("noisy", (0.08 if split % 2 else -0.06) + 0.001 * split)):
+                            ("noisy", (0.08 if split % 2 else -0.06) + 0.001 * split),
+                            ("lopsided", -0.2 if split == 4 else 0.01)):
             rows.append({"dataset": f"toy{split % 3}", "rho": 10, "beta": 0.05,
                          "seed": 5 + split // 3, "method": method,
                          "balanced_accuracy": level + gap, "minority_recall": level + gap})
@@ -289,14 +302,33 @@ def test_development_seed_verdict_needs_a_significant_criterion_gain(tmp_path, c
         "t_gamma").set_index("method")
     assert table.loc["noisy", "criterion gain"] > table.loc["up", "criterion gain"] > 0
     assert table.loc["noisy", "criterion p"] > REPLACEMENT_LEVEL > table.loc["up", "criterion p"]
+    lopsided = table.loc["lopsided"]
+    assert lopsided["criterion gain"] == pytest.approx((11 * 0.01 - 0.2) / 12)
+    assert lopsided["criterion p"] < REPLACEMENT_LEVEL
+    assert lopsided["criterion rank balance"] == pytest.approx((66 - 12) / 78)
     assert table["verdict"].to_dict() == {"noisy": "level", "up": "replaces",
-                                          "t_gamma": "reference", "down": "below"}
-    assert verdict(0.01, float("nan")) == "level"  # too few differing splits for a test
-    assert verdict(0.0, 0.01) == "level"
+                                          "t_gamma": "reference", "lopsided": "level",
+                                          "down": "below"}
+    assert (table.loc["up", "criterion rank balance"],
+            table.loc["down", "criterion rank balance"]) == (1.0, -1.0)
+    # the balance is the side of the signed-rank statistic scipy tests
+    d = np.array([0.03, -0.01, 0.02, 0.0, -0.05, 0.04])
+    w_plus = wilcoxon(d, zero_method="zsplit", alternative="greater").statistic
+    total = len(d) * (len(d) + 1) / 2
+    assert rank_balance(d) == pytest.approx((2 * w_plus - total) / total)
+    assert math.isnan(rank_balance([]))
+    assert verdict(0.01, float("nan"), 1.0) == "level"  # too few differing splits for a test
+    assert verdict(float("nan"), 0.01, 1.0) == "level"
+    assert verdict(0.0, 0.01, 1.0) == "level"
     pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
     assert select_main([str(tmp_path / "results.csv")]) == 0
     assert capsys.readouterr().out.rstrip().endswith(
-        "replaces t_gamma (criterion gain > 0, p < 0.05): up (first by gain: up)")
+        "replaces t_gamma (p < 0.05, mean and ranks ahead): up (first by gain: up)")
+    no_winner = pd.DataFrame([r for r in rows if r["method"] != "up"])
+    no_winner.to_csv(tmp_path / "no_winner.csv", index=False)
+    assert select_main([str(tmp_path / "no_winner.csv")]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(
+        "replaces t_gamma (p < 0.05, mean and ranks ahead): none")
 
 
 def _two_seed_settings(n_settings, ours_minus_rival):
