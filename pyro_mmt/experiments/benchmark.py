@@ -285,8 +285,8 @@ METHODS: dict[str, Method] = {
         {"unlabelled_prior_shift": 0.0, **THREE}),
     "t_gamma_prior_shift15_ens3": _deep_method(
         "t_gamma_prior_shift15_ens3", "t_gamma_ens3 with the unlabelled rows' q(y | x) shifted "
-        "1.5 times the log labelled frequencies (τ' = 1.5): a classifier leaning further to "
-        "the tail", {"unlabelled_prior_shift": 1.5, **THREE}),
+        "1.5 times the log labelled frequencies (τ' = 1.5): pseudo-labels that lean further to "
+        "the head in training", {"unlabelled_prior_shift": 1.5, **THREE}),
     "t_gamma_prior_shift2_ens3": _deep_method(
         "t_gamma_prior_shift2_ens3", "t_gamma_ens3 with the unlabelled rows' q(y | x) shifted "
         "twice the log labelled frequencies (τ' = 2)", {"unlabelled_prior_shift": 2.0, **THREE}),
