@@ -217,12 +217,21 @@ def main(argv=None) -> int:
     parser.add_argument("results", nargs="+", help="benchmark results.csv files (seeds 5-9)")
     parser.add_argument("--reference", default="t_gamma",
                         help="the method every candidate is paired against")
+    parser.add_argument("--methods", nargs="+", metavar="METHOD",
+                        help="rank only these candidates (with the reference), e.g. a round's "
+                        "own methods against the default's rows of an earlier round")
     parser.add_argument("--out", help="a folder for ranking, mechanism and the figure")
     args = parser.parse_args(argv)
     results = load_results(args.results)
-    if args.reference not in set(results["method"]):
+    found = set(results["method"])
+    if args.reference not in found:
         parser.error(f"--reference: {args.reference!r} is not among the methods "
-                     f"{sorted(results['method'].unique())}")
+                     f"{sorted(found)}")
+    if args.methods:
+        unknown = sorted(set(args.methods) - found)
+        if unknown:
+            parser.error(f"--methods: {unknown} are not among the methods {sorted(found)}")
+        results = results[results["method"].isin({args.reference, *args.methods})]
     table = ranking(results, args.reference)
     mech = mechanism(results)  # empty where the rows carry no pseudo-label statistics
     with pd.option_context("display.width", 200, "display.max_columns", 30):

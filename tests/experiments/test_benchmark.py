@@ -271,6 +271,12 @@ def test_development_seed_selection_ranks_by_both_metrics_and_refuses_reported_s
     # three splits cannot reach p < 0.05 (the smallest two-sided Wilcoxon p of 3 pairs is 0.25)
     assert written.to_dict() == {"b": "level", "t_gamma": "reference", "a": "level"}
     assert not (tmp_path / "out" / "mechanism.md").exists()  # no pseudo-label statistics
+    # --methods ranks only the candidates named, with the reference
+    assert select_main([str(path), "--methods", "a", "--out", str(tmp_path / "only")]) == 0
+    only = pd.read_csv(tmp_path / "only" / "ranking.csv")
+    assert sorted(only["method"]) == ["a", "t_gamma"]
+    with pytest.raises(SystemExit):
+        select_main([str(path), "--methods", "a", "nope"])
     pd.DataFrame([{**rows[0], "seed": 0}]).to_csv(tmp_path / "reported.csv", index=False)
     with pytest.raises(ValueError, match="not development seeds"):
         load_results([tmp_path / "reported.csv"])
