@@ -225,7 +225,8 @@ def test_pseudo_label_summary_against_hand_counts():
     assert all(isinstance(v, float) and math.isnan(v) for v in empty.values())
 
 
-def test_development_seed_selection_ranks_by_both_metrics_and_refuses_reported_seeds(tmp_path):
+def test_development_seed_selection_ranks_by_both_metrics_and_refuses_reported_seeds(tmp_path,
+                                                                                   capsys):
     from benchmarks.select_on_dev_seeds import by_dataset, load_results, ranking
     from benchmarks.select_on_dev_seeds import main as select_main
 
@@ -277,6 +278,7 @@ def test_development_seed_selection_ranks_by_both_metrics_and_refuses_reported_s
     assert sorted(only["method"]) == ["a", "t_gamma"]
     with pytest.raises(SystemExit):
         select_main([str(path), "--methods", "a", "nope"])
+    assert "--methods: ['nope'] are not among the methods" in capsys.readouterr().err
     pd.DataFrame([{**rows[0], "seed": 0}]).to_csv(tmp_path / "reported.csv", index=False)
     with pytest.raises(ValueError, match="not development seeds"):
         load_results([tmp_path / "reported.csv"])
