@@ -311,6 +311,15 @@ METHODS: dict[str, Method] = {
     "t_gamma_half": _deep_method("t_gamma_half", "the defaults with γ = ½ × (−2/(ν+n+d)) per "
                                  "datum, half-way to the KL (Monte Carlo cross term)",
                                  {"gamma": "0.5x auto"}),
+    "t_gamma_hidden256_single": _deep_method(
+        "t_gamma_hidden256_single", "one initialisation with 256 hidden units per network "
+        "(twice the default)", {"hidden": (256,), **SINGLE}),
+    "t_gamma_deep_single": _deep_method(
+        "t_gamma_deep_single", "one initialisation with two hidden layers of 128 units per "
+        "network", {"hidden": (128, 128), **SINGLE}),
+    "t_gamma_latent32_single": _deep_method(
+        "t_gamma_latent32_single", "one initialisation with a latent z of dimension 32 (twice "
+        "the default)", {"latent_dim": 32, **SINGLE}),
     "t_gamma_v1": _deep_method("t_gamma_v1", "the previous release's t_gamma: α = 1000 per "
                                "datum, balanced class weights + logit adjustment + prior shift, "
                                "per-data-set epochs, no averaging (chosen on test splits)", V1),
