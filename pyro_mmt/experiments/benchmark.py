@@ -320,6 +320,12 @@ METHODS: dict[str, Method] = {
     "t_gamma_latent32_single": _deep_method(
         "t_gamma_latent32_single", "one initialisation with a latent z of dimension 32 (twice "
         "the default)", {"latent_dim": 32, **SINGLE}),
+    "t_gamma_hidden64_single": _deep_method(
+        "t_gamma_hidden64_single", "one initialisation with 64 hidden units per network (half "
+        "the default)", {"hidden": (64,), **SINGLE}),
+    "t_gamma_latent8_single": _deep_method(
+        "t_gamma_latent8_single", "one initialisation with a latent z of dimension 8 (half the "
+        "default)", {"latent_dim": 8, **SINGLE}),
     "t_gamma_v1": _deep_method("t_gamma_v1", "the previous release's t_gamma: α = 1000 per "
                                "datum, balanced class weights + logit adjustment + prior shift, "
                                "per-data-set epochs, no averaging (chosen on test splits)", V1),
