@@ -24,6 +24,7 @@ mixture. Seeds 0–4 are refused unless ``--reported``.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -64,10 +65,20 @@ def _path(out: Path, dataset, rho, beta, seed, method, member) -> Path:
     return out / "arrays" / f"{dataset}_rho{rho:g}_beta{beta:g}_seed{seed}_{method}_m{member}.npz"
 
 
+def _options(method: str) -> str:
+    """The options ``method`` fits with, as the text a member's file records."""
+    from pyro_mmt.experiments.benchmark import METHODS
+
+    return json.dumps({**METHODS[method].options, "decision_shift": 0.0}, sort_keys=True,
+                      default=str)
+
+
 def fit_member(dataset, rho, beta, seed, method, member, out: Path) -> Path:
     """Fit member ``member`` of ``method`` (its fit at ``seed + 1000 member``, predicting as
-    trained) and save its test and unlabelled q(y | x) with the labels; an existing file is
-    kept."""
+    trained) and save its test and unlabelled q(y | x) with the labels and the options it was
+    fitted with. An existing file is kept when it records the method's options (or none, a
+    file from before they were recorded) and refused with a ``ValueError`` when it records
+    others (the method's definition changed since)."""
     import torch
 
     from pyro_mmt.experiments.benchmark import METHODS, estimator_fit_predict
@@ -75,6 +86,11 @@ def fit_member(dataset, rho, beta, seed, method, member, out: Path) -> Path:
     torch.set_num_threads(1)
     path = _path(out, dataset, rho, beta, seed, method, member)
     if path.exists():
+        with np.load(path, allow_pickle=False) as saved:
+            found = str(saved["options"]) if "options" in saved.files else None
+        if found is not None and found != _options(method):
+            raise ValueError(f"{path}: fitted with options {found}, but {method} now has "
+                             f"{_options(method)}; remove it or use another --out")
         return path
     split = long_tailed_split(load_dataset(dataset), rho, beta, seed)
     options = {**METHODS[method].options, "decision_shift": 0.0}
@@ -85,7 +101,7 @@ def fit_member(dataset, rho, beta, seed, method, member, out: Path) -> Path:
                   "unlabelled_proba", np.zeros((0, split.train.num_classes))),
               "test_y": split.test.y.numpy(), "unlabelled_y": split.train_labels[unlabelled],
               "labelled_counts": split.labelled_class_counts,
-              "train_counts": split.train_class_counts}
+              "train_counts": split.train_class_counts, "options": np.array(_options(method))}
 
     def save(tmp: Path) -> None:
         with tmp.open("wb") as f:

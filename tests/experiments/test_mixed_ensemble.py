@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.mixed_ensemble import _path, main, parse_counts, score_mixture
+from benchmarks.mixed_ensemble import _options, _path, fit_member, main, parse_counts, score_mixture
 from pyro_mmt.config import ModelConfig
 from pyro_mmt.evaluation.metrics import classification_metrics
 
@@ -123,3 +123,19 @@ def test_rescore_says_what_it_cannot_score(tmp_path, capsys):
     assert "3 (split, mixture) pairs lack a member's fit" in out
     with pytest.raises(SystemExit, match="no mixture could be scored"):
         main(["--datasets", "digits", "--seeds", "6", "--rescore", "--out", str(tmp_path)])
+
+
+def test_a_saved_member_of_other_options_is_refused_not_reused(tmp_path):
+    rng = np.random.default_rng(4)
+    _member(tmp_path, "t_gamma_single", 0, rng)  # a file without recorded options: kept
+    assert fit_member(*SPLIT, "t_gamma_single", 0, tmp_path) == _path(
+        tmp_path, *SPLIT, "t_gamma_single", 0)
+    path = _path(tmp_path, *SPLIT, "gauss_kl_single", 0)
+    with np.load(_path(tmp_path, *SPLIT, "t_gamma_single", 0)) as a:
+        arrays = dict(a)
+    # the file of one method's options under another method's name: refused before any fit
+    np.savez(path, **arrays, options=np.array(_options("t_gamma_single")))
+    with pytest.raises(ValueError, match="fitted with options .* but gauss_kl_single now has"):
+        fit_member(*SPLIT, "gauss_kl_single", 0, tmp_path)
+    np.savez(path, **arrays, options=np.array(_options("gauss_kl_single")))
+    assert fit_member(*SPLIT, "gauss_kl_single", 0, tmp_path) == path
