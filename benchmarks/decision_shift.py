@@ -105,7 +105,7 @@ def fit_one(dataset, rho, beta, seed, method, out: Path) -> Path:
     refused (files from before that record have none and are trusted)."""
     import torch
 
-    from pyro_mmt.experiments.benchmark import METHODS, estimator_fit_predict
+    from pyro_mmt.experiments.benchmark import METHODS
 
     torch.set_num_threads(1)
     path = out / "arrays" / f"{_key(dataset, rho, beta, seed, method)}.npz"
@@ -125,29 +125,39 @@ def fit_one(dataset, rho, beta, seed, method, out: Path) -> Path:
         options["n_init"] = total - kept
     else:
         kept = 0
-    # q(y | x) as trained (δ = 0): the shifts are applied when scoring
-    pred = estimator_fit_predict(options)(split, seed + 1000 * kept, dataset)
-    test_proba = pred.estimates["test_proba"]
-    unlabelled_proba = pred.estimates.get("unlabelled_proba",
-                                          np.zeros((0, split.train.num_classes)))
+    arrays = fit_arrays(split, options, seed + 1000 * kept, dataset)
     if kept:  # q̄ is the members' mean: weigh the saved mean by its members
         with np.load(saved[0], allow_pickle=False) as first:
-            test_proba = (kept * first["test_proba"] + (total - kept) * test_proba) / total
-            unlabelled_proba = (kept * first["unlabelled_proba"]
-                                + (total - kept) * unlabelled_proba) / total
-    unlabelled = ~split.train.is_labelled.numpy()
-    arrays = {"test_proba": test_proba, "test_y": split.test.y.numpy(),
-              "unlabelled_proba": unlabelled_proba,
-              "unlabelled_y": split.train_labels[unlabelled],
-              "labelled_counts": split.labelled_class_counts,
-              "train_counts": split.train_class_counts, "n_init": np.int64(total)}
+            for key in ("test_proba", "unlabelled_proba"):
+                arrays[key] = (kept * first[key] + (total - kept) * arrays[key]) / total
+    save_arrays(path, {**arrays, "n_init": np.int64(total)})
+    return path
 
+
+def fit_arrays(split, options: dict, fit_seed: int, dataset: str) -> dict:
+    """Fit the estimator with ``options`` on ``split`` at ``fit_seed`` and return what scoring
+    needs: q(y | x) as trained (the options' ``decision_shift`` should be 0; the shifts are
+    applied when scoring) on the test rows and on the unlabelled training rows, the true
+    labels of both and the labelled and training class counts."""
+    from pyro_mmt.experiments.benchmark import estimator_fit_predict
+
+    pred = estimator_fit_predict(options)(split, fit_seed, dataset)
+    unlabelled = ~split.train.is_labelled.numpy()
+    return {"test_proba": pred.estimates["test_proba"], "test_y": split.test.y.numpy(),
+            "unlabelled_proba": pred.estimates.get("unlabelled_proba",
+                                                   np.zeros((0, split.train.num_classes))),
+            "unlabelled_y": split.train_labels[unlabelled],
+            "labelled_counts": split.labelled_class_counts,
+            "train_counts": split.train_class_counts}
+
+
+def save_arrays(path: Path, arrays: dict) -> None:
+    """Write ``arrays`` to ``path`` (``.npz``) atomically."""
     def save(tmp: Path) -> None:
         with tmp.open("wb") as f:  # a file object: np.savez adds no ".npz" to the name
             np.savez(f, **arrays)
 
     write_atomic(path, save)
-    return path
 
 
 def _check_members(path: Path, n_init: int) -> None:
@@ -159,7 +169,7 @@ def _check_members(path: Path, n_init: int) -> None:
                          "use another --out")
 
 
-def score(path: Path, dataset, rho, beta, seed, method, shifts=SHIFTS,
+def score(path, dataset, rho, beta, seed, method, shifts=SHIFTS,
           shares=SHARES, predicted_shifts=PREDICTED_SHIFTS,
           pseudo_counts=()) -> list[dict]:
     """The benchmark's metrics at every fixed shift along π̂ (``<method>@<δ>``) and along the
@@ -170,8 +180,9 @@ def score(path: Path, dataset, rho, beta, seed, method, shifts=SHIFTS,
     with c pseudo-counts per class in place of the library's one (``<method>@pred<δ>c<c>``).
     Every row also has the ``pseudo_*`` columns of
     :func:`~pyro_mmt.experiments.benchmark.pseudo_label_summary`: the fit's q(y | x) as trained
-    on its unlabelled rows (the same for every rule of a fit)."""
-    a = np.load(path, allow_pickle=False)
+    on its unlabelled rows (the same for every rule of a fit). ``path`` is a saved fit's
+    ``.npz``, or its arrays (:func:`fit_arrays`' keys) themselves."""
+    a = path if isinstance(path, dict) else np.load(path, allow_pickle=False)
     log_freq = np.log(a["labelled_counts"] / a["labelled_counts"].sum())
     log_q = np.log(np.clip(a["test_proba"], 1e-300, None))
     log_u = np.log(np.clip(a["unlabelled_proba"], 1e-300, None))

@@ -30,12 +30,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.decision_shift import _key, fit_arrays, save_arrays, score
 from benchmarks.select_on_dev_seeds import DEVELOPMENT_SEEDS
 from pyro_mmt.config import ModelConfig
 from pyro_mmt.data import load_dataset, long_tailed_split
-from pyro_mmt.decision import reference_log_shares
-from pyro_mmt.evaluation.metrics import classification_metrics
-from pyro_mmt.experiments.benchmark import grid_splits, pseudo_label_summary
+from pyro_mmt.experiments.benchmark import grid_splits
 from pyro_mmt.run_folder import write_atomic
 
 
@@ -62,7 +61,7 @@ def parse_counts(text: str) -> dict[str, int]:
 
 
 def _path(out: Path, dataset, rho, beta, seed, method, member) -> Path:
-    return out / "arrays" / f"{dataset}_rho{rho:g}_beta{beta:g}_seed{seed}_{method}_m{member}.npz"
+    return out / "arrays" / f"{_key(dataset, rho, beta, seed, method)}_m{member}.npz"
 
 
 def _options(method: str) -> str:
@@ -81,7 +80,7 @@ def fit_member(dataset, rho, beta, seed, method, member, out: Path) -> Path:
     others (the method's definition changed since)."""
     import torch
 
-    from pyro_mmt.experiments.benchmark import METHODS, estimator_fit_predict
+    from pyro_mmt.experiments.benchmark import METHODS
 
     torch.set_num_threads(1)
     path = _path(out, dataset, rho, beta, seed, method, member)
@@ -94,20 +93,8 @@ def fit_member(dataset, rho, beta, seed, method, member, out: Path) -> Path:
         return path
     split = long_tailed_split(load_dataset(dataset), rho, beta, seed)
     options = {**METHODS[method].options, "decision_shift": 0.0}
-    pred = estimator_fit_predict(options)(split, seed + 1000 * member, dataset)
-    unlabelled = ~split.train.is_labelled.numpy()
-    arrays = {"test_proba": pred.estimates["test_proba"],
-              "unlabelled_proba": pred.estimates.get(
-                  "unlabelled_proba", np.zeros((0, split.train.num_classes))),
-              "test_y": split.test.y.numpy(), "unlabelled_y": split.train_labels[unlabelled],
-              "labelled_counts": split.labelled_class_counts,
-              "train_counts": split.train_class_counts, "options": np.array(_options(method))}
-
-    def save(tmp: Path) -> None:
-        with tmp.open("wb") as f:
-            np.savez(f, **arrays)
-
-    write_atomic(path, save)
+    arrays = fit_arrays(split, options, seed + 1000 * member, dataset)
+    save_arrays(path, {**arrays, "options": np.array(_options(method))})
     return path
 
 
@@ -131,17 +118,13 @@ def score_mixture(out: Path, dataset, rho, beta, seed, mixture: str) -> dict | N
             if not np.array_equal(a[key], first[key]):
                 raise ValueError(f"{path}: its {key} differs from {paths[0]}'s; the members of "
                                  "a mixture must be fits of the same split")
-    test = np.mean([a["test_proba"] for a in loaded], axis=0)
-    unl = np.mean([a["unlabelled_proba"] for a in loaded], axis=0)
-    log_ref = reference_log_shares(np.log(np.clip(unl, 1e-300, None))).numpy()
-    log_q = np.log(np.clip(test, 1e-300, None))
-    pred = (log_q - ModelConfig.decision_shift * log_ref).argmax(1)
-    row = {"dataset": dataset, "rho": rho, "beta": beta, "seed": seed, "unlabelled": "same",
-           "method": mixture, "n_labelled": int(first["labelled_counts"].sum()),
-           "num_classes": int(test.shape[1])}
-    row.update(classification_metrics(first["test_y"], pred, first["train_counts"]))
-    row.update(pseudo_label_summary(unl, first["unlabelled_y"], first["train_counts"]))
-    return row
+    mean = {**first, **{key: np.mean([a[key] for a in loaded], axis=0)
+                        for key in ("test_proba", "unlabelled_proba")}}
+    # the default rule only (δ along the mixture's own r), scored as every saved fit is
+    [row] = score(mean, dataset, rho, beta, seed, mixture, shifts=(), shares=(),
+                  predicted_shifts=(ModelConfig.decision_shift,))
+    row["method"] = mixture
+    return {k: v for k, v in row.items() if k not in ("base_method", "shift", "shares")}
 
 
 def main(argv=None):
