@@ -98,9 +98,11 @@ def fit_member(dataset, rho, beta, seed, method, member, out: Path) -> Path:
     return path
 
 
-def score_mixture(out: Path, dataset, rho, beta, seed, mixture: str) -> dict | None:
-    """The benchmark's metrics of ``mixture`` on one split at the default decision rule, or
-    None when a member's file is missing.
+def load_mixture(out: Path, dataset, rho, beta, seed, mixture: str) -> dict | None:
+    """The arrays of ``mixture`` on one split: its members' q(y | x) on the test and unlabelled
+    rows averaged with equal weight per member, with the split's labels and class counts (the
+    keys of :func:`benchmarks.decision_shift.fit_arrays`), or None when a member's file is
+    missing.
 
     :raises ValueError: members whose labels or class counts differ (files of other splits)."""
     counts = parse_counts(mixture)
@@ -118,8 +120,20 @@ def score_mixture(out: Path, dataset, rho, beta, seed, mixture: str) -> dict | N
             if not np.array_equal(a[key], first[key]):
                 raise ValueError(f"{path}: its {key} differs from {paths[0]}'s; the members of "
                                  "a mixture must be fits of the same split")
-    mean = {**first, **{key: np.mean([a[key] for a in loaded], axis=0)
-                        for key in ("test_proba", "unlabelled_proba")}}
+    return {**{key: first[key] for key in ("test_y", "unlabelled_y", "labelled_counts",
+                                           "train_counts")},
+            **{key: np.mean([a[key] for a in loaded], axis=0)
+               for key in ("test_proba", "unlabelled_proba")}}
+
+
+def score_mixture(out: Path, dataset, rho, beta, seed, mixture: str) -> dict | None:
+    """The benchmark's metrics of ``mixture`` on one split at the default decision rule, or
+    None when a member's file is missing.
+
+    :raises ValueError: members whose labels or class counts differ (files of other splits)."""
+    mean = load_mixture(out, dataset, rho, beta, seed, mixture)
+    if mean is None:
+        return None
     # the default rule only (δ along the mixture's own r), scored as every saved fit is
     [row] = score(mean, dataset, rho, beta, seed, mixture, shifts=(), shares=(),
                   predicted_shifts=(ModelConfig.decision_shift,))
