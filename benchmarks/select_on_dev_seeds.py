@@ -220,9 +220,25 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+", metavar="METHOD",
                         help="rank only these candidates (with the reference), e.g. a round's "
                         "own methods against the default's rows of an earlier round")
+    parser.add_argument("--same", nargs=2, action="append", default=[], metavar=("NAME", "AS"),
+                        help="count the rows of method NAME as rows of AS: the same method "
+                        "under another name in another round (e.g. --same t_gamma_single=5 "
+                        "t_gamma); repeatable")
     parser.add_argument("--out", help="a folder for ranking, mechanism and the figure")
     args = parser.parse_args(argv)
     results = load_results(args.results)
+    for name, alias in args.same:
+        rows = results["method"] == name
+        if not rows.any():
+            parser.error(f"--same: {name!r} is not among the methods "
+                         f"{sorted(set(results['method']))}")
+        split = ["dataset", "rho", "beta", "seed"]
+        both = results.loc[rows, split].merge(results.loc[results["method"] == alias, split])
+        if len(both):
+            parser.error(f"--same: {name!r} and {alias!r} both have rows of "
+                         f"{len(both)} split(s), e.g. {tuple(both.iloc[0])}; expected rows of "
+                         "other splits (nothing is merged)")
+        results.loc[rows, "method"] = alias
     found = set(results["method"])
     if args.reference not in found:
         parser.error(f"--reference: {args.reference!r} is not among the methods "

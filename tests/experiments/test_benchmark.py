@@ -279,6 +279,25 @@ def test_development_seed_selection_ranks_by_both_metrics_and_refuses_reported_s
     with pytest.raises(SystemExit):
         select_main([str(path), "--methods", "a", "nope"])
     assert "--methods: ['nope'] are not among the methods" in capsys.readouterr().err
+    # --same: another round's rows of the reference under another name (seeds 8, 9, another
+    # data set) count as the reference's, so "b" is paired on five splits, not three
+    other = [{"dataset": "toy2", "rho": 10, "beta": 0.05, "seed": seed, "method": method,
+              "balanced_accuracy": bacc, "minority_recall": minority}
+             for seed in (8, 9) for method, bacc, minority in (
+                 ("t_gamma_single=5", 0.80, 0.60), ("b", 0.79, 0.70))]
+    pd.DataFrame(other).to_csv(tmp_path / "other.csv", index=False)
+    assert select_main([str(path), str(tmp_path / "other.csv"), "--same", "t_gamma_single=5",
+                        "t_gamma", "--out", str(tmp_path / "same")]) == 0
+    same = pd.read_csv(tmp_path / "same" / "ranking.csv").set_index("method")
+    assert "t_gamma_single=5" not in same.index
+    assert same.loc["b", "minority_recall w/t/l"] == "5 / 0 / 0"
+    with pytest.raises(SystemExit):
+        select_main([str(path), "--same", "nope", "t_gamma"])
+    assert "--same: 'nope' is not among the methods" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # rows of the same splits: refused, not merged
+        select_main([str(path), "--same", "a", "t_gamma"])
+    assert "--same: 'a' and 't_gamma' both have rows of 3 split(s)" in \
+        capsys.readouterr().err
     pd.DataFrame([{**rows[0], "seed": 0}]).to_csv(tmp_path / "reported.csv", index=False)
     with pytest.raises(ValueError, match="not development seeds"):
         load_results([tmp_path / "reported.csv"])
