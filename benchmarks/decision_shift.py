@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.select_on_dev_seeds import DEVELOPMENT_SEEDS
+from benchmarks.select_on_dev_seeds import add_split_arguments, check_seeds
 from pyro_mmt.config import ModelConfig, TrainingConfig
 from pyro_mmt.data import load_dataset, long_tailed_split
 from pyro_mmt.decision import choose_decision_shift, reference_log_shares
@@ -301,9 +301,7 @@ def tasks(datasets, seeds, methods, rhos=None, betas=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=["digits", "breast", "mfeat",
-                                                          "pdspeech", "pbc"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(DEVELOPMENT_SEEDS))
+    add_split_arguments(parser)
     parser.add_argument("--methods", nargs="+", default=["t_gamma", "gauss_kl", "t_kl"])
     parser.add_argument("--rhos", nargs="+", type=float)
     parser.add_argument("--betas", nargs="+", type=float)
@@ -312,9 +310,6 @@ def main(argv=None):
                         "(<method>@pred<δ>c<C>; the library uses one)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--rescore", action="store_true", help="score the saved arrays only")
-    parser.add_argument("--reported", action="store_true",
-                        help="allow the reported seeds 0–4 (to report a rule chosen on the "
-                        "development seeds, never to choose one)")
     parser.add_argument("--matched", action="store_true",
                         help="also write matched.csv: the other models shifted to the tail lean "
                         "of t_gamma at the default δ on the unlabelled rows (an analysis)")
@@ -328,11 +323,7 @@ def main(argv=None):
                         "not scored here, on the splits scored here")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    bad = sorted(set(args.seeds) - set(DEVELOPMENT_SEEDS))
-    if bad and not args.reported:
-        raise SystemExit(f"--seeds: {bad} are not development seeds {list(DEVELOPMENT_SEEDS)}; "
-                         "pass --reported to score the reported seeds with a rule already "
-                         "chosen")
+    check_seeds(parser, args)
     from pyro_mmt.experiments.benchmark import METHODS
 
     not_deep = [m for m in args.methods if m not in METHODS or METHODS[m].options is None]

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.decision_shift import _key, fit_arrays, save_arrays, score
-from benchmarks.select_on_dev_seeds import DEVELOPMENT_SEEDS
+from benchmarks.select_on_dev_seeds import add_split_arguments, check_seeds
 from pyro_mmt.config import ModelConfig
 from pyro_mmt.data import load_dataset, long_tailed_split
 from pyro_mmt.experiments.benchmark import grid_splits
@@ -143,9 +143,7 @@ def score_mixture(out: Path, dataset, rho, beta, seed, mixture: str) -> dict | N
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=["digits", "breast", "mfeat",
-                                                          "pdspeech", "pbc"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(DEVELOPMENT_SEEDS))
+    add_split_arguments(parser)
     parser.add_argument("--members", nargs="+", default=["t_gamma_single=5",
                                                          "gauss_kl_single=2"],
                         metavar="METHOD=K", help="fit members 0..K−1 of each METHOD")
@@ -153,15 +151,9 @@ def main(argv=None):
                         default=["t_gamma_single=5", "t_gamma_single=3+gauss_kl_single=2"])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--rescore", action="store_true", help="score the saved arrays only")
-    parser.add_argument("--reported", action="store_true",
-                        help="allow the reported seeds 0–4 (to report a choice made on the "
-                        "development seeds, never to make one)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    bad = sorted(set(args.seeds) - set(DEVELOPMENT_SEEDS))
-    if bad and not args.reported:
-        parser.error(f"--seeds: {bad} are not development seeds {list(DEVELOPMENT_SEEDS)}; "
-                     "pass --reported to report a choice already made")
+    check_seeds(parser, args)
     if args.jobs < 1:
         parser.error(f"--jobs: expected an integer >= 1, found {args.jobs}")
 

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.mixed_ensemble import load_mixture, parse_counts
-from benchmarks.select_on_dev_seeds import DEVELOPMENT_SEEDS
+from benchmarks.select_on_dev_seeds import add_split_arguments, check_seeds
 from pyro_mmt.config import ModelConfig
 from pyro_mmt.decision import reference_log_shares
 from pyro_mmt.evaluation.metrics import minority_classes
@@ -154,17 +154,10 @@ def main(argv=None):
     parser.add_argument("members", type=Path,
                         help="a benchmarks.mixed_ensemble --out folder (its arrays/)")
     parser.add_argument("--mixtures", nargs="+", required=True, metavar="A=K+B=M")
-    parser.add_argument("--datasets", nargs="+", default=["digits", "breast", "mfeat",
-                                                          "pdspeech", "pbc"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(DEVELOPMENT_SEEDS))
-    parser.add_argument("--reported", action="store_true",
-                        help="allow the reported seeds 0–4 (to report, never to choose)")
+    add_split_arguments(parser)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    bad = sorted(set(args.seeds) - set(DEVELOPMENT_SEEDS))
-    if bad and not args.reported:
-        parser.error(f"--seeds: {bad} are not development seeds {list(DEVELOPMENT_SEEDS)}; "
-                     "pass --reported to report a choice already made")
+    check_seeds(parser, args)
     if not (args.members / "arrays").is_dir():
         parser.error(f"members: {args.members} has no arrays/ folder (expected a "
                      "benchmarks.mixed_ensemble --out folder)")

@@ -54,6 +54,26 @@ from pyro_mmt.run_folder import write_atomic, write_text_atomic
 
 #: The seeds that choose the defaults; the reported benchmark uses 0–4.
 DEVELOPMENT_SEEDS = (5, 6, 7, 8, 9)
+DEVELOPMENT_DATASETS = ("digits", "breast", "mfeat", "pdspeech", "pbc")
+
+
+def add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--datasets``, ``--seeds`` (the development seeds by default) and ``--reported``, the
+    splits a development-seed script works on; :func:`check_seeds` enforces them."""
+    parser.add_argument("--datasets", nargs="+", default=list(DEVELOPMENT_DATASETS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(DEVELOPMENT_SEEDS))
+    parser.add_argument("--reported", action="store_true",
+                        help="allow the reported seeds 0–4 (to report a choice made on the "
+                        "development seeds, never to make one)")
+
+
+def check_seeds(parser: argparse.ArgumentParser, args) -> None:
+    """Refuse (``parser.error``, naming ``--seeds``) seeds other than the development seeds
+    unless ``--reported``."""
+    bad = sorted(set(args.seeds) - set(DEVELOPMENT_SEEDS))
+    if bad and not args.reported:
+        parser.error(f"--seeds: {bad} are not development seeds {list(DEVELOPMENT_SEEDS)}; "
+                     "pass --reported to report a choice already made")
 
 METRICS = ("balanced_accuracy", "minority_recall", "criterion")
 

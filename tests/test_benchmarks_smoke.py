@@ -268,7 +268,8 @@ def test_decision_shift_benchmark_rows_take_each_methods_delta_and_the_baselines
     assert added[["dataset", "method"]].values.tolist() == [["x", "lr"]]
 
 
-def test_decision_shift_extends_a_saved_ensemble_by_the_members_it_lacks(tmp_path, monkeypatch):
+def test_decision_shift_extends_a_saved_ensemble_by_the_members_it_lacks(tmp_path, monkeypatch,
+                                                                     capsys):
     """t_gamma (five members) on a split whose three-member fit t_gamma_ens3 is saved fits
     members 3 and 4 only (seeds seed + 3000, seed + 4000) and saves the five members' mean,
     which is what fitting all five gives."""
@@ -319,6 +320,9 @@ def test_decision_shift_extends_a_saved_ensemble_by_the_members_it_lacks(tmp_pat
         ds.fit_one("digits", 10.0, 0.2, 5, "t_gamma", stale)
     with pytest.raises(SystemExit):  # a baseline has no q(y | x) to save
         ds.main(["--methods", "lr", "--rescore", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit):  # the reported seeds only with --reported
+        ds.main(["--seeds", "0", "--rescore", "--out", str(tmp_path / "x")])
+    assert "--seeds: [0] are not development seeds" in capsys.readouterr().err
 
     # the script fits in waves by number of members, whatever the order of --methods
     calls.clear()
