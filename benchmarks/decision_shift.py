@@ -295,7 +295,8 @@ def matched_lean(out: Path, todo, reference: str = "t_gamma",
 
 def tasks(datasets, seeds, methods, rhos=None, betas=None):
     """(data set, ρ, β, seed, method) for every split of the grid and method."""
-    return [(*split, m) for split in grid_splits(datasets, rhos=rhos, betas=betas, seeds=seeds)
+    splits = grid_splits(datasets, rhos=rhos, betas=betas, seeds=seeds, progress=print)
+    return [(*split, m) for split in splits
             for m in methods]
 
 

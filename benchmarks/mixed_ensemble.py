@@ -176,7 +176,7 @@ def main(argv=None):
                  if k > members.get(m, 0)]
         if short:
             parser.error(f"--mixtures: {'; '.join(short)}")
-    splits = grid_splits(args.datasets, seeds=args.seeds)
+    splits = grid_splits(args.datasets, seeds=args.seeds, progress=print)
     (args.out / "arrays").mkdir(parents=True, exist_ok=True)
     if not args.rescore:
         from joblib import Parallel, delayed

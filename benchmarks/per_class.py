@@ -11,8 +11,8 @@ the fewest training rows). This script opens it up: for every split, mixture of 
   mixture's mean prediction r on the unlabelled rows) and as trained (δ = 0);
 - its recall on the split's unlabelled training rows, as trained and at the same rule (the
   pseudo-labels; their true labels are read for analysis only, as no method sees them), the
-  share of the unlabelled rows predicted as the class against its true share, r_y, and the mean
-  q(y = class | x) over the class's unlabelled rows.
+  share of the unlabelled rows predicted as the class as trained (argmax q(y | x)) against its
+  true share, r_y, and the mean q(y = class | x) over the class's unlabelled rows.
 
 ::
 
@@ -64,8 +64,11 @@ def class_rows(arrays: dict, delta: float = ModelConfig.decision_shift) -> pd.Da
     log_r = reference_log_shares(log_unl).numpy()
     test_pred, test_pred0 = (log_test - delta * log_r).argmax(1), test_q.argmax(1)
     unl_pred, unl_pred0 = (log_unl - delta * log_r).argmax(1), unl_q.argmax(1)
+    # rank 0 the largest class; ties ordered as minority_classes orders them (the lower
+    # class index counts as the smaller class), so the last max(1, K // 3) ranks are the
+    # minority classes
     rank = np.empty(k, dtype=np.int64)
-    rank[np.lexsort((np.arange(k), -train))] = np.arange(k)  # head first, ties by class index
+    rank[np.lexsort((np.arange(k), train))] = np.arange(k)[::-1]
     minority = np.isin(np.arange(k), minority_classes(train))
     n_unl = max(len(unl_y), 1)
     return pd.DataFrame([{
@@ -153,9 +156,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("members", type=Path,
                         help="a benchmarks.mixed_ensemble --out folder (its arrays/)")
-    parser.add_argument("--mixtures", nargs="+", required=True, metavar="A=K+B=M")
+    parser.add_argument("--mixtures", nargs="+", required=True, metavar="A=K+B=M",
+                        help="mixtures of saved members, as benchmarks.mixed_ensemble's")
     add_split_arguments(parser)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True,
+                        help="a folder for classes.csv, summary.md and recall_by_rank.png")
     args = parser.parse_args(argv)
     check_seeds(parser, args)
     if not (args.members / "arrays").is_dir():
@@ -167,7 +172,7 @@ def main(argv=None):
         except ValueError as err:
             parser.error(f"--mixtures: {err}")
     frames, missing = [], []
-    for split in grid_splits(args.datasets, seeds=args.seeds):
+    for split in grid_splits(args.datasets, seeds=args.seeds, progress=print):
         for mixture in args.mixtures:
             arrays = load_mixture(args.members, *split, mixture)
             if arrays is None:

@@ -33,6 +33,10 @@ the development seeds cannot tell from their noise is not evidence that it gener
 level holds per candidate; a round with many candidates makes a false "replaces" likelier,
 which the data sets kept out of the repository are there to catch.
 
+``--same NAME AS`` counts the rows of method NAME as rows of AS: the same method under another
+name in another round (a mixture ``t_gamma_single=5`` of ``benchmarks/mixed_ensemble.py`` is
+the default ``t_gamma``); a split with rows of both is refused, not merged.
+
 With ``--out`` it writes ``ranking.csv``, ``ranking.md``, ``by_dataset.csv``, ``by_dataset.md``
 (each method's mean balanced accuracy / minority recall per data set, methods in the ranking's
 order), ``mechanism.csv``, ``mechanism.md`` and, where the results hold per-class shares,
@@ -60,16 +64,29 @@ DEVELOPMENT_DATASETS = ("digits", "breast", "mfeat", "pdspeech", "pbc")
 def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     """``--datasets``, ``--seeds`` (the development seeds by default) and ``--reported``, the
     splits a development-seed script works on; :func:`check_seeds` enforces them."""
-    parser.add_argument("--datasets", nargs="+", default=list(DEVELOPMENT_DATASETS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=list(DEVELOPMENT_SEEDS))
+    parser.add_argument("--datasets", nargs="+", default=list(DEVELOPMENT_DATASETS),
+                        help="bundled data sets (pyro_mmt.data.DATASETS)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(DEVELOPMENT_SEEDS),
+                        help="split seeds (the development seeds 5–9 by default)")
     parser.add_argument("--reported", action="store_true",
                         help="allow the reported seeds 0–4 (to report a choice made on the "
                         "development seeds, never to make one)")
 
 
 def check_seeds(parser: argparse.ArgumentParser, args) -> None:
-    """Refuse (``parser.error``, naming ``--seeds``) seeds other than the development seeds
-    unless ``--reported``."""
+    """Refuse (``parser.error``, naming the flag) a data set that is not bundled, a data set or
+    seed given twice (its rows would be counted twice), and seeds other than the development
+    seeds unless ``--reported``."""
+    from pyro_mmt.data import DATASETS
+
+    unknown = [name for name in args.datasets if name not in DATASETS]
+    if unknown:
+        parser.error(f"--datasets: {unknown} are not bundled data sets; expected some of "
+                     f"{sorted(DATASETS)}")
+    for flag, values in (("--datasets", args.datasets), ("--seeds", args.seeds)):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            parser.error(f"{flag}: {twice} given twice; expected each once")
     bad = sorted(set(args.seeds) - set(DEVELOPMENT_SEEDS))
     if bad and not args.reported:
         parser.error(f"--seeds: {bad} are not development seeds {list(DEVELOPMENT_SEEDS)}; "
@@ -248,6 +265,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     results = load_results(args.results)
     for name, alias in args.same:
+        if name == alias:
+            parser.error(f"--same: {name!r} given as its own other name; expected two names")
         rows = results["method"] == name
         if not rows.any():
             parser.error(f"--same: {name!r} is not among the methods "

@@ -294,6 +294,9 @@ def test_development_seed_selection_ranks_by_both_metrics_and_refuses_reported_s
     with pytest.raises(SystemExit):
         select_main([str(path), "--same", "nope", "t_gamma"])
     assert "--same: 'nope' is not among the methods" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        select_main([str(path), "--same", "t_gamma", "t_gamma"])
+    assert "--same: 't_gamma' given as its own other name" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # rows of the same splits: refused, not merged
         select_main([str(path), "--same", "a", "t_gamma"])
     assert "--same: 'a' and 't_gamma' both have rows of 3 split(s)" in \

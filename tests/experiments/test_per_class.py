@@ -47,24 +47,37 @@ def test_class_rows_against_a_hand_computation():
     assert rows["mean_q_own_class"].to_numpy() == pytest.approx([0.8, 0.1, 0.1])
 
 
+def test_rank_and_minority_agree_when_training_counts_tie():
+    """Classes 0 and 1 have 5 training rows each: minority_classes takes the lower index as the
+    smaller class, and so does the rank, so the minority class is the last rank."""
+    arrays = {**_arrays(), "train_counts": np.array([5, 5, 10])}
+    rows = class_rows(arrays).set_index("class")
+    assert rows["rank"].tolist() == [2, 1, 0]
+    assert rows["minority"].tolist() == [True, False, False]
+
+
 def test_class_rows_with_no_shift_is_the_fit_as_trained():
     rows = class_rows(_arrays(), delta=0.0)
     assert rows["test_recall"].equals(rows["test_recall_as_trained"])
     assert rows["unlabelled_recall"].equals(rows["unlabelled_recall_as_trained"])
 
 
+UNLABELLED = (0.3, 0.8, 0.5, 0.9)  # the pseudo-labels' recall at the rule, seeds 5–8
+
+
 def _summary_rows():
-    """Two methods over two splits' tail class (class 2): A loses it on seed 5 (recall 0.1), B
-    on seeds 5 and 6."""
+    """Two methods over four splits' tail class (class 2): A loses it on seed 5 (recall 0.1), B
+    on seeds 5 and 6. The pseudo-labels' recall at the rule is UNLABELLED for both methods;
+    as trained it is its reverse, so a correlation read from the wrong column differs."""
     rows = []
-    for method, recalls in (("A=1", (0.1, 0.9)), ("B=1", (0.2, 0.0))):
-        for seed, recall in zip((5, 6), recalls, strict=True):
+    for method, recalls in (("A=1", (0.1, 0.9, 0.4, 0.7)), ("B=1", (0.2, 0.0, 0.6, 0.8))):
+        for seed, recall, unlabelled in zip((5, 6, 7, 8), recalls, UNLABELLED, strict=True):
             rows.append({"dataset": "digits", "rho": 10, "beta": 0.05, "seed": seed,
                          "method": method, "class": 2, "rank": 2, "num_classes": 3,
                          "minority": True, "labelled": 1 if seed == 5 else 2, "train": 5,
                          "test_recall": recall, "test_recall_as_trained": recall,
-                         "unlabelled_recall": recall + 0.05,
-                         "unlabelled_recall_as_trained": recall,
+                         "unlabelled_recall": unlabelled,
+                         "unlabelled_recall_as_trained": UNLABELLED[::-1][seed - 5],
                          "unlabelled_predicted_share": 0.1, "unlabelled_true_share": 0.1,
                          "reference_share": 0.1, "mean_q_own_class": 0.5})
     return pd.DataFrame(rows)
@@ -73,13 +86,17 @@ def _summary_rows():
 def test_summary_counts_the_lost_tail_classes_and_who_loses_them():
     text = summarise(_summary_rows())
     assert "- A=1 and B=1: 1 lost by both, 0 by A=1 only, 1 by B=1 only" in text
-    # by labelled rows: A loses its one-labelled-row class, B both
+    # by labelled rows: A loses its one-labelled-row class, B that one and one of two rows
     lost = text.split("by labelled rows")[1]
     assert "| A=1      |          1 |      1 |              1 |" in lost
-    assert "| A=1      |          2 |      0 |              1 |" in lost
-    assert "| B=1      |          2 |      1 |              1 |" in lost
-    # unlabelled recall is test recall + 0.05: a correlation of 1
-    assert text.count("|                                                          1 |") == 2
+    assert "| A=1      |          2 |      0 |              3 |" in lost
+    assert "| B=1      |          2 |      1 |              3 |" in lost
+    # the correlation of the pseudo-labels' recall at the rule with the test recall
+    correlations = text.split("predict its test recall?")[1].split("##")[0]
+    for method, recalls in (("A=1", (0.1, 0.9, 0.4, 0.7)), ("B=1", (0.2, 0.0, 0.6, 0.8))):
+        expected = np.corrcoef(UNLABELLED, recalls)[0, 1]
+        line = next(x for x in correlations.splitlines() if x.startswith(f"| {method}"))
+        assert float(line.split("|")[2]) == pytest.approx(expected, abs=0.005)
 
 
 def _member(out, method, member, arrays):
@@ -118,6 +135,10 @@ def test_bad_arguments_are_refused_naming_the_argument(tmp_path, capsys):
     assert "--seeds: [0] are not development seeds" in refused(
         str(tmp_path), "--mixtures", "t_gamma_single=1", "--seeds", "0")
     assert "--mixtures: mixture 'nope=1'" in refused(str(tmp_path), "--mixtures", "nope=1")
+    assert "--datasets: ['nope'] are not bundled data sets" in refused(
+        str(tmp_path), "--mixtures", "t_gamma_single=1", "--datasets", "nope")
+    assert "--seeds: [5] given twice" in refused(
+        str(tmp_path), "--mixtures", "t_gamma_single=1", "--seeds", "5", "5")
     with pytest.raises(SystemExit, match="no mixture could be read"):
         main([str(tmp_path), "--mixtures", "t_gamma_single=1", "--out", str(tmp_path / "r")])
     assert not (tmp_path / "r").exists()
