@@ -326,10 +326,17 @@ METHODS: dict[str, Method] = {
     "t_gamma_latent8_single": _deep_method(
         "t_gamma_latent8_single", "one initialisation with a latent z of dimension 8 (half the "
         "default)", {"latent_dim": 8, **SINGLE}),
-    "t_gamma_v1": _deep_method("t_gamma_v1", "the previous release's t_gamma: α = 1000 per "
+    "t_gamma_label_w3_single": _deep_method(
+        "t_gamma_label_w3_single", "one initialisation with the label terms at weight 3 "
+        "(label_weight=3: unlabelled q(y | x) softer than at 1, sharper than at 'auto')",
+        {"label_weight": 3.0, **SINGLE}),
+    "t_gamma_label_w10_single": _deep_method(
+        "t_gamma_label_w10_single", "one initialisation with the label terms at weight 10 "
+        "(label_weight=10)", {"label_weight": 10.0, **SINGLE}),
+    "t_gamma_v1": _deep_method("t_gamma_v1", "the first release's t_gamma: α = 1000 per "
                                "datum, balanced class weights + logit adjustment + prior shift, "
                                "per-data-set epochs, no averaging (chosen on test splits)", V1),
-    "gauss_kl_v1": _deep_method("gauss_kl_v1", "the previous release's gauss_kl (V1 options, "
+    "gauss_kl_v1": _deep_method("gauss_kl_v1", "the first release's gauss_kl (V1 options, "
                                 "ν = ∞, KL)", {**V1, **GAUSSIAN_KL}),
     "lr": Method("lr", "logistic regression on labelled rows (class_weight balanced)",
                  baselines.lr),
