@@ -148,10 +148,12 @@ def main(argv=None):
                                                          "gauss_kl_single=2"],
                         metavar="METHOD=K", help="fit members 0..K−1 of each METHOD")
     parser.add_argument("--mixtures", nargs="+", metavar="A=K+B=M",
-                        default=["t_gamma_single=5", "t_gamma_single=3+gauss_kl_single=2"])
-    parser.add_argument("--jobs", type=int, default=2)
+                        default=["t_gamma_single=5", "t_gamma_single=3+gauss_kl_single=2"],
+                        help="score members 0..K−1 of A with 0..M−1 of B, averaged")
+    parser.add_argument("--jobs", type=int, default=2, help="processes fitting members")
     parser.add_argument("--rescore", action="store_true", help="score the saved arrays only")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True,
+                        help="a folder for arrays/ (one file per member) and results.csv")
     args = parser.parse_args(argv)
     check_seeds(parser, args)
     if args.jobs < 1:
