@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.select_on_dev_seeds import add_split_arguments, check_seeds
+from benchmarks.select_on_dev_seeds import add_split_arguments, check_splits
 from pyro_mmt.config import ModelConfig, TrainingConfig
 from pyro_mmt.data import load_dataset, long_tailed_split
 from pyro_mmt.decision import choose_decision_shift, reference_log_shares
@@ -324,7 +324,7 @@ def main(argv=None):
                         "not scored here, on the splits scored here")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    check_seeds(parser, args)
+    check_splits(parser, args)
     from pyro_mmt.experiments.benchmark import METHODS
 
     not_deep = [m for m in args.methods if m not in METHODS or METHODS[m].options is None]

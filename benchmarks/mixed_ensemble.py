@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.decision_shift import _key, fit_arrays, save_arrays, score
-from benchmarks.select_on_dev_seeds import add_split_arguments, check_seeds
+from benchmarks.select_on_dev_seeds import add_split_arguments, check_splits
 from pyro_mmt.config import ModelConfig
 from pyro_mmt.data import load_dataset, long_tailed_split
 from pyro_mmt.experiments.benchmark import grid_splits
@@ -155,7 +155,7 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, required=True,
                         help="a folder for arrays/ (one file per member) and results.csv")
     args = parser.parse_args(argv)
-    check_seeds(parser, args)
+    check_splits(parser, args)
     if args.jobs < 1:
         parser.error(f"--jobs: expected an integer >= 1, found {args.jobs}")
 

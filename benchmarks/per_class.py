@@ -37,19 +37,14 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.mixed_ensemble import load_mixture, parse_counts
-from benchmarks.select_on_dev_seeds import add_split_arguments, check_seeds
+from benchmarks.select_on_dev_seeds import add_split_arguments, check_splits
 from pyro_mmt.config import ModelConfig
 from pyro_mmt.decision import reference_log_shares
-from pyro_mmt.evaluation.metrics import minority_classes
+from pyro_mmt.evaluation.metrics import minority_classes, per_class_recall
 from pyro_mmt.experiments.benchmark import grid_splits
 from pyro_mmt.run_folder import write_atomic, write_text_atomic
 
 LOST = 0.25  # a tail class whose test recall is below this is "lost" on its split
-
-
-def _recall(pred, labels, c) -> float:
-    rows = labels == c
-    return float((pred[rows] == c).mean()) if rows.any() else np.nan
 
 
 def class_rows(arrays: dict, delta: float = ModelConfig.decision_shift) -> pd.DataFrame:
@@ -71,13 +66,14 @@ def class_rows(arrays: dict, delta: float = ModelConfig.decision_shift) -> pd.Da
     rank[np.lexsort((np.arange(k), train))] = np.arange(k)[::-1]
     minority = np.isin(np.arange(k), minority_classes(train))
     n_unl = max(len(unl_y), 1)
+    recall = {name: per_class_recall(labels, pred, k).to_numpy() for name, labels, pred in (
+        ("test_recall", test_y, test_pred), ("test_recall_as_trained", test_y, test_pred0),
+        ("unlabelled_recall", unl_y, unl_pred),
+        ("unlabelled_recall_as_trained", unl_y, unl_pred0))}
     return pd.DataFrame([{
         "class": c, "rank": int(rank[c]), "num_classes": k, "minority": bool(minority[c]),
         "labelled": int(labelled[c]), "train": int(train[c]),
-        "test_recall": _recall(test_pred, test_y, c),
-        "test_recall_as_trained": _recall(test_pred0, test_y, c),
-        "unlabelled_recall": _recall(unl_pred, unl_y, c),
-        "unlabelled_recall_as_trained": _recall(unl_pred0, unl_y, c),
+        **{name: float(values[c]) for name, values in recall.items()},
         "unlabelled_predicted_share": float((unl_pred0 == c).sum() / n_unl),
         "unlabelled_true_share": float((unl_y == c).sum() / n_unl),
         "reference_share": float(np.exp(log_r[c])),
@@ -92,6 +88,11 @@ def summarise(rows: pd.DataFrame) -> str:
     columns = ["labelled", "test_recall", "test_recall_as_trained", "unlabelled_recall",
                "unlabelled_recall_as_trained", "unlabelled_predicted_share",
                "unlabelled_true_share", "mean_q_own_class"]
+    groups = rows.assign(classes=np.where(rows["minority"], "tail", "other")).groupby(
+        ["method", "classes"])
+    pooled = groups[["test_recall", "test_recall_as_trained", "unlabelled_recall",
+                     "unlabelled_recall_as_trained"]].mean().round(3)
+    pooled.insert(0, "pairs", groups.size())
     by_data = tail.groupby(["dataset", "method"])[columns].mean().round(3)
     by_data.insert(0, "tail classes", tail.groupby(["dataset", "method"]).size())
     corr = tail.groupby("method")[["unlabelled_recall", "test_recall"]].apply(
@@ -99,6 +100,7 @@ def summarise(rows: pd.DataFrame) -> str:
         "correlation of unlabelled and test recall (tail classes)")
     lost = tail.groupby(["method", "labelled"])["lost"].agg(["sum", "count"]).rename(
         columns={"sum": "lost", "count": "tail classes"})
+    lost_by_data = tail.groupby(["method", "dataset"])["lost"].sum().rename("lost")
     key = ["dataset", "rho", "beta", "seed", "class"]
     lost_sets = {m: set(map(tuple, g.loc[g["lost"], key].to_numpy()))
                  for m, g in tail.groupby("method")}
@@ -115,6 +117,10 @@ def summarise(rows: pd.DataFrame) -> str:
         f"## Tail classes lost (test recall < {LOST}), by labelled rows",
         lost.reset_index().to_markdown(index=False),
         "\n".join(shared) if shared else "(one mixture: nothing to compare)",
+        "By data set:",
+        lost_by_data.reset_index().to_markdown(index=False),
+        "## Every data set together (means over split × class: the tail and the other classes)",
+        pooled.reset_index().to_markdown(index=False),
     ]) + "\n"
 
 
@@ -135,8 +141,8 @@ def plot_recall_by_rank(rows: pd.DataFrame, path: Path) -> None:
         for method, g in many[many["dataset"] == name].groupby("method"):
             curve = g.groupby("rank")["test_recall"].mean()
             ax.plot(curve.index, curve.to_numpy(), marker="o", label=method)
-        k = int(many.loc[many["dataset"] == name, "num_classes"].max())
-        ax.axvspan(k - max(1, k // 3) - 0.5, k - 0.5, color="0.9", zorder=0)
+        tail = many.loc[(many["dataset"] == name) & many["minority"], "rank"]
+        ax.axvspan(tail.min() - 0.5, tail.max() + 0.5, color="0.9", zorder=0)
         ax.set_title(name)
         ax.set_xlabel("class rank by training rows (0 = largest)")
         ax.set_ylim(0, 1.02)
@@ -162,7 +168,7 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, required=True,
                         help="a folder for classes.csv, summary.md and recall_by_rank.png")
     args = parser.parse_args(argv)
-    check_seeds(parser, args)
+    check_splits(parser, args)
     if not (args.members / "arrays").is_dir():
         parser.error(f"members: {args.members} has no arrays/ folder (expected a "
                      "benchmarks.mixed_ensemble --out folder)")

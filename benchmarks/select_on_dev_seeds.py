@@ -63,7 +63,7 @@ DEVELOPMENT_DATASETS = ("digits", "breast", "mfeat", "pdspeech", "pbc")
 
 def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     """``--datasets``, ``--seeds`` (the development seeds by default) and ``--reported``, the
-    splits a development-seed script works on; :func:`check_seeds` enforces them."""
+    splits a development-seed script works on; :func:`check_splits` enforces them."""
     parser.add_argument("--datasets", nargs="+", default=list(DEVELOPMENT_DATASETS),
                         help="bundled data sets (pyro_mmt.data.DATASETS)")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(DEVELOPMENT_SEEDS),
@@ -73,7 +73,7 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
                         "development seeds, never to make one)")
 
 
-def check_seeds(parser: argparse.ArgumentParser, args) -> None:
+def check_splits(parser: argparse.ArgumentParser, args) -> None:
     """Refuse (``parser.error``, naming the flag) a data set that is not bundled, a data set or
     seed given twice (its rows would be counted twice), and seeds other than the development
     seeds unless ``--reported``."""

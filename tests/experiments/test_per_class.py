@@ -91,6 +91,14 @@ def test_summary_counts_the_lost_tail_classes_and_who_loses_them():
     assert "| A=1      |          1 |      1 |              1 |" in lost
     assert "| A=1      |          2 |      0 |              3 |" in lost
     assert "| B=1      |          2 |      1 |              3 |" in lost
+    # the lost pairs by data set, and the means over every pair (here all tail pairs)
+    by_data = text.split("By data set:")[1].split("##")[0]
+    assert [line.split("|")[3].strip() for line in by_data.splitlines()
+            if line.startswith("| ") and "digits" in line] == ["1", "2"]
+    pooled = text.split("## Every data set together")[1]
+    a_tail = next(x for x in pooled.splitlines() if x.startswith("| A=1"))
+    cells = [c.strip() for c in a_tail.split("|")[1:-1]]
+    assert cells[1:4] == ["tail", "4", f"{np.mean([0.1, 0.9, 0.4, 0.7]):.3f}".rstrip("0")]
     # the correlation of the pseudo-labels' recall at the rule with the test recall
     correlations = text.split("predict its test recall?")[1].split("##")[0]
     for method, recalls in (("A=1", (0.1, 0.9, 0.4, 0.7)), ("B=1", (0.2, 0.0, 0.6, 0.8))):
