@@ -333,6 +333,23 @@ METHODS: dict[str, Method] = {
     "t_gamma_label_w10_single": _deep_method(
         "t_gamma_label_w10_single", "one initialisation with the label terms at weight 10 "
         "(label_weight=10)", {"label_weight": 10.0, **SINGLE}),
+    "t_gamma_label_auto_single": _deep_method(
+        "t_gamma_label_auto_single", "one initialisation with the label terms at the γ-loss's "
+        "own slope (label_weight='auto': M2's temperature)", {"label_weight": "auto", **SINGLE}),
+    "t_gamma_joint_head_single": _deep_method(
+        "t_gamma_joint_head_single", "one initialisation with a head on the concatenated "
+        "modalities added to the classifier's product of experts (joint_head=True)",
+        {"joint_head": True, **SINGLE}),
+    "t_gamma_plain_single": _deep_method(
+        "t_gamma_plain_single", "t_gamma_plain with one initialisation: no logit adjustment, no "
+        "prior shift (the classifier fitted to the labelled frequencies)",
+        {**NO_IMBALANCE, **SINGLE}),
+    "t_gamma_nu10_single": _deep_method(
+        "t_gamma_nu10_single", "one initialisation with ν = 10 (the auto γ follows): between "
+        "the defaults' ν = 5 and the Gaussian model", {"nu": 10.0, **SINGLE}),
+    "t_gamma_nu30_single": _deep_method(
+        "t_gamma_nu30_single", "one initialisation with ν = 30 (the auto γ follows)",
+        {"nu": 30.0, **SINGLE}),
     "t_gamma_v1": _deep_method("t_gamma_v1", "the first release's t_gamma: α = 1000 per "
                                "datum, balanced class weights + logit adjustment + prior shift, "
                                "per-data-set epochs, no averaging (chosen on test splits)", V1),
