@@ -48,6 +48,7 @@ __all__ = [
     "COLLAPSE_MARGIN",
     "entropy_weight_w0",
     "estimator_fit_predict",
+    "resolve_options",
     "grid_splits",
     "run_benchmark",
     "results_table",
@@ -128,6 +129,30 @@ def _concatenate(train: MultimodalDataset,
     return out[0], out[1]
 
 
+def resolve_options(options: dict, train: MultimodalDataset, dataset: str, *,
+                    view: str | None = None, epochs: int | None = None) -> dict:
+    """The estimator's keyword arguments for a deep method's ``options`` on ``dataset``'s
+    training data ``train`` (already reduced to ``view``): the registry's own values resolved
+    (``latent_weight="w0"`` from the data's dimension, ``epochs="per_dataset"`` from
+    ``TRAINING_EPOCHS``), the data set's likelihood families unless ``mixed_likelihoods`` is
+    False or the view is the concatenation, and a smoke run's ``epochs`` override."""
+    opts = dict(options)
+    if opts.get("latent_weight") == "w0":
+        defaults = MultimodalSemiSupervisedClassifier().get_params()
+        n = sum(train.dims.values())
+        opts["latent_weight"] = entropy_weight_w0(defaults["nu"], n, defaults["latent_dim"])
+    # the data set's own likelihood families (binary, categorical modalities), unless the
+    # method forces Student-t everywhere; the concatenation is continuous by construction
+    families = DATASETS[dataset].likelihood if dataset in DATASETS else None
+    if opts.pop("mixed_likelihoods", True) and families and view != "concat":
+        opts.setdefault("likelihood", {m: families[m] for m in train.modalities})
+    if opts.get("epochs") == "per_dataset":
+        opts["epochs"] = TRAINING_EPOCHS.get(dataset, 40)
+    if epochs is not None:  # a smoke run's override
+        opts["epochs"] = epochs
+    return opts
+
+
 def estimator_fit_predict(options: dict, *, view: str | None = None) -> Callable:
     """A deep method: the estimator with ``options`` (and the benchmark's epochs), on every
     modality, on their concatenation as one modality (``view="concat"``) or on one modality
@@ -137,7 +162,6 @@ def estimator_fit_predict(options: dict, *, view: str | None = None) -> Callable
     ablation "that modality alone" has nothing to say about those rows."""
     def fit_predict(split: LongTailedSplit, seed: int, dataset: str,
                     epochs: int | None = None):
-        opts = dict(options)
         train, test = split.train, split.test
         if view == "concat":
             train, test = _concatenate(train, test)
@@ -150,19 +174,7 @@ def estimator_fit_predict(options: dict, *, view: str | None = None) -> Callable
                 # ablation is not run on such a data set (PBC's incomplete modalities)
                 return None
             train, test = train.select_modalities([view]), test.select_modalities([view])
-        n = sum(train.dims.values())
-        if opts.get("latent_weight") == "w0":
-            defaults = MultimodalSemiSupervisedClassifier().get_params()
-            opts["latent_weight"] = entropy_weight_w0(defaults["nu"], n, defaults["latent_dim"])
-        # the data set's own likelihood families (binary, categorical modalities), unless the
-        # method forces Student-t everywhere; the concatenation is continuous by construction
-        families = DATASETS[dataset].likelihood if dataset in DATASETS else None
-        if opts.pop("mixed_likelihoods", True) and families and view != "concat":
-            opts.setdefault("likelihood", {m: families[m] for m in train.modalities})
-        if opts.get("epochs") == "per_dataset":
-            opts["epochs"] = TRAINING_EPOCHS.get(dataset, 40)
-        if epochs is not None:  # a smoke run's override
-            opts["epochs"] = epochs
+        opts = resolve_options(options, train, dataset, view=view, epochs=epochs)
         clf = MultimodalSemiSupervisedClassifier(seed=seed, **opts).fit(train)
         test_proba = clf.predict_proba(test)
         pred = clf.classes_[test_proba.argmax(axis=1)].view(Predictions)

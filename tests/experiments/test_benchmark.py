@@ -124,6 +124,29 @@ def test_registry_describes_every_method():
         assert method.name == name and method.description
 
 
+def test_every_deep_methods_options_are_settings_the_estimator_accepts():
+    """A misspelt or out-of-range option in a registry entry is caught here, not after a
+    screen's first fit: every deep method's options are estimator parameters, and the
+    estimator built with them passes its own parameter checks."""
+    from pyro_mmt.data import load_dataset, long_tailed_split
+    from pyro_mmt.estimator import MultimodalSemiSupervisedClassifier
+    from pyro_mmt.experiments.benchmark import resolve_options
+
+    params = set(MultimodalSemiSupervisedClassifier().get_params())
+    train = long_tailed_split(load_dataset("pbc"), 10, 0.2, 0).train  # mixed families
+    deep = {name: m for name, m in METHODS.items() if m.deep and m.options is not None}
+    assert {"t_gamma_joint_head_single", "t_gamma_nu30_single", "t_gamma_plain_single"} <= set(deep)
+    for name, method in deep.items():
+        options = resolve_options(method.options, train, "pbc")
+        assert set(options) <= params, (name, set(options) - params)
+        MultimodalSemiSupervisedClassifier(**options)._check_params()
+    resolved = resolve_options(METHODS["gauss_kl_w0"].options, train, "pbc", epochs=2)
+    assert 0 < resolved["latent_weight"] < 1 and resolved["epochs"] == 2
+    assert "likelihood" not in resolve_options(METHODS["t_gamma_all_t"].options, train, "pbc")
+    with pytest.raises(ValueError, match="nu"):  # the check itself refuses a bad value
+        MultimodalSemiSupervisedClassifier(nu=1.0)._check_params()
+
+
 def test_run_benchmark_records_the_number_of_classes():
     from pyro_mmt.experiments.benchmark import run_benchmark
 
