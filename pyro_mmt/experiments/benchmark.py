@@ -359,6 +359,10 @@ METHODS: dict[str, Method] = {
     "t_gamma_nu10_single": _deep_method(
         "t_gamma_nu10_single", "one initialisation with ν = 10 (the auto γ follows): between "
         "the defaults' ν = 5 and the Gaussian model", {"nu": 10.0, **SINGLE}),
+    "t_gamma_alpha15_single": _deep_method(
+        "t_gamma_alpha15_single", "one initialisation with α = 15 per observed dimension (ten "
+        "times the default: the labelled rows' classification term outweighs the unlabelled "
+        "rows' pseudo-labels)", {"alpha": 15.0, **SINGLE}),
     "t_gamma_nu30_single": _deep_method(
         "t_gamma_nu30_single", "one initialisation with ν = 30 (the auto γ follows)",
         {"nu": 30.0, **SINGLE}),
