@@ -359,13 +359,13 @@ METHODS: dict[str, Method] = {
     "t_gamma_nu10_single": _deep_method(
         "t_gamma_nu10_single", "one initialisation with ν = 10 (the auto γ follows): between "
         "the defaults' ν = 5 and the Gaussian model", {"nu": 10.0, **SINGLE}),
-    "t_gamma_alpha15_single": _deep_method(
-        "t_gamma_alpha15_single", "one initialisation with α = 15 per observed dimension (ten "
-        "times the default: the labelled rows' classification term outweighs the unlabelled "
-        "rows' pseudo-labels)", {"alpha": 15.0, **SINGLE}),
     "t_gamma_nu30_single": _deep_method(
         "t_gamma_nu30_single", "one initialisation with ν = 30 (the auto γ follows)",
         {"nu": 30.0, **SINGLE}),
+    "t_gamma_alpha15_single": _deep_method(
+        "t_gamma_alpha15_single", "one initialisation with α = 15 per observed dimension (ten "
+        "times the default: more weight on the labelled rows' classification term)",
+        {"alpha": 15.0, **SINGLE}),
     "t_gamma_v1": _deep_method("t_gamma_v1", "the first release's t_gamma: α = 1000 per "
                                "datum, balanced class weights + logit adjustment + prior shift, "
                                "per-data-set epochs, no averaging (chosen on test splits)", V1),
